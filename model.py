@@ -1,0 +1,324 @@
+"""The transformer used in both stages: a Llama-style decoder as in the official code (SPEC.md §6).
+
+Pre-norm RMSNorm, RoPE, SwiGLU MLP of width 4·d, multi-head attention through
+F.scaled_dot_product_attention, no biases in the body, untied input embedding `wte` and output
+head `lm_head`. Attention-probability dropout (0.1 in the paper) is the only dropout.
+
+The transfer step (SPEC.md §8) is `GPT.reset_vocab`; the re-initialization / freezing ablations
+are `GPT.reinit_modules` / `GPT.freeze_modules`. Every distribution a weight is drawn from is set
+in `init_weights`, `reset_vocab` or `reinit_modules`, which sit next to each other below.
+
+`python model.py` prints the preset sizes and their parameter counts.
+"""
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # longest sequence; length of the RoPE tables
+    vocab_size: int = 64000  # stage 1 uses 64,000 although only 10,002 symbols occur (SPEC §13.12)
+    n_layer: int = 24
+    n_head: int = 32
+    n_embd: int = 2048
+    mlp_hidden: int | None = None  # SwiGLU width; None -> 4 * n_embd, the paper's (SPEC §13.18)
+    attn_dropout: float = 0.1  # on attention probabilities, train mode only (SPEC §13.17)
+    head_bias: bool = False  # True for the stage-1 NCA model, as the official code
+    rope_theta: float = 1e4
+    norm_eps: float = 1e-6
+
+
+# Presets of (n_layer, n_head, n_embd). `paper` is the paper's "1.6B" model (non-embedding count).
+SIZES: dict[str, dict] = {
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128),  # ~1.05M body params, CPU smoke runs
+    "mini": dict(n_layer=6, n_head=8, n_embd=256),  # ~6.3M
+    "small": dict(n_layer=12, n_head=12, n_embd=768),  # ~113M, GPT-2-small shape
+    "medium": dict(n_layer=24, n_head=16, n_embd=1024),  # ~403M, GPT-2-medium shape
+    "paper": dict(n_layer=24, n_head=32, n_embd=2048),  # 1,610,713,088
+}
+
+
+def config_for(size: str, **overrides) -> GPTConfig:
+    """GPTConfig of a named preset, with any field overridden (e.g. vocab_size=50257)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
+    return GPTConfig(**{**SIZES[size], **overrides})
+
+
+def rms_norm(x, weight, eps):
+    # Statistics in float32 as HF LlamaRMSNorm, so fp16 activations cannot overflow in x**2.
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+def rope_cache(head_dim, seq_len, theta=1e4, device=None):
+    """cos, sin tables of shape (seq_len, head_dim) for HF "default" RoPE."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
+    freqs = torch.outer(torch.arange(seq_len, device=device).float(), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)  # HF layout: frequency j drives dims j and j + hd/2
+    return emb.cos(), emb.sin()
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate x (..., T, head_dim) by position, HF "rotate-half" convention: dims j and j + hd/2
+    form one 2-D pair. (Not the interleaved (2j, 2j+1) pairing of the original RoFormer / Meta
+    code: the two give different numbers for the same weights.)"""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return rms_norm(x, self.weight, self.eps)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.n_head = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.dropout = config.attn_dropout
+        d = config.n_embd
+        self.q = nn.Linear(d, d, bias=False)
+        self.k = nn.Linear(d, d, bias=False)
+        self.v = nn.Linear(d, d, bias=False)
+        self.o = nn.Linear(d, d, bias=False)
+
+    def forward(self, x, cos, sin):
+        B, T, C = x.shape
+        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        # is_causal instead of the official float mask, so flash kernels can be used (STYLE 3).
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.o(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        hidden = config.mlp_hidden or 4 * config.n_embd
+        self.gate = nn.Linear(config.n_embd, hidden, bias=False)
+        self.up = nn.Linear(config.n_embd, hidden, bias=False)
+        self.down = nn.Linear(hidden, config.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.norm1 = RMSNorm(config.n_embd, config.norm_eps)
+        self.attn = CausalSelfAttention(config)
+        self.norm2 = RMSNorm(config.n_embd, config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin):
+        x = x + self.attn(self.norm1(x), cos, sin)
+        x = x + self.mlp(self.norm2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm_f = RMSNorm(config.n_embd, config.norm_eps)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.head_bias)
+        # Non-persistent: nothing positional is in a checkpoint (SPEC §8). Set by init_weights.
+        head_dim = config.n_embd // config.n_head
+        self.register_buffer("cos", torch.empty(config.block_size, head_dim), persistent=False)
+        self.register_buffer("sin", torch.empty(config.block_size, head_dim), persistent=False)
+        self.init_weights()
+
+    def _modules_of(self, kind, layers):
+        """The modules an ablation addresses: kind in {attn, mlp, ln}, layers = block indices."""
+        if kind not in ("attn", "mlp", "ln"):
+            raise ValueError(f"unknown module kind {kind!r}; choose attn, mlp or ln")
+        layers = range(self.config.n_layer) if layers is None else list(layers)
+        for i in layers:
+            if not 0 <= i < self.config.n_layer:
+                raise ValueError(f"layer {i} out of range [0, {self.config.n_layer})")
+            b = self.blocks[i]
+            if kind == "attn":
+                yield from (b.attn.q, b.attn.k, b.attn.v, b.attn.o)
+            elif kind == "mlp":
+                yield from (b.mlp.gate, b.mlp.up, b.mlp.down)
+            else:
+                yield from (b.norm1, b.norm2)  # the final norm_f is never addressed (SPEC §8)
+
+    @torch.no_grad()
+    def init_weights(self):
+        """Initialization of a fresh model (stage 1 and the scratch body), SPEC.md §6.
+
+        body Linear (q, k, v, o, gate, up, down)  N(0, 0.02), no depth scaling   (HF post_init)
+        RMSNorm weights (per block and final)     1
+        wte                                       N(0, 0.02)                      (HF post_init)
+        lm_head weight and bias                   PyTorch default U(±1/sqrt(d))  (official wrapper)
+        The language stage then replaces wte and lm_head with `reset_vocab`.
+        Also (re)computes the RoPE tables, so `model.to_empty(device=...)` followed by
+        `model.init_weights()` gives a working model after building it on the meta device.
+        """
+        for block in self.blocks:
+            block.attn.apply(self._init_body)
+            block.mlp.apply(self._init_body)
+            block.norm1.weight.fill_(1.0)
+            block.norm2.weight.fill_(1.0)
+        self.norm_f.weight.fill_(1.0)
+        self.wte.weight.normal_(mean=0.0, std=0.02)
+        self.lm_head.reset_parameters()
+        cfg = self.config
+        head_dim = cfg.n_embd // cfg.n_head
+        cos, sin = rope_cache(head_dim, cfg.block_size, cfg.rope_theta, self.cos.device)
+        self.cos.copy_(cos)
+        self.sin.copy_(sin)
+
+    @staticmethod
+    def _init_body(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @torch.no_grad()
+    def reset_vocab(self, vocab_size, embed_init="paper", head_bias=False):
+        """The transfer step (SPEC.md §8): new `wte` and `lm_head` for a new vocabulary, every
+        other tensor untouched. Used for the scratch baseline too, so both arms match.
+
+        embed_init="paper":  PyTorch defaults, as the official `reinit_embeddings` (SPEC §13.13):
+                             wte N(0, 1), lm_head U(±1/sqrt(d)), bias (if any) U(±1/sqrt(d)).
+        embed_init="normal": wte and lm_head weight N(0, 0.02), bias 0 (the HF body init).
+        """
+        if embed_init not in ("paper", "normal"):
+            raise ValueError(f"unknown embed_init {embed_init!r}; choose paper or normal")
+        d = self.config.n_embd
+        w = self.wte.weight
+        self.wte = nn.Embedding(vocab_size, d, device=w.device, dtype=w.dtype)
+        self.lm_head = nn.Linear(d, vocab_size, bias=head_bias, device=w.device, dtype=w.dtype)
+        if embed_init == "paper":
+            self.wte.reset_parameters()
+            self.lm_head.reset_parameters()
+        else:
+            self.wte.weight.normal_(mean=0.0, std=0.02)
+            self.lm_head.weight.normal_(mean=0.0, std=0.02)
+            if head_bias:
+                self.lm_head.bias.zero_()
+        self.config.vocab_size = vocab_size
+        self.config.head_bias = head_bias
+
+    @torch.no_grad()
+    def reinit_modules(self, kind, layers=None):
+        """Re-initialization ablation (SPEC.md §8, official `--reinit_modules`): attn -> q, k, v, o
+        N(0, 0.02); mlp -> gate, up, down N(0, 0.02); ln -> both per-block RMSNorm weights to 1
+        (the official `ln` path crashes, SPEC §13.16). `layers`: block indices, None = all."""
+        for module in self._modules_of(kind, layers):
+            if isinstance(module, RMSNorm):
+                module.weight.fill_(1.0)
+            else:
+                self._init_body(module)
+
+    def freeze_modules(self, kind, layers=None):
+        """Freezing ablation (official `--freeze_modules`); kinds and layers as reinit_modules."""
+        for module in self._modules_of(kind, layers):
+            module.requires_grad_(False)
+
+    def num_params(self, non_embedding=True):
+        """Parameter count; non_embedding leaves out wte and lm_head (weight and bias), which is
+        how the paper's "1.6B" is counted (SPEC §6)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= sum(p.numel() for p in self.wte.parameters())
+            n -= sum(p.numel() for p in self.lm_head.parameters())
+        return n
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs (forward + backward) per token, PaLM app. B / nanoGPT: 6N + 12·L·d·T.
+        N counts every matmul weight: the body and lm_head, but not wte (a lookup costs no
+        FLOPs). 12·L·d·T is the attention scores and weighted sum (QK^T and AV)."""
+        cfg = self.config
+        n = self.num_params(non_embedding=True) + sum(p.numel() for p in self.lm_head.parameters())
+        return 6 * n + 12 * cfg.n_layer * cfg.n_embd * seq_len
+
+    def forward(self, idx, targets=None):
+        """idx (B, T) token ids -> logits (B, T, V) for every position, and the mean cross-entropy
+        over targets != -100 when targets (B, T) is given (else None)."""
+        B, T = idx.shape
+        assert T <= self.config.block_size, f"sequence of {T} > block_size {self.config.block_size}"
+        x = self.wte(idx)
+        cos, sin = self.cos[:T], self.sin[:T]
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        logits = self.lm_head(self.norm_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+            )
+        return logits, loss
+
+    def configure_optimizers(
+        self, weight_decay, learning_rate, betas, eps=1e-8, device_type="cpu", decay_all=False
+    ):
+        """AdamW on the trainable parameters, two explicit groups: weight decay on >=2-D weights
+        (matmuls and embeddings), none on norm weights and biases. decay_all=True decays every
+        parameter, as the official language stage (SPEC §9). Stage 1 is Adam without decay
+        (SPEC §7): weight_decay=0 makes AdamW exactly that."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if decay_all or p.dim() >= 2]
+        no_decay = [p for p in params if not (decay_all or p.dim() >= 2)]
+        groups = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        groups = [g for g in groups if g["params"]]
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        extra = dict(fused=True) if fused else dict()
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, **extra)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        """Append max_new_tokens sampled tokens to idx (B, T); context cropped to block_size."""
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -self.config.block_size :])
+            logits = logits[:, -1, :] / temperature
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("inf")
+            next_id = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat((idx, next_id), dim=1)
+        return idx
+
+
+if __name__ == "__main__":
+    # Parameter counts per preset, with the paper's stage-1 vocabulary (64,000, head bias) and the
+    # OWT one (50,257, no bias); built on the meta device, so even `paper` allocates nothing.
+    print(f"{'size':8} {'layers':>6} {'heads':>5} {'d':>5} {'non-embedding':>15} "
+          f"{'total V=64000+bias':>19} {'total V=50257':>14} {'GFLOP/token@1024':>17}")
+    for name, shape in SIZES.items():
+        with torch.device("meta"):
+            m = GPT(config_for(name, head_bias=True))
+            total_nca = m.num_params(non_embedding=False)
+            m.reset_vocab(50257)
+        print(f"{name:8} {shape['n_layer']:6} {shape['n_head']:5} {shape['n_embd']:5} "
+              f"{m.num_params():15,} {total_nca:19,} {m.num_params(False):14,} "
+              f"{m.flops_per_token(1024) / 1e9:17.2f}")

@@ -1,0 +1,260 @@
+"""model.py: fast paths against plain references, the paper's parameter counts, initialization,
+the transfer / ablation tensor bookkeeping, causality and a one-batch overfit. CPU, seconds."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import GPT, SIZES, GPTConfig, apply_rotary, config_for, rope_cache
+
+
+def small_model(**overrides):
+    torch.manual_seed(0)
+    cfg = dict(block_size=32, vocab_size=97, n_layer=3, n_head=4, n_embd=64, attn_dropout=0.0)
+    return GPT(GPTConfig(**{**cfg, **overrides}))
+
+
+def test_config_for_and_mlp_width():
+    cfg = config_for("paper", vocab_size=50257)
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size) == (24, 32, 2048, 50257)
+    assert set(SIZES) >= {"tiny", "mini", "small", "medium", "paper"}
+    with pytest.raises(ValueError):
+        config_for("huge")
+    m = small_model()
+    assert m.blocks[0].mlp.gate.weight.shape == (4 * 64, 64)  # None -> 4·d (SPEC §13.18)
+    assert small_model(mlp_hidden=96).blocks[0].mlp.down.weight.shape == (64, 96)
+
+
+def test_rope_matches_complex_reference():
+    hd, T, theta = 16, 11, 1e4
+    cos, sin = rope_cache(hd, T, theta)
+    x = torch.randn(2, 3, T, hd, dtype=torch.float64)
+    got = apply_rotary(x, cos.double(), sin.double())
+    # Reference: pair dim j with dim j + hd/2 as one complex number, rotate it by angle
+    # pos · theta^(-2j/hd).
+    j = torch.arange(hd // 2, dtype=torch.float64)
+    angle = torch.arange(T, dtype=torch.float64)[:, None] * theta ** (-2 * j / hd)
+    rotation = torch.polar(torch.ones_like(angle), angle)
+    z = torch.complex(x[..., : hd // 2], x[..., hd // 2 :]) * rotation
+    want = torch.cat((z.real, z.imag), dim=-1)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    hd, T, shift = 32, 8, 5
+    cos, sin = rope_cache(hd, T + shift)
+    q, k = torch.randn(T, hd), torch.randn(T, hd)
+    q0, k0 = apply_rotary(q, cos[:T], sin[:T]), apply_rotary(k, cos[:T], sin[:T])
+    q1, k1 = apply_rotary(q, cos[shift:], sin[shift:]), apply_rotary(k, cos[shift:], sin[shift:])
+    torch.testing.assert_close(q0 @ k0.T, q1 @ k1.T, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(q0, q1)  # the rotation itself does depend on absolute position
+
+
+def test_sdpa_attention_matches_reference():
+    m = small_model(attn_dropout=0.1).eval()  # eval: dropout must be off
+    attn, nh = m.blocks[0].attn, m.config.n_head
+    B, T, C = 2, 17, m.config.n_embd
+    x = torch.randn(B, T, C)
+    got = attn(x, m.cos[:T], m.sin[:T])
+
+    def heads(t):
+        return t.view(B, T, nh, C // nh).transpose(1, 2)
+
+    q = apply_rotary(heads(x @ attn.q.weight.T), m.cos[:T], m.sin[:T])
+    k = apply_rotary(heads(x @ attn.k.weight.T), m.cos[:T], m.sin[:T])
+    v = heads(x @ attn.v.weight.T)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(C // nh)
+    scores = scores.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+    y = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(B, T, C)
+    torch.testing.assert_close(got, y @ attn.o.weight.T, atol=1e-5, rtol=0)
+
+
+def test_attention_dropout_only_in_train_mode():
+    m = small_model(attn_dropout=0.5)
+    idx = torch.randint(0, 97, (2, 16))
+    m.train()
+    assert not torch.equal(m(idx)[0], m(idx)[0])
+    m.eval()
+    assert torch.equal(m(idx)[0], m(idx)[0])
+
+
+@pytest.mark.parametrize(
+    "vocab,head_bias,total",
+    [(64000, True, 1_872_921_088), (50257, False, 1_816_565_760), (64000, False, 1_872_857_088)],
+)
+def test_paper_parameter_counts(vocab, head_bias, total):
+    with torch.device("meta"):  # 7 GB in float32; the meta device allocates nothing
+        m = GPT(config_for("paper", vocab_size=vocab, head_bias=head_bias))
+    assert m.num_params(non_embedding=True) == 1_610_713_088  # the paper's "1.6B" (SPEC §6)
+    assert m.num_params(non_embedding=False) == total
+
+
+def test_rope_tables_are_not_in_the_checkpoint_and_meta_build_works():
+    m = small_model()
+    assert not any(k in ("cos", "sin") for k in m.state_dict())
+    with torch.device("meta"):
+        lazy = GPT(m.config)
+    lazy.to_empty(device="cpu")
+    lazy.init_weights()
+    lazy.load_state_dict(m.state_dict())
+    idx = torch.randint(0, 97, (2, 32))
+    torch.testing.assert_close(lazy.eval()(idx)[0], m.eval()(idx)[0])
+
+
+def test_init_statistics():
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=16, vocab_size=1000, n_layer=2, n_head=4, n_embd=256, head_bias=True)
+    m = GPT(cfg)
+    d = m.config.n_embd
+    for name, p in m.named_parameters():
+        if name.startswith("blocks.") and p.dim() == 2:
+            assert abs(p.std().item() - 0.02) < 0.001, name
+            assert abs(p.mean().item()) < 0.001, name
+        elif p.dim() == 1 and "norm" in name:
+            assert torch.equal(p, torch.ones_like(p)), name
+    assert abs(m.wte.weight.std().item() - 0.02) < 0.001
+    # stage-1 head: PyTorch default Linear init, U(±1/sqrt(d)) for weight and bias
+    bound = 1 / math.sqrt(d)
+    assert m.lm_head.weight.abs().max() <= bound and m.lm_head.bias.abs().max() <= bound
+    assert abs(m.lm_head.weight.std().item() - bound / math.sqrt(3)) < 0.1 * bound
+
+
+@pytest.mark.parametrize("embed_init", ["paper", "normal"])
+def test_reset_vocab_replaces_only_embedding_and_head(embed_init):
+    m = small_model(head_bias=True)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.reset_vocab(500, embed_init=embed_init)
+    after = m.state_dict()
+    vocab_keys = {"wte.weight", "lm_head.weight", "lm_head.bias"}
+    assert set(before) - vocab_keys == set(after) - {"wte.weight", "lm_head.weight"}
+    for k in set(before) - vocab_keys:
+        assert torch.equal(before[k], after[k]), k  # bit-identical body (SPEC §8)
+    assert m.lm_head.bias is None and not m.config.head_bias and m.config.vocab_size == 500
+    assert m.wte.weight.shape == (500, 64) and m.lm_head.weight.shape == (500, 64)
+    if embed_init == "paper":
+        assert abs(m.wte.weight.std().item() - 1.0) < 0.03  # PyTorch default N(0, 1), SPEC §13.13
+        assert m.lm_head.weight.abs().max() <= 1 / math.sqrt(64)
+        assert m.lm_head.weight.std() > 0.8 / math.sqrt(3 * 64)
+    else:
+        assert abs(m.wte.weight.std().item() - 0.02) < 0.001
+        assert abs(m.lm_head.weight.std().item() - 0.02) < 0.001
+    logits, loss = m(torch.randint(0, 500, (2, 8)), torch.randint(0, 500, (2, 8)))
+    assert logits.shape == (2, 8, 500) and torch.isfinite(loss)
+
+
+def expected_keys(kind, layers):
+    names = {
+        "attn": ["attn.q", "attn.k", "attn.v", "attn.o"],
+        "mlp": ["mlp.gate", "mlp.up", "mlp.down"],
+        "ln": ["norm1", "norm2"],
+    }[kind]
+    return {f"blocks.{i}.{n}.weight" for i in layers for n in names}
+
+
+@pytest.mark.parametrize("kind", ["attn", "mlp", "ln"])
+@pytest.mark.parametrize("layers", [None, [0, 2]])
+def test_reinit_modules_changes_exactly_the_named_tensors(kind, layers):
+    m = small_model()
+    with torch.no_grad():  # norm weights start at 1: move everything so a reset to 1 is visible
+        for p in m.parameters():
+            p.add_(torch.randn_like(p))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.reinit_modules(kind, layers)
+    after = m.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    want = expected_keys(kind, range(3) if layers is None else layers)
+    assert changed == want
+    for k in want:
+        if kind == "ln":
+            assert torch.equal(after[k], torch.ones_like(after[k]))
+        else:
+            assert abs(after[k].std().item() - 0.02) < 0.004, k
+    assert not torch.equal(after["norm_f.weight"], torch.ones(64))  # final norm never reset
+
+
+@pytest.mark.parametrize("kind", ["attn", "mlp", "ln"])
+def test_freeze_modules_freezes_exactly_the_named_tensors(kind):
+    m = small_model()
+    m.freeze_modules(kind, [1])
+    frozen = {n for n, p in m.named_parameters() if not p.requires_grad}
+    assert frozen == expected_keys(kind, [1])
+    opt = m.configure_optimizers(0.1, 1e-2, (0.9, 0.95))
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert in_opt == {id(p) for p in m.parameters() if p.requires_grad}
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    idx = torch.randint(0, 97, (2, 16))
+    m(idx, idx)[1].backward()
+    opt.step()
+    after = m.state_dict()
+    assert {k for k in before if torch.equal(before[k], after[k])} == frozen
+
+
+def test_bad_kind_or_layer_raises():
+    m = small_model()
+    with pytest.raises(ValueError):
+        m.reinit_modules("embed")
+    with pytest.raises(ValueError):
+        m.freeze_modules("attn", [3])
+
+
+def test_optimizer_groups():
+    m = small_model(head_bias=True)
+    opt = m.configure_optimizers(0.1, 1e-3, (0.9, 0.999))
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(m.parameters()))
+    (group,) = m.configure_optimizers(1e-4, 5e-4, (0.9, 0.999), decay_all=True).param_groups
+    assert group["weight_decay"] == 1e-4 and len(group["params"]) == len(list(m.parameters()))
+
+
+def test_flops_per_token():
+    m = small_model()
+    n = m.num_params() + m.lm_head.weight.numel()  # body + head matmuls, not the wte lookup
+    assert m.flops_per_token(32) == 6 * n + 12 * 3 * 64 * 32
+
+
+def test_causal():
+    m = small_model().eval()
+    idx = torch.randint(0, 97, (2, 20))
+    changed = idx.clone()
+    changed[:, 12] = (changed[:, 12] + 1) % 97
+    a, b = m(idx)[0], m(changed)[0]
+    assert torch.equal(a[:, :12], b[:, :12])
+    assert not torch.allclose(a[:, 12:], b[:, 12:])
+
+
+def test_loss_ignores_minus_100():
+    m = small_model().eval()
+    idx = torch.randint(0, 97, (2, 20))
+    targets = torch.randint(0, 97, (2, 20))
+    targets[0, :7] = -100  # e.g. the masked first NCA grid (SPEC §13.7)
+    targets[1, 15:] = -100
+    logits, loss = m(idx, targets)
+    keep = targets != -100
+    manual = -F.log_softmax(logits.float(), -1)[keep].gather(1, targets[keep][:, None]).mean()
+    torch.testing.assert_close(loss, manual)
+    assert logits.shape == (2, 20, 97)  # every position, not just the last
+
+
+def test_tiny_model_overfits_one_batch():
+    torch.manual_seed(0)
+    m = GPT(config_for("tiny", vocab_size=64, block_size=32, attn_dropout=0.0))
+    opt = m.configure_optimizers(0.0, 3e-3, (0.9, 0.99))
+    idx = torch.randint(0, 64, (4, 33))
+    x, y = idx[:, :-1], idx[:, 1:]
+    first = m(x, y)[1].item()
+    for _ in range(50):
+        _, loss = m(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    assert first > 3.5 and loss.item() < 0.5, (first, loss.item())
+
+
+def test_generate():
+    m = small_model().eval()
+    out = m.generate(torch.zeros(1, 3, dtype=torch.long), 40, top_k=5)
+    assert out.shape == (1, 43) and out.max() < 97
