@@ -161,14 +161,14 @@ def dedup(docs):
     return out
 
 
-def dedup_prefixes(docs, key_chars=64):
-    """dedup(), then also drop any document that is a prefix of a longer one (an excerpt of a
-    full document that is also present)."""
+def dedup_prefixes(docs):
+    """dedup(), then also drop any document that is a prefix of another one (an excerpt of a
+    full document that is also present). In sorted order, a prefix sorts right before a
+    document that extends it, so comparing neighbours is enough."""
     docs = dedup(docs)
-    by_key = {}
-    for d in docs:
-        by_key.setdefault(d[:key_chars], []).append(d)
-    return [d for d in docs if not any(o != d and o.startswith(d) for o in by_key[d[:key_chars]])]
+    s = sorted(docs)
+    excerpts = {a for a, b in zip(s, s[1:]) if b.startswith(a)}
+    return [d for d in docs if d not in excerpts]
 
 
 def split_documents(docs, val_fraction, seed):
