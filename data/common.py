@@ -333,8 +333,8 @@ def hf_list_files(endpoint, repo_id, pattern, revision="main", token=None):
     """Files of a Hub dataset whose path matches the glob `pattern`, via the tree API
     (paginated by the Link header). Each is a dict with path, size and lfs.oid (sha256)."""
     top = pattern.split("*")[0].rpartition("/")[0]  # list only the folder the pattern lives in
-    url = (f"{endpoint.rstrip('/')}/api/datasets/{repo_id}/tree/"
-           f"{urllib.parse.quote(revision, safe='')}/{urllib.parse.quote(top)}?recursive=true")
+    url = (f"{endpoint.rstrip('/')}/api/datasets/{repo_id}/tree/{urllib.parse.quote(revision, safe='')}"
+           + (f"/{urllib.parse.quote(top)}" if top else "") + "?recursive=true")
     files = []
     while url:
         with _open(url, token) as r:
@@ -343,7 +343,7 @@ def hf_list_files(endpoint, repo_id, pattern, revision="main", token=None):
         nxt = re.search(r'<([^>]+)>;\s*rel="next"', link)
         url = urllib.parse.urljoin(url, nxt.group(1)) if nxt else None
     if not files:
-        raise DataError(f"no files matching {pattern} in {repo_id}@{revision} at {endpoint}")
+        raise DataError(f"no files matching {pattern} in {repo_id}@{revision} at {endpoint} (check --revision)")
     return sorted(files, key=lambda f: f["path"])
 
 
@@ -422,7 +422,7 @@ def _batches(texts, size):
 
 
 def prepare_hf(out_dir, hf, endpoint, revision, token, val_fraction, seed, max_tokens=None,
-               max_val_tokens=None, num_proc=1, batch_docs=256):
+               max_val_tokens=None, num_proc=1, batch_docs=256, meta=None):
     """Stream Hub shards -> tokens -> train.bin/val.bin/meta.json under out_dir (shards in out_dir/raw/).
     `hf` = {"train": (repo, glob), "val": (repo, glob) or None, "column": name, "licence": str}.
     Without a val source, each document goes to val with probability val_fraction, drawn from a
@@ -484,7 +484,7 @@ def prepare_hf(out_dir, hf, endpoint, revision, token, val_fraction, seed, max_t
             w.discard()
         raise DataError("the Hub files gave an empty train or val split")
     return write_dataset(out_dir, writers, {
-        "source": "hf", "licence": hf["licence"], "endpoint": endpoint, "revision": revision,
+        **(meta or {}), "source": "hf", "licence": hf["licence"], "endpoint": endpoint, "revision": revision,
         "files": used, "val_fraction": None if hf.get("val") else val_fraction, "seed": seed})
 
 
@@ -525,7 +525,8 @@ def prepare_main(domain, doc, embedded, hf, argv=None):
                                     {"domain": domain, "source": "embedded", **meta}, args.max_tokens)
         else:
             meta = prepare_hf(args.out_dir, hf, args.endpoint, args.revision, args.hf_token,
-                              args.val_fraction, args.seed, args.max_tokens, args.max_val_tokens, args.num_proc)
+                              args.val_fraction, args.seed, args.max_tokens, args.max_val_tokens, args.num_proc,
+                              meta={"domain": domain})
     except DataError as e:
         retry = " ".join(["python", show(sys.argv[0]) if argv is None else f"data/{domain}/prepare.py",
                           *(sys.argv[1:] if argv is None else argv)])

@@ -72,6 +72,15 @@ def test_dedup_prefixes_keeps_the_full_document():
     assert dedup_prefixes([full[:60], "other", full, "other"]) == ["other", full]
 
 
+@needs_bpe
+def test_prepare_embedded_max_tokens_keeps_whole_documents(tmp_path):
+    docs = [f"Document number {i} is here." for i in range(50)]
+    meta = common.prepare_embedded(tmp_path, docs, 0.1, 1337, {"domain": "t"}, max_tokens=20)
+    train = load_tokens(tmp_path, "train")
+    assert 20 <= meta["tokens"]["train"] < 30 and train[-1] == EOT
+    assert meta["documents"] == {"train": int(np.count_nonzero(train == EOT)), "val": 5}
+
+
 # ---------------------------------------------------------------- token files and load_tokens
 
 def write_fake(out_dir, train=(1, 2, EOT, 50255, EOT), val=(7, EOT)):
@@ -216,7 +225,7 @@ def hub():
         "fake/owt": {"data/train-00000-of-00001.json.gz": shard([f"Web page number {i}." for i in range(1000)])},
     }
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
@@ -257,7 +266,7 @@ def test_hub_prepare_official_val_split(hub, tmp_path):
 
 @needs_bpe
 def test_hub_prepare_held_out_split_and_failure_keeps_old_output(hub, tmp_path):
-    hf = {"train": ("fake/owt", "data/*.json.gz"), "val": None, "column": "text", "licence": "test"}
+    hf = {"train": ("fake/owt", "*.json.gz"), "val": None, "column": "text", "licence": "test"}  # lists the root
     meta = common.prepare_hf(tmp_path, hf, hub, "main", None, 0.05, 2357, num_proc=2, batch_docs=100)
     assert meta["documents"]["train"] + meta["documents"]["val"] == 1000
     assert 20 <= meta["documents"]["val"] <= 90
