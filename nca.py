@@ -1,0 +1,777 @@
+"""
+Neural cellular automata as a source of pre-pre-training data (SPEC.md §2-5).
+
+Read top to bottom:
+  1. NCAConfig      - every knob of the generator, with the official launcher's defaults
+  2. counter RNG    - a tiny hash-based random stream, so a trajectory is a pure function of
+                      (rule seed, trajectory seed) no matter how it is batched
+  3. rules          - random conv nets, sampled exactly like Flax's default init, from a seed
+  4. rollouts       - many rules at once: one grouped conv per step for the whole batch
+  5. tokenizer      - 2x2 patches -> one token, plus start/end-of-grid delimiters
+  6. gzip filter    - keep rules whose trajectories compress to a ratio inside a band
+  7. batch stream   - (inputs, labels) for training, with the official masking
+  8. pictures, stats, benchmark - the command line (`python nca.py --help`)
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent
+CACHE_DIR = ROOT / ".cache" / "rules"
+
+# Complexity bands (gzip ratio, exclusive on both sides). The paper uses 50%+ for web text and
+# math, 30-40% for code, and sweeps 20-30 / 30-40 / 40-50 / 50+ as an ablation (SPEC.md §4).
+BANDS = {
+    "web": (0.5, 1.0), "math": (0.5, 1.0), "code": (0.3, 0.4),
+    "0.2-0.3": (0.2, 0.3), "0.3-0.4": (0.3, 0.4), "0.4-0.5": (0.4, 0.5), "0.5-1.0": (0.5, 1.0),
+    "all": (0.0, 1.0),
+}
+
+
+# -----------------------------------------------------------------------------------------------
+# 1. Configuration
+
+@dataclass
+class NCAConfig:
+    grid: int = 12                 # H = W of the periodic grid
+    patch: int = 2                 # patch side; a patch of patch*patch cells is one token
+    num_colors: int = 10           # states per cell (official d_state)
+    temperature: float = 1e-4      # sampling temperature of the update (0 = argmax, for tests)
+    identity_bias: float = 0.0     # added to the logit of a cell's current state
+    init_rollout_steps: int = 10   # burn-in updates before the first recorded frame
+    dT: int = 1                    # updates between recorded frames
+    seq_len: int = 1024            # model context; frames per sequence = ceil(seq_len / grid_len)
+    init: str = "softmax"          # initial grid: "softmax" (official code) or "uniform" (paper)
+    filter_frames: int = 10        # frames scored by the gzip filter (official n_steps)
+    max_vocab: int = 64000         # the stage-1 model's vocabulary; the tokenizer must fit in it
+
+    def __post_init__(self):
+        if self.grid < 1 or self.patch < 1 or self.grid % self.patch:
+            raise ValueError(f"--grid {self.grid} is not divisible by --patch {self.patch}: "
+                             "choose a patch size that divides the grid")
+        if self.num_colors < 2:
+            raise ValueError(f"--num_colors must be at least 2, got {self.num_colors}")
+        if self.vocab_size > self.max_vocab:
+            raise ValueError(f"--num_colors {self.num_colors} with --patch {self.patch} needs "
+                             f"{self.vocab_size:,} tokens (num_colors**(patch**2) + 2), more than "
+                             f"the model vocabulary {self.max_vocab:,}: use fewer colours or a "
+                             "smaller patch, or raise --vocab_size")
+        if self.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0 (0 = argmax), got {self.temperature}")
+        if self.dT < 1 or self.init_rollout_steps < 0 or self.filter_frames < 1:
+            raise ValueError("--dT and --filter_frames must be >= 1, --init_rollout_steps >= 0")
+        if self.init not in ("softmax", "uniform"):
+            raise ValueError(f"--init must be 'softmax' or 'uniform', got {self.init!r}")
+        if self.seq_len < 2 * self.grid_len:
+            raise ValueError(f"--seq_len {self.seq_len} must hold at least two grids "
+                             f"({2 * self.grid_len} tokens)")
+
+    @property
+    def patches(self):             # tokens per grid without delimiters (36)
+        return (self.grid // self.patch) ** 2
+
+    @property
+    def start_token(self):         # n^(p^2) = 10000
+        return self.num_colors ** (self.patch ** 2)
+
+    @property
+    def end_token(self):
+        return self.start_token + 1
+
+    @property
+    def vocab_size(self):          # symbols that occur: 10,002
+        return self.start_token + 2
+
+    @property
+    def grid_len(self):            # [start, 36 patches, end] = 38
+        return self.patches + 2
+
+    @property
+    def frames(self):              # grids per training sequence = ceil(1024 / 38) = 27
+        return math.ceil(self.seq_len / self.grid_len)
+
+    def settings(self):
+        """The fields that change which rules pass the filter (the rule-bank cache key)."""
+        d = asdict(self)
+        for k in ("seq_len", "max_vocab"):
+            d.pop(k)
+        return d
+
+
+def add_nca_args(parser):
+    """The generator flags, shared by nca.py, train.py and eval.py."""
+    g = parser.add_argument_group("NCA generator (SPEC.md §2-4)")
+    g.add_argument("--grid", type=int, default=12, help="grid side (periodic)")
+    g.add_argument("--patch", type=int, default=2, help="patch side; one token per patch")
+    g.add_argument("--num_colors", type=int, default=10, help="states per cell")
+    g.add_argument("--temperature", type=float, default=1e-4,
+                   help="update temperature (official launcher 1e-4; 0 = argmax)")
+    g.add_argument("--identity_bias", type=float, default=0.0,
+                   help="bias toward keeping the current state")
+    g.add_argument("--init_rollout_steps", type=int, default=10, help="burn-in updates")
+    g.add_argument("--dT", type=int, default=1, help="updates between recorded frames")
+    g.add_argument("--init", choices=["softmax", "uniform"], default="softmax",
+                   help="initial grid: per-trajectory softmax(N(0,I)) colour mix (official code) "
+                        "or uniform cells (the paper's text)")
+    g.add_argument("--filter_frames", type=int, default=10, help="frames scored by the gzip filter")
+    g.add_argument("--band", choices=sorted(BANDS), default=None,
+                   help="named complexity band; overrides the two thresholds below")
+    g.add_argument("--filter_rules_threshold", type=float, default=0.5,
+                   help="keep rules with gzip ratio strictly above this")
+    g.add_argument("--filter_rules_upper_bound", type=float, default=1.0,
+                   help="... and strictly below this")
+    return g
+
+
+def config_from_args(args, seq_len=1024, max_vocab=64000):
+    return NCAConfig(grid=args.grid, patch=args.patch, num_colors=args.num_colors,
+                     temperature=args.temperature, identity_bias=args.identity_bias,
+                     init_rollout_steps=args.init_rollout_steps, dT=args.dT, seq_len=seq_len,
+                     init=args.init, filter_frames=args.filter_frames, max_vocab=max_vocab)
+
+
+def band_from_args(args):
+    lo, hi = BANDS[args.band] if args.band else (args.filter_rules_threshold,
+                                                   args.filter_rules_upper_bound)
+    if not lo < hi:
+        raise ValueError(f"empty complexity band ({lo}, {hi}): the threshold must be below "
+                         "the upper bound")
+    return lo, hi
+
+
+# -----------------------------------------------------------------------------------------------
+# 2. Counter-based random numbers
+#
+# JAX's threefry streams cannot be reproduced in PyTorch (SPEC.md §13.21), so only distributions
+# can match. We use SplitMix64 on (stream key, counter): the noise of a trajectory is addressed by
+# (trajectory seed, step, cell), so a rollout gives the same frames alone or in any batch, on any
+# device, and only the few cells whose update is actually uncertain need random numbers at all.
+
+_M64, _M63 = (1 << 64) - 1, (1 << 63) - 1
+
+
+def _i64(x):                        # a python int as a wrapped signed 64-bit value
+    x &= _M64
+    return x - (1 << 64) if x >> 63 else x
+
+
+_GAMMA, _C1, _C2 = _i64(0x9E3779B97F4A7C15), _i64(0xBF58476D1CE4E5B9), _i64(0x94D049BB133111EB)
+
+
+def _srl(x, k):                     # logical right shift of an int64 tensor
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def mix64(x):
+    """SplitMix64 finalizer on an int64 tensor (wrapping arithmetic)."""
+    x = (x ^ _srl(x, 30)) * _C1
+    x = (x ^ _srl(x, 27)) * _C2
+    return x ^ _srl(x, 31)
+
+
+def stream_key(seed, *tags):
+    """A stream key from an integer seed (tensor or int) and small integer tags."""
+    k = torch.as_tensor(seed, dtype=torch.int64)
+    for t in tags:
+        k = mix64(k * _GAMMA + t)
+    return mix64(k)
+
+
+def uniform(key, counter, dtype=torch.float64):
+    """Uniform in the open interval (0, 1), 53 bits: the counter-th draw of stream `key`."""
+    bits = _srl(mix64(key + counter * _GAMMA), 11)
+    return (bits.to(dtype) + 0.5) * 2.0 ** -53
+
+
+def seed_sequence(seed, start, count):
+    """Non-negative 63-bit integer seeds #start..#start+count-1 of a stream (rule candidates)."""
+    c = torch.arange(start, start + count, dtype=torch.int64)
+    return _srl(mix64(stream_key(seed, 7) + c * _GAMMA), 1)
+
+
+# -----------------------------------------------------------------------------------------------
+# 3. Rules (SPEC.md §2.2-2.3)
+#
+# A rule is the official NCANetwork: one-hot state -> wrap-pad all three axes (the channel axis
+# too, because Flax's jnp.pad(pad_width=1) pads every axis: channels [9, 0..9, 0]) -> 3x3 conv to
+# 4 -> 1x1 conv to 16 -> ReLU -> 1x1 conv to num_colors. Kernels are lecun_normal (a normal
+# truncated to +-2 then scaled to std sqrt(1/fan_in)), biases zero, nothing is ever trained.
+
+_TRUNC_STD = 0.87962566103423978    # std of a standard normal truncated to [-2, 2]
+
+
+def rule_shapes(num_colors):
+    n = num_colors
+    return {"w0": (4, n + 2, 3, 3), "b0": (4,), "w1": (16, 4), "b1": (16,),
+            "w2": (n, 16), "b2": (n,)}
+
+
+def sample_rules(seeds, num_colors=10, device="cpu"):
+    """Rule parameters (PyTorch layout, one row per seed) from integer seeds.
+
+    Every kernel entry is an inverse-CDF truncated normal drawn from the seed's own stream, so a
+    rule is the same on every device and in every batch."""
+    seeds = torch.as_tensor(seeds, dtype=torch.int64).reshape(-1)
+    key = stream_key(seeds, 1)[:, None]
+    lo, hi = torch.special.ndtr(torch.tensor(-2.0, dtype=torch.float64)), \
+        torch.special.ndtr(torch.tensor(2.0, dtype=torch.float64))
+    params, counter = {}, 0
+    for name, shape in rule_shapes(num_colors).items():
+        size = math.prod(shape)
+        if name.startswith("b"):
+            params[name] = torch.zeros(len(seeds), *shape)
+            continue
+        u = uniform(key, torch.arange(counter, counter + size, dtype=torch.int64))
+        z = torch.special.ndtri(lo + u * (hi - lo))              # N(0,1) truncated to [-2, 2]
+        fan_in = size // shape[0]                                # in_channels * kh * kw
+        params[name] = (z * (math.sqrt(1.0 / fan_in) / _TRUNC_STD)).float().view(-1, *shape)
+        counter += size
+    return {k: v.to(device) for k, v in params.items()}
+
+
+def rules_from_flax(d, index=None):
+    """Official Flax parameters (kernels HWIO, as in shared/fixtures) -> our layout."""
+    sl = slice(None) if index is None else index
+    t = lambda k: torch.from_numpy(np.ascontiguousarray(d[k][sl])).float()
+    return {"w0": t("conv0_kernel").permute(0, 4, 3, 1, 2).contiguous(), "b0": t("conv0_bias"),
+            "w1": t("conv1_kernel")[:, 0, 0].transpose(1, 2).contiguous(), "b1": t("conv1_bias"),
+            "w2": t("conv2_kernel")[:, 0, 0].transpose(1, 2).contiguous(), "b2": t("conv2_bias")}
+
+
+def nca_logits_reference(params, state):
+    """The official network written out literally, one rule at a time (slow; for tests).
+    state: (R, H, W) integer grid -> logits (R, n, H, W)."""
+    n = params["w2"].shape[1]
+    out = []
+    for r in range(state.shape[0]):
+        x = F.one_hot(state[r].long(), n).permute(2, 0, 1).float()[None]
+        x = torch.cat([x[:, -1:], x, x[:, :1]], dim=1)           # channel wrap: n -> n + 2
+        x = F.pad(x, (1, 1, 1, 1), mode="circular")              # torus
+        h = F.conv2d(x, params["w0"][r], params["b0"][r])
+        h = F.conv2d(h, params["w1"][r][:, :, None, None], params["b1"][r]).relu()
+        out.append(F.conv2d(h, params["w2"][r][:, :, None, None], params["b2"][r]))
+    return torch.cat(out)
+
+
+class RuleBatch:
+    """Rules prepared for batched rollouts: trajectory r uses rule r.
+
+    The channel wrap is folded into the 3x3 kernel (the two padded channels are copies of colours
+    n-1 and 0, so their kernel slices are added to those colours' slices): same function, n
+    instead of n + 2 input channels."""
+
+    def __init__(self, params):
+        w0 = params["w0"]
+        self.R, self.n = w0.shape[0], w0.shape[2] - 2
+        w = w0[:, :, 1:-1].clone()
+        w[:, :, -1] += w0[:, :, 0]
+        w[:, :, 0] += w0[:, :, -1]
+        self.w0 = w.reshape(self.R * 4, self.n, 3, 3).contiguous()
+        self.b0 = params["b0"].reshape(-1).contiguous()
+        self.w1 = params["w1"].reshape(self.R * 16, 4, 1, 1).contiguous()
+        self.b1 = params["b1"].reshape(-1).contiguous()
+        self.w2 = params["w2"].reshape(self.R * self.n, 16, 1, 1).contiguous()
+        self.b2 = params["b2"].reshape(-1).contiguous()
+        self.device = w0.device
+
+    def logits(self, state):
+        """(R, H, W) integer grid -> (R, n, H, W) logits, all rules in one grouped conv chain."""
+        R, H, W = state.shape
+        rows = torch.arange(-1, H + 1, device=state.device) % H    # circular pad by indexing
+        cols = torch.arange(-1, W + 1, device=state.device) % W
+        padded = state[:, rows][:, :, cols]
+        colors = torch.arange(self.n, device=state.device, dtype=state.dtype).view(1, -1, 1, 1)
+        x = (padded.unsqueeze(1) == colors).float().view(1, R * self.n, H + 2, W + 2)
+        h = F.conv2d(x, self.w0, self.b0, groups=R)
+        h = F.conv2d(h, self.w1, self.b1, groups=R).relu_()
+        return F.conv2d(h, self.w2, self.b2, groups=R).view(R, self.n, H, W)
+
+
+# -----------------------------------------------------------------------------------------------
+# 4. Rollouts (SPEC.md §2.4-2.6)
+
+def init_state(traj_seeds, cfg, device="cpu"):
+    """Initial grids, one per trajectory seed. Official code: per trajectory z ~ N(0, I_n), then
+    every cell ~ Categorical(softmax(z)) (the rule's own init params are unused, SPEC.md §2.5).
+    --init uniform gives i.i.d. uniform cells, as the paper's text says."""
+    key = stream_key(torch.as_tensor(traj_seeds, dtype=torch.int64).reshape(-1), 2)[:, None]
+    key = key.to(device)
+    n, cells = cfg.num_colors, cfg.grid * cfg.grid
+    u = uniform(key, torch.arange(n, n + cells, device=device))              # (T, cells)
+    if cfg.init == "uniform":
+        state = (u * n).long().clamp_(max=n - 1)
+    else:
+        z = torch.special.ndtri(uniform(key, torch.arange(n, device=device)))  # (T, n) normals
+        cdf = torch.softmax(z, dim=-1).cumsum(-1)
+        cdf = cdf / cdf[:, -1:]
+        state = torch.searchsorted(cdf, u.contiguous(), right=False).clamp_(max=n - 1)
+    return state.view(-1, cfg.grid, cfg.grid).to(torch.uint8)
+
+
+def step(rules, state, key, t, cfg):
+    """One update of every grid: s' ~ Categorical(softmax((logits + b*onehot(s)) / T)).
+
+    Gumbel-max (the official sampler) needs n uniforms per cell. We draw the same categorical by
+    inversion with one uniform, and only where it matters: at T = 1e-4 all but ~0.3% of cells
+    have every alternative's probability underflow to 0 in float32 (exp(-60) is the floor we
+    allow), so their next state is the argmax for sure. Those cells need no random number."""
+    z = rules.logits(state)                                                   # (R, n, H, W)
+    if cfg.identity_bias:
+        colors = torch.arange(rules.n, device=state.device).view(1, -1, 1, 1)
+        z = z + cfg.identity_bias * (state.unsqueeze(1) == colors)
+    top, nxt = z.max(1)
+    if cfg.temperature == 0:
+        return nxt.to(torch.uint8)
+    e = torch.exp(((z - top.unsqueeze(1)) / cfg.temperature).clamp_(min=-60.0))
+    uncertain = (e.sum(1) > 1.0).nonzero(as_tuple=True)                    # (r, i, j) indices
+    if uncertain[0].numel():
+        r, i, j = uncertain
+        cdf = e.permute(0, 2, 3, 1)[r, i, j].double().cumsum(-1)             # (m, n)
+        cell = torch.as_tensor(t, device=state.device) * (cfg.grid * cfg.grid) + i * cfg.grid + j
+        u = uniform(key[r], cell)
+        nxt[r, i, j] = (cdf < (u * cdf[:, -1]).unsqueeze(1)).sum(1)
+    return nxt.to(torch.uint8)
+
+
+def rollout(rules, traj_seeds, cfg, num_frames, start=None):
+    """Frames s_start, s_start+dT, ... (num_frames of them) for each (rule, trajectory) pair.
+    Frame t is the state before update t (as the official rollout records it)."""
+    start = cfg.init_rollout_steps if start is None else start
+    device = rules.device
+    seeds = torch.as_tensor(traj_seeds, dtype=torch.int64).reshape(-1)
+    key = stream_key(seeds, 3).to(device)
+    state = init_state(seeds, cfg, device)
+    frames = []
+    for t in range(start + (num_frames - 1) * cfg.dT + 1):
+        if t >= start and (t - start) % cfg.dT == 0:
+            frames.append(state)
+            if len(frames) == num_frames:
+                break
+        state = step(rules, state, key, t, cfg)
+    return torch.stack(frames, dim=1)                                        # (R, F, H, W)
+
+
+# -----------------------------------------------------------------------------------------------
+# 5. Tokenizer (SPEC.md §3.1): a patch is a base-n number read row-major, least significant first:
+#    token = c00 + n*c01 + n^2*c10 + n^3*c11; each grid is [start, patches..., end].
+
+def tokenize(frames, cfg, delimiters=True):
+    """(..., F, H, W) grids -> (..., F * grid_len) int64 tokens (or F * patches without
+    delimiters)."""
+    *lead, Fr, H, W = frames.shape
+    p, n = cfg.patch, cfg.num_colors
+    x = frames.long().reshape(-1, Fr, H // p, p, W // p, p).permute(0, 1, 2, 4, 3, 5)
+    powers = n ** torch.arange(p * p, device=frames.device, dtype=torch.int64)
+    tok = (x.reshape(-1, Fr, cfg.patches, p * p) * powers).sum(-1)
+    if delimiters:
+        start = torch.full_like(tok[..., :1], cfg.start_token)
+        tok = torch.cat([start, tok, start + 1], dim=-1)
+    return tok.reshape(*lead, -1)
+
+
+def detokenize(tokens, cfg):
+    """Inverse of tokenize (with delimiters): (..., F * grid_len) -> (..., F, H, W)."""
+    *lead, L = tokens.shape
+    if L % cfg.grid_len:
+        raise ValueError(f"{L} tokens is not a whole number of {cfg.grid_len}-token grids")
+    t = tokens.reshape(-1, L // cfg.grid_len, cfg.grid_len)
+    if (t[..., 0] != cfg.start_token).any() or (t[..., -1] != cfg.end_token).any():
+        raise ValueError("tokens are not [start, patches, end] grids")
+    p, n, g = cfg.patch, cfg.num_colors, cfg.grid // cfg.patch
+    powers = n ** torch.arange(p * p, device=tokens.device, dtype=torch.int64)
+    cells = (t[..., 1:-1, None] // powers) % n                               # (B, F, P, p*p)
+    cells = cells.reshape(-1, t.shape[1], g, g, p, p).permute(0, 1, 2, 4, 3, 5)
+    return cells.reshape(*lead, t.shape[1], cfg.grid, cfg.grid)
+
+
+# -----------------------------------------------------------------------------------------------
+# 6. gzip complexity filter (SPEC.md §4)
+
+def gzip_ratio(tokens):
+    """len(gzip level 9) / len(bytes) of one rule's patch tokens as little-endian int32 bytes.
+    The int32 encoding is the official one (a JAX int32 array's tobytes()); any other encoding
+    shifts every threshold (SPEC.md §13.5). A gzip member is 10 header + deflate + 8 trailer
+    bytes, the same length gzip.GzipFile writes."""
+    data = np.ascontiguousarray(tokens, dtype="<i4").tobytes()
+    c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return (len(c.compress(data)) + len(c.flush()) + 18) / len(data)
+
+
+_POOL = None
+
+
+def gzip_scores(frames, cfg):
+    """Scores of (R, F, H, W) frames, one per rule, compressed in parallel threads (zlib releases
+    the GIL), which is the only CPU-bound step of the pipeline."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    tok = tokenize(frames, cfg, delimiters=False).cpu().numpy()
+    return np.fromiter(_POOL.map(gzip_ratio, tok, chunksize=64), dtype=np.float64, count=len(tok))
+
+
+def score_rules(seeds, cfg, device="cpu", batch=2048):
+    """gzip scores of rules, each on one filter trajectory: frames s_10..s_19 from an initial grid
+    of its own (not the one used for training; SPEC.md §13.6)."""
+    seeds = torch.as_tensor(seeds, dtype=torch.int64).reshape(-1)
+    out = []
+    for i in range(0, len(seeds), batch):
+        s = seeds[i:i + batch]
+        rules = RuleBatch(sample_rules(s, cfg.num_colors, device))
+        frames = rollout(rules, stream_key(s, 4), cfg, cfg.filter_frames)
+        out.append(gzip_scores(frames, cfg))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+@dataclass
+class RuleBank:
+    """Accepted rule seeds and their scores; a bank is reproducible from its settings."""
+    seeds: np.ndarray
+    scores: np.ndarray
+    band: tuple
+    candidates: int = 0
+
+
+def filter_rules(cfg, band, num_rules, seed=0, device="cpu", batch=2048, progress=True,
+                 cache=True, max_candidates=None):
+    """Draw candidate rules from seed stream `seed` until `num_rules` score strictly inside `band`.
+    The result is cached under .cache/rules/ keyed by every setting, so a second run is instant."""
+    lo, hi = band
+    key = json.dumps({"cfg": cfg.settings(), "band": [lo, hi], "num_rules": num_rules,
+                      "seed": seed, "version": 1}, sort_keys=True)
+    path = CACHE_DIR / f"bank-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    if cache and path.exists():
+        d = np.load(path)
+        return RuleBank(d["seeds"], d["scores"], (lo, hi), int(d["candidates"]))
+    max_candidates = max_candidates or max(100_000, 1000 * num_rules)
+    seeds, scores, drawn = [], [], 0
+    bar = _tqdm(total=num_rules, desc=f"filtering rules ({lo}, {hi})", unit="rule",
+                disable=not progress)
+    while sum(map(len, seeds)) < num_rules:
+        if drawn >= max_candidates:
+            bar.close()
+            raise RuntimeError(f"only {sum(map(len, seeds))} of {drawn:,} random rules scored in "
+                               f"the band ({lo}, {hi}); widen the band (see python nca.py --stats)")
+        cand = seed_sequence(seed, drawn, batch)
+        sc = score_rules(cand, cfg, device, batch)
+        ok = (sc > lo) & (sc < hi)
+        need = num_rules - sum(map(len, seeds))
+        seeds.append(cand.numpy()[ok][:need])
+        scores.append(sc[ok][:need])
+        drawn += batch
+        bar.update(len(seeds[-1]))
+    bar.close()
+    bank = RuleBank(np.concatenate(seeds), np.concatenate(scores), (lo, hi), drawn)
+    if cache:
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, seeds=bank.seeds, scores=bank.scores, candidates=drawn)
+        os.replace(tmp, path)
+    return bank
+
+
+def _tqdm(**kw):
+    from tqdm import tqdm
+    return tqdm(**kw)
+
+
+# -----------------------------------------------------------------------------------------------
+# 7. Training sequences and the batch stream (SPEC.md §3.2, §5)
+
+def make_sequences(rule_seeds, traj_seeds, cfg, device="cpu", mask_delimiters=False):
+    """Token sequences and labels for (rule, trajectory) pairs: inputs (B, seq_len), labels
+    (B, seq_len). As the official NCADataset: the labels of the first grid are ignored (37
+    positions for the default sequence), delimiter tokens ARE trained (SPEC.md §13.7) unless
+    mask_delimiters."""
+    rules = RuleBatch(sample_rules(rule_seeds, cfg.num_colors, device))
+    tok = tokenize(rollout(rules, traj_seeds, cfg, cfg.frames), cfg)        # (B, F * grid_len)
+    return inputs_and_labels(tok, cfg, mask_delimiters)
+
+
+def inputs_and_labels(tok, cfg, mask_delimiters=False):
+    L = cfg.seq_len
+    target = tok.clone()
+    target[:, :cfg.grid_len] = -100                                         # min_grid = 1
+    if mask_delimiters:
+        target[target >= cfg.start_token] = -100
+    if target.shape[1] < L + 1:                                             # official pads
+        target = F.pad(target, (0, L + 1 - target.shape[1]), value=-100)
+        tok = F.pad(tok, (0, L - tok.shape[1] if tok.shape[1] < L else 0), value=0)
+    return tok[:, :L].contiguous(), target[:, 1:L + 1].contiguous()
+
+
+class NCABatches:
+    """Endless (inputs, labels) batches on `device`, generated in large chunks.
+
+    An epoch is one trajectory per rule of the bank, in a shuffled order. Two modes:
+      fixed_rules  - the same bank every epoch, fresh initial grids and noise (what the official
+                     code does: its re-sampling condition is a precedence bug, SPEC.md §13.1)
+      fresh_rules  - a freshly filtered bank every epoch (what the official README describes)
+    With several processes, rank r takes every world_size-th sequence of the epoch, so ranks
+    see different data. The position (epoch, index) is the whole state: resuming is exact."""
+
+    def __init__(self, cfg, bank, batch_size, device="cpu", seed=0, mode="fixed_rules",
+                 mask_delimiters=False, rank=0, world_size=1, chunk_batches=None,
+                 progress=False):
+        if mode not in ("fixed_rules", "fresh_rules"):
+            raise ValueError(f"unknown NCA epoch mode {mode!r}: use fixed_rules or fresh_rules")
+        if len(bank.seeds) < batch_size * world_size:
+            raise ValueError(f"the rule bank has {len(bank.seeds)} rules, fewer than one batch "
+                             f"({batch_size} x {world_size} processes): raise --train_num_rules")
+        self.cfg, self.bank, self.B, self.device, self.seed = cfg, bank, batch_size, device, seed
+        self.mode, self.mask_delimiters, self.rank, self.world = mode, mask_delimiters, rank, world_size
+        self.chunk = chunk_batches or (64 if str(device).startswith("cuda") else 4)
+        self.epoch, self.index, self.progress = 0, 0, progress
+        self._rules, self._order, self._buffer = None, None, []
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, d):
+        self.epoch, self.index, self._order, self._buffer = d["epoch"], d["index"], None, []
+
+    def per_epoch(self):
+        return len(self.bank.seeds) // self.world // self.B * self.B
+
+    def _epoch_rules(self):
+        if self.mode == "fixed_rules" or self.epoch == 0:
+            return self.bank.seeds
+        return filter_rules(self.cfg, self.bank.band, len(self.bank.seeds),
+                            seed=int(stream_key(self.seed, 8, self.epoch)), device=self.device,
+                            progress=self.progress, cache=False).seeds
+
+    def _fill(self):
+        if self._order is None:
+            g = torch.Generator().manual_seed(int(stream_key(self.seed, 9, self.epoch)) & _M63)
+            self._rules = torch.as_tensor(self._epoch_rules(), dtype=torch.int64)
+            self._order = torch.randperm(len(self._rules), generator=g)[self.rank::self.world]
+        n = min(self.chunk * self.B, self.per_epoch() - self.index)
+        pos = self._order[self.index:self.index + n]
+        traj = stream_key(pos, 6, self.seed, self.epoch)      # one trajectory per (epoch, rule)
+        x, y = make_sequences(self._rules[pos], traj, self.cfg, self.device, self.mask_delimiters)
+        self._buffer = list(zip(x.split(self.B), y.split(self.B)))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.index >= self.per_epoch():
+            self.epoch, self.index, self._order, self._buffer = self.epoch + 1, 0, None, []
+        if not self._buffer:
+            self._fill()
+        self.index += self.B
+        return self._buffer.pop(0)
+
+
+def val_batches(cfg, rule_seeds, num_seqs, batch_size, device="cpu", seed=0,
+                mask_delimiters=False):
+    """A fixed validation set: num_seqs sequences of held-out rules (tiled when there are fewer
+    rules than sequences, as the official val set), the same for the whole run."""
+    rules = torch.as_tensor(rule_seeds, dtype=torch.int64)
+    idx = torch.arange(num_seqs)
+    x, y = make_sequences(rules[idx % len(rules)], stream_key(idx, 10, seed), cfg, device,
+                          mask_delimiters)
+    return list(zip(x.split(batch_size), y.split(batch_size)))
+
+
+def grid_positions(cfg):
+    """Label positions of the patch tokens of each complete grid after the first:
+    (G, patches) index tensor, row g-1 = grid g. Position i predicts token i + 1."""
+    P, GL, L = cfg.patches, cfg.grid_len, cfg.seq_len
+    rows = [g * GL + torch.arange(P) for g in range(1, cfg.frames) if g * GL + P <= L]
+    return torch.stack(rows)
+
+
+def grid_accuracy(pred, labels, cfg):
+    """In-context accuracy by grid position. pred: (B, L) argmax next-token predictions under
+    teacher forcing. A whole grid is predicted correctly by greedy decoding exactly when every
+    one of its teacher-forced patch predictions is right (the first error makes greedy decoding
+    diverge), so one forward pass gives the official greedy next-grid accuracy.
+    Returns (token_correct, grid_correct) per grid position, summed over the batch."""
+    pos = grid_positions(cfg).to(pred.device)
+    ok = (pred[:, pos] == labels[:, pos])                                   # (B, G, P)
+    return ok.float().mean(-1).sum(0), ok.all(-1).float().sum(0)
+
+
+def copy_accuracy(inputs, labels, cfg):
+    """The same accuracies for the trivial predictor 'each grid is a copy of the previous one'."""
+    pos = grid_positions(cfg).to(inputs.device)
+    ok = inputs[:, pos - cfg.grid_len + 1] == labels[:, pos]
+    return ok.float().mean(-1).sum(0), ok.all(-1).float().sum(0)
+
+
+# -----------------------------------------------------------------------------------------------
+# 8. Pictures, statistics, benchmark
+
+def palette(n):
+    base = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40],
+                     [148, 103, 189], [140, 86, 75], [227, 119, 194], [127, 127, 127],
+                     [188, 189, 34], [23, 190, 207]], dtype=np.uint8)
+    if n <= len(base):
+        return base[:n]
+    hue = np.arange(n) / n                                  # more colours: evenly spaced hues
+    rgb = np.stack([np.abs(hue * 6 - 3) - 1, 2 - np.abs(hue * 6 - 2), 2 - np.abs(hue * 6 - 4)], 1)
+    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def draw_preview(path, cfg, bands, rules_per_band=3, num_frames=8, seed=0, device="cpu",
+                 scale=4):
+    """Trajectories of a few rules from each band, side by side; PNG (frames left to right) or
+    GIF (frames over time). Needs Pillow for the text and the file formats."""
+    try:
+        from PIL import Image, ImageDraw
+    except ImportError:
+        raise SystemExit("--preview needs Pillow for PNG/GIF output: pip install pillow")
+    gif = str(path).lower().endswith(".gif")
+    pal = palette(cfg.num_colors)
+    panels = []
+    for name, band in bands:
+        bank = filter_rules(cfg, band, rules_per_band, seed=seed, device=device, progress=False,
+                            cache=False)
+        rules = RuleBatch(sample_rules(bank.seeds, cfg.num_colors, device))
+        frames = rollout(rules, stream_key(torch.as_tensor(bank.seeds), 11), cfg, num_frames)
+        panels.append((name, bank.scores, frames.cpu().numpy()))
+    cell, pad, head = cfg.grid * scale, 4, 14
+    cols_per_panel = 1 if gif else num_frames
+    pw = cols_per_panel * (cell + pad) + pad
+    ph = head + rules_per_band * (cell + head) + pad
+    images = []
+    for t in range(num_frames if gif else 1):
+        img = Image.new("RGB", (pw * len(panels), ph), "white")
+        d = ImageDraw.Draw(img)
+        for p, (name, scores, frames) in enumerate(panels):
+            x0 = p * pw
+            d.text((x0 + pad, 2), f"band {name}", fill="black")
+            for r in range(rules_per_band):
+                y0 = head + r * (cell + head)
+                d.text((x0 + pad, y0), f"gzip {scores[r]:.3f}", fill="black")
+                for c in range(cols_per_panel):
+                    f = t if gif else c
+                    px = pal[frames[r, f]].repeat(scale, 0).repeat(scale, 1)
+                    img.paste(Image.fromarray(px), (x0 + pad + c * (cell + pad), y0 + head - 2))
+        images.append(img)
+    tmp = Path(str(path) + ".tmp")
+    if gif:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=250,
+                       loop=0)
+    else:
+        images[0].save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+OFFICIAL_STATS = {"median": 0.486, "above 0.5": 0.460, "0.3-0.4": 0.102}   # SPEC.md §4
+
+
+def band_table(scores):
+    edges = [(-np.inf, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5), (0.5, np.inf)]
+    return {f"{lo}-{hi}".replace("-inf-", "<").replace("-inf", "+"): float(((scores > lo) &
+            (scores < hi)).mean()) for lo, hi in edges}
+
+
+def print_stats(scores):
+    q = np.percentile(scores, [0, 5, 25, 50, 75, 95, 100])
+    print(f"gzip ratio of {len(scores)} random rules")
+    print("percentiles  " + "  ".join(f"p{p}={v:.3f}" for p, v in zip([0, 5, 25, 50, 75, 95, 100], q)))
+    for k, v in band_table(scores).items():
+        print(f"band {k:>9}: {100 * v:5.1f}%")
+    print(f"official (SPEC.md §4): median {OFFICIAL_STATS['median']}, "
+          f"{100 * OFFICIAL_STATS['above 0.5']:.1f}% above 0.5, "
+          f"{100 * OFFICIAL_STATS['0.3-0.4']:.1f}% in 0.3-0.4")
+
+
+def _sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench(cfg, device, seqs=4096, chunk=1024, rules=4096):
+    """Generation and filtering throughput on `device`; prints `name: value unit` lines."""
+    seeds = seed_sequence(0, 0, chunk)
+    make_sequences(seeds[:64], seeds[:64], cfg, device)                      # warm-up
+    _sync(device)
+    t0, done = time.perf_counter(), 0
+    while done < seqs:
+        make_sequences(seeds, stream_key(torch.arange(done, done + chunk), 12), cfg, device)
+        done += chunk
+    _sync(device)
+    dt = time.perf_counter() - t0
+    score_rules(seed_sequence(1, 0, 256), cfg, device)                     # warm-up
+    t1 = time.perf_counter()
+    sc = score_rules(seed_sequence(1, 0, rules), cfg, device, batch=min(rules, 2048))
+    _sync(device)
+    df = time.perf_counter() - t1
+    print(f"device: {device}")
+    print(f"sequences/s: {done / dt:.0f} seq/s")
+    print(f"tokens/s: {done * cfg.seq_len / dt / 1e6:.3f} Mtok/s")
+    print(f"filtered rules/s: {rules / df:.0f} rules/s")
+    print(f"accepted rules/s (band 0.5-1.0): {((sc > 0.5) & (sc < 1.0)).sum() / df:.0f} rules/s")
+
+
+def default_device(name="auto"):
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_nca_args(ap)
+    ap.add_argument("--seq_len", type=int, default=1024, help="tokens per training sequence")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the rule stream")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    ap.add_argument("--stats", action="store_true",
+                    help="print the gzip-ratio distribution of --num_rules random rules")
+    ap.add_argument("--num_rules", type=int, default=1000, help="rules for --stats")
+    ap.add_argument("--out", default=None, help="with --stats: write the raw scores (JSON list)")
+    ap.add_argument("--preview", default=None, metavar="PATH",
+                    help="draw trajectories of rules from each band to PATH (.png or .gif)")
+    ap.add_argument("--preview_rules", type=int, default=3, help="rules per band in --preview")
+    ap.add_argument("--preview_frames", type=int, default=8, help="frames per rule in --preview")
+    ap.add_argument("--bench", action="store_true", help="print generation/filter throughput")
+    ap.add_argument("--bench_seqs", type=int, default=4096, help="sequences for --bench")
+    args = ap.parse_args(argv)
+    try:
+        cfg = config_from_args(args, seq_len=args.seq_len)
+    except ValueError as e:
+        ap.error(str(e))
+    device = default_device(args.device)
+    if not (args.stats or args.preview or args.bench):
+        ap.print_help()
+        return
+    if args.stats:
+        scores = score_rules(seed_sequence(args.seed, 0, args.num_rules), cfg, device)
+        print_stats(scores)
+        if args.out:
+            tmp = args.out + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump([round(float(s), 6) for s in scores], f)
+            os.replace(tmp, args.out)
+            print(f"wrote {len(scores)} scores to {args.out}")
+    if args.preview:
+        bands = [(k, BANDS[k]) for k in ("0.2-0.3", "0.3-0.4", "0.4-0.5", "0.5-1.0")]
+        draw_preview(args.preview, cfg, bands, args.preview_rules, args.preview_frames,
+                     args.seed, device)
+        print(f"wrote {args.preview}")
+    if args.bench:
+        bench(cfg, device, seqs=args.bench_seqs)
+
+
+if __name__ == "__main__":
+    main()
