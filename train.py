@@ -1,0 +1,699 @@
+"""
+Train the GPT in two stages (SPEC.md §5-9):
+
+  stage 1, "ppt" (pre-pre-training): next-token prediction on NCA trajectories (default), or on
+           the baselines' sources: Dyck languages or natural text;
+  stage 2, "lang" (language pre-training): on a prepared corpus (data/<domain>), from scratch or
+           from a stage-1 checkpoint whose embeddings and head are replaced (the transfer).
+
+  python train.py --stage both --domain web ...            # one arm: stage 1, then stage 2
+  python train.py --stage both --domain web --nca_tokens 0  # the scratch arm
+  python train.py --stage nca ...  /  --stage lang --init_from out/x/ppt/ckpt.pt ...
+  torchrun --nproc_per_node 8 train.py ...                  # data parallel
+
+Stage-1 hyper-parameters are the --ppt_* flags, stage-2 ones the plain flags. A run folder holds
+config.json, metrics.jsonl and ckpt.pt; with --stage both, stage 1 goes to <out_dir>/ppt/.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import nca
+from data.common import DataError, load_meta, load_tokens
+from model import GPT, GPTConfig, SIZES, config_for
+
+DOMAIN_VOCAB = {"web": 50257, "c4": 50257, "math": 64000, "code": 64000}   # SPEC.md §13.14
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12,
+              "4090": 165e12, "A10": 125e12}                              # dense bf16, per GPU
+
+# Presets set defaults; any flag given on the command line wins.
+PRESETS = {
+    # The whole two-stage pipeline on a 2-core CPU in minutes (the README's quick start).
+    "cpu": dict(size="tiny", seq_len=256, dtype="float32",
+                ppt_tokens=1_048_576, ppt_batch_tokens=8192, ppt_micro_batch=16, ppt_lr=1e-3,
+                ppt_warmup_frac=0.1, ppt_schedule="cosine", ppt_vocab_size=0, ppt_eval_interval=32,
+                ppt_val_seqs=64, train_num_rules=2048, val_num_rules=128,
+                vocab_size="50257", lang_tokens=131_072, batch_tokens=4096, micro_batch=16,
+                lr=2e-3, eval_interval=8, eval_tokens=16_384, log_interval=4),
+    # One GPU, GPT-2-small class: the paper's 164M NCA tokens, then language pre-training.
+    "gpu": dict(size="small", seq_len=1024, dtype="auto", compile=True,
+                ppt_tokens=163_840_000, ppt_batch_tokens=32768, ppt_micro_batch=32,
+                lang_tokens=2_621_440_000, batch_tokens=524288, micro_batch=32),
+}
+
+
+class TrainError(Exception):
+    """A problem with the user's input or run; main() prints it as one line."""
+
+
+# -----------------------------------------------------------------------------------------------
+# Command line
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("run")
+    g.add_argument("--stage", choices=["ppt", "nca", "lang", "both"], default="both",
+                   help="ppt = stage 1 (nca is its alias), lang = stage 2, both = 1 then 2")
+    g.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="a set of defaults: cpu (tiny model, minutes) or gpu (GPT-2-small)")
+    g.add_argument("--out_dir", default="out/run", help="run folder")
+    g.add_argument("--overwrite", action="store_true", help="replace a run already in out_dir")
+    g.add_argument("--resume", action="store_true", help="continue the run in out_dir")
+    g.add_argument("--arm", default=None,
+                   help="label of this run in eval tables (default: scratch / the ppt source)")
+    g.add_argument("--seed", type=int, default=0, help="seed of init, data order and dropout")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="autocast dtype; auto = bfloat16 on CUDA, float32 elsewhere")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--log_interval", type=int, default=10, help="steps between log lines")
+    g.add_argument("--max_iters", type=int, default=0,
+                   help="stop each stage after this many steps (0 = its token budget)")
+    g.add_argument("--debug_ranks", action="store_true",
+                   help="each process writes rank<r>.json (hash of its first batch and of the "
+                        "final weights) to check data sharding and gradient sync")
+
+    g = p.add_argument_group("model (SPEC.md §6)")
+    g.add_argument("--size", choices=list(SIZES), default="small", help="size preset")
+    g.add_argument("--n_layer", type=int, default=None, help="override the preset")
+    g.add_argument("--n_head", type=int, default=None, help="override the preset")
+    g.add_argument("--n_embd", type=int, default=None, help="override the preset")
+    g.add_argument("--mlp_hidden", type=int, default=None, help="SwiGLU width (default 4*n_embd)")
+    g.add_argument("--attn_dropout", type=float, default=0.1, help="attention-probability dropout")
+    g.add_argument("--seq_len", type=int, default=1024, help="tokens per sequence")
+
+    g = p.add_argument_group("stage 1: pre-pre-training (SPEC.md §5, §7)")
+    g.add_argument("--ppt_source", choices=["nca", "dyck", "text"], default="nca",
+                   help="synthetic NCA trajectories, Dyck languages, or natural text")
+    g.add_argument("--ppt_tokens", "--nca_tokens", type=int, default=163_840_000,
+                   help="stage-1 token budget (the paper's 164M); 0 = no stage 1 (scratch)")
+    g.add_argument("--ppt_batch_tokens", type=int, default=32768, help="tokens per optimizer step")
+    g.add_argument("--ppt_micro_batch", type=int, default=16, help="sequences per forward pass")
+    g.add_argument("--ppt_lr", type=float, default=1e-4, help="peak learning rate")
+    g.add_argument("--ppt_weight_decay", type=float, default=0.0, help="official: Adam, no decay")
+    g.add_argument("--ppt_schedule", choices=["cosine", "constant"], default="constant",
+                   help="after warmup; the official 164M checkpoint ends its warmup (§13.11)")
+    g.add_argument("--ppt_warmup_frac", type=float, default=1.0,
+                   help="fraction of stage-1 steps in linear warmup (official 164M: all)")
+    g.add_argument("--ppt_grad_clip", type=float, default=0.0, help="0 = none (official)")
+    g.add_argument("--ppt_vocab_size", type=int, default=64000,
+                   help="stage-1 vocabulary (official 64,000); 0 = the source's own size")
+    g.add_argument("--ppt_eval_interval", type=int, default=500, help="steps between validations")
+    g.add_argument("--ppt_val_seqs", type=int, default=3200, help="validation sequences")
+    g.add_argument("--train_num_rules", type=int, default=16000, help="NCA rule bank size")
+    g.add_argument("--val_num_rules", type=int, default=2000, help="held-out NCA rules")
+    g.add_argument("--rule_seed", type=int, default=0, help="seed of the rule filter")
+    g.add_argument("--nca_epoch_mode", choices=["fixed_rules", "fresh_rules"],
+                   default="fixed_rules",
+                   help="fixed_rules: new trajectories of the same bank each epoch (official "
+                        "code); fresh_rules: a new bank each epoch (official README)")
+    g.add_argument("--mask_delimiters", action="store_true",
+                   help="also ignore grid delimiters in the loss (official: trained)")
+    g.add_argument("--ppt_data", default="data/c4", help="prepared folder for --ppt_source text")
+    nca.add_nca_args(p)
+    try:
+        import dyck
+        dyck.add_dyck_args(p)
+    except ImportError:
+        pass
+
+    g = p.add_argument_group("stage 2: language pre-training (SPEC.md §8-9)")
+    g.add_argument("--domain", default="web", help="prepared corpus data/<domain>")
+    g.add_argument("--data_dir", default=None, help="prepared folder (overrides --domain)")
+    g.add_argument("--init_from", default=None, help="stage-1 checkpoint for --stage lang")
+    g.add_argument("--vocab_size", default="auto",
+                   help="auto = official per domain (web 50,257; math/code 64,000), or a number")
+    g.add_argument("--embed_init", choices=["paper", "normal"], default="paper",
+                   help="new embeddings/head: PyTorch defaults (official) or N(0, 0.02)")
+    g.add_argument("--keep_embeddings", action="store_true",
+                   help="keep stage-1 embeddings and head (text source only: 'no re-init')")
+    g.add_argument("--reinit", default="", help="comma list of attn,mlp,ln to re-initialize")
+    g.add_argument("--reinit_layers", default="", help="layer range a:b for --reinit (all)")
+    g.add_argument("--freeze", default="", help="comma list of attn,mlp,ln to freeze")
+    g.add_argument("--freeze_layers", default="", help="layer range a:b for --freeze (all)")
+    g.add_argument("--lang_tokens", type=int, default=0,
+                   help="stage-2 token budget; 0 = one epoch of train.bin")
+    g.add_argument("--batch_tokens", type=int, default=524288, help="tokens per optimizer step")
+    g.add_argument("--micro_batch", type=int, default=16, help="sequences per forward pass")
+    g.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (OWT 5e-4)")
+    g.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW decay (OWT 1e-4)")
+    g.add_argument("--decay_all", action=argparse.BooleanOptionalAction, default=True,
+                   help="decay every parameter incl. norms (official) or only matrices")
+    g.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
+                   help="learning-rate schedule after warmup")
+    g.add_argument("--warmup_frac", type=float, default=0.1, help="fraction of steps in warmup")
+    g.add_argument("--grad_clip", type=float, default=1 / 32,
+                   help="clip the mean gradient's norm; 1/32 = official 1.0 on a sum of 32")
+    g.add_argument("--eval_interval", type=int, default=100, help="steps between validations")
+    g.add_argument("--eval_tokens", type=int, default=4_194_304, help="validation tokens")
+    return p
+
+
+def parse_args(argv=None):
+    p = get_parser()
+    first, _ = p.parse_known_args(argv)
+    if first.preset:
+        p.set_defaults(**PRESETS[first.preset])
+    args = p.parse_args(argv)
+    if args.stage == "nca":
+        args.stage = "ppt"
+    return args
+
+
+def layer_range(text, n_layer):
+    if not text:
+        return None
+    try:
+        a, b = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise TrainError(f"layer range {text!r} must look like a:b, e.g. 0:4")
+    if not 0 <= a < b <= n_layer:
+        raise TrainError(f"layer range {text} is outside the model's {n_layer} layers")
+    return range(a, b)
+
+
+def kinds(text):
+    out = [k for k in text.split(",") if k]
+    for k in out:
+        if k not in ("attn", "mlp", "ln"):
+            raise TrainError(f"unknown module kind {k!r} in --reinit/--freeze: use attn, mlp, ln")
+    return out
+
+
+# -----------------------------------------------------------------------------------------------
+# Data: each source is an endless iterator of (inputs, labels) with state_dict/load_state_dict
+
+class TextBatches:
+    """Random windows of a prepared token file (nanoGPT get_batch). The window starts of batch i
+    are drawn from a generator seeded by (seed, rank, i), so the position i is the whole state."""
+
+    def __init__(self, data_dir, split, seq_len, batch_size, device, seed=0, rank=0):
+        self.data_dir, self.split, self.T, self.B = data_dir, split, seq_len, batch_size
+        self.device, self.seed, self.rank, self.count = device, seed, rank, 0
+        n = len(load_tokens(data_dir, split))
+        if n < seq_len + 2:
+            raise TrainError(f"{data_dir}/{split}.bin has {n} tokens, fewer than one sequence "
+                             f"of {seq_len + 1}: lower --seq_len")
+
+    def state_dict(self):
+        return {"count": self.count}
+
+    def load_state_dict(self, d):
+        self.count = d["count"]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        data = load_tokens(self.data_dir, self.split)       # a fresh memmap each batch (nanoGPT)
+        rng = np.random.default_rng([self.seed, self.rank, self.count])
+        ix = rng.integers(0, len(data) - self.T - 1, self.B)
+        w = torch.from_numpy(np.stack([data[i:i + self.T + 1] for i in ix]).astype(np.int64))
+        self.count += 1
+        if str(self.device).startswith("cuda"):
+            w = w.pin_memory().to(self.device, non_blocking=True)
+        else:
+            w = w.to(self.device)
+        return w[:, :-1], w[:, 1:]
+
+
+def text_val_batches(data_dir, seq_len, eval_tokens, batch_size, device):
+    """Fixed validation windows: non-overlapping, stride seq_len, from the start of val.bin."""
+    data = load_tokens(data_dir, "val")
+    n = min(max(eval_tokens // seq_len, 1), (len(data) - 1) // seq_len)
+    if n < 1:
+        raise TrainError(f"{data_dir}/val.bin has {len(data)} tokens, fewer than one window")
+    w = torch.from_numpy(np.stack([data[i * seq_len:i * seq_len + seq_len + 1]
+                                   for i in range(n)]).astype(np.int64)).to(device)
+    return list(zip(w[:, :-1].split(batch_size), w[:, 1:].split(batch_size)))
+
+
+def ppt_source(args, device, rank, world, micro):
+    """Stage-1 data: (train iterator, fixed val batches, source vocab size, extra ckpt info)."""
+    if args.ppt_source == "nca":
+        cfg = nca.config_from_args(args, seq_len=args.seq_len, max_vocab=vocab_limit(args))
+        band = nca.band_from_args(args)
+        n_train, n_val = args.train_num_rules, args.val_num_rules
+        try:
+            bank = nca.filter_rules(cfg, band, n_train + n_val, seed=args.rule_seed,
+                                    device=device, progress=rank == 0)
+        except RuntimeError as e:
+            raise TrainError(str(e))
+        train_bank = nca.RuleBank(bank.seeds[:n_train], bank.scores[:n_train], bank.band)
+        val_seeds = bank.seeds[n_train:]
+        train = nca.NCABatches(cfg, train_bank, micro, device, seed=args.seed,
+                               mode=args.nca_epoch_mode, mask_delimiters=args.mask_delimiters,
+                               rank=rank, world_size=world)
+        val = nca.val_batches(cfg, val_seeds, args.ppt_val_seqs, micro, device,
+                              mask_delimiters=args.mask_delimiters)
+        info = {"config": asdict(cfg), "val_seeds": [int(s) for s in val_seeds],
+                "mask_delimiters": args.mask_delimiters, "band": list(band)}
+        return train, val, cfg.vocab_size, info
+    if args.ppt_source == "dyck":
+        import dyck
+        cfg = dyck.config_from_args(args, seq_len=args.seq_len)
+        train = dyck.DyckBatches(cfg, micro, device, seed=args.seed, rank=rank, world_size=world)
+        vb = dyck.DyckBatches(cfg, micro, device, seed=args.seed + 1_000_003)
+        val = [next(vb) for _ in range(max(1, args.ppt_val_seqs // micro))]
+        return train, val, cfg.vocab_size, {"config": asdict(cfg)}
+    train = TextBatches(args.ppt_data, "train", args.seq_len, micro, device, args.seed, rank)
+    val = text_val_batches(args.ppt_data, args.seq_len, args.ppt_val_seqs * args.seq_len,
+                           micro, device)
+    return train, val, load_meta(args.ppt_data)["vocab_size"], {"data_dir": args.ppt_data}
+
+
+def vocab_limit(args):
+    return args.ppt_vocab_size or 64000
+
+
+# -----------------------------------------------------------------------------------------------
+# Models: stage 1 from scratch, stage 2 from scratch or by transfer (SPEC.md §8)
+
+def model_config(args, vocab_size, head_bias):
+    over = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "mlp_hidden")
+            if getattr(args, k) is not None}
+    return config_for(args.size, vocab_size=vocab_size, head_bias=head_bias,
+                      block_size=args.seq_len, attn_dropout=args.attn_dropout, **over)
+
+
+def lang_vocab(args, data_dir):
+    meta_vocab = load_meta(data_dir)["vocab_size"]
+    if args.vocab_size == "auto":
+        return max(DOMAIN_VOCAB.get(Path(data_dir).name, meta_vocab), meta_vocab)
+    v = int(args.vocab_size)
+    if v < meta_vocab:
+        raise TrainError(f"--vocab_size {v} cannot index {data_dir}'s {meta_vocab}-token "
+                         "vocabulary: use at least that")
+    return v
+
+
+def load_checkpoint(path, device="cpu"):
+    if not Path(path).exists():
+        raise TrainError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise TrainError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}")
+
+
+def lang_model(args, vocab_size, device):
+    """The stage-2 model: transferred from --init_from, or the scratch baseline. Both get the same
+    freshly initialized embeddings and head (reset_vocab), so the arms differ only in the body."""
+    if args.init_from:
+        ck = load_checkpoint(args.init_from)
+        if ck.get("stage") != "ppt":
+            raise TrainError(f"--init_from {args.init_from} is a {ck.get('stage')!r}-stage "
+                             "checkpoint; transfer needs a stage-1 (ppt) checkpoint")
+        cfg = GPTConfig(**ck["model_args"])
+        cfg.block_size, cfg.attn_dropout = args.seq_len, args.attn_dropout  # RoPE: no learned pos
+        model = GPT(cfg)
+        model.load_state_dict(ck["model"])
+        if args.keep_embeddings:
+            if ck["vocab"]["kind"] != "gpt2" or cfg.vocab_size != vocab_size:
+                raise TrainError(f"--keep_embeddings needs a stage-1 model on GPT-2 tokens with "
+                                 f"vocabulary {vocab_size}; {args.init_from} has "
+                                 f"{ck['vocab']['kind']} tokens, vocabulary {cfg.vocab_size}")
+            if cfg.head_bias:                                  # language heads have no bias
+                model.lm_head.bias = None
+                model.config.head_bias = False
+        else:
+            model.reset_vocab(vocab_size, args.embed_init)
+    else:
+        model = GPT(model_config(args, vocab_size, head_bias=False))
+        model.reset_vocab(vocab_size, args.embed_init)
+    for kind in kinds(args.reinit):
+        model.reinit_modules(kind, layer_range(args.reinit_layers, model.config.n_layer))
+    for kind in kinds(args.freeze):
+        model.freeze_modules(kind, layer_range(args.freeze_layers, model.config.n_layer))
+    return model.to(device)
+
+
+# -----------------------------------------------------------------------------------------------
+# The training loop, shared by both stages
+
+def lr_at(step, steps, peak, warmup_frac, schedule):
+    """Linear warmup from 0 (the official LambdaLR: the first update uses lr 0), then constant
+    or cosine to 0 at the last step."""
+    warmup = int(warmup_frac * steps)
+    if step < warmup:
+        return peak * step / warmup
+    if schedule == "constant" or steps <= warmup:
+        return peak
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
+
+
+@torch.no_grad()
+def evaluate(model, batches, ctx, grid_cfg=None):
+    """Token-mean cross-entropy over supervised labels; with an NCA config also the in-context
+    token and whole-grid accuracy (mean over grid positions)."""
+    was_training = model.training
+    model.eval()
+    total, count, tok_acc, grid_acc, seqs = 0.0, 0, 0.0, 0.0, 0
+    for x, y in batches:
+        with ctx:
+            logits, _ = model(x)
+        total += F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1),
+                                 ignore_index=-100, reduction="sum").item()
+        count += int((y != -100).sum())
+        if grid_cfg is not None:
+            t, g = nca.grid_accuracy(logits.argmax(-1), y, grid_cfg)
+            tok_acc, grid_acc, seqs = tok_acc + t.sum().item(), grid_acc + g.sum().item(), \
+                seqs + len(x) * len(t)
+    model.train(was_training)
+    out = {"val_loss": total / max(count, 1)}
+    if grid_cfg is not None:
+        out.update(token_acc=tok_acc / seqs, grid_acc=grid_acc / seqs)
+    return out
+
+
+def peak_flops(device):
+    if not str(device).startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def save_atomic(obj, path):
+    tmp = Path(str(path) + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+RUN_FILES = ("config.json", "metrics.jsonl", "ckpt.pt")
+
+
+def check_run_dir(out, args):
+    """Refuse to clobber a run unless --overwrite (or continue it with --resume)."""
+    existing = [f for f in RUN_FILES if (Path(out) / f).exists()]
+    if existing and not (args.resume or args.overwrite):
+        raise TrainError(f"{out} already holds a run ({', '.join(existing)}): pass --resume to "
+                         "continue it or --overwrite to replace it (or choose another --out_dir)")
+
+
+def prepare_run_dir(out, args, config):
+    out = Path(out)
+    check_run_dir(out, args)
+    if args.overwrite and not args.resume:
+        for f in RUN_FILES:
+            (out / f).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2, default=str))
+    os.replace(tmp, out / "config.json")
+
+
+def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist, extra):
+    """Run one stage. hp: lr, weight_decay, schedule, warmup_frac, grad_clip, batch_tokens,
+    micro_batch, tokens, eval_interval, decay_all. Returns the final validation metrics."""
+    rank, world, device = dist["rank"], dist["world"], dist["device"]
+    master = rank == 0
+    T, micro = args.seq_len, hp["micro_batch"]
+    per_step = micro * T * world
+    if hp["batch_tokens"] % per_step:
+        raise TrainError(f"batch of {hp['batch_tokens']} tokens is not a multiple of micro-batch "
+                         f"x seq_len x processes = {per_step}: adjust the batch or micro-batch")
+    accum = hp["batch_tokens"] // per_step
+    steps = hp["tokens"] // hp["batch_tokens"]
+    if args.max_iters:
+        steps = min(steps, args.max_iters) if steps else args.max_iters
+    if steps < 1:
+        raise TrainError(f"the {stage} token budget {hp['tokens']:,} is less than one batch of "
+                         f"{hp['batch_tokens']:,}: raise the budget or lower the batch")
+    device_type = "cuda" if str(device).startswith("cuda") else "cpu"
+    optimizer = model.configure_optimizers(hp["weight_decay"], hp["lr"], (0.9, 0.999), 1e-8,
+                                           device_type, decay_all=hp.get("decay_all", False))
+    raw = model
+    if args.compile:
+        model = torch.compile(model)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[device] if device_type == "cuda" else None)
+    scaler = torch.amp.GradScaler(device_type, enabled=(args.dtype == "float16"))
+    grid_cfg = nca.NCAConfig(**extra["nca"]["config"]) if extra.get("nca") else None
+
+    step, metrics_path = 0, out / "metrics.jsonl"
+    if args.resume and (out / "ckpt.pt").exists():
+        ck = load_checkpoint(out / "ckpt.pt", device)
+        if ck.get("stage") != stage:
+            raise TrainError(f"{out}/ckpt.pt is a {ck.get('stage')!r}-stage checkpoint, not "
+                             f"{stage!r}: check --out_dir and --stage")
+        raw.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        train_iter.load_state_dict(ck["data"])
+        torch.set_rng_state(ck["rng"]["torch"].cpu())
+        if device_type == "cuda" and ck["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ck["rng"]["cuda"].cpu())
+        step = ck["step"]
+        if master and metrics_path.exists():                   # drop lines after the checkpoint
+            keep = [l for l in metrics_path.read_text().splitlines() if l and (
+                json.loads(l)["step"] < step or (json.loads(l)["kind"] != "train"
+                                                  and json.loads(l)["step"] <= step))]
+            metrics_path.write_text("".join(l + "\n" for l in keep))
+        if master:
+            print(f"resumed {stage} at step {step}")
+    elif args.resume and master:
+        print(f"--resume: no checkpoint in {out}, starting {stage} from scratch")
+    resumed_at = step
+
+    def log(rec):
+        if master:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def checkpoint(step):
+        if not master:
+            return
+        save_atomic({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                     "model_args": asdict(raw.config), "step": step,
+                     "tokens": step * hp["batch_tokens"], "config": vars(args) | {"stage": stage},
+                     "stage": stage, "vocab": extra["vocab"], "nca": extra.get("nca"),
+                     "data": train_iter.state_dict(),
+                     "rng": {"torch": torch.get_rng_state(),
+                             "cuda": torch.cuda.get_rng_state(device) if device_type == "cuda"
+                             else None}}, out / "ckpt.pt")
+
+    flops = raw.flops_per_token(T)
+    peak = peak_flops(device)
+    if master:
+        print(f"{stage}: {steps} steps of {hp['batch_tokens']:,} tokens ({accum} micro-steps of "
+              f"{micro} x {T} x {world} processes), {raw.num_params():,} body parameters, "
+              f"vocabulary {raw.config.vocab_size:,}")
+    from tqdm import tqdm
+    bar = tqdm(total=steps, initial=step, desc=stage, disable=not master, dynamic_ncols=True)
+    first_batch_hash, last_val, t_last, rates = None, None, time.perf_counter(), []
+    model.train()
+    while True:
+        if (step % hp["eval_interval"] == 0 or step == steps) and not (step == resumed_at
+                                                                       and step > 0):
+            last_val = evaluate(raw, val_batches, ctx, grid_cfg)
+            rec = {"kind": "val", "step": step, "tokens": step * hp["batch_tokens"], **last_val}
+            log(rec)
+            if master:
+                bar.write(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                   for k, v in rec.items()))
+            if not math.isfinite(last_val["val_loss"]):
+                raise TrainError(f"validation loss is {last_val['val_loss']} at step {step} of "
+                                 f"{stage}: lower the learning rate or use --dtype float32")
+            checkpoint(step)
+        if step == steps:
+            break
+        lr = lr_at(step, steps, hp["lr"], hp["warmup_frac"], hp["schedule"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for micro_step in range(accum):
+            x, y = next(train_iter)
+            if first_batch_hash is None:
+                first_batch_hash = int(x.long().sum()) * 1_000_003 + int((x[:, :8] * 31).sum())
+            sync = contextlib.nullcontext() if world == 1 or micro_step == accum - 1 \
+                else model.no_sync()
+            with sync, ctx:
+                _, loss = model(x, y)
+                loss = loss / accum
+            scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        scaler.unscale_(optimizer)
+        params = [p for p in raw.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(params, hp["grad_clip"] or float("inf"))
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        if step % args.log_interval == 0 or step == steps:
+            if world > 1:
+                torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
+            loss_val = loss_sum.item()                          # syncs the device
+            now = time.perf_counter()
+            dt = (now - t_last) / args.log_interval
+            t_last = now
+            tok_s = hp["batch_tokens"] / dt
+            mfu = flops * tok_s / world / peak if peak else None
+            if step > resumed_at + 2 * args.log_interval:      # skip warm-up / compile steps
+                rates.append(tok_s)
+            if not math.isfinite(loss_val):
+                raise TrainError(f"loss is {loss_val} at step {step} of {stage}: lower the "
+                                 "learning rate, clip gradients, or use --dtype float32")
+            rec = {"kind": "train", "step": step, "tokens": step * hp["batch_tokens"],
+                   "loss": loss_val, "lr": lr, "grad_norm": float(norm), "ms": dt * 1000,
+                   "tok_s": tok_s, "mfu": mfu}
+            log(rec)
+            if master:
+                bar.set_postfix(loss=f"{loss_val:.4f}", tok_s=f"{tok_s:,.0f}")
+                bar.write(f"step {step} loss {loss_val:.4f} lr {lr:.2e} grad_norm "
+                          f"{float(norm):.3f} {dt * 1000:.0f} ms {tok_s:,.0f} tok/s"
+                          + (f" mfu {100 * mfu:.1f}%" if mfu is not None else ""))
+    bar.close()
+    if master and rates:
+        print(f"{stage}: mean {np.mean(rates):,.0f} tok/s after warm-up")
+    if args.debug_ranks:
+        wsum = sum(float(p.double().sum()) for p in raw.parameters())
+        (out / f"rank{rank}.json").write_text(json.dumps(
+            {"rank": rank, "first_batch": first_batch_hash, "weights": wsum}))
+    return last_val
+
+
+# -----------------------------------------------------------------------------------------------
+# Stages
+
+def run_ppt(args, out, ctx, dist):
+    micro = args.ppt_micro_batch
+    train, val, source_vocab, info = ppt_source(args, dist["device"], dist["rank"],
+                                                dist["world"], micro)
+    vocab = args.ppt_vocab_size or source_vocab
+    if vocab < source_vocab:
+        raise TrainError(f"--ppt_vocab_size {vocab} is smaller than the {args.ppt_source} "
+                         f"source's {source_vocab} tokens")
+    torch.manual_seed(args.seed)
+    model = GPT(model_config(args, vocab, head_bias=True)).to(dist["device"])
+    extra = {"vocab": {"kind": "gpt2" if args.ppt_source == "text" else args.ppt_source,
+                       "size": vocab}}
+    if args.ppt_source == "nca":
+        extra["nca"] = {k: info[k] for k in ("config", "val_seeds", "mask_delimiters")}
+        if dist["rank"] == 0 and val and not (args.resume and (out / "ckpt.pt").exists()):
+            t, g = zip(*(nca.copy_accuracy(x, y, nca.NCAConfig(**info["config"]))
+                         for x, y in val))
+            n = sum(len(x) for x, _ in val) * len(t[0])
+            rec = {"kind": "info", "step": 0, "tokens": 0,
+                   "copy_token_acc": float(sum(a.sum() for a in t)) / n,
+                   "copy_grid_acc": float(sum(a.sum() for a in g)) / n}
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+    hp = dict(lr=args.ppt_lr, weight_decay=args.ppt_weight_decay, schedule=args.ppt_schedule,
+              warmup_frac=args.ppt_warmup_frac, grad_clip=args.ppt_grad_clip,
+              batch_tokens=args.ppt_batch_tokens, micro_batch=micro, tokens=args.ppt_tokens,
+              eval_interval=args.ppt_eval_interval)
+    return train_stage(args, "ppt", out, model, train, val, hp, ctx, dist, extra)
+
+
+def run_lang(args, out, ctx, dist):
+    data_dir = args.data_dir or f"data/{args.domain}"
+    vocab = lang_vocab(args, data_dir)
+    torch.manual_seed(args.seed)
+    model = lang_model(args, vocab, dist["device"])
+    micro = args.micro_batch
+    train = TextBatches(data_dir, "train", args.seq_len, micro, dist["device"], args.seed,
+                        dist["rank"])
+    val = text_val_batches(data_dir, args.seq_len, args.eval_tokens, micro, dist["device"])
+    tokens = args.lang_tokens or len(load_tokens(data_dir, "train")) // args.batch_tokens \
+        * args.batch_tokens
+    hp = dict(lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
+              warmup_frac=args.warmup_frac, grad_clip=args.grad_clip,
+              batch_tokens=args.batch_tokens, micro_batch=micro, tokens=tokens,
+              eval_interval=args.eval_interval, decay_all=args.decay_all)
+    return train_stage(args, "lang", out, model, train, val, hp, ctx, dist,
+                       {"vocab": {"kind": "gpt2", "size": vocab}})
+
+
+def setup_distributed(args):
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = nca.default_device(args.device)
+    if world > 1:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.startswith("cuda"):
+            device = f"cuda:{local}"
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda")
+                                             else "gloo")
+    return {"rank": rank, "world": world, "device": device}
+
+
+def autocast_ctx(args, device):
+    device_type = "cuda" if str(device).startswith("cuda") else "cpu"
+    if args.dtype == "auto":
+        args.dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() \
+            else "float32"
+    if args.dtype == "float16" and device_type != "cuda":
+        raise TrainError("--dtype float16 needs CUDA (its loss scaler); use bfloat16 or float32")
+    if args.dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=getattr(torch, args.dtype))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    dist = setup_distributed(args)
+    try:
+        if args.stage == "lang" and args.keep_embeddings and not args.init_from:
+            raise TrainError("--keep_embeddings needs --init_from (a stage-1 text checkpoint)")
+        if args.arm is None:
+            args.arm = args.ppt_source if (args.stage != "lang" and args.ppt_tokens) or \
+                args.init_from else "scratch"
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        ctx = autocast_ctx(args, dist["device"])
+        out = Path(args.out_dir)
+        master = dist["rank"] == 0
+        if master:
+            print(json.dumps({k: v for k, v in vars(args).items()}, default=str))
+        do_ppt = args.stage in ("ppt", "both") and args.ppt_tokens > 0
+        if args.stage == "ppt" and not do_ppt:
+            raise TrainError("--stage ppt with --ppt_tokens 0 has nothing to train")
+        ppt_out = out / "ppt" if args.stage == "both" else out
+        for d in ([ppt_out] if do_ppt else []) + ([out] if args.stage != "ppt" else []):
+            check_run_dir(d, args)                          # before anything is trained
+        if args.stage == "both" and args.resume and (out / "ckpt.pt").exists():
+            do_ppt = False                                  # stage 2 already started: stage 1 done
+            args.init_from = str(ppt_out / "ckpt.pt") if (ppt_out / "ckpt.pt").exists() else None
+        result = {}
+        if do_ppt:
+            if master:
+                prepare_run_dir(ppt_out, args, vars(args) | {"stage": "ppt"})
+            _barrier(dist)
+            result["ppt"] = run_ppt(args, ppt_out, ctx, dist)
+            if args.stage == "both":
+                args.init_from = str(ppt_out / "ckpt.pt")
+        if args.stage in ("lang", "both"):
+            if master:
+                prepare_run_dir(out, args, vars(args) | {"stage": "lang"})
+            _barrier(dist)
+            result["lang"] = run_lang(args, out, ctx, dist)
+        return result
+    except (TrainError, DataError, ValueError) as e:
+        if dist["rank"] == 0:
+            print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    finally:
+        if dist["world"] > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _barrier(dist):
+    if dist["world"] > 1:
+        torch.distributed.barrier()
+
+
+if __name__ == "__main__":
+    main()
