@@ -507,10 +507,11 @@ def filter_rules(cfg, band, num_rules, seed=0, device="cpu", batch=2048, progres
     bar = _tqdm(total=num_rules, desc=f"filtering rules ({lo}, {hi})", unit="rule",
                 disable=not progress)
     while sum(map(len, seeds)) < num_rules:
-        if drawn >= max_candidates:
+        found = sum(map(len, seeds))
+        if drawn >= max_candidates or (found == 0 and drawn >= 4 * batch):
             bar.close()
-            raise RuntimeError(f"only {sum(map(len, seeds))} of {drawn:,} random rules scored in "
-                               f"the band ({lo}, {hi}); widen the band (see python nca.py --stats)")
+            raise RuntimeError(f"only {found} of {drawn:,} random rules scored in the band "
+                               f"({lo}, {hi}); widen the band (see python nca.py --stats)")
         cand = seed_sequence(seed, drawn, batch)
         sc = score_rules(cand, cfg, device, batch)
         ok = (sc > lo) & (sc < hi)

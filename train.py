@@ -413,6 +413,13 @@ def prepare_run_dir(out, args, config):
     os.replace(tmp, out / "config.json")
 
 
+def start_run(out, args, stage, dist):
+    """Create the run folder once everything it needs has been checked (data, checkpoint)."""
+    if dist["rank"] == 0:
+        prepare_run_dir(out, args, vars(args) | {"stage": stage})
+    _barrier(dist)
+
+
 def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist, extra):
     """Run one stage. hp: lr, weight_decay, schedule, warmup_frac, grad_clip, batch_tokens,
     micro_batch, tokens, eval_interval, decay_all. Returns the final validation metrics."""
@@ -456,9 +463,8 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
             torch.cuda.set_rng_state(ck["rng"]["cuda"].cpu())
         step = ck["step"]
         if master and metrics_path.exists():                   # drop lines after the checkpoint
-            keep = [l for l in metrics_path.read_text().splitlines() if l and (
-                json.loads(l)["step"] < step or (json.loads(l)["kind"] != "train"
-                                                  and json.loads(l)["step"] <= step))]
+            keep = [l for l in metrics_path.read_text().splitlines()
+                    if l and json.loads(l)["step"] <= step]
             metrics_path.write_text("".join(l + "\n" for l in keep))
         if master:
             print(f"resumed {stage} at step {step}")
@@ -503,6 +509,7 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
                 bar.write(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                    for k, v in rec.items()))
             if not math.isfinite(last_val["val_loss"]):
+                bar.close()
                 raise TrainError(f"validation loss is {last_val['val_loss']} at step {step} of "
                                  f"{stage}: lower the learning rate or use --dtype float32")
             checkpoint(step)
@@ -543,6 +550,7 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
             if step > resumed_at + 2 * args.log_interval:      # skip warm-up / compile steps
                 rates.append(tok_s)
             if not math.isfinite(loss_val):
+                bar.close()
                 raise TrainError(f"loss is {loss_val} at step {step} of {stage}: lower the "
                                  "learning rate, clip gradients, or use --dtype float32")
             rec = {"kind": "train", "step": step, "tokens": step * hp["batch_tokens"],
@@ -579,6 +587,7 @@ def run_ppt(args, out, ctx, dist):
     model = GPT(model_config(args, vocab, head_bias=True)).to(dist["device"])
     extra = {"vocab": {"kind": "gpt2" if args.ppt_source == "text" else args.ppt_source,
                        "size": vocab}}
+    start_run(out, args, "ppt", dist)
     if args.ppt_source == "nca":
         extra["nca"] = {k: info[k] for k in ("config", "val_seeds", "mask_delimiters")}
         if dist["rank"] == 0 and val and not (args.resume and (out / "ckpt.pt").exists()):
@@ -612,6 +621,7 @@ def run_lang(args, out, ctx, dist):
               warmup_frac=args.warmup_frac, grad_clip=args.grad_clip,
               batch_tokens=args.batch_tokens, micro_batch=micro, tokens=tokens,
               eval_interval=args.eval_interval, decay_all=args.decay_all)
+    start_run(out, args, "lang", dist)
     return train_stage(args, "lang", out, model, train, val, hp, ctx, dist,
                        {"vocab": {"kind": "gpt2", "size": vocab}})
 
@@ -664,26 +674,21 @@ def main(argv=None):
         ppt_out = out / "ppt" if args.stage == "both" else out
         for d in ([ppt_out] if do_ppt else []) + ([out] if args.stage != "ppt" else []):
             check_run_dir(d, args)                          # before anything is trained
+        _barrier(dist)                                      # every rank checked before writes
         if args.stage == "both" and args.resume and (out / "ckpt.pt").exists():
             do_ppt = False                                  # stage 2 already started: stage 1 done
             args.init_from = str(ppt_out / "ckpt.pt") if (ppt_out / "ckpt.pt").exists() else None
         result = {}
         if do_ppt:
-            if master:
-                prepare_run_dir(ppt_out, args, vars(args) | {"stage": "ppt"})
-            _barrier(dist)
             result["ppt"] = run_ppt(args, ppt_out, ctx, dist)
             if args.stage == "both":
                 args.init_from = str(ppt_out / "ckpt.pt")
         if args.stage in ("lang", "both"):
-            if master:
-                prepare_run_dir(out, args, vars(args) | {"stage": "lang"})
-            _barrier(dist)
             result["lang"] = run_lang(args, out, ctx, dist)
         return result
     except (TrainError, DataError, ValueError) as e:
-        if dist["rank"] == 0:
-            print(f"error: {e}", file=sys.stderr)
+        rank = f"[rank {dist['rank']}] " if dist["world"] > 1 else ""
+        print(f"{rank}error: {e}", file=sys.stderr)
         raise SystemExit(2)
     finally:
         if dist["world"] > 1 and torch.distributed.is_initialized():

@@ -1,0 +1,201 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from conftest import ROOT, make_domain
+
+# A very small model and budgets: each run takes a second or two on CPU.
+MODEL = ["--size", "tiny", "--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--seq_len", "80",
+         "--device", "cpu", "--dtype", "float32", "--log_interval", "1", "--seed", "0"]
+PPT = ["--ppt_tokens", "1280", "--ppt_batch_tokens", "320", "--ppt_micro_batch", "4",
+       "--ppt_vocab_size", "0", "--ppt_eval_interval", "2", "--ppt_val_seqs", "8",
+       "--ppt_lr", "1e-3", "--ppt_warmup_frac", "0.25", "--train_num_rules", "16",
+       "--val_num_rules", "4"]
+LANG = ["--vocab_size", "50257", "--lang_tokens", "1920", "--batch_tokens", "320",
+        "--micro_batch", "2", "--eval_interval", "2", "--eval_tokens", "320", "--lr", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def domain(tmp_path_factory):
+    return make_domain(tmp_path_factory.mktemp("data") / "web")
+
+
+@pytest.fixture(scope="module")
+def two_stage(tmp_path_factory, domain):
+    out = tmp_path_factory.mktemp("runs") / "nca"
+    train.main(MODEL + PPT + LANG + ["--stage", "both", "--data_dir", str(domain),
+                                     "--out_dir", str(out)])
+    return out
+
+
+def lines(path):
+    return [json.loads(l) for l in path.read_text().splitlines()]
+
+
+def run_args(out, domain, *extra):
+    return train.parse_args(MODEL + LANG + ["--stage", "lang", "--data_dir", str(domain),
+                                            "--out_dir", str(out), *extra])
+
+
+def test_two_stage_run_writes_everything(two_stage):
+    ppt = torch.load(two_stage / "ppt" / "ckpt.pt", weights_only=True)
+    lang = torch.load(two_stage / "ckpt.pt", weights_only=True)
+    assert ppt["stage"] == "ppt" and ppt["vocab"] == {"kind": "nca", "size": 10002}
+    assert ppt["step"] == 4 and len(ppt["nca"]["val_seeds"]) == 4
+    assert lang["stage"] == "lang" and lang["model_args"]["vocab_size"] == 50257
+    assert lang["config"]["arm"] == "nca" and lang["config"]["init_from"].endswith("ckpt.pt")
+    assert json.loads((two_stage / "config.json").read_text())["stage"] == "lang"
+    m = lines(two_stage / "ppt" / "metrics.jsonl")
+    kinds = {r["kind"] for r in m}
+    assert kinds == {"info", "val", "train"}
+    val = [r for r in m if r["kind"] == "val"]
+    assert [r["step"] for r in val] == [0, 2, 4] and "grid_acc" in val[0]
+    assert val[-1]["val_loss"] < val[0]["val_loss"]
+    lang_val = [r for r in lines(two_stage / "metrics.jsonl") if r["kind"] == "val"]
+    assert [r["tokens"] for r in lang_val] == [0, 640, 1280, 1920]
+
+
+def test_transfer_keeps_every_body_tensor(two_stage, domain, tmp_path):
+    ck = torch.load(two_stage / "ppt" / "ckpt.pt", weights_only=True)
+    for init, std in (("paper", 1.0), ("normal", 0.02)):
+        args = run_args(tmp_path, domain, "--init_from", str(two_stage / "ppt" / "ckpt.pt"),
+                        "--embed_init", init)
+        model = train.lang_model(args, 50257, "cpu")
+        sd = model.state_dict()
+        body = [k for k in ck["model"] if not k.startswith(("wte", "lm_head"))]
+        assert body and all(torch.equal(sd[k], ck["model"][k]) for k in body)
+        assert sd["wte.weight"].shape == (50257, 32) and "lm_head.bias" not in sd
+        assert abs(sd["wte.weight"].std().item() - std) < 0.1 * std
+        if init == "paper":
+            assert sd["lm_head.weight"].abs().max() <= 32 ** -0.5
+
+
+def test_ablation_flags_change_exactly_their_tensors(two_stage, domain, tmp_path):
+    ck = torch.load(two_stage / "ppt" / "ckpt.pt", weights_only=True)["model"]
+    init = ["--init_from", str(two_stage / "ppt" / "ckpt.pt")]
+    cases = {("--reinit", "attn", "--reinit_layers", "0:1"): "blocks.0.attn.",
+             ("--reinit", "mlp"): ".mlp.",
+             ("--reinit", "ln", "--reinit_layers", "1:2"): "blocks.1.norm"}
+    for flags, changed in cases.items():
+        sd = train.lang_model(run_args(tmp_path, domain, *init, *flags), 50257, "cpu").state_dict()
+        for k, v in ck.items():
+            if k.startswith(("wte", "lm_head")):
+                continue
+            assert torch.equal(sd[k], v) != (changed in k), (flags, k)
+    model = train.lang_model(run_args(tmp_path, domain, *init, "--freeze", "attn,ln",
+                                      "--freeze_layers", "0:1"), 50257, "cpu")
+    frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {f"blocks.0.{m}.weight" for m in ("attn.q", "attn.k", "attn.v", "attn.o",
+                                                       "norm1", "norm2")}
+    with pytest.raises(train.TrainError, match="outside the model"):
+        train.lang_model(run_args(tmp_path, domain, *init, "--reinit", "mlp",
+                                  "--reinit_layers", "0:9"), 50257, "cpu")
+
+
+def test_scratch_arm_matches_the_nca_arm_embeddings(domain, tmp_path):
+    model = train.lang_model(run_args(tmp_path, domain), 50257, "cpu")
+    assert abs(model.wte.weight.std().item() - 1.0) < 0.1
+    assert abs(model.blocks[0].attn.q.weight.std().item() - 0.02) < 0.004
+
+
+def test_resume_after_a_crash_is_bit_exact(domain, tmp_path, monkeypatch):
+    flags = MODEL + LANG + ["--stage", "lang", "--data_dir", str(domain)]
+    train.main(flags + ["--out_dir", str(tmp_path / "a")])
+    calls = {"n": 0}
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def crash_on_step_4(*a, **k):            # dies in the middle of step 4, after ckpt at 2
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_clip(*a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", crash_on_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(flags + ["--out_dir", str(tmp_path / "b")])
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "b" / "ckpt.pt", weights_only=True)["step"] == 2
+    with pytest.raises(SystemExit):                 # the folder holds a run now
+        train.main(flags + ["--out_dir", str(tmp_path / "b")])
+    train.main(flags + ["--out_dir", str(tmp_path / "b"), "--resume"])
+    a = torch.load(tmp_path / "a" / "ckpt.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    key = lambda r: (r["kind"], r["step"], r.get("loss", r.get("val_loss")))
+    la, lb = lines(tmp_path / "a" / "metrics.jsonl"), lines(tmp_path / "b" / "metrics.jsonl")
+    assert [key(r) for r in la] == [key(r) for r in lb]
+
+
+@pytest.mark.parametrize("source", ["dyck", "text"])
+def test_other_stage1_sources_run_and_transfer(source, domain, tmp_path):
+    extra = ["--ppt_source", source, "--ppt_data", str(domain), "--dyck_k", "4"]
+    train.main(MODEL + PPT + LANG + extra + ["--stage", "both", "--data_dir", str(domain),
+                                             "--out_dir", str(tmp_path), "--lang_tokens", "320"])
+    ppt = torch.load(tmp_path / "ppt" / "ckpt.pt", weights_only=True)
+    kind = "gpt2" if source == "text" else "dyck"
+    assert ppt["vocab"]["kind"] == kind
+    assert ppt["vocab"]["size"] == (50257 if source == "text" else 8)
+    lang = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    body = [k for k in ppt["model"] if not k.startswith(("wte", "lm_head"))]
+    assert lang["config"]["arm"] == source and all(
+        not torch.equal(lang["model"][k], ppt["model"][k]) for k in body if "norm" not in k)
+
+
+def test_text_source_can_keep_its_embeddings(domain, tmp_path):
+    common = MODEL + PPT + LANG + ["--ppt_source", "text", "--ppt_data", str(domain),
+                                   "--data_dir", str(domain)]
+    train.main(common + ["--stage", "ppt", "--out_dir", str(tmp_path / "c4")])
+    ck = str(tmp_path / "c4" / "ckpt.pt")
+    model = train.lang_model(run_args(tmp_path, domain, "--init_from", ck, "--keep_embeddings"),
+                             50257, "cpu")
+    assert torch.equal(model.wte.weight, torch.load(ck, weights_only=True)["model"]["wte.weight"])
+
+
+def fails(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    err = [l for l in capsys.readouterr().err.splitlines() if "error" in l.lower()]
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ")
+    return err[0]
+
+
+def test_bad_input_gives_one_line(two_stage, domain, tmp_path, capsys):
+    lang = MODEL + LANG + ["--stage", "lang", "--data_dir", str(domain)]
+    assert "already holds a run" in fails(capsys, lang + ["--out_dir", str(two_stage)])
+    assert "stage-1 (ppt) checkpoint" in fails(capsys, lang + [
+        "--out_dir", str(tmp_path / "x"), "--init_from", str(two_stage / "ckpt.pt")])
+    assert "--keep_embeddings needs" in fails(capsys, lang + [
+        "--out_dir", str(tmp_path / "y"), "--init_from", str(two_stage / "ppt" / "ckpt.pt"),
+        "--keep_embeddings"])
+    assert "is missing: run" in fails(capsys, MODEL + LANG + [
+        "--stage", "lang", "--data_dir", str(tmp_path / "nowhere"), "--out_dir",
+        str(tmp_path / "z")])
+    assert "widen the band" in fails(capsys, MODEL + PPT + [
+        "--stage", "ppt", "--filter_rules_threshold", "0.9", "--out_dir", str(tmp_path / "w")])
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_nonfinite_loss_stops_with_the_step(domain, tmp_path, capsys):
+    msg = fails(capsys, MODEL + LANG + ["--stage", "lang", "--data_dir", str(domain),
+                                        "--out_dir", str(tmp_path), "--lr", "1e8",
+                                        "--grad_clip", "0"])
+    assert "at step" in msg and ("nan" in msg or "inf" in msg)
+
+
+def test_two_processes_shard_data_and_sync_weights(domain, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "train.py")] + MODEL + PPT + [
+        "--stage", "ppt", "--out_dir", str(tmp_path), "--ppt_batch_tokens", "640",
+        "--debug_ranks"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
+    assert r0["first_batch"] != r1["first_batch"]
+    assert r0["weights"] == r1["weights"]
