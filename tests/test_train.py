@@ -142,9 +142,23 @@ def test_other_stage1_sources_run_and_transfer(source, domain, tmp_path):
     assert ppt["vocab"]["kind"] == kind
     assert ppt["vocab"]["size"] == (50257 if source == "text" else 8)
     lang = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert lang["config"]["arm"] == source and lang["config"]["ppt_source"] == source
+    model = train.lang_model(run_args(tmp_path / "t", domain, "--init_from",
+                                      str(tmp_path / "ppt" / "ckpt.pt")), 50257, "cpu")
+    sd = model.state_dict()
     body = [k for k in ppt["model"] if not k.startswith(("wte", "lm_head"))]
-    assert lang["config"]["arm"] == source and all(
-        not torch.equal(lang["model"][k], ppt["model"][k]) for k in body if "norm" not in k)
+    assert all(torch.equal(sd[k], ppt["model"][k]) for k in body)      # kept
+    if source == "text":                                               # same shape, re-drawn
+        assert not torch.equal(sd["wte.weight"], ppt["model"]["wte.weight"])
+
+
+def test_text_batches_are_windows_of_the_corpus(domain):
+    from data.common import load_tokens
+    data = torch.from_numpy(load_tokens(domain, "train").astype("int64"))
+    x, y = next(train.TextBatches(domain, "train", 16, 4, "cpu", seed=3))
+    for xi, yi in zip(x, y):
+        starts = [i for i in range(len(data) - 16) if torch.equal(data[i:i + 16], xi)]
+        assert starts and torch.equal(data[starts[0] + 1:starts[0] + 17], yi)
 
 
 def test_text_source_can_keep_its_embeddings(domain, tmp_path):

@@ -1,0 +1,315 @@
+"""eval.py: perplexity against a hand computation, the window layout, the speedup rule (on
+synthetic curves and on the blog's own curves, SPEC.md §12.2), the table / eval.json / eval.md of
+fake runs on fake prepared domains, refusals, the stage-1 NCA path, and (once train.py exists)
+an end-to-end run. CPU, seconds."""
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import eval as ev
+import nca
+from data.common import ROOT, TokenWriter, write_dataset
+from model import GPT, GPTConfig, config_for
+
+DOMAINS = ("web", "math", "code")
+
+
+# ---------------------------------------------------------------- windows and perplexity
+
+def test_eval_windows_layout():
+    tokens = np.arange(1000, dtype=np.uint16)
+    w = ev.eval_windows(tokens, 64, 256)
+    assert w.shape == (4, 65) and w.dtype == torch.int64
+    for i in range(4):  # stride block_size, block_size + 1 tokens, from the start of the split
+        assert torch.equal(w[i], torch.arange(i * 64, i * 64 + 65))
+    assert ev.eval_windows(tokens, 64, 300).shape[0] == 4  # whole windows only
+    assert ev.eval_windows(tokens, 64, 10).shape[0] == 1  # at least one
+    assert ev.eval_windows(tokens, 64, 10**9).shape[0] == 999 // 64  # capped by the split
+    assert ev.eval_windows(tokens, 64, 0).shape[0] == 15  # 0: the whole split
+    w = ev.eval_windows(np.arange(129, dtype=np.uint16), 64, 0)  # the last token is only a target
+    assert w.shape == (2, 65) and w[-1, -1] == 128 and w[1, 0] == w[0, -1]
+    with pytest.raises(ev.EvalError, match="shorter than one window"):
+        ev.eval_windows(np.arange(64, dtype=np.uint16), 64, 0)
+
+
+def test_perplexity_matches_manual_cross_entropy():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=97, n_layer=2, n_head=2, n_embd=32)).eval()
+    windows = ev.eval_windows(torch.randint(0, 97, (120,)).numpy(), 16, 0)  # 7 windows
+    losses = []
+    for w in windows:  # one window at a time, per-token cross-entropy
+        logits, _ = model(w[None, :-1])
+        losses.append(F.cross_entropy(logits[0], w[1:], reduction="none"))
+    want = torch.cat(losses).double().mean().item()
+    got = ev.perplexity(model, windows, batch_size=3)  # 3 + 3 + 1: an uneven last batch
+    assert got["tokens"] == 7 * 16
+    assert got["loss"] == pytest.approx(want, rel=1e-6)
+    assert got["ppl"] == pytest.approx(math.exp(want), rel=1e-6)
+
+
+class Uniform(torch.nn.Module):
+    """Logits 0 for every class: cross-entropy log(V) at every position, so ppl = V exactly."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, idx):
+        return torch.zeros(*idx.shape, self.vocab), None
+
+
+def test_perplexity_of_uniform_logits_is_vocab_size():
+    windows = ev.eval_windows(np.arange(300) % 50, 32, 0)
+    assert ev.perplexity(Uniform(50), windows, batch_size=4)["ppl"] == pytest.approx(50, rel=1e-6)
+
+
+# ---------------------------------------------------------------- speedup
+
+def test_speedup_rule_on_synthetic_curves():
+    base = [(100, 4.0), (200, 3.0), (300, 2.0), (400, 1.0)]
+    assert ev.speedup(base, base) == 1.0
+    assert ev.speedup(base, [(100, 3.0), (200, 1.0), (300, 0.5), (400, 0.4)]) == 2.0
+    # crossing between (200, 2.0) and (300, 0.5): 200 + 100 * (2 - 1) / (2 - 0.5)
+    assert ev.tokens_to_reach([(100, 3.0), (200, 2.0), (300, 0.5)], 1.0) == pytest.approx(200 + 100 / 1.5)
+    assert ev.speedup(base, [(100, 3.0), (200, 2.0), (300, 0.5)]) == pytest.approx(400 / (200 + 100 / 1.5))
+    assert ev.speedup(base, [(100, 3.0), (400, 1.2)]) is None  # never reaches 1.0
+    assert ev.speedup(base, [(100, 0.9), (200, 0.8)]) == 4.0  # below target at its first point
+    assert ev.speedup(base, []) is None and ev.speedup([], base) is None
+    metrics = [{"kind": "train", "tokens": 50, "loss": 9.0}, {"kind": "val", "tokens": 200, "val_loss": 3.0},
+               {"kind": "val", "tokens": 100, "val_loss": 4.0}, {"kind": "val", "tokens": 200, "val_loss": 2.5}]
+    assert ev.val_curve(metrics) == [(100, 4.0), (200, 2.5)]  # sorted, a repeated point keeps the last
+
+
+def blog_curve(steps, losses):
+    return [(s * 512 * 1024, loss) for s, loss in zip(steps, losses)]
+
+
+OWT_STEPS = [500, 1000] + list(range(2000, 17001, 1000)) + [17200]
+OWT = {  # SPEC.md §12.4
+    "scratch": [4.615, 3.822, 3.388, 3.172, 3.054, 2.981, 2.926, 2.882, 2.844, 2.811, 2.782, 2.756,
+                2.734, 2.716, 2.702, 2.692, 2.687, 2.685, 2.685],
+    "c4": [4.322, 3.755, 3.377, 3.167, 3.057, 2.985, 2.932, 2.887, 2.848, 2.815, 2.786, 2.760, 2.737,
+           2.718, 2.704, 2.694, 2.688, 2.687, 2.687],
+    "dyck": [4.559, 3.765, 3.348, 3.142, 3.032, 2.959, 2.905, 2.860, 2.822, 2.790, 2.760, 2.735,
+             2.713, 2.697, 2.680, 2.671, 2.666, 2.665, 2.664],
+    "nca": [4.514, 3.700, 3.311, 3.114, 2.995, 2.923, 2.867, 2.823, 2.785, 2.752, 2.723, 2.697,
+            2.675, 2.656, 2.642, 2.633, 2.627, 2.626, 2.626],
+}
+MATH_STEPS = list(range(500, 8001, 500))
+MATH = {
+    "scratch": [3.316, 2.817, 2.625, 2.509, 2.418, 2.351, 2.298, 2.254, 2.217, 2.183, 2.155, 2.130,
+                2.112, 2.100, 2.094, 2.093],
+    "nca": [3.178, 2.733, 2.557, 2.452, 2.368, 2.300, 2.247, 2.203, 2.165, 2.132, 2.102, 2.078,
+            2.059, 2.047, 2.042, 2.041],
+}
+CODE_STEPS = list(range(3000, 24001, 3000))
+CODE = {
+    "scratch": [0.914, 0.817, 0.766, 0.729, 0.702, 0.680, 0.669, 0.653],
+    "c4": [0.914, 0.803, 0.748, 0.708, 0.675, 0.653, 0.637, 0.634],
+    "dyck": [0.888, 0.783, 0.728, 0.689, 0.658, 0.633, 0.620, 0.616],
+    "nca": [0.876, 0.775, 0.720, 0.681, 0.651, 0.628, 0.614, 0.610],
+}
+
+
+@pytest.mark.parametrize("steps, curves, arm, want", [
+    (OWT_STEPS, OWT, "nca", 1.49), (OWT_STEPS, OWT, "dyck", 1.25), (OWT_STEPS, OWT, "c4", None),
+    (MATH_STEPS, MATH, "nca", 1.41), (CODE_STEPS, CODE, "nca", 1.62), (CODE_STEPS, CODE, "dyck", 1.54),
+    (CODE_STEPS, CODE, "c4", 1.33),
+])
+def test_speedup_reproduces_the_blog_numbers(steps, curves, arm, want):
+    got = ev.speedup(blog_curve(steps, curves["scratch"]), blog_curve(steps, curves[arm]))
+    assert (got is None) if want is None else round(got, 2) == want
+
+
+# ---------------------------------------------------------------- fake runs and domains
+
+def write_domain(folder, n_val=1000, seed=0):
+    rng = np.random.default_rng(seed)
+    writers = {s: TokenWriter(folder / f"{s}.bin") for s in ("train", "val")}
+    writers["train"].write(rng.integers(0, 50257, 2000), 2)
+    writers["val"].write(rng.integers(0, 50257, n_val), 2)
+    write_dataset(folder, writers, {"domain": folder.name, "source": "test"})
+
+
+def write_run(folder, arm, curve, stage="lang", domain="web", init_from=None, ppt_source=None,
+              model_cfg=None, vocab=("gpt2", 50257), nca_info=None, seed=0):
+    """A run folder in train.py's format: config.json, metrics.jsonl, ckpt.pt."""
+    folder.mkdir(parents=True)
+    torch.manual_seed(seed)
+    cfg = model_cfg or config_for("tiny", vocab_size=50257, block_size=64)
+    model = GPT(cfg)
+    config = {"stage": stage, "arm": arm, "ppt_source": ppt_source, "domain": domain,
+              "data_dir": f"data/{domain}", "seed": seed, "init_from": init_from}
+    (folder / "config.json").write_text(json.dumps(config))
+    lines = []
+    for tokens, loss in curve:
+        lines.append({"kind": "train", "step": tokens // 512, "tokens": tokens, "loss": loss + 0.1,
+                      "lr": 1e-3, "grad_norm": 1.0, "ms": 1.0, "tok_s": 1.0, "mfu": 0.0})
+        lines.append({"kind": "val", "step": tokens // 512, "tokens": tokens, "val_loss": loss})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    torch.save({"model": model.state_dict(), "optimizer": {}, "model_args": asdict(cfg),
+                "step": curve[-1][0] // 512 if curve else 0, "tokens": curve[-1][0] if curve else 0,
+                "config": config, "stage": stage, "vocab": {"kind": vocab[0], "size": vocab[1]},
+                "nca": nca_info, "rng": {}, "data": {}}, folder / "ckpt.pt")
+    return folder
+
+
+NCA_CFG = nca.NCAConfig(seq_len=128)
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    for i, d in enumerate(DOMAINS):
+        write_domain(root / "data" / d, seed=i)
+    runs = root / "runs"
+    base = [(1024, 6.0), (2048, 5.0), (3072, 4.0), (4096, 3.0)]
+    write_run(runs / "scratch_web", "scratch", base, seed=0)
+    write_run(runs / "nca_web", "nca", [(1024, 5.0), (2048, 3.0), (3072, 2.5), (4096, 2.4)],
+              init_from=str(runs / "nca_web" / "ppt" / "ckpt.pt"), ppt_source="nca", seed=1)
+    write_run(runs / "nca_web" / "ppt", "nca", [(1024, 9.0), (2048, 8.0)], stage="ppt", domain=None,
+              ppt_source="nca", vocab=("nca", NCA_CFG.vocab_size), seed=2,
+              model_cfg=config_for("tiny", vocab_size=NCA_CFG.vocab_size, block_size=128, head_bias=True),
+              nca_info={"config": asdict(NCA_CFG), "val_seeds": [11, 12, 13], "mask_delimiters": False})
+    write_run(runs / "dyck_ppt", "dyck", [(1024, 4.0)], stage="ppt", domain=None, ppt_source="dyck",
+              vocab=("dyck", 128), model_cfg=config_for("tiny", vocab_size=128, block_size=64), seed=3)
+    return root
+
+
+def run_main(fake, *args, out="ev"):
+    return ev.main([*args, "--data_root", str(fake / "data"), "--eval_tokens", "256", "--device", "cpu",
+                    "--out", str(fake / out), "--overwrite"])
+
+
+def test_table_json_and_markdown(fake, capsys):
+    runs = fake / "runs"
+    report = run_main(fake, str(runs / "scratch_web"), str(runs / "nca_web" / "ckpt.pt"))
+    printed = capsys.readouterr().out
+    md = (fake / "ev" / "eval.md").read_text()
+    header = md.splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")][-3:] == list(DOMAINS)
+    rows = [line for line in md.splitlines()[2:] if line.startswith("| ")]
+    assert len(rows) == 2 and "scratch (scratch_web)" in rows[0] and "nca (nca_web)" in rows[1]
+    assert md.strip() in printed  # the printed table is eval.md
+
+    saved = json.loads((fake / "ev" / "eval.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert saved["block_size"] == 64 and set(saved["domains"]) == set(DOMAINS)
+    assert all(d["windows"] == 4 and d["tokens"] == 256 for d in saved["domains"].values())
+    scratch, other = saved["runs"]
+    assert scratch["is_baseline"] and scratch["speedup"] == 1.0 and scratch["change_pct"]["web"] == 0
+    assert other["baseline"] == scratch["label"] and not other["is_baseline"]
+    for d in DOMAINS:
+        assert math.isclose(other["ppl"][d], math.exp(other["loss"][d]))
+        pct = 100 * (other["ppl"][d] / scratch["ppl"][d] - 1)
+        assert other["change_pct"][d] == pytest.approx(pct)
+        assert f"{other['ppl'][d]:.2f} ({pct:+.1f}%" in rows[1]
+    # the nca run reaches the baseline's final 3.0 at 2048 tokens: 4096 / 2048 = 2x, in the web column
+    assert other["speedup"] == 2.0 and other["target_loss"] == 3.0 and other["tokens_to_target"] == 2048
+    assert "2.00x" in rows[1].split("|")[4] and "2.00x" not in rows[1].split("|")[5]
+
+
+def test_not_reached_and_explicit_baseline(fake, tmp_path):
+    runs = fake / "runs"
+    slow = write_run(tmp_path / "slow", "c4", [(2048, 5.0), (4096, 3.5)], init_from="x", seed=4)
+    report = run_main(fake, str(slow), str(runs / "scratch_web"), "--domains", "web", out="ev_nr")
+    slow_res, scratch = report["runs"]
+    assert scratch["is_baseline"] and slow_res["speedup"] is None and slow_res["speedup_note"] == "not reached"
+    assert "not reached" in (fake / "ev_nr" / "eval.md").read_text()
+    # --baseline picks another run; a baseline not among the runs is added as the first row
+    report = run_main(fake, str(runs / "nca_web"), "--baseline", str(slow), "--domains", "web", out="ev_b")
+    assert [r["label"] for r in report["runs"]] == ["c4 (slow)", "nca (nca_web)"]
+    assert report["runs"][1]["baseline"] == "c4 (slow)" and report["runs"][1]["speedup"] == 4096 / (1024 + 1024 * 1.5 / 2)
+
+
+def test_nca_checkpoint_is_refused_on_language_and_evaluated_on_rules(fake, capsys):
+    runs = fake / "runs"
+    report = run_main(fake, str(runs / "scratch_web"), str(runs / "nca_web" / "ppt"),
+                      str(runs / "dyck_ppt"), "--nca_val_seqs", "8", out="ev_nca")
+    out = capsys.readouterr().out
+    _, ppt, dyck = report["runs"]
+    assert "not evaluated on web, math, code" in out and "NCA validation rules instead" in out
+    assert ppt["ppl"] == {} and "10,002 output classes" in ppt["refused"] or "'nca'" in ppt["refused"]
+    assert dyck["ppl"] == {} and dyck["nca"] is None and "'dyck'" in dyck["refused"]
+    G = len(nca.grid_positions(NCA_CFG))
+    n = ppt["nca"]
+    assert n["grid"] == list(range(1, G + 1)) and n["num_seqs"] == 8 and math.isfinite(n["val_loss"])
+    for k in ("token_acc", "grid_acc", "copy_token_acc", "copy_grid_acc"):
+        assert len(n[k]) == G and all(0 <= a <= 1 for a in n[k])
+    assert "| grid | token acc | grid acc | copy token acc | copy grid acc |" in out
+    # the language table holds only the language run
+    md = (fake / "ev_nca" / "eval.md").read_text()
+    assert sum(line.startswith("| scratch") or line.startswith("| nca") for line in md.splitlines()) == 1
+
+
+def test_language_refusal():
+    assert ev.language_refusal({"vocab": {"kind": "gpt2"}, "model_args": {"vocab_size": 64000}}) is None
+    assert "10,002" in ev.language_refusal({"vocab": {"kind": "gpt2"}, "model_args": {"vocab_size": 10002}})
+    assert "'nca'" in ev.language_refusal({"vocab": {"kind": "nca"}, "model_args": {"vocab_size": 64000}})
+
+
+def test_nca_eval_directly():
+    torch.manual_seed(0)
+    model = GPT(config_for("tiny", vocab_size=NCA_CFG.vocab_size, block_size=128, head_bias=True))
+    info = {"config": asdict(NCA_CFG), "val_seeds": [1, 2], "mask_delimiters": True}
+    res = ev.nca_eval(model, info, num_seqs=4, batch_size=3)
+    assert res["num_seqs"] == 4 and len(res["token_acc"]) == len(nca.grid_positions(NCA_CFG))
+    # an untrained model is near chance: loss about log(vocab)
+    assert abs(res["val_loss"] - math.log(NCA_CFG.vocab_size)) < 2
+
+
+def test_user_errors_are_one_line(fake, tmp_path):
+    runs = fake / "runs"
+    with pytest.raises(SystemExit, match=r"error: .*missing\.bin|error: .*meta.json is missing"):
+        run_main(fake, str(runs / "scratch_web"), "--domains", "web,nowhere")
+    with pytest.raises(SystemExit, match="ckpt.pt is missing"):
+        run_main(fake, str(tmp_path))
+    (tmp_path / "eval.json").write_text("{}")
+    with pytest.raises(SystemExit, match="exists: pass --overwrite"):
+        ev.main([str(runs / "scratch_web"), "--out", str(tmp_path), "--data_root", str(fake / "data")])
+    assert (tmp_path / "eval.json").read_text() == "{}"
+
+
+def test_plot(fake, tmp_path):
+    runs = [str(fake / "runs" / r) for r in ("scratch_web", "nca_web", "nca_web/ppt")]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit, match="pip install matplotlib"):
+            run_main(fake, *runs, "--plot", str(tmp_path / "c.png"))
+        return
+    run_main(fake, *runs, "--domains", "web", "--plot", str(tmp_path / "c.png"), out="ev_plot")
+    assert (tmp_path / "c.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- end to end with train.py
+
+def test_end_to_end_with_train(tmp_path, capsys):
+    if not (ROOT / "train.py").exists():
+        pytest.skip("train.py does not exist yet")
+    if not (ROOT / "data" / "web" / "meta.json").exists():
+        pytest.skip("data/web is not prepared: run python data/web/prepare.py")
+    import train
+
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for seed, (d, arm) in enumerate(zip(dirs, ([], ["--arm", "other"]))):
+        train.main(["--stage", "lang", "--domain", "web", "--size", "tiny", "--seq_len", "64",
+                    "--batch_tokens", "512", "--micro_batch", "8", "--lang_tokens", "4096",
+                    "--eval_interval", "2", "--eval_tokens", "2048", "--device", "cpu",
+                    "--seed", str(seed), "--out_dir", str(d), *arm])
+    report = ev.main([*map(str, dirs), "--domains", "web", "--eval_tokens", "2048", "--device", "cpu",
+                      "--out", str(tmp_path / "ev")])
+    a, b = report["runs"]
+    assert a["is_baseline"] and a["speedup"] == 1.0 and b["label"].startswith("other")
+    assert all(math.isfinite(r["ppl"]["web"]) for r in (a, b)) and b["change_pct"]["web"] is not None
+    for r in (a, b):  # same windows as train.py's validation, so the same loss at the final step
+        assert r["loss"]["web"] == pytest.approx(r["final_val_loss"], rel=1e-4)
+    rows = [line for line in (tmp_path / "ev" / "eval.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(rows) == 4  # header, rule, two runs
