@@ -191,7 +191,10 @@ def load_run(path):
     if not ckpt.is_file():
         raise EvalError(f"{show(ckpt)} is missing: pass a run folder of train.py or a ckpt.pt")
     cfg_path = folder / "config.json"
-    config = json.loads(cfg_path.read_text()) if cfg_path.exists() else load_checkpoint(ckpt)["config"]
+    if cfg_path.exists():
+        config = json.loads(cfg_path.read_text())
+    else:
+        config = load_checkpoint(ckpt)["config"]
     metrics = []
     m_path = folder / "metrics.jsonl"
     lines = m_path.read_text().splitlines() if m_path.exists() else []
@@ -251,6 +254,40 @@ def assign_baselines(runs, explicit=()):
 
 
 # ---------------------------------------------------------------- reports
+
+def compare(runs, results, baselines):
+    """Fill each result's change vs its baseline (per eval domain) and its convergence speedup
+    (stage lang runs with val points whose baseline has them too; the baseline itself: 1.0)."""
+    for r, res, b in zip(runs, results, baselines):
+        bres = next((x for x, q in zip(results, runs) if q is b), None)
+        res["baseline"] = b.label if b is not None else None
+        res["is_baseline"] = b is r
+        res["change_pct"] = {d: 100 * (p / bres["ppl"][d] - 1) for d, p in res["ppl"].items()
+                             if bres is not None and d in bres["ppl"]}
+        curve = val_curve(r.metrics)
+        base_curve = val_curve(b.metrics) if b is not None else []
+        res["final_val_loss"] = curve[-1][1] if curve else None
+        res.update(speedup=None, speedup_note="n/a", target_loss=None, tokens_to_target=None)
+        if r.stage == "lang" and curve and base_curve:
+            res["target_loss"] = base_curve[-1][1]
+            res["tokens_to_target"] = tokens_to_reach(curve, res["target_loss"])
+            res["speedup"] = 1.0 if b is r else speedup(base_curve, curve)
+            res["speedup_note"] = None if res["speedup"] is not None else "not reached"
+
+
+def report_text(results, domains, block):
+    """eval.md: the language table with a legend, then one NCA table per stage-1 NCA run."""
+    text = []
+    if any(res["ppl"] for res in results):
+        budget = ", ".join(f"{d} {v['tokens']:,}" for d, v in domains.items())
+        text += [format_table(results, list(domains)), "",
+                 f"Perplexity on the first val tokens of each domain ({budget}; windows of "
+                 f"{block + 1}, stride {block}). (+x%): change vs the baseline of the run's "
+                 "training domain; Nx: convergence speedup, tokens for the baseline to reach its "
+                 "final val loss ÷ tokens for this run (SPEC.md §12.2)."]
+    text += [f"\n{format_nca(res)}" for res in results if res["nca"]]
+    return "\n".join(text).strip()
+
 
 def _human(n):
     for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -343,43 +380,41 @@ def _write_atomic(path, text):
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("runs", nargs="+", metavar="RUN_OR_CKPT", help="run folders of train.py or ckpt.pt files")
+    p.add_argument("runs", nargs="+", metavar="RUN_OR_CKPT",
+                   help="run folders of train.py or ckpt.pt files")
     p.add_argument("--domains", default="web,math,code",
                    help="comma-separated prepared domains under --data_root ('' for none)")
     p.add_argument("--extra_data", action="append", default=[], metavar="DIR",
-                   help="another prepared folder to evaluate on, named by its folder name (repeatable)")
+                   help="another prepared folder to evaluate on, named by its folder name "
+                        "(repeatable)")
     p.add_argument("--data_root", default=str(ROOT / "data"), help="where the domain folders live")
     p.add_argument("--eval_tokens", type=int, default=262144,
-                   help="predicted tokens per domain, capped by the val split (<= 0: the whole split)")
+                   help="predicted tokens per domain, capped by the val split "
+                        "(<= 0: the whole split)")
     p.add_argument("--block_size", type=int, default=None,
-                   help="window length (None: the smallest block_size of the models, so all read the same windows)")
+                   help="window length (None: the smallest block_size of the models, so all "
+                        "read the same windows)")
     p.add_argument("--baseline", action="append", default=[], metavar="RUN",
-                   help="baseline run of its training domain, repeatable (none: the first scratch run of each domain)")
-    p.add_argument("--nca_val_seqs", type=int, default=64, help="sequences of held-out rules for stage-1 NCA runs")
+                   help="baseline run of its training domain, repeatable (none: the first "
+                        "scratch run of each domain)")
+    p.add_argument("--nca_val_seqs", type=int, default=64,
+                   help="sequences of held-out rules for stage-1 NCA runs")
     p.add_argument("--batch_size", type=int, default=8, help="sequences per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="autocast dtype (auto: bfloat16 on CUDA when supported, else float32)")
     p.add_argument("--out", default="out/eval", help="folder for eval.json and eval.md")
     p.add_argument("--overwrite", action="store_true", help="replace an existing eval.json in --out")
-    p.add_argument("--plot", default=None, metavar="PNG", help="draw the validation curves here (needs matplotlib)")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="draw the validation curves here (needs matplotlib)")
     return p.parse_args(argv)
-
-
-def main(argv=None):
-    """Run the evaluation; returns the eval.json dict. User errors exit with a one-line message."""
-    args = get_args(argv)
-    print("config:", json.dumps(vars(args)))
-    try:
-        return evaluate(args)
-    except (DataError, EvalError) as e:
-        sys.exit(f"error: {e}")
 
 
 def evaluate(args):
     out_dir = Path(args.out)
     if (out_dir / "eval.json").exists() and not args.overwrite:
-        raise EvalError(f"{show(out_dir / 'eval.json')} exists: pass --overwrite to replace it, or another --out")
+        raise EvalError(f"{show(out_dir / 'eval.json')} exists: pass --overwrite to replace it, "
+                        "or another --out")
     if args.plot:
         _pyplot()  # fail now, not after the evaluation
     device = nca.default_device(args.device)
@@ -403,82 +438,58 @@ def evaluate(args):
     info = []
     for r in runs:
         ck = load_checkpoint(r.ckpt)
-        info.append({k: ck.get(k) for k in ("model_args", "vocab", "nca", "step", "tokens", "stage")})
+        info.append({k: ck.get(k) for k in ("model_args", "vocab", "nca", "step", "tokens")})
         del ck
     lang = [i for i, inf in enumerate(info) if language_refusal(inf) is None]
     block = args.block_size or min((info[i]["model_args"]["block_size"] for i in lang), default=1024)
     for i in lang:
         if info[i]["model_args"]["block_size"] < block:
-            raise EvalError(f"--block_size {block} is longer than the {info[i]['model_args']['block_size']} "
-                            f"of {runs[i].label}")
+            raise EvalError(f"--block_size {block} is longer than the "
+                            f"{info[i]['model_args']['block_size']} of {runs[i].label}")
 
-    folders = [Path(args.data_root) / d for d in args.domains.split(",") if d] + [Path(p) for p in args.extra_data]
+    folders = [Path(args.data_root) / d for d in args.domains.split(",") if d]
+    folders += [Path(p) for p in args.extra_data]
     names = [f.name for f in folders]
     if len(set(names)) < len(names):
         raise EvalError(f"two eval domains share a folder name: {', '.join(names)}")
     windows, domains = {}, {}
-    if lang:
-        for name, folder in zip(names, folders):
+    for name, folder in zip(names, folders):  # every split is checked before any model runs
+        if lang:
             val = load_tokens(folder, "val")
             windows[name] = eval_windows(val, block, args.eval_tokens)
-            domains[name] = {"path": show(folder), "val_tokens": len(val), "windows": len(windows[name]),
-                             "tokens": len(windows[name]) * block}
+            domains[name] = {"path": show(folder), "val_tokens": len(val),
+                             "windows": len(windows[name]), "tokens": len(windows[name]) * block}
 
     results = []
     for i, (r, inf) in enumerate(zip(runs, info)):
-        res = {"label": r.label, "path": show(r.folder), "ckpt": show(r.ckpt), "arm": r.config.get("arm"),
-               "stage": r.stage, "domain": r.domain, "ppt_source": r.config.get("ppt_source"),
-               "init_from": r.config.get("init_from"), "seed": r.config.get("seed"),
-               "trained_on": r.domain if r.stage == "lang" else f"{r.config.get('ppt_source')} (stage 1)",
+        c = r.config
+        res = {"label": r.label, "path": show(r.folder), "ckpt": show(r.ckpt), "arm": c.get("arm"),
+               "stage": r.stage, "domain": r.domain, "ppt_source": c.get("ppt_source"),
+               "init_from": c.get("init_from"), "seed": c.get("seed"),
+               "trained_on": r.domain if r.stage == "lang" else f"{c.get('ppt_source')} (stage 1)",
                "step": inf["step"], "tokens": inf["tokens"], "vocab": inf["vocab"],
-               "ppl": {}, "loss": {}, "change_pct": {}, "refused": None, "nca": None}
-        refusal = language_refusal(inf)
+               "ppl": {}, "loss": {}, "refused": language_refusal(inf), "nca": None}
         is_nca = (inf["vocab"] or {}).get("kind") == "nca" and inf["nca"] is not None
-        if refusal and names:
-            print(f"{r.label}: not evaluated on {', '.join(names)}: {refusal}"
+        if res["refused"] and names:
+            print(f"{r.label}: not evaluated on {', '.join(names)}: {res['refused']}"
                   + ("; evaluating it on its NCA validation rules instead" if is_nca else ""))
-            res["refused"] = refusal
         if i in lang or is_nca:
             model = build_model(load_checkpoint(r.ckpt), device)
-            if i in lang:
-                for name, w in windows.items():
+            for name, w in windows.items():
+                if i in lang:
                     p = perplexity(model, w, args.batch_size, device, ctx, desc=f"{r.label} {name}")
                     res["ppl"][name], res["loss"][name] = p["ppl"], p["loss"]
             if is_nca:
-                res["nca"] = nca_eval(model, inf["nca"], args.nca_val_seqs, args.batch_size, device,
-                                      ctx, desc=f"{r.label} nca")
+                res["nca"] = nca_eval(model, inf["nca"], args.nca_val_seqs, args.batch_size,
+                                      device, ctx, desc=f"{r.label} nca")
             del model
         results.append(res)
+    compare(runs, results, baselines)
 
-    for r, res, b in zip(runs, results, baselines):
-        bres = next((x for x, q in zip(results, runs) if q is b), None)
-        res["baseline"] = b.label if b is not None else None
-        res["is_baseline"] = b is r
-        res["change_pct"] = {d: 100 * (p / bres["ppl"][d] - 1) for d, p in res["ppl"].items()
-                             if bres is not None and d in bres["ppl"]}
-        curve = val_curve(r.metrics)
-        res["final_val_loss"] = curve[-1][1] if curve else None
-        res["speedup"], res["speedup_note"], res["target_loss"], res["tokens_to_target"] = None, "n/a", None, None
-        if r.stage == "lang" and b is not None and val_curve(b.metrics) and curve:
-            res["target_loss"] = val_curve(b.metrics)[-1][1]
-            res["tokens_to_target"] = tokens_to_reach(curve, res["target_loss"])
-            res["speedup"] = 1.0 if b is r else speedup(val_curve(b.metrics), curve)
-            res["speedup_note"] = None if res["speedup"] is not None else "not reached"
-
-    report = {"eval_tokens": args.eval_tokens, "block_size": block, "device": device, "dtype": dtype,
-              "domains": domains, "runs": results}
-    text = []
-    if any(res["ppl"] for res in results):
-        budget = ", ".join(f"{d} {v['tokens']:,}" for d, v in domains.items())
-        text += [format_table(results, list(windows)), "",
-                 f"Perplexity on the first val tokens of each domain ({budget}; windows of "
-                 f"{block + 1}, stride {block}). (+x%): change vs the baseline "
-                 "of the run's training domain; Nx: convergence speedup, tokens for the baseline to reach "
-                 "its final val loss ÷ tokens for this run (SPEC.md §12.2)."]
-    text += [f"\n{format_nca(res)}" for res in results if res["nca"]]
-    text = "\n".join(text).strip()
+    report = {"eval_tokens": args.eval_tokens, "block_size": block, "device": device,
+              "dtype": dtype, "domains": domains, "runs": results}
+    text = report_text(results, domains, block)
     print(text)
-
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(out_dir / "eval.json", json.dumps(report, indent=2) + "\n")
     _write_atomic(out_dir / "eval.md", text + "\n")
@@ -487,6 +498,16 @@ def evaluate(args):
         plot_curves(runs, baselines, args.plot)
         print(f"wrote {args.plot}")
     return report
+
+
+def main(argv=None):
+    """Run the evaluation; returns the eval.json dict. User errors exit with a one-line message."""
+    args = get_args(argv)
+    print("config:", json.dumps(vars(args)))
+    try:
+        return evaluate(args)
+    except (DataError, EvalError) as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

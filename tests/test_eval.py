@@ -219,7 +219,9 @@ def test_table_json_and_markdown(fake, capsys):
 def test_not_reached_and_explicit_baseline(fake, tmp_path):
     runs = fake / "runs"
     slow = write_run(tmp_path / "slow", "c4", [(2048, 5.0), (4096, 3.5)], init_from="x", seed=4)
-    report = run_main(fake, str(slow), str(runs / "scratch_web"), "--domains", "web", out="ev_nr")
+    report = run_main(fake, str(slow), str(runs / "scratch_web"), "--domains", "web",
+                      "--extra_data", str(fake / "data" / "math"), out="ev_nr")
+    assert list(report["domains"]) == ["web", "math"]  # an extra folder is named by its folder name
     slow_res, scratch = report["runs"]
     assert scratch["is_baseline"] and slow_res["speedup"] is None and slow_res["speedup_note"] == "not reached"
     assert "not reached" in (fake / "ev_nr" / "eval.md").read_text()
