@@ -275,7 +275,56 @@ def compare(runs, results, baselines):
             res["speedup_note"] = None if res["speedup"] is not None else "not reached"
 
 
-def report_text(results, domains, block):
+def summarize(runs, results):
+    """Mean ± std over seeds per (training domain, arm), each run paired with the scratch run of
+    the same domain and seed (else its domain's baseline): own-domain perplexity, its change vs
+    that scratch run, and the convergence speedup. Empty unless some arm has several seeds."""
+    scratch = {(r.domain, r.config.get("seed")): (r, res) for r, res in zip(runs, results)
+               if r.is_scratch and res["ppl"]}
+    groups = {}
+    for r, res in zip(runs, results):
+        if r.stage == "lang" and r.domain in res["ppl"]:
+            groups.setdefault((r.domain, res["arm"] or res["label"]), []).append((r, res))
+    if all(len(g) < 2 for g in groups.values()):
+        return []
+    stat = lambda xs: (float(np.mean(xs)), float(np.std(xs))) if xs else (None, None)
+    rows = []
+    for (domain, arm), members in sorted(groups.items()):
+        ppl, change, speed, missed = [], [], [], 0
+        for r, res in members:
+            ppl.append(res["ppl"][domain])
+            pair = scratch.get((domain, r.config.get("seed")))
+            if pair is None or pair[0] is r:
+                continue
+            b, bres = pair
+            change.append(100 * (res["ppl"][domain] / bres["ppl"][domain] - 1))
+            sp = speedup(val_curve(b.metrics), val_curve(r.metrics))
+            if sp is None:
+                missed += 1
+            else:
+                speed.append(sp)
+        rows.append({"domain": domain, "arm": arm, "seeds": [r.config.get("seed") for r, _ in members],
+                     "ppl": stat(ppl), "ppl_all": ppl, "change_pct": stat(change),
+                     "change_all": change, "speedup": stat(speed), "speedup_all": speed,
+                     "not_reached": missed})
+    return rows
+
+
+def format_summary(rows):
+    fmt = lambda m, s, spec: "-" if m is None else f"{m:{spec}} ± {s:{spec}}"
+    out = ["| domain | arm | seeds | final ppl | change vs scratch (same seed) | speedup |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        sp = fmt(*r["speedup"], ".2f") + ("x" if r["speedup"][0] is not None else "")
+        if r["not_reached"]:
+            sp += f" ({r['not_reached']} not reached)"
+        out.append(f"| {r['domain']} | {r['arm']} | {len(r['seeds'])} | {fmt(*r['ppl'], '.2f')} | "
+                   f"{fmt(*r['change_pct'], '+.2f')}{'%' if r['change_pct'][0] is not None else ''}"
+                   f" | {sp if r['change_pct'][0] is not None else '-'} |")
+    return "\n".join(out)
+
+
+def report_text(results, domains, block, summary=()):
     """eval.md: the language table with a legend, then one NCA table per stage-1 NCA run."""
     text = []
     if any(res["ppl"] for res in results):
@@ -286,6 +335,9 @@ def report_text(results, domains, block):
                  "training domain; Nx: convergence speedup, tokens for the baseline to reach its "
                  "final val loss ÷ tokens for this run (SPEC.md §12.2)."]
     text += [f"\n{format_nca(res)}" for res in results if res["nca"]]
+    if summary:
+        text += ["", "Mean ± std over seeds (population std), each run paired with the scratch "
+                 "run of its domain and seed:", "", format_summary(summary)]
     return "\n".join(text).strip()
 
 
@@ -486,9 +538,10 @@ def evaluate(args):
         results.append(res)
     compare(runs, results, baselines)
 
+    summary = summarize(runs, results)
     report = {"eval_tokens": args.eval_tokens, "block_size": block, "device": device,
-              "dtype": dtype, "domains": domains, "runs": results}
-    text = report_text(results, domains, block)
+              "dtype": dtype, "domains": domains, "runs": results, "summary": summary}
+    text = report_text(results, domains, block, summary)
     print(text)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(out_dir / "eval.json", json.dumps(report, indent=2) + "\n")

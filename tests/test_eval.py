@@ -315,3 +315,23 @@ def test_end_to_end_with_train(tmp_path, capsys):
         assert r["loss"]["web"] == pytest.approx(r["final_val_loss"], rel=1e-4)
     rows = [line for line in (tmp_path / "ev" / "eval.md").read_text().splitlines() if line.startswith("| ")]
     assert len(rows) == 4  # header, rule, two runs
+
+
+def test_summary_pairs_each_seed_with_its_scratch_run():
+    def run(arm, seed, losses):
+        cfg = {"stage": "lang", "domain": "web", "seed": seed, "arm": arm,
+               "init_from": None if arm == "scratch" else "x/ckpt.pt"}
+        metrics = [{"kind": "val", "step": i, "tokens": 100 * i, "val_loss": l}
+                   for i, l in enumerate(losses)]
+        r = ev.Run(Path(f"{arm}{seed}"), Path("ckpt.pt"), cfg, metrics)
+        return r, {"arm": arm, "label": f"{arm}{seed}", "ppl": {"web": math.exp(losses[-1])}}
+    pairs = [run("scratch", 0, [5, 4, 3]), run("scratch", 1, [5, 4, 2]),
+             run("nca", 0, [5, 3, 2.5]), run("nca", 1, [5, 4.5, 2.5])]
+    rows = {r["arm"]: r for r in ev.summarize(*zip(*pairs))}
+    nca = rows["nca"]
+    assert nca["seeds"] == [0, 1] and rows["scratch"]["change_pct"] == (None, None)
+    want = [100 * (math.exp(2.5 - 3) - 1), 100 * (math.exp(2.5 - 2) - 1)]
+    assert np.allclose(nca["change_all"], want)
+    # seed 0: scratch ends at 3.0 after 200 tokens, nca is at 3.0 after 100 -> 2x; seed 1: never
+    assert np.allclose(nca["speedup_all"], [2.0]) and nca["not_reached"] == 1
+    assert "± " in ev.format_summary(list(rows.values()))
