@@ -49,10 +49,12 @@ def main():
                                  bias=False, **shape, **extra)).to(args.device)
     ours = GPT(config_for(args.size, vocab_size=args.vocab_size, block_size=args.seq_len,
                           attn_dropout=0.0)).to(args.device)
-    runs = {}
-    for name, m in (("ours", ours), ("nanogpt", theirs)):
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
-        runs[name] = (m, opt, [])
+    # Each model with its own optimizer setup: ours from configure_optimizers (fused AdamW where
+    # the device supports it), nanoGPT's as its configure_optimizers builds it on this device.
+    device_type = "cuda" if args.device.startswith("cuda") else "cpu"
+    runs = {"ours": (ours, ours.configure_optimizers(0.0, 1e-4, (0.9, 0.95), device_type=device_type), []),
+            "nanogpt": (theirs, torch.optim.AdamW(theirs.parameters(), lr=1e-4, betas=(0.9, 0.95),
+                                                  fused=device_type == "cuda"), [])}
     x = torch.randint(0, args.vocab_size, (args.batch, args.seq_len), device=args.device)
     y = torch.randint(0, args.vocab_size, (args.batch, args.seq_len), device=args.device)
     for i in range(args.steps + 2):

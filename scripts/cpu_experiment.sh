@@ -32,5 +32,7 @@ start=$(date +%s)
 printf '%s\n' "${stage1[@]}" | xargs -P "$JOBS" -I{} bash -c 'run {}'
 printf '%s\n' "${stage2[@]}" | xargs -P "$JOBS" -I{} bash -c 'run {}'
 echo "training wall time: $(( $(date +%s) - start )) s" | tee "$OUT/walltime.txt"
-python eval.py $OUT/*-scratch-s* $OUT/*-nca-s* --domains web,math,code --eval_tokens 16384 \
-  --out "$OUT" --plot "$OUT/curves.png" --overwrite
+PLOT=$(python -c "import matplotlib" 2>/dev/null && echo "--plot $OUT/curves.png" || echo "")
+[ -n "$PLOT" ] || echo "matplotlib is not installed: no curves picture (pip install matplotlib)"
+python eval.py "$OUT"/*-scratch-s*/ "$OUT"/*-nca-s*/ --domains web,math,code --eval_tokens 16384 \
+  --out "$OUT" $PLOT --overwrite

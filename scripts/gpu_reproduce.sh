@@ -25,5 +25,5 @@ for d in web math code; do
   python train.py --preset gpu --stage lang --domain "$d" --seed "$SEED" \
     --lang_tokens "$LANG_TOKENS" --init_from "$OUT/ppt-$band/ckpt.pt" --out_dir "$OUT/$d-nca" --resume
 done
-python eval.py "$OUT"/*-scratch "$OUT"/*-nca --domains web,math,code --out "$OUT" \
-  --plot "$OUT/curves.png" --overwrite
+PLOT=$(python -c "import matplotlib" 2>/dev/null && echo "--plot $OUT/curves.png" || echo "")
+python eval.py "$OUT"/*-scratch/ "$OUT"/*-nca/ --domains web,math,code --out "$OUT" $PLOT --overwrite
