@@ -76,7 +76,8 @@ def get_parser():
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="autocast dtype; auto = bfloat16 on CUDA, float32 elsewhere")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile the model (the gpu preset turns it on)")
     g.add_argument("--log_interval", type=int, default=10, help="steps between log lines")
     g.add_argument("--max_iters", type=int, default=0,
                    help="stop each stage after this many steps (0 = its token budget)")
