@@ -311,7 +311,7 @@ def summarize(runs, results):
 
 
 def format_summary(rows):
-    fmt = lambda m, s, spec: "-" if m is None else f"{m:{spec}} ± {s:{spec}}"
+    fmt = lambda m, s, spec: "-" if m is None else f"{m:{spec}} ± {s:{spec.lstrip('+')}}"
     out = ["| domain | arm | seeds | final ppl | change vs scratch (same seed) | speedup |",
            "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
