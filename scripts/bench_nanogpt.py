@@ -39,6 +39,9 @@ def main():
     ap.add_argument("--vocab_size", type=int, default=50257, help="vocabulary")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per model")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--mlp", choices=["paper", "matched"], default="matched",
+                    help="our SwiGLU width: paper = 4d (1.5x the MLP of nanoGPT's GELU 4d), "
+                         "matched = 8/3 d, the same parameters and FLOPs as nanoGPT's MLP")
     args = ap.parse_args()
     ng = load_nanogpt(args.nanogpt)
     shape = SIZES[args.size]
@@ -47,8 +50,9 @@ def main():
                                    use_squared_relu=False).items() if k in fields}
     theirs = ng.GPT(ng.GPTConfig(block_size=args.seq_len, vocab_size=args.vocab_size, dropout=0.0,
                                  bias=False, **shape, **extra)).to(args.device)
+    hidden = None if args.mlp == "paper" else 8 * shape["n_embd"] // 3
     ours = GPT(config_for(args.size, vocab_size=args.vocab_size, block_size=args.seq_len,
-                          attn_dropout=0.0)).to(args.device)
+                          attn_dropout=0.0, mlp_hidden=hidden)).to(args.device)
     # Each model with its own optimizer setup: ours from configure_optimizers (fused AdamW where
     # the device supports it), nanoGPT's as its configure_optimizers builds it on this device.
     device_type = "cuda" if args.device.startswith("cuda") else "cpu"
@@ -76,7 +80,8 @@ def main():
     ours_flops = ours.flops_per_token(args.seq_len)
     n_theirs = sum(p.numel() for n, p in theirs.named_parameters() if "wpe" not in n)
     theirs_flops = 6 * n_theirs + 12 * shape["n_layer"] * shape["n_embd"] * args.seq_len
-    print(f"shape: {args.size} {shape}, vocab {args.vocab_size}, batch {args.batch} x {args.seq_len}")
+    print(f"shape: {args.size} {shape}, vocab {args.vocab_size}, batch {args.batch} x "
+          f"{args.seq_len}, our MLP {args.mlp} ({ours.blocks[0].mlp.up.out_features})")
     print(f"ours tokens/s: {rate['ours']:.0f} tok/s ({rate['ours'] * ours_flops / 1e9:.1f} GFLOP/s)")
     print(f"nanogpt tokens/s: {rate['nanogpt']:.0f} tok/s "
           f"({rate['nanogpt'] * theirs_flops / 1e9:.1f} GFLOP/s)")
