@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 import eval as ev
 import nca
-from data.common import ROOT, TokenWriter, write_dataset
+from conftest import make_domain
+from data.common import ROOT
 from model import GPT, GPTConfig, config_for
 
 DOMAINS = ("web", "math", "code")
@@ -130,14 +131,6 @@ def test_speedup_reproduces_the_blog_numbers(steps, curves, arm, want):
 
 # ---------------------------------------------------------------- fake runs and domains
 
-def write_domain(folder, n_val=1000, seed=0):
-    rng = np.random.default_rng(seed)
-    writers = {s: TokenWriter(folder / f"{s}.bin") for s in ("train", "val")}
-    writers["train"].write(rng.integers(0, 50257, 2000), 2)
-    writers["val"].write(rng.integers(0, 50257, n_val), 2)
-    write_dataset(folder, writers, {"domain": folder.name, "source": "test"})
-
-
 def write_run(folder, arm, curve, stage="lang", domain="web", init_from=None, ppt_source=None,
               model_cfg=None, vocab=("gpt2", 50257), nca_info=None, seed=0):
     """A run folder in train.py's format: config.json, metrics.jsonl, ckpt.pt."""
@@ -168,7 +161,7 @@ NCA_CFG = nca.NCAConfig(seq_len=128)
 def fake(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     for i, d in enumerate(DOMAINS):
-        write_domain(root / "data" / d, seed=i)
+        make_domain(root / "data" / d, seed=i)
     runs = root / "runs"
     base = [(1024, 6.0), (2048, 5.0), (3072, 4.0), (4096, 3.0)]
     write_run(runs / "scratch_web", "scratch", base, seed=0)
