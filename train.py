@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 import nca
 from data.common import DataError, load_meta, load_tokens
+from eval import EvalError, eval_windows
 from model import GPT, GPTConfig, SIZES, config_for
 
 DOMAIN_VOCAB = {"web": 50257, "c4": 50257, "math": 64000, "code": 64000}   # SPEC.md §13.14
@@ -157,7 +158,8 @@ def get_parser():
     g.add_argument("--grad_clip", type=float, default=1 / 32,
                    help="clip the mean gradient's norm; 1/32 = official 1.0 on a sum of 32")
     g.add_argument("--eval_interval", type=int, default=100, help="steps between validations")
-    g.add_argument("--eval_tokens", type=int, default=4_194_304, help="validation tokens")
+    g.add_argument("--eval_tokens", type=int, default=4_194_304,
+                   help="validation tokens (0 = the whole val split)")
     return p
 
 
@@ -230,13 +232,12 @@ class TextBatches:
 
 
 def text_val_batches(data_dir, seq_len, eval_tokens, batch_size, device):
-    """Fixed validation windows: non-overlapping, stride seq_len, from the start of val.bin."""
-    data = load_tokens(data_dir, "val")
-    n = min(max(eval_tokens // seq_len, 1), (len(data) - 1) // seq_len)
-    if n < 1:
-        raise TrainError(f"{data_dir}/val.bin has {len(data)} tokens, fewer than one window")
-    w = torch.from_numpy(np.stack([data[i * seq_len:i * seq_len + seq_len + 1]
-                                   for i in range(n)]).astype(np.int64)).to(device)
+    """Fixed validation windows, the same eval.py scores: non-overlapping, stride seq_len, from
+    the start of val.bin."""
+    try:
+        w = eval_windows(load_tokens(data_dir, "val"), seq_len, eval_tokens).to(device)
+    except EvalError as e:
+        raise TrainError(f"{data_dir}/val.bin: {e}")
     return list(zip(w[:, :-1].split(batch_size), w[:, 1:].split(batch_size)))
 
 
