@@ -32,11 +32,10 @@ import torch
 import torch.nn.functional as F
 
 import nca
-from data.common import DataError, load_tokens, show
+from data.common import TOKENIZERS, DataError, load_meta, load_tokens, show, token_bytes
 from model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parent
-GPT2_VOCAB = 50257
 
 
 class EvalError(Exception):
@@ -78,6 +77,58 @@ def perplexity(model, windows, batch_size=8, device="cpu", ctx=nullcontext(), de
             count += w[:, 1:].numel()
             bar.update(w[:, 1:].numel())
     return {"loss": total / count, "ppl": math.exp(total / count), "tokens": count}
+
+
+def ngram_baselines(train, windows, vocab_size):
+    """Cross-entropy (nats/token) of the window targets under unigram and bigram models counted
+    on the train split: what a model has to beat to have learned more than token frequencies
+    and pairs. Unigram: add-alpha counts; bigram: counts with the unigram as a Dirichlet prior,
+    p(b | a) = (c(a, b) + k p(b)) / (c(a) + k). alpha and k are the best of a small grid on these
+    windows, which flatters the baselines a little: beating them is a conservative claim."""
+    train = np.asarray(train, dtype=np.int64)
+    x, y = (windows[:, :-1].reshape(-1).numpy(), windows[:, 1:].reshape(-1).numpy())
+    counts = np.bincount(train, minlength=vocab_size).astype(np.float64)
+    uni = {a: -np.log((counts[y] + a) / (len(train) + a * vocab_size)).mean()
+           for a in (0.01, 0.1, 1.0)}
+    alpha = min(uni, key=uni.get)
+    p_uni = (counts + alpha) / (len(train) + alpha * vocab_size)
+    pairs, pair_counts = np.unique(train[:-1] * vocab_size + train[1:], return_counts=True)
+    q = x * vocab_size + y
+    at = np.minimum(np.searchsorted(pairs, q), len(pairs) - 1)
+    c_ab = np.where(pairs[at] == q, pair_counts[at], 0)
+    c_a = np.bincount(train[:-1], minlength=vocab_size)[x]
+    bi = {k: -np.log((c_ab + k * p_uni[y]) / (c_a + k)).mean() for k in (0.1, 1.0, 10.0, 100.0)}
+    return {"unigram": float(uni[alpha]), "bigram": float(min(bi.values()))}
+
+
+def bits_per_byte(loss, windows, nbytes):
+    """Token-mean loss (nats) over the window targets -> bits per UTF-8 byte of their text."""
+    return loss * windows[:, 1:].numel() / math.log(2) / nbytes
+
+
+@torch.no_grad()
+def copy_probe(model, vocab_size, length, num_seqs=16, batch_size=8, device="cpu",
+               ctx=nullcontext(), seed=0):
+    """In-context copying: the loss on the second copy of a repeated random token sequence
+    against the loss on the first. Random tokens cannot be predicted the first time; the second
+    time a model that can look back and copy (an induction head) predicts them well. The same
+    sequences (ids below vocab_size, from `seed`) for every model. Returns first, second, gain."""
+    g = torch.Generator().manual_seed(seed)
+    half = torch.randint(0, vocab_size, (num_seqs, length), generator=g)
+    seqs = torch.cat([half, half], dim=1)
+    was_training = model.training
+    model.eval()
+    first = second = 0.0
+    for w in seqs.split(batch_size):
+        w = w.to(device)
+        with ctx:
+            logits, _ = model(w[:, :-1])
+        nll = F.cross_entropy(logits.float().transpose(1, 2), w[:, 1:], reduction="none")
+        first += nll[:, :length - 1].sum().item()      # targets 1..L-1 of the first copy
+        second += nll[:, length:].sum().item()         # targets 1..L-1 of the second copy
+    model.train(was_training)
+    n = num_seqs * (length - 1)
+    return {"first": first / n, "second": second / n, "gain": (first - second) / n}
 
 
 # ---------------------------------------------------------------- stage-1 NCA checkpoints
@@ -218,15 +269,25 @@ def build_model(ckpt, device):
     return model.eval()
 
 
-def language_refusal(ckpt):
-    """Why a checkpoint cannot be scored on GPT-2 token files, or None if it can."""
+def language_refusal(ckpt, tokenizer="gpt2"):
+    """Why a checkpoint cannot be scored on token files of `tokenizer`, or None if it can."""
     kind = (ckpt.get("vocab") or {}).get("kind")
     size = ckpt["model_args"].get("vocab_size", 0)
-    if kind != "gpt2":
-        return f"its vocabulary is {kind!r}, not GPT-2"
-    if size < GPT2_VOCAB:
-        return f"its model has {size:,} output classes, fewer than the {GPT2_VOCAB:,} GPT-2 ids"
+    vocab = TOKENIZERS[tokenizer][0]
+    if kind != tokenizer:
+        return f"its vocabulary is {kind!r}, not {tokenizer!r}"
+    if size < vocab:
+        return f"its model has {size:,} output classes, fewer than the {vocab:,} {tokenizer} ids"
     return None
+
+
+def refusal_text(refusals):
+    """{domain: reason or None} -> "web, math: reason; ..." (None if every domain was scored)."""
+    by_reason = {}
+    for name, why in refusals.items():
+        if why:
+            by_reason.setdefault(why, []).append(name)
+    return "; ".join(f"{', '.join(names)}: {why}" for why, names in by_reason.items()) or None
 
 
 def label_runs(runs):
@@ -237,7 +298,8 @@ def label_runs(runs):
 
     def arm(r):
         return r.config.get("arm") or ("scratch" if r.is_scratch else r.config.get("ppt_source"))
-    labels = [f"{arm(r)} ({name(r)})" for r in runs]
+    both = lambda a, n: n if a == n else f"{a} ({n})"          # "scratch", not "scratch (scratch)"
+    labels = [both(arm(r), name(r)) for r in runs]
     if len(set(labels)) < len(labels):
         labels = [f"{arm(r)} ({show(r.folder)})" for r in runs]
     for r, label in zip(runs, labels):
@@ -275,10 +337,29 @@ def compare(runs, results, baselines):
             res["speedup_note"] = None if res["speedup"] is not None else "not reached"
 
 
+# Two-sided 95% Student-t quantiles for 1..30 degrees of freedom (then ~1.96 + 2.4/df).
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def mean_ci(xs):
+    """(mean, half-width of its 95% confidence interval) of a sample; (mean, None) for one value,
+    (None, None) for none. Paired seeds make xs the per-seed differences."""
+    if not xs:
+        return None, None
+    if len(xs) < 2:
+        return float(xs[0]), None
+    df = len(xs) - 1
+    t = T975[df - 1] if df <= len(T975) else 1.96 + 2.4 / df
+    return float(np.mean(xs)), float(t * np.std(xs, ddof=1) / math.sqrt(len(xs)))
+
+
 def summarize(runs, results):
-    """Mean ± std over seeds per (training domain, arm), each run paired with the scratch run of
-    the same domain and seed (else its domain's baseline): own-domain perplexity, its change vs
-    that scratch run, and the convergence speedup. Empty unless some arm has several seeds."""
+    """Per (training domain, arm) over seeds, each run paired with the scratch run of the same
+    domain and seed: own-domain loss, bits per byte and perplexity; the paired differences in
+    loss and bits per byte (mean and 95% CI) and in perplexity (%); the convergence speedup of
+    each seed; the copy probe's gain. Empty unless some arm has several seeds."""
     scratch = {(r.domain, r.config.get("seed")): (r, res) for r, res in zip(runs, results)
                if r.is_scratch and res["ppl"]}
     groups = {}
@@ -287,57 +368,80 @@ def summarize(runs, results):
             groups.setdefault((r.domain, res["arm"] or res["label"]), []).append((r, res))
     if all(len(g) < 2 for g in groups.values()):
         return []
-    stat = lambda xs: (float(np.mean(xs)), float(np.std(xs))) if xs else (None, None)
     rows = []
     for (domain, arm), members in sorted(groups.items()):
-        ppl, change, speed, missed = [], [], [], 0
+        own = lambda key: [res[key][domain] for _, res in members if domain in res.get(key, {})]
+        change, dloss, dbpb, speed, missed = [], [], [], [], 0
         for r, res in members:
-            ppl.append(res["ppl"][domain])
             pair = scratch.get((domain, r.config.get("seed")))
             if pair is None or pair[0] is r:
                 continue
             b, bres = pair
             change.append(100 * (res["ppl"][domain] / bres["ppl"][domain] - 1))
+            if domain in res.get("loss", {}) and domain in bres.get("loss", {}):
+                dloss.append(res["loss"][domain] - bres["loss"][domain])
+            if domain in res.get("bpb", {}) and domain in bres.get("bpb", {}):
+                dbpb.append(res["bpb"][domain] - bres["bpb"][domain])
             sp = speedup(val_curve(b.metrics), val_curve(r.metrics))
             if sp is None:
                 missed += 1
             else:
                 speed.append(sp)
+        gains = [res["probe"]["gain"] for _, res in members if res.get("probe")]
         rows.append({"domain": domain, "arm": arm, "seeds": [r.config.get("seed") for r, _ in members],
-                     "ppl": stat(ppl), "ppl_all": ppl, "change_pct": stat(change),
-                     "change_all": change, "speedup": stat(speed), "speedup_all": speed,
-                     "not_reached": missed})
+                     "ppl": mean_ci(own("ppl")), "ppl_all": own("ppl"),
+                     "loss": mean_ci(own("loss")), "bpb": mean_ci(own("bpb")),
+                     "change_pct": mean_ci(change), "change_all": change,
+                     "dloss": mean_ci(dloss), "dloss_all": dloss,
+                     "dbpb": mean_ci(dbpb), "dbpb_all": dbpb,
+                     "speedup": mean_ci(speed), "speedup_all": speed, "not_reached": missed,
+                     "probe_gain": mean_ci(gains), "probe_gain_all": gains})
     return rows
 
 
 def format_summary(rows):
-    fmt = lambda m, s, spec: "-" if m is None else f"{m:{spec}} ± {s:{spec.lstrip('+')}}"
-    out = ["| domain | arm | seeds | final ppl | change vs scratch (same seed) | speedup |",
-           "| --- | --- | --- | --- | --- | --- |"]
+    def fmt(m, h, spec):
+        if m is None:
+            return "-"
+        return f"{m:{spec}}" + ("" if h is None else f" ± {h:{spec.lstrip('+')}}")
+    out = ["| domain | arm | seeds | loss (nats/token) | bits/byte | Δ loss vs scratch | "
+           "Δ bits/byte vs scratch | Δ ppl | speedup per seed | copy-probe gain |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        sp = fmt(*r["speedup"], ".2f") + ("x" if r["speedup"][0] is not None else "")
+        paired = r["change_pct"][0] is not None
+        sp = ", ".join(f"{x:.2f}x" for x in r["speedup_all"]) or "-"
         if r["not_reached"]:
             sp += f" ({r['not_reached']} not reached)"
-        out.append(f"| {r['domain']} | {r['arm']} | {len(r['seeds'])} | {fmt(*r['ppl'], '.2f')} | "
-                   f"{fmt(*r['change_pct'], '+.2f')}{'%' if r['change_pct'][0] is not None else ''}"
-                   f" | {sp if r['change_pct'][0] is not None else '-'} |")
+        out.append(f"| {r['domain']} | {r['arm']} | {len(r['seeds'])} | {fmt(*r['loss'], '.4f')} | "
+                   f"{fmt(*r['bpb'], '.4f')} | {fmt(*r['dloss'], '+.4f')} | "
+                   f"{fmt(*r['dbpb'], '+.4f')} | "
+                   f"{fmt(*r['change_pct'], '+.2f') + '%' if paired else '-'} | "
+                   f"{sp if paired else '-'} | {fmt(*r['probe_gain'], '.3f')} |")
     return "\n".join(out)
 
 
 def report_text(results, domains, block, summary=()):
-    """eval.md: the language table with a legend, then one NCA table per stage-1 NCA run."""
+    """eval.md: the language table with its n-gram baselines and a legend, then one NCA table per
+    stage-1 NCA run, then the over-seeds summary."""
     text = []
     if any(res["ppl"] for res in results):
         budget = ", ".join(f"{d} {v['tokens']:,}" for d, v in domains.items())
-        text += [format_table(results, list(domains)), "",
-                 f"Perplexity on the first val tokens of each domain ({budget}; windows of "
-                 f"{block + 1}, stride {block}). (+x%): change vs the baseline of the run's "
-                 "training domain; Nx: convergence speedup, tokens for the baseline to reach its "
-                 "final val loss ÷ tokens for this run (SPEC.md §12.2)."]
+        text += [format_table(results, domains), "",
+                 f"Lower is better everywhere. Each cell: cross-entropy in nats per token of the "
+                 f"domain's own tokenizer, bits per byte of the underlying UTF-8 text (comparable "
+                 f"across tokenizers) and perplexity, on the first val tokens of each domain "
+                 f"({budget}; windows of {block + 1}, stride {block}). (+x%): perplexity change vs "
+                 "the baseline run of the run's training domain; Nx: convergence speedup, tokens "
+                 "for the baseline run to reach its final val loss ÷ tokens for this run. The "
+                 "unigram and bigram rows predict each token from counts on the train split; a "
+                 "model that is not below them has not learned the language. Copy probe: loss on "
+                 "the first → second copy of a repeated random token sequence (in-context "
+                 "copying; a larger drop is better)."]
     text += [f"\n{format_nca(res)}" for res in results if res["nca"]]
     if summary:
-        text += ["", "Mean ± std over seeds (population std), each run paired with the scratch "
-                 "run of its domain and seed:", "", format_summary(summary)]
+        text += ["", "Over seeds, each run paired with the scratch run of its domain and seed: "
+                 "mean ± 95% confidence half-width (Student t over seeds); Δ = arm − scratch, "
+                 "negative is better.", "", format_summary(summary)]
     return "\n".join(text).strip()
 
 
@@ -358,15 +462,22 @@ def _cell(r, d):
         notes.append(f"{r['change_pct'][d]:+.1f}%")
     if d == r["domain"] and r["speedup_note"] != "n/a":
         notes.append(f"{r['speedup']:.2f}x" if r["speedup"] is not None else r["speedup_note"])
-    return f"{r['ppl'][d]:.2f}" + (f" ({', '.join(notes)})" if notes else "")
+    return (f"{r['loss'][d]:.3f} · {r['bpb'][d]:.3f} bpb · ppl {r['ppl'][d]:.2f}"
+            + (f" ({', '.join(notes)})" if notes else ""))
 
 
 def format_table(results, domains):
-    """Markdown table: one row per evaluated run, one column per eval domain with the perplexity,
-    the change vs the baseline and, in the run's own training domain, the convergence speedup."""
-    head = ["run", "trained on", "tokens", *domains]
-    rows = [[r["label"], r["trained_on"], _human(r["tokens"] or 0), *(_cell(r, d) for d in domains)]
+    """Markdown table: one row per evaluated run, then the unigram and bigram baselines; one
+    column per eval domain (loss, bits per byte, perplexity, the change vs the baseline run and,
+    in the run's own training domain, the convergence speedup) and the copy probe."""
+    head = ["run", "trained on", "tokens", *domains, "copy probe"]
+    rows = [[r["label"], r["trained_on"], _human(r["tokens"] or 0), *(_cell(r, d) for d in domains),
+             f"{r['probe']['first']:.2f} → {r['probe']['second']:.2f}" if r["probe"] else "-"]
             for r in results if r["ppl"]]
+    for kind in ("unigram", "bigram"):
+        rows.append([kind, "train-split counts", "-",
+                     *(f"{v['baselines'][kind]:.3f} · {v['baselines_bpb'][kind]:.3f} bpb · "
+                       f"ppl {math.exp(v['baselines'][kind]):.2f}" for v in domains.values()), "-"])
     width = [max(len(x) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, width)) + " |"
     return "\n".join([line(head), line(["-" * w for w in width]), *map(line, rows)])
@@ -492,25 +603,34 @@ def evaluate(args):
         ck = load_checkpoint(r.ckpt)
         info.append({k: ck.get(k) for k in ("model_args", "vocab", "nca", "step", "tokens")})
         del ck
-    lang = [i for i, inf in enumerate(info) if language_refusal(inf) is None]
+    folders = [Path(args.data_root) / d for d in args.domains.split(",") if d]
+    folders += [Path(p) for p in args.extra_data]
+    names = [f.name for f in folders]
+    if len(set(names)) < len(names):
+        raise EvalError(f"two eval domains share a folder name: {', '.join(names)}")
+    tokenizers = {name: load_meta(folder).get("tokenizer", "gpt2")
+                  for name, folder in zip(names, folders)}
+    # refusals[i][name]: why run i cannot be scored on domain `name` (a run is scored where None)
+    refusals = [{n: language_refusal(inf, t) for n, t in tokenizers.items()} for inf in info]
+    lang = [i for i, ref in enumerate(refusals) if None in ref.values()]
     block = args.block_size or min((info[i]["model_args"]["block_size"] for i in lang), default=1024)
     for i in lang:
         if info[i]["model_args"]["block_size"] < block:
             raise EvalError(f"--block_size {block} is longer than the "
                             f"{info[i]['model_args']['block_size']} of {runs[i].label}")
 
-    folders = [Path(args.data_root) / d for d in args.domains.split(",") if d]
-    folders += [Path(p) for p in args.extra_data]
-    names = [f.name for f in folders]
-    if len(set(names)) < len(names):
-        raise EvalError(f"two eval domains share a folder name: {', '.join(names)}")
-    windows, domains = {}, {}
+    windows, domains, nbytes = {}, {}, {}
     for name, folder in zip(names, folders):  # every split is checked before any model runs
-        if lang:
+        if any(refusals[i][name] is None for i in lang):
             val = load_tokens(folder, "val")
-            windows[name] = eval_windows(val, block, args.eval_tokens)
-            domains[name] = {"path": show(folder), "val_tokens": len(val),
-                             "windows": len(windows[name]), "tokens": len(windows[name]) * block}
+            w = windows[name] = eval_windows(val, block, args.eval_tokens)
+            nbytes[name] = int(token_bytes(tokenizers[name])[w[:, 1:].numpy()].sum())
+            base = ngram_baselines(load_tokens(folder, "train"), w, TOKENIZERS[tokenizers[name]][0])
+            domains[name] = {"path": show(folder), "tokenizer": tokenizers[name],
+                             "val_tokens": len(val), "windows": len(w), "tokens": len(w) * block,
+                             "bytes": nbytes[name], "baselines": base,
+                             "baselines_bpb": {k: bits_per_byte(v, w, nbytes[name])
+                                               for k, v in base.items()}}
 
     results = []
     for i, (r, inf) in enumerate(zip(runs, info)):
@@ -520,17 +640,23 @@ def evaluate(args):
                "init_from": c.get("init_from"), "seed": c.get("seed"),
                "trained_on": r.domain if r.stage == "lang" else f"{c.get('ppt_source')} (stage 1)",
                "step": inf["step"], "tokens": inf["tokens"], "vocab": inf["vocab"],
-               "ppl": {}, "loss": {}, "refused": language_refusal(inf), "nca": None}
+               "ppl": {}, "loss": {}, "bpb": {}, "probe": None, "nca": None,
+               "refused": refusal_text(refusals[i])}
         is_nca = (inf["vocab"] or {}).get("kind") == "nca" and inf["nca"] is not None
-        if res["refused"] and names:
-            print(f"{r.label}: not evaluated on {', '.join(names)}: {res['refused']}"
+        if res["refused"]:
+            print(f"{r.label}: not evaluated on {res['refused']}"
                   + ("; evaluating it on its NCA validation rules instead" if is_nca else ""))
         if i in lang or is_nca:
             model = build_model(load_checkpoint(r.ckpt), device)
             for name, w in windows.items():
-                if i in lang:
+                if refusals[i][name] is None:
                     p = perplexity(model, w, args.batch_size, device, ctx, desc=f"{r.label} {name}")
                     res["ppl"][name], res["loss"][name] = p["ppl"], p["loss"]
+                    res["bpb"][name] = bits_per_byte(p["loss"], w, nbytes[name])
+            if i in lang:
+                kind = inf["vocab"]["kind"]
+                res["probe"] = copy_probe(model, TOKENIZERS[kind][1], block // 2,
+                                          batch_size=args.batch_size, device=device, ctx=ctx)
             if is_nca:
                 res["nca"] = nca_eval(model, inf["nca"], args.nca_val_seqs, args.batch_size,
                                       device, ctx, desc=f"{r.label} nca")

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 import nca
-from data.common import DataError, load_meta, load_tokens
-from eval import EvalError, eval_windows
+from data.common import TOKENIZERS, DataError, load_meta, load_tokens
+from eval import EvalError, copy_probe, eval_windows
 from model import GPT, GPTConfig, SIZES, config_for
 
 DOMAIN_VOCAB = {"web": 50257, "c4": 50257, "math": 64000, "code": 64000}   # SPEC.md §13.14
@@ -44,7 +44,7 @@ PRESETS = {
                 ppt_tokens=1_048_576, ppt_batch_tokens=8192, ppt_micro_batch=16, ppt_lr=1e-3,
                 ppt_warmup_frac=0.1, ppt_schedule="cosine", ppt_vocab_size=0, ppt_eval_interval=32,
                 ppt_val_seqs=64, train_num_rules=2048, val_num_rules=128,
-                vocab_size="50257", lang_tokens=131_072, batch_tokens=4096, micro_batch=16,
+                lang_tokens=131_072, batch_tokens=4096, micro_batch=16,
                 lr=2e-3, eval_interval=8, eval_tokens=16_384, log_interval=4),
     # One GPU, GPT-2-small class: the paper's 164M NCA tokens, then language pre-training.
     "gpu": dict(size="small", seq_len=1024, dtype="auto", compile=True,
@@ -272,7 +272,18 @@ def ppt_source(args, device, rank, world, micro):
     train = TextBatches(args.ppt_data, "train", args.seq_len, micro, device, args.seed, rank)
     val = text_val_batches(args.ppt_data, args.seq_len, args.ppt_val_seqs * args.seq_len,
                            micro, device)
-    return train, val, load_meta(args.ppt_data)["vocab_size"], {"data_dir": args.ppt_data}
+    meta = load_meta(args.ppt_data)
+    return train, val, meta["vocab_size"], {"data_dir": args.ppt_data,
+                                            "tokenizer": meta.get("tokenizer", "gpt2")}
+
+
+def copy_baseline(val, config):
+    """Token and whole-grid accuracy of 'the next grid equals the previous one' on the stage-1
+    validation batches: what in-context rule learning must beat."""
+    t, g = zip(*(nca.copy_accuracy(x, y, nca.NCAConfig(**config)) for x, y in val))
+    n = sum(len(x) for x, _ in val) * len(t[0])
+    return {"copy_token_acc": float(sum(a.sum() for a in t)) / n,
+            "copy_grid_acc": float(sum(a.sum() for a in g)) / n}
 
 
 def vocab_limit(args):
@@ -309,9 +320,11 @@ def load_checkpoint(path, device="cpu"):
         raise TrainError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}")
 
 
-def lang_model(args, vocab_size, device):
+def lang_model(args, vocab_size, device, tokenizer="gpt2"):
     """The stage-2 model: transferred from --init_from, or the scratch baseline. Both get the same
-    freshly initialized embeddings and head (reset_vocab), so the arms differ only in the body."""
+    freshly initialized embeddings and head (reset_vocab, drawn right after re-seeding with
+    --seed, whatever the body's initialization consumed), so the arms of a seed differ only in
+    the body; the data order and dropout stream that follow are the same too."""
     if args.init_from:
         ck = load_checkpoint(args.init_from)
         if ck.get("stage") != "ppt":
@@ -322,17 +335,19 @@ def lang_model(args, vocab_size, device):
         model = GPT(cfg)
         model.load_state_dict(ck["model"])
         if args.keep_embeddings:
-            if ck["vocab"]["kind"] != "gpt2" or cfg.vocab_size != vocab_size:
-                raise TrainError(f"--keep_embeddings needs a stage-1 model on GPT-2 tokens with "
-                                 f"vocabulary {vocab_size}; {args.init_from} has "
+            if ck["vocab"]["kind"] != tokenizer or cfg.vocab_size != vocab_size:
+                raise TrainError(f"--keep_embeddings needs a stage-1 model on {tokenizer} tokens "
+                                 f"with vocabulary {vocab_size}; {args.init_from} has "
                                  f"{ck['vocab']['kind']} tokens, vocabulary {cfg.vocab_size}")
             if cfg.head_bias:                                  # language heads have no bias
                 model.lm_head.bias = None
                 model.config.head_bias = False
         else:
+            torch.manual_seed(args.seed)
             model.reset_vocab(vocab_size, args.embed_init)
     else:
         model = GPT(model_config(args, vocab_size, head_bias=False))
+        torch.manual_seed(args.seed)
         model.reset_vocab(vocab_size, args.embed_init)
     for kind in kinds(args.reinit):
         model.reinit_modules(kind, layer_range(args.reinit_layers, model.config.n_layer))
@@ -450,6 +465,11 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
         model = DDP(model, device_ids=[device] if device_type == "cuda" else None)
     scaler = torch.amp.GradScaler(device_type, enabled=(args.dtype == "float16"))
     grid_cfg = nca.NCAConfig(**extra["nca"]["config"]) if extra.get("nca") else None
+    # shown beside every validation: stage 1 NCA, the copy-the-previous-grid accuracy; stage 2,
+    # the in-context copy probe (the same sequences eval.py uses)
+    copy = copy_baseline(val_batches, extra["nca"]["config"]) if grid_cfg and val_batches else {}
+    probe_vocab = TOKENIZERS.get(extra["vocab"]["kind"], (None, None))[1] if stage == "lang" \
+        else None
 
     step, metrics_path = 0, out / "metrics.jsonl"
     if args.resume and (out / "ckpt.pt").exists():
@@ -504,7 +524,10 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
     while True:
         if (step % hp["eval_interval"] == 0 or step == steps) and not (step == resumed_at
                                                                        and step > 0):
-            last_val = evaluate(raw, val_batches, ctx, grid_cfg)
+            last_val = evaluate(raw, val_batches, ctx, grid_cfg) | copy
+            if probe_vocab is not None:
+                p = copy_probe(raw, probe_vocab, T // 2, batch_size=micro, device=device, ctx=ctx)
+                last_val |= {f"probe_{k}": v for k, v in p.items()}
             rec = {"kind": "val", "step": step, "tokens": step * hp["batch_tokens"], **last_val}
             log(rec)
             if master:
@@ -587,20 +610,15 @@ def run_ppt(args, out, ctx, dist):
                          f"source's {source_vocab} tokens")
     torch.manual_seed(args.seed)
     model = GPT(model_config(args, vocab, head_bias=True)).to(dist["device"])
-    extra = {"vocab": {"kind": "gpt2" if args.ppt_source == "text" else args.ppt_source,
+    extra = {"vocab": {"kind": info["tokenizer"] if args.ppt_source == "text" else args.ppt_source,
                        "size": vocab}}
     start_run(out, args, "ppt", dist)
     if args.ppt_source == "nca":
         extra["nca"] = {k: info[k] for k in ("config", "val_seeds", "mask_delimiters")}
         if dist["rank"] == 0 and val and not (args.resume and (out / "ckpt.pt").exists()):
-            t, g = zip(*(nca.copy_accuracy(x, y, nca.NCAConfig(**info["config"]))
-                         for x, y in val))
-            n = sum(len(x) for x, _ in val) * len(t[0])
-            rec = {"kind": "info", "step": 0, "tokens": 0,
-                   "copy_token_acc": float(sum(a.sum() for a in t)) / n,
-                   "copy_grid_acc": float(sum(a.sum() for a in g)) / n}
             with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
+                f.write(json.dumps({"kind": "info", "step": 0, "tokens": 0,
+                                    **copy_baseline(val, info["config"])}) + "\n")
     hp = dict(lr=args.ppt_lr, weight_decay=args.ppt_weight_decay, schedule=args.ppt_schedule,
               warmup_frac=args.ppt_warmup_frac, grad_clip=args.ppt_grad_clip,
               batch_tokens=args.ppt_batch_tokens, micro_batch=micro, tokens=args.ppt_tokens,
@@ -611,8 +629,9 @@ def run_ppt(args, out, ctx, dist):
 def run_lang(args, out, ctx, dist):
     data_dir = args.data_dir or f"data/{args.domain}"
     vocab = lang_vocab(args, data_dir)
+    tokenizer = load_meta(data_dir).get("tokenizer", "gpt2")
     torch.manual_seed(args.seed)
-    model = lang_model(args, vocab, dist["device"])
+    model = lang_model(args, vocab, dist["device"], tokenizer)
     micro = args.micro_batch
     train = TextBatches(data_dir, "train", args.seq_len, micro, dist["device"], args.seed,
                         dist["rank"])
@@ -625,7 +644,7 @@ def run_lang(args, out, ctx, dist):
               eval_interval=args.eval_interval, decay_all=args.decay_all)
     start_run(out, args, "lang", dist)
     return train_stage(args, "lang", out, model, train, val, hp, ctx, dist,
-                       {"vocab": {"kind": "gpt2", "size": vocab}})
+                       {"vocab": {"kind": tokenizer, "size": vocab}})
 
 
 def setup_distributed(args):

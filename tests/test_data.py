@@ -131,6 +131,26 @@ def test_error_names_the_prepare_command(monkeypatch):
     assert common._fix_command(ROOT / "out" / "web") == "python data/web/prepare.py --out_dir out/web"
 
 
+@needs_bpe
+def test_byte_level_folder_has_the_same_documents(tmp_path):
+    docs = [f"doc {i}: caf\u00e9 \u2192 {'x' * i}" for i in range(12)]
+    gpt2 = common.prepare_embedded(tmp_path / "web", docs, 0.25, 7, {})
+    raw = common.prepare_embedded(tmp_path / "web_bytes", docs, 0.25, 7, {}, tokenizer="bytes")
+    assert raw["vocab_size"] == 257 and raw["eot"] == 256 and raw["tokenizer"] == "bytes"
+    assert load_meta(tmp_path / "web_bytes")["tokenizer"] == "bytes"
+    enc = common.gpt2_encoding()
+    bytes_per_token = common.token_bytes("gpt2")
+    for split in ("train", "val"):
+        assert raw["documents"][split] == gpt2["documents"][split]
+        t = np.asarray(load_tokens(tmp_path / "web", split))
+        b = np.asarray(load_tokens(tmp_path / "web_bytes", split))
+        text = lambda ids: enc.decode([i for i in ids if i != EOT])
+        assert bytes(b[b != 256].astype(np.uint8)).decode() == text(t.tolist())
+        assert int(bytes_per_token[t].sum()) == int((b != 256).sum())  # bits per byte agree
+    assert common._fix_command(ROOT / "data" / "web_bytes").endswith(
+        "data/web/prepare.py --tokenizer bytes")
+
+
 @pytest.mark.parametrize("domain", ["web", "math", "code", "c4"])
 def test_prepared_corpus(domain):
     data_dir = ROOT / "data" / domain

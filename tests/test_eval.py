@@ -187,9 +187,11 @@ def test_table_json_and_markdown(fake, capsys):
     printed = capsys.readouterr().out
     md = (fake / "ev" / "eval.md").read_text()
     header = md.splitlines()[0]
-    assert [c.strip() for c in header.strip("|").split("|")][-3:] == list(DOMAINS)
+    assert [c.strip() for c in header.strip("|").split("|")][-4:] == [*DOMAINS, "copy probe"]
     rows = [line for line in md.splitlines()[2:] if line.startswith("| ")]
-    assert len(rows) == 2 and "scratch (scratch_web)" in rows[0] and "nca (nca_web)" in rows[1]
+    assert len(rows) == 4 and "scratch (scratch_web)" in rows[0] and "nca (nca_web)" in rows[1]
+    assert rows[2].startswith("| unigram") and rows[3].startswith("| bigram")
+    assert "Lower is better" in md and "→" in rows[0]
     assert md.strip() in printed  # the printed table is eval.md
 
     saved = json.loads((fake / "ev" / "eval.json").read_text())
@@ -203,7 +205,7 @@ def test_table_json_and_markdown(fake, capsys):
         assert math.isclose(other["ppl"][d], math.exp(other["loss"][d]))
         pct = 100 * (other["ppl"][d] / scratch["ppl"][d] - 1)
         assert other["change_pct"][d] == pytest.approx(pct)
-        assert f"{other['ppl'][d]:.2f} ({pct:+.1f}%" in rows[1]
+        assert f"ppl {other['ppl'][d]:.2f} ({pct:+.1f}%" in rows[1]
     # the nca run reaches the baseline's final 3.0 at 2048 tokens: 4096 / 2048 = 2x, in the web column
     assert other["speedup"] == 2.0 and other["target_loss"] == 3.0 and other["tokens_to_target"] == 2048
     assert "2.00x" in rows[1].split("|")[4] and "2.00x" not in rows[1].split("|")[5]
@@ -307,7 +309,40 @@ def test_end_to_end_with_train(tmp_path, capsys):
     for r in (a, b):  # same windows as train.py's validation, so the same loss at the final step
         assert r["loss"]["web"] == pytest.approx(r["final_val_loss"], rel=1e-4)
     rows = [line for line in (tmp_path / "ev" / "eval.md").read_text().splitlines() if line.startswith("| ")]
-    assert len(rows) == 4  # header, rule, two runs
+    assert len(rows) == 6  # header, rule, two runs, unigram and bigram
+
+
+def test_ngram_baselines_and_bits_per_byte():
+    cycle = np.tile(np.arange(10), 500)                       # 0 1 2 ... 9 0 1 ...: a pure bigram
+    w = ev.eval_windows(cycle[:801], 100, 0)
+    base = ev.ngram_baselines(cycle, w, 12)
+    assert base["unigram"] == pytest.approx(math.log(10), rel=1e-3)
+    assert base["bigram"] < 1e-3
+    assert ev.bits_per_byte(math.log(2), w, w[:, 1:].numel()) == pytest.approx(1.0)
+    assert ev.bits_per_byte(math.log(2), w, 2 * w[:, 1:].numel()) == pytest.approx(0.5)
+
+
+class _InductionOracle(torch.nn.Module):
+    """Predicts x[t - L + 1] once the sequence repeats (a perfect induction head), else uniform."""
+
+    def __init__(self, vocab, L):
+        super().__init__()
+        self.vocab, self.L = vocab, L
+
+    def forward(self, x):
+        logits = torch.zeros(*x.shape, self.vocab)
+        t = torch.arange(self.L, x.shape[1])
+        logits[:, t] = 50 * torch.nn.functional.one_hot(x[:, t - self.L + 1], self.vocab).float()
+        return logits, None
+
+
+def test_copy_probe_measures_in_context_copying():
+    p = ev.copy_probe(_InductionOracle(50, 16), 50, 16, num_seqs=4, batch_size=3)
+    assert p["first"] == pytest.approx(math.log(50)) and p["second"] < 1e-6
+    assert p["gain"] == pytest.approx(p["first"] - p["second"])
+    model = GPT(config_for("tiny", vocab_size=50, block_size=32, n_layer=1, n_embd=16, n_head=2))
+    q = ev.copy_probe(model, 50, 16, num_seqs=4)                # untrained: no copying
+    assert abs(q["gain"]) < 0.05 and abs(q["first"] - math.log(50)) < 0.5
 
 
 def test_summary_pairs_each_seed_with_its_scratch_run():
@@ -328,3 +363,6 @@ def test_summary_pairs_each_seed_with_its_scratch_run():
     # seed 0: scratch ends at 3.0 after 200 tokens, nca is at 3.0 after 100 -> 2x; seed 1: never
     assert np.allclose(nca["speedup_all"], [2.0]) and nca["not_reached"] == 1
     assert "± " in ev.format_summary(list(rows.values()))
+    m, h = ev.mean_ci([1.0, 2.0, 3.0])
+    assert m == 2.0 and h == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert ev.mean_ci([]) == (None, None) and ev.mean_ci([5.0]) == (5.0, None)

@@ -55,6 +55,8 @@ def test_two_stage_run_writes_everything(two_stage):
     assert kinds == {"info", "val", "train"}
     val = [r for r in m if r["kind"] == "val"]
     assert [r["step"] for r in val] == [0, 2, 4] and "grid_acc" in val[0]
+    info = next(r for r in m if r["kind"] == "info")
+    assert all(r["copy_token_acc"] == info["copy_token_acc"] for r in val)  # beside every val
     assert val[-1]["val_loss"] < val[0]["val_loss"]
     lang_val = [r for r in lines(two_stage / "metrics.jsonl") if r["kind"] == "val"]
     assert [r["tokens"] for r in lang_val] == [0, 640, 1280, 1920]
@@ -213,3 +215,48 @@ def test_two_processes_shard_data_and_sync_weights(domain, tmp_path):
     r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
     assert r0["first_batch"] != r1["first_batch"]
     assert r0["weights"] == r1["weights"]
+
+
+def test_arms_of_a_seed_are_paired(two_stage, domain, tmp_path):
+    """Scratch and NCA arms of one seed: the same fresh embeddings and head, the same batches;
+    only the body differs (the NCA body is the stage-1 one)."""
+    init = ["--init_from", str(two_stage / "ppt" / "ckpt.pt")]
+    outs, first = {}, {}
+    for arm, extra in (("scratch", []), ("nca", init)):
+        out = tmp_path / arm
+        train.main(MODEL + LANG + ["--stage", "lang", "--data_dir", str(domain), "--out_dir",
+                                   str(out), "--lr", "0", "--max_iters", "1", *extra])
+        outs[arm] = torch.load(out / "ckpt.pt", weights_only=True)["model"]
+        batches = train.TextBatches(domain, "train", 80, 2, "cpu", seed=0)
+        first[arm] = next(batches)
+    a, b = outs["scratch"], outs["nca"]
+    assert a.keys() == b.keys()
+    stage1 = torch.load(two_stage / "ppt" / "ckpt.pt", weights_only=True)["model"]
+    for k in a:
+        if k.startswith(("wte", "lm_head")):
+            assert torch.equal(a[k], b[k]), k                # identical fresh vocabulary tensors
+        else:
+            assert not torch.equal(a[k], b[k]) or "norm" in k, k  # different bodies
+            assert torch.equal(b[k], stage1[k]), k           # lr 0: the stage-1 body, untouched
+    assert all(torch.equal(x, y) for x, y in zip(first["scratch"], first["nca"]))
+
+
+def test_byte_level_stage2_logs_probe(tmp_path):
+    from data.common import TokenWriter, write_dataset
+    import numpy as np
+    folder = tmp_path / "web_bytes"
+    writers = {}
+    for split, n in (("train", 3000), ("val", 800)):
+        w = TokenWriter(folder / f"{split}.bin")
+        w.write(np.random.default_rng(0).integers(0, 257, n), 1)
+        writers[split] = w
+    write_dataset(folder, writers, {"source": "test"}, tokenizer="bytes")
+    out = tmp_path / "run"
+    train.main(MODEL + ["--stage", "lang", "--data_dir", str(folder), "--out_dir", str(out),
+                        "--lang_tokens", "640", "--batch_tokens", "320", "--micro_batch", "2",
+                        "--eval_interval", "1", "--eval_tokens", "320"])
+    ck = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ck["vocab"] == {"kind": "bytes", "size": 257} and ck["model_args"]["vocab_size"] == 257
+    val = [r for r in lines(out / "metrics.jsonl") if r["kind"] == "val"]
+    assert len(val) == 3 and all({"probe_first", "probe_second", "probe_gain"} <= set(r) for r in val)
+    assert all(r["probe_first"] - r["probe_second"] == pytest.approx(r["probe_gain"]) for r in val)
