@@ -1,38 +1,52 @@
 #!/usr/bin/env bash
-# The CPU-scale reproduction (README "Results at CPU scale"): for web, math and code, a scratch
-# arm and an NCA arm, 3 seeds each, same model, same language budget, same hyper-parameters.
-# Stage 1 is shared by the domains that use the same complexity band (web and math: 0.5-1.0;
-# code: 0.3-0.4, SPEC.md §11). Two jobs run side by side, one thread each. Rerunning resumes.
-#   bash scripts/cpu_experiment.sh          # about an hour on 2 cores
+# The CPU-scale experiment (README "Results at CPU scale"): for web, math and code, a scratch arm
+# and an NCA arm per seed, same model, same language budget, same hyper-parameters, the arms of a
+# seed paired (same data order, same fresh embeddings and head). Stage 1 (one per seed and band)
+# is shared by the domains of the same band. Two jobs run side by side, one thread each.
+# Rerunning resumes. Every knob is a variable:
+#   bash scripts/cpu_experiment.sh                      # byte-level text, 5 seeds, ~90 min
+#   TOKENIZER=gpt2 bash scripts/cpu_experiment.sh       # GPT-2 tokens (too few steps to learn
+#                                                       # much on a CPU: kept for comparison)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-out/cpu}
-SEEDS=${SEEDS:-"0 1 2"}
+TOKENIZER=${TOKENIZER:-bytes}
+OUT=${OUT:-out/cpu-$TOKENIZER}
+SEEDS=${SEEDS:-"0 1 2 3 4"}
 JOBS=${JOBS:-2}
-PPT_TOKENS=${PPT_TOKENS:-393216}     # 48 steps of 8,192 NCA tokens
-LANG_TOKENS=${LANG_TOKENS:-65536}    # 16 steps of 4,096 language tokens
-COMMON="--preset cpu --resume --eval_interval 4 --eval_tokens 16384"
-for d in web math code; do python "data/$d/prepare.py"; done
+PPT_TOKENS=${PPT_TOKENS:-}           # empty: the cpu preset's stage-1 budget
+LANG_TOKENS=${LANG_TOKENS:-}         # empty: the cpu preset's stage-2 budget
+BAND_WEB=${BAND_WEB:-web}            # stage-1 band for web and math (paper: gzip ratio 0.5-1.0)
+BAND_CODE=${BAND_CODE:-code}         # and for code (paper: 0.3-0.4)
+EVAL_TOKENS=${EVAL_TOKENS:-16384}
+suffix=$([ "$TOKENIZER" = bytes ] && echo _bytes || echo "")
+COMMON="--preset cpu --resume --eval_tokens $EVAL_TOKENS"
+[ -n "$PPT_TOKENS" ] && COMMON="$COMMON --ppt_tokens $PPT_TOKENS"
+[ -n "$LANG_TOKENS" ] && COMMON="$COMMON --lang_tokens $LANG_TOKENS"
+[ "$TOKENIZER" = gpt2 ] && COMMON="$COMMON --vocab_size 50257"
+for d in web math code; do python "data/$d/prepare.py" --tokenizer "$TOKENIZER"; done
 
-run() { log=$1; shift; OMP_NUM_THREADS=1 python train.py $COMMON "$@" > "$log.log" 2>&1 || { echo "failed: $log"; exit 1; }; }
+run() { log=$1; shift; OMP_NUM_THREADS=1 python train.py $COMMON "$@" > "$log.log" 2>&1 || { echo "failed: $log (see $log.log)"; exit 1; }; }
 export -f run; export COMMON
+bands=$(printf '%s\n' "$BAND_WEB" "$BAND_CODE" | sort -u)
 stage1=(); stage2=()
 for s in $SEEDS; do
-  for band in web code; do
-    stage1+=("$OUT/ppt-$band-s$s --stage ppt --band $band --seed $s --rule_seed $s --ppt_tokens $PPT_TOKENS --out_dir $OUT/ppt-$band-s$s")
+  for band in $bands; do
+    stage1+=("$OUT/ppt-$band-s$s --stage ppt --band $band --seed $s --rule_seed $s --out_dir $OUT/ppt-$band-s$s")
   done
   for d in web math code; do
-    band=$([ "$d" = code ] && echo code || echo web)
-    stage2+=("$OUT/$d-scratch-s$s --stage lang --domain $d --seed $s --lang_tokens $LANG_TOKENS --out_dir $OUT/$d-scratch-s$s")
-    stage2+=("$OUT/$d-nca-s$s --stage lang --domain $d --seed $s --lang_tokens $LANG_TOKENS --init_from $OUT/ppt-$band-s$s/ckpt.pt --arm nca --out_dir $OUT/$d-nca-s$s")
+    band=$([ "$d" = code ] && echo "$BAND_CODE" || echo "$BAND_WEB")
+    stage2+=("$OUT/$d-scratch-s$s --stage lang --domain $d$suffix --seed $s --out_dir $OUT/$d-scratch-s$s")
+    stage2+=("$OUT/$d-nca-s$s --stage lang --domain $d$suffix --seed $s --init_from $OUT/ppt-$band-s$s/ckpt.pt --arm nca --out_dir $OUT/$d-nca-s$s")
   done
 done
 mkdir -p "$OUT"
 start=$(date +%s)
 printf '%s\n' "${stage1[@]}" | xargs -P "$JOBS" -I{} bash -c 'run {}'
+echo "stage 1: $(( $(date +%s) - start )) s" | tee "$OUT/walltime.txt"
 printf '%s\n' "${stage2[@]}" | xargs -P "$JOBS" -I{} bash -c 'run {}'
-echo "training wall time: $(( $(date +%s) - start )) s" | tee "$OUT/walltime.txt"
+echo "training wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/walltime.txt"
 PLOT=$(python -c "import matplotlib" 2>/dev/null && echo "--plot $OUT/curves.png" || echo "")
 [ -n "$PLOT" ] || echo "matplotlib is not installed: no curves picture (pip install matplotlib)"
-python eval.py "$OUT"/*-scratch-s*/ "$OUT"/*-nca-s*/ --domains web,math,code --eval_tokens 16384 \
-  --out "$OUT" $PLOT --overwrite
+python eval.py "$OUT"/*-scratch-s*/ "$OUT"/*-nca-s*/ "$OUT"/ppt-*-s*/ \
+  --domains "web$suffix,math$suffix,code$suffix" --eval_tokens "$EVAL_TOKENS" --out "$OUT" $PLOT --overwrite
+echo "total wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/walltime.txt"
