@@ -63,12 +63,10 @@ def perplexity(model, windows, batch_size=8, device="cpu", ctx=nullcontext(), de
     """exp(token-mean cross-entropy) of `model` on windows (N, T + 1): inputs w[:, :-1], targets
     w[:, 1:]. Token-mean rather than the official mean of per-batch means (SPEC §13.20); the two
     differ only through a smaller last batch. Returns {"loss", "ppl", "tokens"}."""
-    from tqdm import tqdm
-
     model.eval()
     total, count = 0.0, 0
-    with tqdm(total=len(windows) * (windows.shape[1] - 1), unit="tok", unit_scale=True,
-              desc=desc, disable=desc is None, leave=False) as bar:
+    with nca.progress_bar(len(windows) * (windows.shape[1] - 1), desc, unit="tok",
+                          disable=desc is None, unit_scale=True, leave=False) as bar:
         for w in windows.split(batch_size):
             w = w.to(device)
             with ctx:
@@ -90,8 +88,6 @@ def nca_eval(model, nca_info, num_seqs=64, batch_size=8, device="cpu", ctx=nullc
     grid' predictor (nca.copy_accuracy). Lists are indexed by grid g = 1..G: grid g is predicted
     with g earlier grids in context (grid 0 is the unscored prompt). token_acc = share of its
     patch tokens right under teacher forcing; grid_acc = whole grid right (= greedy decoding)."""
-    from tqdm import tqdm
-
     cfg = nca.NCAConfig(**nca_info["config"])
     # val_seed: the trajectory seed of train.py's val set if it stores one (nca.val_batches' 0 else)
     batches = nca.val_batches(cfg, nca_info["val_seeds"], num_seqs, batch_size, device,
@@ -102,7 +98,9 @@ def nca_eval(model, nca_info, num_seqs=64, batch_size=8, device="cpu", ctx=nullc
     sums = {k: torch.zeros(G, dtype=torch.float64) for k in keys}
     loss_sum, n_labels, n_seqs = 0.0, 0, 0
     model.eval()
-    for x, y in tqdm(batches, desc=desc, disable=desc is None, leave=False):
+    bar = nca.progress_bar(len(batches), desc, unit="batch", disable=desc is None, leave=False)
+    for x, y in batches:
+        bar.update(1)
         with ctx:
             logits, _ = model(x)
         logits = logits.float()
@@ -113,6 +111,7 @@ def nca_eval(model, nca_info, num_seqs=64, batch_size=8, device="cpu", ctx=nullc
         for k, v in zip(keys, accs):
             sums[k] += v.double().cpu()
         n_seqs += len(x)
+    bar.close()
     return {"val_loss": loss_sum / n_labels, "num_seqs": n_seqs, "grid": list(range(1, G + 1)),
             **{k: (v / n_seqs).tolist() for k, v in sums.items()}}
 

@@ -264,10 +264,9 @@ def ppt_source(args, device, rank, world, micro):
         return train, val, cfg.vocab_size, info
     if args.ppt_source == "dyck":
         import dyck
-        cfg = dyck.config_from_args(args, seq_len=args.seq_len)
+        cfg = dyck.config_from_args(args, seq_len=args.seq_len, max_vocab=vocab_limit(args))
         train = dyck.DyckBatches(cfg, micro, device, seed=args.seed, rank=rank, world_size=world)
-        vb = dyck.DyckBatches(cfg, micro, device, seed=args.seed + 1_000_003)
-        val = [next(vb) for _ in range(max(1, args.ppt_val_seqs // micro))]
+        val = dyck.val_batches(cfg, args.ppt_val_seqs, micro, device, seed=args.seed)
         return train, val, cfg.vocab_size, {"config": asdict(cfg)}
     train = TextBatches(args.ppt_data, "train", args.seq_len, micro, device, args.seed, rank)
     val = text_val_batches(args.ppt_data, args.seq_len, args.ppt_val_seqs * args.seq_len,
@@ -497,8 +496,8 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
         print(f"{stage}: {steps} steps of {hp['batch_tokens']:,} tokens ({accum} micro-steps of "
               f"{micro} x {T} x {world} processes), {raw.num_params():,} body parameters, "
               f"vocabulary {raw.config.vocab_size:,}")
-    from tqdm import tqdm
-    bar = tqdm(total=steps, initial=step, desc=stage, disable=not master, dynamic_ncols=True)
+    bar = nca.progress_bar(steps, stage, unit="step", disable=not master, initial=step,
+                           dynamic_ncols=True)
     first_batch_hash, last_val, t_last, rates = None, None, time.perf_counter(), []
     model.train()
     while True:

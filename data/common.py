@@ -1,7 +1,8 @@
 """Shared data code: the offline GPT-2 tokenizer, pinned PyPI sources, document splits,
 uint16 token files with meta.json, the loader, and the Hugging Face full-scale path.
 
-train.py and eval.py need only:  from data.common import gpt2_encoding, load_tokens, load_meta
+train.py and eval.py read prepared corpora with load_tokens and load_meta (problems raise
+DataError); gpt2_encoding() is the offline GPT-2 tokenizer.
 Each data/<domain>/prepare.py supplies its documents (or its Hub files) and calls prepare_main().
 Nothing third-party is committed: sources are pinned PyPI files, sha256-checked, cached in .cache/.
 """

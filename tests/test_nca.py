@@ -80,6 +80,13 @@ def test_band_distribution_matches_official(official):
     assert ks < 0.085, ks
 
 
+def test_printed_official_statistics_are_the_fixtures(official):
+    b = official["band_stats"]
+    assert round(float(np.median(b)), 4) == nca.OFFICIAL_STATS["median"]
+    assert (b > 0.5).mean() == nca.OFFICIAL_STATS["above 0.5"]
+    assert ((b > 0.3) & (b < 0.4)).mean() == nca.OFFICIAL_STATS["0.3-0.4"]
+
+
 def test_fraction_above_half_is_46_percent():
     scores = nca.score_rules(nca.seed_sequence(7, 0, 400), CFG)
     frac = (scores > 0.5).mean()
@@ -259,6 +266,23 @@ def test_cli_stats_and_preview(tmp_path, capsys):
     nca.main(["--preview", str(tmp_path / "p.png"), "--preview_rules", "1",
               "--preview_frames", "2"])
     assert (tmp_path / "p.png").stat().st_size > 100
+
+
+def test_progress_is_plain_lines_off_a_terminal(capsys, monkeypatch):
+    import io
+    monkeypatch.setattr(nca.sys, "stderr", io.StringIO())          # not a terminal
+    monkeypatch.setattr(nca.PlainProgress, "interval", 0.0)
+    bar = nca.progress_bar(3, "work", unit="step")
+    assert isinstance(bar, nca.PlainProgress)
+    bar.update(1)
+    bar.write("step 1 loss 2.0")
+    bar.update(2)
+    bar.close()
+    bar.close()
+    out = capsys.readouterr().out
+    assert out.splitlines() == ["work: 1/3 step", "step 1 loss 2.0", "work: 3/3 step",
+                                "work: 3/3 step"]
+    assert "\r" not in out + nca.sys.stderr.getvalue()
 
 
 @pytest.mark.parametrize("knobs", [dict(num_colors=4), dict(grid=8, seq_len=256), dict(patch=1),
