@@ -1,6 +1,6 @@
 """Evaluate runs: validation perplexity per domain, the change and the convergence speedup
 against the scratch baseline, validation-loss curves, and the in-context accuracy of stage-1 NCA
-checkpoints (SPEC.md §9, §12).
+checkpoints (docs/method.md, 'Evaluation').
 
     python eval.py out/scratch_web out/nca_web              # table, eval.json, eval.md
     python eval.py out/*/ --domains web,math --plot curves.png
@@ -14,9 +14,10 @@ once), as many as fit in --eval_tokens predicted tokens. ppl = exp(token-mean cr
 Baseline. For each training domain, the --baseline run trained on it, else the first scratch run
 (stage lang, init_from null) trained on it. Change = ppl / baseline ppl - 1, per eval domain.
 
-Speedup (SPEC §12.2, the blog's rule): the baseline's tokens at its last val point ÷ the tokens
-the run needs to reach the baseline's final val loss, the crossing linearly interpolated between
-consecutive val points of the run's metrics.jsonl; "not reached" if it never gets there.
+Speedup (the paper's rule; docs/method.md, 'Convergence speedup'): the baseline's tokens at its
+last val point ÷ the tokens the run needs to reach the baseline's final val loss, the crossing
+linearly interpolated between consecutive val points of the run's metrics.jsonl; "not reached" if
+it never gets there.
 """
 import argparse
 import json
@@ -61,7 +62,8 @@ def eval_windows(tokens, block_size, eval_tokens):
 @torch.no_grad()
 def perplexity(model, windows, batch_size=8, device="cpu", ctx=nullcontext(), desc=None):
     """exp(token-mean cross-entropy) of `model` on windows (N, T + 1): inputs w[:, :-1], targets
-    w[:, 1:]. Token-mean rather than the official mean of per-batch means (SPEC §13.20); the two
+    w[:, 1:]. Token-mean rather than the official mean of per-batch means (docs/differences.md,
+    'Windows and validation averaging'); the two
     differ only through a smaller last batch. Returns {"loss", "ppl", "tokens"}."""
     model.eval()
     total, count = 0.0, 0
@@ -138,10 +140,11 @@ def tokens_to_reach(curve, target):
 
 
 def speedup(base_curve, curve):
-    """Convergence speedup (SPEC §12.2): the baseline's tokens at its last val point ÷ the tokens
-    `curve` needs to reach the baseline's final loss; None when it never does. The blog counts the
-    baseline's whole budget, not its own first crossing: that is what gives its 1.49x on OWT (the
-    scratch curve is flat over its last two points; its first crossing would give 1.47x)."""
+    """Convergence speedup (docs/method.md, 'Convergence speedup'): the baseline's tokens at its
+    last val point ÷ the tokens `curve` needs to reach the baseline's final loss; None when it
+    never does. The blog counts the baseline's whole budget, not its own first crossing: that is
+    what gives its 1.49x on OWT (the scratch curve is flat over its last two points; its first
+    crossing would give 1.47x)."""
     if not base_curve or not curve:
         return None
     base_tokens, target = base_curve[-1]
@@ -332,7 +335,7 @@ def report_text(results, domains, block, summary=()):
                  f"Perplexity on the first val tokens of each domain ({budget}; windows of "
                  f"{block + 1}, stride {block}). (+x%): change vs the baseline of the run's "
                  "training domain; Nx: convergence speedup, tokens for the baseline to reach its "
-                 "final val loss ÷ tokens for this run (SPEC.md §12.2)."]
+                 "final val loss ÷ tokens for this run (docs/method.md, 'Convergence speedup')."]
     text += [f"\n{format_nca(res)}" for res in results if res["nca"]]
     if summary:
         text += ["", "Mean ± std over seeds (population std), each run paired with the scratch "

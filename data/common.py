@@ -35,7 +35,7 @@ VOCAB_SIZE = 50257
 EOT = 50256  # <|endoftext|>, appended after every document
 DTYPE = "uint16"
 
-# Pinned PyPI files: name -> (version, file name, sha256). Values from shared/DATA.md.
+# Pinned PyPI files: name -> (version, file name, sha256); every download is checked.
 PINNED = {
     "openai-whisper": ("20250625", "openai_whisper-20250625.tar.gz",
                        "37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96"),
@@ -48,7 +48,7 @@ PINNED = {
 }
 GPT2_MEMBER = "openai_whisper-20250625/whisper/assets/gpt2.tiktoken"
 GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"  # = r50k_base
-# The original GPT-2 split pattern, written out because tiktoken<0.8 cannot import it (DATA.md §1.3).
+# The original GPT-2 split pattern, written out because tiktoken<0.8 cannot import it.
 GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 

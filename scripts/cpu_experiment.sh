@@ -2,7 +2,7 @@
 # The CPU-scale reproduction (README "Results at CPU scale"): for web, math and code, a scratch
 # arm and an NCA arm, 3 seeds each, same model, same language budget, same hyper-parameters.
 # Stage 1 is shared by the domains that use the same complexity band (web and math: 0.5-1.0;
-# code: 0.3-0.4, SPEC.md §11). Two jobs run side by side, one thread each. Rerunning resumes.
+# code: 0.3-0.4, as the paper). Two jobs run side by side, one thread each. Rerunning resumes.
 #   bash scripts/cpu_experiment.sh          # about an hour on 2 cores
 set -euo pipefail
 cd "$(dirname "$0")/.."

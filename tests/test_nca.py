@@ -150,7 +150,7 @@ def test_temperature_zero_is_argmax_and_default_samples():
     argmax = rules.logits(state).argmax(1)
     sampled = nca.step(rules, state, key, 0, CFG)
     assert torch.equal(nca.step(rules, state, key, 0, nca.NCAConfig(temperature=0)).long(), argmax)
-    # at T = 1e-4 a few cells in ~10^4 leave the argmax (SPEC.md §2.4: 0.055% per cell and step)
+    # at T = 1e-4 a few cells in ~10^4 leave the argmax (official: 0.055% per cell and step)
     diff = (sampled.long() != argmax).float().mean().item()
     assert diff < 0.01
 
