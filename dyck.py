@@ -1,6 +1,6 @@
 """
 k-Dyck bracket strings as a stage-1 (pre-pre-training) data source: the paper's Dyck baseline
-(SPEC.md §11), generated on the fly instead of read from a text file.
+(docs/method.md, 'Dyck'), generated on the fly instead of read from a text file.
 
 The language. k bracket types; token i < k opens type i, token i + k closes it (vocab 2k). A
 string starts with `min_depth` random opens, then repeats: if the depth is below `max_depth` and
@@ -11,9 +11,9 @@ inputs are the first seq_len, labels the next-token shift, every token supervise
 With `shuffle`, a close need not match the most recent open: it closes one bracket of a
 uniformly random currently-open type (k independent counters, "shuffle-Dyck").
 
-Defaults and why. The paper does not state the settings of its Dyck run (SPEC.md §15); we take
+Defaults and why. The paper does not state the settings of its Dyck run; we take
 the official generator's (`utils/dataset_utils.py`, adapted from Hu et al.):
-  k = 64          the official num_symbols default (SPEC.md §11); vocab 128, close = open + 64
+  k = 64          the official num_symbols default; vocab 128, close = open + 64
   max_depth = 16  generate_dyck_txt_file default; min_depth = 1 likewise
   p_open = 0.5    the official coin is hard-coded to 0.5 (its p_open argument is ignored)
   max_length      the official file writer passes max_length = target_length = seq_len + 1,
@@ -64,7 +64,7 @@ class DyckConfig:
         if self.vocab_size > self.max_vocab:
             raise ValueError(f"--dyck_k {self.k} needs {self.vocab_size:,} tokens (2k), more "
                              f"than the model vocabulary {self.max_vocab:,}: use fewer bracket "
-                             "types or raise --vocab_size")
+                             "types or raise --ppt_vocab_size")
         if self.max_depth < 1:
             raise ValueError(f"--dyck_max_depth must be at least 1, got {self.max_depth}")
         if not 1 <= self.min_depth <= self.max_depth:
@@ -89,7 +89,7 @@ class DyckConfig:
 
 def add_dyck_args(parser):
     """The generator flags, shared by dyck.py and train.py."""
-    g = parser.add_argument_group("Dyck generator (SPEC.md §11)")
+    g = parser.add_argument_group("Dyck generator (docs/method.md, 'Dyck')")
     g.add_argument("--dyck_k", type=int, default=64,
                    help="bracket types k; vocab 2k (official num_symbols)")
     g.add_argument("--dyck_max_depth", type=int, default=16, help="maximum nesting depth")

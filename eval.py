@@ -1,6 +1,6 @@
 """Evaluate runs: validation perplexity per domain, the change and the convergence speedup
 against the scratch baseline, validation-loss curves, and the in-context accuracy of stage-1 NCA
-checkpoints (SPEC.md §9, §12).
+checkpoints (docs/method.md, 'Evaluation').
 
     python eval.py out/scratch_web out/nca_web              # table, eval.json, eval.md
     python eval.py out/*/ --domains web,math --plot curves.png
@@ -14,9 +14,10 @@ once), as many as fit in --eval_tokens predicted tokens. ppl = exp(token-mean cr
 Baseline. For each training domain, the --baseline run trained on it, else the first scratch run
 (stage lang, init_from null) trained on it. Change = ppl / baseline ppl - 1, per eval domain.
 
-Speedup (SPEC §12.2, the blog's rule): the baseline's tokens at its last val point ÷ the tokens
-the run needs to reach the baseline's final val loss, the crossing linearly interpolated between
-consecutive val points of the run's metrics.jsonl; "not reached" if it never gets there.
+Speedup (the paper's rule; docs/method.md, 'Convergence speedup'): the baseline's tokens at its
+last val point ÷ the tokens the run needs to reach the baseline's final val loss, the crossing
+linearly interpolated between consecutive val points of the run's metrics.jsonl; "not reached" if
+it never gets there.
 """
 import argparse
 import json
@@ -60,14 +61,13 @@ def eval_windows(tokens, block_size, eval_tokens):
 @torch.no_grad()
 def perplexity(model, windows, batch_size=8, device="cpu", ctx=nullcontext(), desc=None):
     """exp(token-mean cross-entropy) of `model` on windows (N, T + 1): inputs w[:, :-1], targets
-    w[:, 1:]. Token-mean rather than the official mean of per-batch means (SPEC §13.20); the two
+    w[:, 1:]. Token-mean rather than the official mean of per-batch means (docs/differences.md,
+    'Windows and validation averaging'); the two
     differ only through a smaller last batch. Returns {"loss", "ppl", "tokens"}."""
-    from tqdm import tqdm
-
     model.eval()
     total, count = 0.0, 0
-    with tqdm(total=len(windows) * (windows.shape[1] - 1), unit="tok", unit_scale=True,
-              desc=desc, disable=desc is None, leave=False) as bar:
+    with nca.progress_bar(len(windows) * (windows.shape[1] - 1), desc, unit="tok",
+                          disable=desc is None, unit_scale=True, leave=False) as bar:
         for w in windows.split(batch_size):
             w = w.to(device)
             with ctx:
@@ -141,8 +141,6 @@ def nca_eval(model, nca_info, num_seqs=64, batch_size=8, device="cpu", ctx=nullc
     grid' predictor (nca.copy_accuracy). Lists are indexed by grid g = 1..G: grid g is predicted
     with g earlier grids in context (grid 0 is the unscored prompt). token_acc = share of its
     patch tokens right under teacher forcing; grid_acc = whole grid right (= greedy decoding)."""
-    from tqdm import tqdm
-
     cfg = nca.NCAConfig(**nca_info["config"])
     # val_seed: the trajectory seed of train.py's val set if it stores one (nca.val_batches' 0 else)
     batches = nca.val_batches(cfg, nca_info["val_seeds"], num_seqs, batch_size, device,
@@ -153,7 +151,9 @@ def nca_eval(model, nca_info, num_seqs=64, batch_size=8, device="cpu", ctx=nullc
     sums = {k: torch.zeros(G, dtype=torch.float64) for k in keys}
     loss_sum, n_labels, n_seqs = 0.0, 0, 0
     model.eval()
-    for x, y in tqdm(batches, desc=desc, disable=desc is None, leave=False):
+    bar = nca.progress_bar(len(batches), desc, unit="batch", disable=desc is None, leave=False)
+    for x, y in batches:
+        bar.update(1)
         with ctx:
             logits, _ = model(x)
         logits = logits.float()
@@ -164,6 +164,7 @@ def nca_eval(model, nca_info, num_seqs=64, batch_size=8, device="cpu", ctx=nullc
         for k, v in zip(keys, accs):
             sums[k] += v.double().cpu()
         n_seqs += len(x)
+    bar.close()
     return {"val_loss": loss_sum / n_labels, "num_seqs": n_seqs, "grid": list(range(1, G + 1)),
             **{k: (v / n_seqs).tolist() for k, v in sums.items()}}
 
@@ -190,10 +191,11 @@ def tokens_to_reach(curve, target):
 
 
 def speedup(base_curve, curve):
-    """Convergence speedup (SPEC §12.2): the baseline's tokens at its last val point ÷ the tokens
-    `curve` needs to reach the baseline's final loss; None when it never does. The blog counts the
-    baseline's whole budget, not its own first crossing: that is what gives its 1.49x on OWT (the
-    scratch curve is flat over its last two points; its first crossing would give 1.47x)."""
+    """Convergence speedup (docs/method.md, 'Convergence speedup'): the baseline's tokens at its
+    last val point ÷ the tokens `curve` needs to reach the baseline's final loss; None when it
+    never does. The blog counts the baseline's whole budget, not its own first crossing: that is
+    what gives its 1.49x on OWT (the scratch curve is flat over its last two points; its first
+    crossing would give 1.47x)."""
     if not base_curve or not curve:
         return None
     base_tokens, target = base_curve[-1]
@@ -432,7 +434,8 @@ def report_text(results, domains, block, summary=()):
                  f"across tokenizers) and perplexity, on the first val tokens of each domain "
                  f"({budget}; windows of {block + 1}, stride {block}). (+x%): perplexity change vs "
                  "the baseline run of the run's training domain; Nx: convergence speedup, tokens "
-                 "for the baseline run to reach its final val loss ÷ tokens for this run. The "
+                 "for the baseline run to reach its final val loss ÷ tokens for this run "
+                 "(docs/method.md, 'Convergence speedup'). The "
                  "unigram and bigram rows predict each token from counts on the train split; a "
                  "model that is not below them has not learned the language. Copy probe: loss on "
                  "the first → second copy of a repeated random token sequence (in-context "

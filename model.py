@@ -1,12 +1,14 @@
-"""The transformer used in both stages: a Llama-style decoder as in the official code (SPEC.md §6).
+"""The transformer used in both stages: a Llama-style decoder as in the official code
+(docs/method.md, 'Transformer').
 
 Pre-norm RMSNorm, RoPE, SwiGLU MLP of width 4·d, multi-head attention through
 F.scaled_dot_product_attention, no biases in the body, untied input embedding `wte` and output
 head `lm_head`. Attention-probability dropout (0.1 in the paper) is the only dropout.
 
-The transfer step (SPEC.md §8) is `GPT.reset_vocab`; the re-initialization / freezing ablations
-are `GPT.reinit_modules` / `GPT.freeze_modules`. Every distribution a weight is drawn from is set
-in `init_weights`, `reset_vocab` or `reinit_modules`, which sit next to each other below.
+The transfer step (docs/method.md, 'Transfer') is `GPT.reset_vocab`; the re-initialization /
+freezing ablations are `GPT.reinit_modules` / `GPT.freeze_modules`. Every distribution a weight
+is drawn from is set in `init_weights`, `reset_vocab` or `reinit_modules`, which sit next to each
+other below.
 
 `python model.py` prints the preset sizes and their parameter counts.
 """
@@ -23,12 +25,12 @@ import torch.nn.functional as F
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # longest sequence; length of the RoPE tables
-    vocab_size: int = 64000  # stage 1 uses 64,000 although only 10,002 symbols occur (SPEC §13.12)
+    vocab_size: int = 64000  # stage 1: 64,000, as the official code, for 10,002 NCA symbols
     n_layer: int = 24
     n_head: int = 32
     n_embd: int = 2048
-    mlp_hidden: int | None = None  # SwiGLU width; None -> 4 * n_embd, the paper's (SPEC §13.18)
-    attn_dropout: float = 0.1  # on attention probabilities, train mode only (SPEC §13.17)
+    mlp_hidden: int | None = None  # SwiGLU width; None -> 4 * n_embd, the paper's
+    attn_dropout: float = 0.1  # on attention probabilities, train mode only; no other dropout
     head_bias: bool = False  # True for the stage-1 NCA model, as the official code
     rope_theta: float = 1e4
     norm_eps: float = 1e-6
@@ -102,7 +104,8 @@ class CausalSelfAttention(nn.Module):
         qkv = F.linear(x, torch.cat((self.q.weight, self.k.weight, self.v.weight)))
         q, k, v = qkv.view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        # is_causal instead of the official float mask, so flash kernels can be used (STYLE 3).
+        # is_causal instead of the official float mask, so flash kernels can be used
+        # (docs/differences.md, 'Attention mask').
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
         )
@@ -155,7 +158,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = RMSNorm(config.n_embd, config.norm_eps)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.head_bias)
-        # Non-persistent: nothing positional is in a checkpoint (SPEC §8). Set by init_weights.
+        # Non-persistent: nothing positional is in a checkpoint. Set by init_weights.
         head_dim = config.n_embd // config.n_head
         self.register_buffer("cos", torch.empty(config.block_size, head_dim), persistent=False)
         self.register_buffer("sin", torch.empty(config.block_size, head_dim), persistent=False)
@@ -175,11 +178,12 @@ class GPT(nn.Module):
             elif kind == "mlp":
                 yield from (b.mlp.gate, b.mlp.up, b.mlp.down)
             else:
-                yield from (b.norm1, b.norm2)  # the final norm_f is never addressed (SPEC §8)
+                yield from (b.norm1, b.norm2)  # the final norm_f is never addressed (official)
 
     @torch.no_grad()
     def init_weights(self):
-        """Initialization of a fresh model (stage 1 and the scratch body), SPEC.md §6.
+        """Initialization of a fresh model (stage 1 and the scratch body); docs/method.md,
+        'Transformer'.
 
         body Linear (q, k, v, o, gate, up, down)  N(0, 0.02), no depth scaling   (HF post_init)
         RMSNorm weights (per block and final)     1
@@ -210,10 +214,11 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def reset_vocab(self, vocab_size, embed_init="paper", head_bias=False):
-        """The transfer step (SPEC.md §8): new `wte` and `lm_head` for a new vocabulary, every
-        other tensor untouched. Used for the scratch baseline too, so both arms match.
+        """The transfer step (docs/method.md, 'Transfer'): new `wte` and `lm_head` for a new
+        vocabulary, every other tensor untouched. Used for the scratch baseline too, so both arms
+        match.
 
-        embed_init="paper":  PyTorch defaults, as the official `reinit_embeddings` (SPEC §13.13):
+        embed_init="paper":  PyTorch defaults, as the official `reinit_embeddings`:
                              wte N(0, 1), lm_head U(±1/sqrt(d)), bias (if any) U(±1/sqrt(d)).
         embed_init="normal": wte and lm_head weight N(0, 0.02), bias 0 (the HF body init).
         """
@@ -236,9 +241,10 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def reinit_modules(self, kind, layers=None):
-        """Re-initialization ablation (SPEC.md §8, official `--reinit_modules`): attn -> q, k, v, o
+        """Re-initialization ablation (official `--reinit_modules`): attn -> q, k, v, o
         N(0, 0.02); mlp -> gate, up, down N(0, 0.02); ln -> both per-block RMSNorm weights to 1
-        (the official `ln` path crashes, SPEC §13.16). `layers`: block indices, None = all."""
+        (the official `ln` path crashes; docs/differences.md, 'Norm re-initialization').
+        `layers`: block indices, None = all."""
         for module in self._modules_of(kind, layers):
             if isinstance(module, RMSNorm):
                 module.weight.fill_(1.0)
@@ -252,7 +258,7 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding=True):
         """Parameter count; non_embedding leaves out wte and lm_head (weight and bias), which is
-        how the paper's "1.6B" is counted (SPEC §6)."""
+        how the paper's "1.6B" is counted."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= sum(p.numel() for p in self.wte.parameters())
@@ -289,8 +295,8 @@ class GPT(nn.Module):
     ):
         """AdamW on the trainable parameters, two explicit groups: weight decay on >=2-D weights
         (matmuls and embeddings), none on norm weights and biases. decay_all=True decays every
-        parameter, as the official language stage (SPEC §9). Stage 1 is Adam without decay
-        (SPEC §7): weight_decay=0 makes AdamW exactly that."""
+        parameter, as the official language stage. Stage 1 is Adam without decay:
+        weight_decay=0 makes AdamW exactly that."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if decay_all or p.dim() >= 2]
         no_decay = [p for p in params if not (decay_all or p.dim() >= 2)]

@@ -1,12 +1,12 @@
 """
-Neural cellular automata as a source of pre-pre-training data (SPEC.md §2-5).
+Neural cellular automata as a source of pre-pre-training data (docs/method.md).
 
 Read top to bottom:
   1. NCAConfig      - every knob of the generator, with the official launcher's defaults
   2. counter RNG    - a tiny hash-based random stream, so a trajectory is a pure function of
                       (rule seed, trajectory seed) no matter how it is batched
   3. rules          - random conv nets, sampled exactly like Flax's default init, from a seed
-  4. rollouts       - many rules at once: one grouped conv per step for the whole batch
+  4. rollouts       - many rules at once: one table-lookup pass (RuleBatch) per step
   5. tokenizer      - 2x2 patches -> one token, plus start/end-of-grid delimiters
   6. gzip filter    - keep rules whose trajectories compress to a ratio inside a band
   7. batch stream   - (inputs, labels) for training, with the official masking
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent
 CACHE_DIR = ROOT / ".cache" / "rules"
 
 # Complexity bands (gzip ratio, exclusive on both sides). The paper uses 50%+ for web text and
-# math, 30-40% for code, and sweeps 20-30 / 30-40 / 40-50 / 50+ as an ablation (SPEC.md §4).
+# math, 30-40% for code, and sweeps 20-30 / 30-40 / 40-50 / 50+ as an ablation.
 BANDS = {
     "web": (0.5, 1.0), "math": (0.5, 1.0), "code": (0.3, 0.4),
     "0.2-0.3": (0.2, 0.3), "0.3-0.4": (0.3, 0.4), "0.4-0.5": (0.4, 0.5), "0.5-1.0": (0.5, 1.0),
@@ -67,7 +67,7 @@ class NCAConfig:
             raise ValueError(f"--num_colors {self.num_colors} with --patch {self.patch} needs "
                              f"{self.vocab_size:,} tokens (num_colors**(patch**2) + 2), more than "
                              f"the model vocabulary {self.max_vocab:,}: use fewer colours or a "
-                             "smaller patch, or raise --vocab_size")
+                             "smaller patch, or raise --ppt_vocab_size")
         if self.temperature < 0:
             raise ValueError(f"--temperature must be >= 0 (0 = argmax), got {self.temperature}")
         if self.dT < 1 or self.init_rollout_steps < 0 or self.filter_frames < 1:
@@ -112,7 +112,7 @@ class NCAConfig:
 
 def add_nca_args(parser):
     """The generator flags, shared by nca.py, train.py and eval.py."""
-    g = parser.add_argument_group("NCA generator (SPEC.md §2-4)")
+    g = parser.add_argument_group("NCA generator (docs/method.md)")
     g.add_argument("--grid", type=int, default=12, help="grid side (periodic)")
     g.add_argument("--patch", type=int, default=2, help="patch side; one token per patch")
     g.add_argument("--num_colors", type=int, default=10, help="states per cell")
@@ -154,7 +154,7 @@ def band_from_args(args):
 # -----------------------------------------------------------------------------------------------
 # 2. Counter-based random numbers
 #
-# JAX's threefry streams cannot be reproduced in PyTorch (SPEC.md §13.21), so only distributions
+# JAX's threefry streams cannot be reproduced in PyTorch, so only distributions
 # can match. We use SplitMix64 on (stream key, counter): the noise of a trajectory is addressed by
 # (trajectory seed, step, cell), so a rollout gives the same frames alone or in any batch, on any
 # device, and only the few cells whose update is actually uncertain need random numbers at all.
@@ -202,7 +202,7 @@ def seed_sequence(seed, start, count):
 
 
 # -----------------------------------------------------------------------------------------------
-# 3. Rules (SPEC.md §2.2-2.3)
+# 3. Rules (docs/method.md, 'NCA rule' and 'Rule initialization')
 #
 # A rule is the official NCANetwork: one-hot state -> wrap-pad all three axes (the channel axis
 # too, because Flax's jnp.pad(pad_width=1) pads every axis: channels [9, 0..9, 0]) -> 3x3 conv to
@@ -242,7 +242,7 @@ def sample_rules(seeds, num_colors=10, device="cpu"):
 
 
 def rules_from_flax(d, index=None):
-    """Official Flax parameters (kernels HWIO, as in shared/fixtures) -> our layout."""
+    """Official Flax parameters (kernels HWIO, as in tests/fixtures) -> our layout."""
     sl = slice(None) if index is None else index
     t = lambda k: torch.from_numpy(np.ascontiguousarray(d[k][sl])).float()
     return {"w0": t("conv0_kernel").permute(0, 4, 3, 1, 2).contiguous(), "b0": t("conv0_bias"),
@@ -269,7 +269,7 @@ class RuleBatch:
     """Rules prepared for batched rollouts: trajectory r uses rule r.
 
     The input of the 3x3 conv is one-hot, and the conv and the first 1x1 conv are both linear
-    (no activation between them, SPEC.md §2.2), so the 16 pre-activations of a cell are a sum of
+    (no activation between them), so the 16 pre-activations of a cell are a sum of
     table rows, one row per neighbour's colour. We pair horizontally adjacent neighbours
     (n^2-row tables) so a cell needs 6 row lookups: 3 pairs + 3 singles, summed by one
     embedding_bag for the whole batch. The channel wrap is folded in too: the two padded channels
@@ -318,11 +318,12 @@ class RuleBatch:
 
 
 # -----------------------------------------------------------------------------------------------
-# 4. Rollouts (SPEC.md §2.4-2.6)
+# 4. Rollouts (docs/method.md, 'Rollout')
 
 def init_state(traj_seeds, cfg, device="cpu"):
     """Initial grids, one per trajectory seed. Official code: per trajectory z ~ N(0, I_n), then
-    every cell ~ Categorical(softmax(z)) (the rule's own init params are unused, SPEC.md §2.5).
+    every cell ~ Categorical(softmax(z)) (the rule's own init params are unused).
+    Why: docs/differences.md, 'Initial grid'.
     --init uniform gives i.i.d. uniform cells, as the paper's text says."""
     key = stream_key(torch.as_tensor(traj_seeds, dtype=torch.int64).reshape(-1), 2)[:, None]
     key = key.to(device)
@@ -349,8 +350,8 @@ def step(rules, state, key, t, cfg):
     Gumbel-max (the official sampler) needs n uniforms per cell. We draw the same categorical by
     inversion with one uniform, and only where it matters: at T = 1e-4 all but ~0.3% of cells
     have a top logit more than 20*T above every other, so their next state is the argmax (up to
-    the e^-20 above). Only the uncertain cells get a random number (SPEC.md §2.4: we sample,
-    we do not take the argmax)."""
+    the e^-20 above). Only the uncertain cells get a random number (we sample, we do not
+    take the argmax: docs/differences.md, 'Temperature')."""
     z = rules.logits(state)                                                   # (R, n, H, W)
     colors = torch.arange(rules.n, device=z.device, dtype=state.dtype).view(1, -1, 1, 1)
     if cfg.identity_bias:
@@ -413,8 +414,9 @@ def _split(device, fn, *seeds):
 
 
 # -----------------------------------------------------------------------------------------------
-# 5. Tokenizer (SPEC.md §3.1): a patch is a base-n number read row-major, least significant first:
-#    token = c00 + n*c01 + n^2*c10 + n^3*c11; each grid is [start, patches..., end].
+# 5. Tokenizer (docs/method.md, 'Tokenizer'): a patch is a base-n number read row-major, least
+#    significant first: token = c00 + n*c01 + n^2*c10 + n^3*c11; each grid is
+#    [start, patches..., end].
 
 def tokenize(frames, cfg, delimiters=True):
     """(..., F, H, W) grids -> (..., F * grid_len) int64 tokens (or F * patches without
@@ -449,13 +451,13 @@ def detokenize(tokens, cfg):
 
 
 # -----------------------------------------------------------------------------------------------
-# 6. gzip complexity filter (SPEC.md §4)
+# 6. gzip complexity filter (docs/method.md, 'Complexity filter')
 
 def gzip_ratio(tokens):
     """len(gzip level 9) / len(bytes) of one rule's patch tokens as little-endian int32 bytes.
     The int32 encoding is the official one (a JAX int32 array's tobytes()); any other encoding
-    shifts every threshold (SPEC.md §13.5). A gzip member is 10 header + deflate + 8 trailer
-    bytes, the same length gzip.GzipFile writes."""
+    shifts every threshold (docs/differences.md, 'gzip bytes'). A gzip member is 10 header +
+    deflate + 8 trailer bytes, the same length gzip.GzipFile writes."""
     data = np.ascontiguousarray(tokens, dtype="<i4").tobytes()
     c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     return (len(c.compress(data)) + len(c.flush()) + 18) / len(data)
@@ -471,7 +473,7 @@ def gzip_scores(frames, cfg):
 
 def score_rules(seeds, cfg, device="cpu", batch=2048):
     """gzip scores of rules, each on one filter trajectory: frames s_10..s_19 from an initial grid
-    of its own (not the one used for training; SPEC.md §13.6)."""
+    of its own (not the one used for training; docs/differences.md, 'Filter trajectory')."""
     seeds = torch.as_tensor(seeds, dtype=torch.int64).reshape(-1)
     out = []
     for i in range(0, len(seeds), batch):
@@ -504,8 +506,8 @@ def filter_rules(cfg, band, num_rules, seed=0, device="cpu", batch=2048, progres
         return RuleBank(d["seeds"], d["scores"], (lo, hi), int(d["candidates"]))
     max_candidates = max_candidates or max(100_000, 1000 * num_rules)
     seeds, scores, drawn = [], [], 0
-    bar = _tqdm(total=num_rules, desc=f"filtering rules ({lo}, {hi})", unit="rule",
-                disable=not progress)
+    bar = progress_bar(num_rules, f"filtering rules ({lo}, {hi})", unit="rule",
+                       disable=not progress)
     while sum(map(len, seeds)) < num_rules:
         found = sum(map(len, seeds))
         if drawn >= max_candidates or (found == 0 and drawn >= 4 * batch):
@@ -530,19 +532,57 @@ def filter_rules(cfg, band, num_rules, seed=0, device="cpu", batch=2048, progres
     return bank
 
 
-def _tqdm(**kw):
+def progress_bar(total, desc, unit="it", disable=False, **tqdm_kw):
+    """A tqdm bar on a terminal. Off a terminal (a log file, a pipe) a bar's carriage-return
+    updates would pile up in the log, so this gives PlainProgress instead: plain lines."""
     from tqdm import tqdm
-    return tqdm(**kw)
+    if disable or sys.stderr.isatty():
+        return tqdm(total=total, desc=desc, unit=unit, disable=disable, **tqdm_kw)
+    return PlainProgress(total, desc, unit, tqdm_kw.get("initial", 0))
+
+
+class PlainProgress:
+    """The part of tqdm's interface used here, as plain lines on stdout: `desc: n/total unit`
+    when nothing else was printed for `interval` seconds, and once at the end."""
+    interval = 30.0
+
+    def __init__(self, total, desc, unit="it", initial=0):
+        self.total, self.desc, self.unit, self.n = total, desc, unit, initial
+        self.postfix, self.closed, self.last = "", False, time.monotonic()
+
+    def write(self, line):
+        print(line, flush=True)
+        self.last = time.monotonic()
+
+    def update(self, n=1):
+        self.n += n
+        if time.monotonic() - self.last >= self.interval:
+            self.write(f"{self.desc}: {self.n:,}/{self.total:,} {self.unit}{self.postfix}")
+
+    def set_postfix(self, **kw):
+        self.postfix = "".join(f" {k} {v}" for k, v in kw.items())
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            self.write(f"{self.desc}: {self.n:,}/{self.total:,} {self.unit}{self.postfix}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 # -----------------------------------------------------------------------------------------------
-# 7. Training sequences and the batch stream (SPEC.md §3.2, §5)
+# 7. Training sequences and the batch stream (docs/method.md, 'Training sequences and labels',
+#    'Rule bank and batch stream')
 
 def make_sequences(rule_seeds, traj_seeds, cfg, device="cpu", mask_delimiters=False):
     """Token sequences and labels for (rule, trajectory) pairs: inputs (B, seq_len), labels
     (B, seq_len). As the official NCADataset: the labels of the first grid are ignored (37
-    positions for the default sequence), delimiter tokens ARE trained (SPEC.md §13.7) unless
-    mask_delimiters."""
+    positions for the default sequence), delimiter tokens ARE trained unless mask_delimiters
+    (docs/differences.md, 'Trained delimiters')."""
     def part(rule_seeds, traj_seeds):
         rules = RuleBatch(sample_rules(rule_seeds, cfg.num_colors, device))
         tok = tokenize(rollout(rules, traj_seeds, cfg, cfg.frames), cfg)     # (B, F * grid_len)
@@ -568,7 +608,8 @@ class NCABatches:
 
     An epoch is one trajectory per rule of the bank, in a shuffled order. Two modes:
       fixed_rules  - the same bank every epoch, fresh initial grids and noise (what the official
-                     code does: its re-sampling condition is a precedence bug, SPEC.md §13.1)
+                     code does: its re-sampling condition is a precedence bug; docs/differences.md,
+                     'Rule re-sampling')
       fresh_rules  - a freshly filtered bank every epoch (what the official README describes)
     With several processes, rank r takes every world_size-th sequence of the epoch, so ranks
     see different data. The position (epoch, index) is the whole state: resuming is exact."""
@@ -722,7 +763,9 @@ def draw_preview(path, cfg, bands, rules_per_band=3, num_frames=8, seed=0, devic
     os.replace(tmp, path)
 
 
-OFFICIAL_STATS = {"median": 0.486, "above 0.5": 0.460, "0.3-0.4": 0.102}   # SPEC.md §4
+# The official implementation's scores of 4000 random rules (band_stats in
+# tests/fixtures/official_nca.npz; a test checks these three numbers against it).
+OFFICIAL_STATS = {"median": 0.4840, "above 0.5": 0.45825, "0.3-0.4": 0.0955}
 
 
 def band_table(scores):
@@ -737,9 +780,9 @@ def print_stats(scores):
     print("percentiles  " + "  ".join(f"p{p}={v:.3f}" for p, v in zip([0, 5, 25, 50, 75, 95, 100], q)))
     for k, v in band_table(scores).items():
         print(f"band {k:>9}: {100 * v:5.1f}%")
-    print(f"official (SPEC.md §4): median {OFFICIAL_STATS['median']}, "
+    print(f"official implementation, 4000 rules: median {OFFICIAL_STATS['median']:.4f}, "
           f"{100 * OFFICIAL_STATS['above 0.5']:.1f}% above 0.5, "
-          f"{100 * OFFICIAL_STATS['0.3-0.4']:.1f}% in 0.3-0.4")
+          f"{100 * OFFICIAL_STATS['0.3-0.4']:.2f}% in 0.3-0.4")
 
 
 def _sync(device):
@@ -792,7 +835,8 @@ def main(argv=None):
     ap.add_argument("--num_rules", type=int, default=1000, help="rules for --stats")
     ap.add_argument("--out", default=None, help="with --stats: write the raw scores (JSON list)")
     ap.add_argument("--preview", default=None, metavar="PATH",
-                    help="draw trajectories of rules from each band to PATH (.png or .gif)")
+                    help="draw trajectories of rules from each band to PATH (.png or .gif; "
+                         "both need Pillow: pip install pillow)")
     ap.add_argument("--preview_rules", type=int, default=3, help="rules per band in --preview")
     ap.add_argument("--preview_frames", type=int, default=8, help="frames per rule in --preview")
     ap.add_argument("--bench", action="store_true", help="print generation/filter throughput")

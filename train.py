@@ -1,5 +1,5 @@
 """
-Train the GPT in two stages (SPEC.md §5-9):
+Train the GPT in two stages (docs/method.md, 'Pipeline'):
 
   stage 1, "ppt" (pre-pre-training): next-token prediction on NCA trajectories (default), or on
            the baselines' sources: Dyck languages or natural text;
@@ -33,7 +33,8 @@ from data.common import TOKENIZERS, DataError, load_meta, load_tokens
 from eval import EvalError, copy_probe, eval_windows
 from model import GPT, GPTConfig, SIZES, config_for
 
-DOMAIN_VOCAB = {"web": 50257, "c4": 50257, "math": 64000, "code": 64000}   # SPEC.md §13.14
+# Official language vocabulary per domain (docs/differences.md, 'Language vocabulary per domain').
+DOMAIN_VOCAB = {"web": 50257, "c4": 50257, "math": 64000, "code": 64000}
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12,
               "4090": 165e12, "A10": 125e12}                              # dense bf16, per GPU
 
@@ -86,7 +87,7 @@ def get_parser():
                    help="each process writes rank<r>.json (hash of its first batch and of the "
                         "final weights) to check data sharding and gradient sync")
 
-    g = p.add_argument_group("model (SPEC.md §6)")
+    g = p.add_argument_group("model (docs/method.md, 'Transformer')")
     g.add_argument("--size", choices=list(SIZES), default="small", help="size preset")
     g.add_argument("--n_layer", type=int, default=None, help="override the preset")
     g.add_argument("--n_head", type=int, default=None, help="override the preset")
@@ -95,7 +96,8 @@ def get_parser():
     g.add_argument("--attn_dropout", type=float, default=0.1, help="attention-probability dropout")
     g.add_argument("--seq_len", type=int, default=1024, help="tokens per sequence")
 
-    g = p.add_argument_group("stage 1: pre-pre-training (SPEC.md §5, §7)")
+    g = p.add_argument_group("stage 1: pre-pre-training (docs/method.md, 'Stage 1: "
+                             "pre-pre-training')")
     g.add_argument("--ppt_source", choices=["nca", "dyck", "text"], default="nca",
                    help="synthetic NCA trajectories, Dyck languages, or natural text")
     g.add_argument("--ppt_tokens", "--nca_tokens", type=int, default=163_840_000,
@@ -105,7 +107,7 @@ def get_parser():
     g.add_argument("--ppt_lr", type=float, default=1e-4, help="peak learning rate")
     g.add_argument("--ppt_weight_decay", type=float, default=0.0, help="official: Adam, no decay")
     g.add_argument("--ppt_schedule", choices=["cosine", "constant"], default="constant",
-                   help="after warmup; the official 164M checkpoint ends its warmup (§13.11)")
+                   help="after warmup; the official 164M checkpoint ends its warmup")
     g.add_argument("--ppt_warmup_frac", type=float, default=1.0,
                    help="fraction of stage-1 steps in linear warmup (official 164M: all)")
     g.add_argument("--ppt_grad_clip", type=float, default=0.0, help="0 = none (official)")
@@ -130,7 +132,8 @@ def get_parser():
     except ImportError:
         pass
 
-    g = p.add_argument_group("stage 2: language pre-training (SPEC.md §8-9)")
+    g = p.add_argument_group("stage 2: language pre-training (docs/method.md, 'Transfer' and "
+                             "'Stage 2: language pre-training')")
     g.add_argument("--domain", default="web", help="prepared corpus data/<domain>")
     g.add_argument("--data_dir", default=None, help="prepared folder (overrides --domain)")
     g.add_argument("--init_from", default=None, help="stage-1 checkpoint for --stage lang")
@@ -264,10 +267,9 @@ def ppt_source(args, device, rank, world, micro):
         return train, val, cfg.vocab_size, info
     if args.ppt_source == "dyck":
         import dyck
-        cfg = dyck.config_from_args(args, seq_len=args.seq_len)
+        cfg = dyck.config_from_args(args, seq_len=args.seq_len, max_vocab=vocab_limit(args))
         train = dyck.DyckBatches(cfg, micro, device, seed=args.seed, rank=rank, world_size=world)
-        vb = dyck.DyckBatches(cfg, micro, device, seed=args.seed + 1_000_003)
-        val = [next(vb) for _ in range(max(1, args.ppt_val_seqs // micro))]
+        val = dyck.val_batches(cfg, args.ppt_val_seqs, micro, device, seed=args.seed)
         return train, val, cfg.vocab_size, {"config": asdict(cfg)}
     train = TextBatches(args.ppt_data, "train", args.seq_len, micro, device, args.seed, rank)
     val = text_val_batches(args.ppt_data, args.seq_len, args.ppt_val_seqs * args.seq_len,
@@ -291,7 +293,7 @@ def vocab_limit(args):
 
 
 # -----------------------------------------------------------------------------------------------
-# Models: stage 1 from scratch, stage 2 from scratch or by transfer (SPEC.md §8)
+# Models: stage 1 from scratch, stage 2 from scratch or by transfer (docs/method.md, 'Transfer')
 
 def model_config(args, vocab_size, head_bias):
     over = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "mlp_hidden")
@@ -517,8 +519,8 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
         print(f"{stage}: {steps} steps of {hp['batch_tokens']:,} tokens ({accum} micro-steps of "
               f"{micro} x {T} x {world} processes), {raw.num_params():,} body parameters, "
               f"vocabulary {raw.config.vocab_size:,}")
-    from tqdm import tqdm
-    bar = tqdm(total=steps, initial=step, desc=stage, disable=not master, dynamic_ncols=True)
+    bar = nca.progress_bar(steps, stage, unit="step", disable=not master, initial=step,
+                           dynamic_ncols=True)
     first_batch_hash, last_val, t_last, rates = None, None, time.perf_counter(), []
     model.train()
     while True:

@@ -1,7 +1,8 @@
 """Shared data code: the offline GPT-2 tokenizer, pinned PyPI sources, document splits,
 uint16 token files with meta.json, the loader, and the Hugging Face full-scale path.
 
-train.py and eval.py need only:  from data.common import gpt2_encoding, load_tokens, load_meta
+train.py and eval.py read prepared corpora with load_tokens and load_meta (problems raise
+DataError); gpt2_encoding() is the offline GPT-2 tokenizer.
 Each data/<domain>/prepare.py supplies its documents (or its Hub files) and calls prepare_main().
 Nothing third-party is committed: sources are pinned PyPI files, sha256-checked, cached in .cache/.
 """
@@ -38,7 +39,7 @@ DTYPE = "uint16"
 TOKENIZERS = {"gpt2": (VOCAB_SIZE, EOT), "bytes": (257, 256)}
 BYTES_SUFFIX = "_bytes"  # data/web_bytes is the byte-level twin of data/web
 
-# Pinned PyPI files: name -> (version, file name, sha256). Values from shared/DATA.md.
+# Pinned PyPI files: name -> (version, file name, sha256); every download is checked.
 PINNED = {
     "openai-whisper": ("20250625", "openai_whisper-20250625.tar.gz",
                        "37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96"),
@@ -51,7 +52,7 @@ PINNED = {
 }
 GPT2_MEMBER = "openai_whisper-20250625/whisper/assets/gpt2.tiktoken"
 GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"  # = r50k_base
-# The original GPT-2 split pattern, written out because tiktoken<0.8 cannot import it (DATA.md §1.3).
+# The original GPT-2 split pattern, written out because tiktoken<0.8 cannot import it.
 GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 

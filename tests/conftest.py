@@ -3,8 +3,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-# Official fixtures live beside the project root (read-only, not in a user's clone).
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+# Numbers from the official implementation; tests/fixtures/README.md describes them.
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def make_domain(folder, n_train=4000, n_val=1000, seed=0, vocab=50257):

@@ -1,7 +1,7 @@
 """eval.py: perplexity against a hand computation, the window layout, the speedup rule (on
-synthetic curves and on the blog's own curves, SPEC.md §12.2), the table / eval.json / eval.md of
-fake runs on fake prepared domains, refusals, the stage-1 NCA path, and (once train.py exists)
-an end-to-end run. CPU, seconds."""
+synthetic curves and on the paper's own curves, docs/method.md 'Convergence speedup'), the
+table / eval.json / eval.md of fake runs on fake prepared domains, refusals, the stage-1 NCA path,
+and an end-to-end run with train.py. CPU, seconds."""
 
 import json
 import math
@@ -93,7 +93,7 @@ def blog_curve(steps, losses):
 
 
 OWT_STEPS = [500, 1000] + list(range(2000, 17001, 1000)) + [17200]
-OWT = {  # SPEC.md §12.4
+OWT = {  # validation losses of the curves on the paper's project page
     "scratch": [4.615, 3.822, 3.388, 3.172, 3.054, 2.981, 2.926, 2.882, 2.844, 2.811, 2.782, 2.756,
                 2.734, 2.716, 2.702, 2.692, 2.687, 2.685, 2.685],
     "c4": [4.322, 3.755, 3.377, 3.167, 3.057, 2.985, 2.932, 2.887, 2.848, 2.815, 2.786, 2.760, 2.737,
@@ -233,7 +233,7 @@ def test_nca_checkpoint_is_refused_on_language_and_evaluated_on_rules(fake, caps
     out = capsys.readouterr().out
     _, ppt, dyck = report["runs"]
     assert "not evaluated on web, math, code" in out and "NCA validation rules instead" in out
-    assert ppt["ppl"] == {} and "10,002 output classes" in ppt["refused"] or "'nca'" in ppt["refused"]
+    assert ppt["ppl"] == {} and "'nca'" in ppt["refused"]             # refused by vocabulary kind
     assert dyck["ppl"] == {} and dyck["nca"] is None and "'dyck'" in dyck["refused"]
     G = len(nca.grid_positions(NCA_CFG))
     n = ppt["nca"]
@@ -289,8 +289,6 @@ def test_plot(fake, tmp_path):
 # ---------------------------------------------------------------- end to end with train.py
 
 def test_end_to_end_with_train(tmp_path, capsys):
-    if not (ROOT / "train.py").exists():
-        pytest.skip("train.py does not exist yet")
     if not (ROOT / "data" / "web" / "meta.json").exists():
         pytest.skip("data/web is not prepared: run python data/web/prepare.py")
     import train

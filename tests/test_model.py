@@ -23,7 +23,7 @@ def test_config_for_and_mlp_width():
     with pytest.raises(ValueError):
         config_for("huge")
     m = small_model()
-    assert m.blocks[0].mlp.gate.weight.shape == (4 * 64, 64)  # None -> 4·d (SPEC §13.18)
+    assert m.blocks[0].mlp.gate.weight.shape == (4 * 64, 64)  # None -> 4·d, the paper's width
     assert small_model(mlp_hidden=96).blocks[0].mlp.down.weight.shape == (64, 96)
 
 
@@ -87,7 +87,7 @@ def test_attention_dropout_only_in_train_mode():
 def test_paper_parameter_counts(vocab, head_bias, total):
     with torch.device("meta"):  # 7 GB in float32; the meta device allocates nothing
         m = GPT(config_for("paper", vocab_size=vocab, head_bias=head_bias))
-    assert m.num_params(non_embedding=True) == 1_610_713_088  # the paper's "1.6B" (SPEC §6)
+    assert m.num_params(non_embedding=True) == 1_610_713_088  # the paper's "1.6B"
     assert m.num_params(non_embedding=False) == total
 
 
@@ -130,11 +130,11 @@ def test_reset_vocab_replaces_only_embedding_and_head(embed_init):
     vocab_keys = {"wte.weight", "lm_head.weight", "lm_head.bias"}
     assert set(before) - vocab_keys == set(after) - {"wte.weight", "lm_head.weight"}
     for k in set(before) - vocab_keys:
-        assert torch.equal(before[k], after[k]), k  # bit-identical body (SPEC §8)
+        assert torch.equal(before[k], after[k]), k  # bit-identical body
     assert m.lm_head.bias is None and not m.config.head_bias and m.config.vocab_size == 500
     assert m.wte.weight.shape == (500, 64) and m.lm_head.weight.shape == (500, 64)
     if embed_init == "paper":
-        assert abs(m.wte.weight.std().item() - 1.0) < 0.03  # PyTorch default N(0, 1), SPEC §13.13
+        assert abs(m.wte.weight.std().item() - 1.0) < 0.03  # PyTorch default N(0, 1), as official
         assert m.lm_head.weight.abs().max() <= 1 / math.sqrt(64)
         assert m.lm_head.weight.std() > 0.8 / math.sqrt(3 * 64)
     else:
@@ -230,7 +230,7 @@ def test_loss_ignores_minus_100():
     m = small_model().eval()
     idx = torch.randint(0, 97, (2, 20))
     targets = torch.randint(0, 97, (2, 20))
-    targets[0, :7] = -100  # e.g. the masked first NCA grid (SPEC §13.7)
+    targets[0, :7] = -100  # e.g. the masked first NCA grid
     targets[1, 15:] = -100
     logits, loss = m(idx, targets)
     keep = targets != -100

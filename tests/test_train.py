@@ -163,6 +163,22 @@ def test_text_batches_are_windows_of_the_corpus(domain):
         assert starts and torch.equal(data[starts[0] + 1:starts[0] + 17], yi)
 
 
+def test_dyck_source_validates_on_its_own_split_and_honours_the_vocab_size():
+    import dyck
+    args = train.parse_args(MODEL + PPT + ["--ppt_source", "dyck", "--dyck_k", "40000",
+                                           "--ppt_vocab_size", "80000"])
+    stream, val, vocab, _ = train.ppt_source(args, "cpu", 0, 1, 4)      # 80,000 > 64,000: fine
+    assert vocab == 80000
+    cfg = dyck.config_from_args(args, seq_len=args.seq_len, max_vocab=80000)
+    want = dyck.val_batches(cfg, 8, 4, "cpu", seed=0)
+    assert len(val) == len(want) == 2
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(val, want))
+    assert not torch.equal(next(stream)[0], val[0][0])                 # not the train stream
+    small = train.parse_args(MODEL + PPT + ["--ppt_source", "dyck", "--ppt_vocab_size", "100"])
+    with pytest.raises(ValueError, match="--ppt_vocab_size"):
+        train.ppt_source(small, "cpu", 0, 1, 4)
+
+
 def test_text_source_can_keep_its_embeddings(domain, tmp_path):
     common = MODEL + PPT + LANG + ["--ppt_source", "text", "--ppt_data", str(domain),
                                    "--data_dir", str(domain)]
@@ -195,6 +211,15 @@ def test_bad_input_gives_one_line(two_stage, domain, tmp_path, capsys):
     assert "widen the band" in fails(capsys, MODEL + PPT + [
         "--stage", "ppt", "--filter_rules_threshold", "0.9", "--out_dir", str(tmp_path / "w")])
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_logs_off_a_terminal_have_no_progress_bar(domain, tmp_path, capfd):
+    train.main(MODEL + LANG + ["--stage", "lang", "--data_dir", str(domain),
+                               "--out_dir", str(tmp_path), "--lang_tokens", "640"])
+    out, err = capfd.readouterr()
+    assert "\r" not in out + err                                  # no carriage-return updates
+    steps = [l for l in out.splitlines() if l.startswith("step ")]
+    assert [l.split()[1] for l in steps] == ["1", "2"] and all("tok/s" in l for l in steps)
 
 
 def test_nonfinite_loss_stops_with_the_step(domain, tmp_path, capsys):
