@@ -64,7 +64,7 @@ class DyckConfig:
         if self.vocab_size > self.max_vocab:
             raise ValueError(f"--dyck_k {self.k} needs {self.vocab_size:,} tokens (2k), more "
                              f"than the model vocabulary {self.max_vocab:,}: use fewer bracket "
-                             "types or raise --vocab_size")
+                             "types or raise --ppt_vocab_size")
         if self.max_depth < 1:
             raise ValueError(f"--dyck_max_depth must be at least 1, got {self.max_depth}")
         if not 1 <= self.min_depth <= self.max_depth:
