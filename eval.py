@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 import nca
-from data.common import DataError, load_tokens, show
+from data.common import DataError, load_tokens, max_token, show
 from model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parent
@@ -192,9 +192,15 @@ def load_run(path):
         raise EvalError(f"{show(ckpt)} is missing: pass a run folder of train.py or a ckpt.pt")
     cfg_path = folder / "config.json"
     if cfg_path.exists():
-        config = json.loads(cfg_path.read_text())
+        try:
+            config = json.loads(cfg_path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise EvalError(f"{show(cfg_path)} is not valid JSON: delete it to use the config "
+                            "saved in the checkpoint") from None
     else:
-        config = load_checkpoint(ckpt)["config"]
+        config = load_checkpoint(ckpt).get("config")
+    if not isinstance(config, dict):
+        raise EvalError(f"{show(cfg_path)} holds no run config (a JSON object written by train.py)")
     metrics = []
     m_path = folder / "metrics.jsonl"
     lines = m_path.read_text().splitlines() if m_path.exists() else []
@@ -205,6 +211,19 @@ def load_run(path):
             if i < len(lines) - 1:
                 raise EvalError(f"{show(m_path)} line {i + 1} is not JSON") from None
     return Run(folder, ckpt, config, metrics)
+
+
+def checkpoint_info(path):
+    """What a checkpoint is (model_args, vocab, nca, step, tokens), checked to be from train.py."""
+    ck = load_checkpoint(path)
+    if not isinstance(ck, dict) or "model" not in ck or not isinstance(ck.get("model_args"), dict):
+        raise EvalError(f"{show(path)} is not a train.py checkpoint (it has no model or "
+                        "model_args)")
+    try:
+        GPTConfig(**ck["model_args"])
+    except (TypeError, ValueError) as e:
+        raise EvalError(f"{show(path)} has unusable model_args: {e}") from None
+    return {k: ck.get(k) for k in ("model_args", "vocab", "nca", "step", "tokens")}
 
 
 def build_model(ckpt, device):
@@ -459,7 +478,7 @@ def get_args(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace an existing eval.json in --out")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="draw the validation curves here (needs matplotlib)")
-    return p.parse_args(argv)
+    return nca.one_line_errors(p).parse_args(argv)
 
 
 def evaluate(args):
@@ -469,7 +488,13 @@ def evaluate(args):
                         "or another --out")
     if args.plot:
         _pyplot()  # fail now, not after the evaluation
-    device = nca.default_device(args.device)
+    for name in ("batch_size", "nca_val_seqs", "block_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise EvalError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    try:
+        device = nca.default_device(args.device)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
     device_type = "cuda" if device.startswith("cuda") else device
     dtype = args.dtype if args.dtype != "auto" else (
         "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32")
@@ -487,11 +512,7 @@ def evaluate(args):
     baselines = assign_baselines(runs, explicit)
 
     # Pass 1 reads what each checkpoint is (memory-mapped, cheap); pass 2 builds one model at a time.
-    info = []
-    for r in runs:
-        ck = load_checkpoint(r.ckpt)
-        info.append({k: ck.get(k) for k in ("model_args", "vocab", "nca", "step", "tokens")})
-        del ck
+    info = [checkpoint_info(r.ckpt) for r in runs]
     lang = [i for i, inf in enumerate(info) if language_refusal(inf) is None]
     block = args.block_size or min((info[i]["model_args"]["block_size"] for i in lang), default=1024)
     for i in lang:
@@ -507,11 +528,18 @@ def evaluate(args):
     windows, domains = {}, {}
     for name, folder in zip(names, folders):  # every split is checked before any model runs
         if lang:
+            top = max_token(folder)
+            small = [i for i in lang if info[i]["model_args"]["vocab_size"] <= top]
+            if small:
+                raise EvalError(f"{show(folder)} holds token id {top:,}, outside the "
+                                f"{info[small[0]]['model_args']['vocab_size']:,}-token vocabulary "
+                                f"of {runs[small[0]].label}: evaluate it on other --domains")
             val = load_tokens(folder, "val")
             windows[name] = eval_windows(val, block, args.eval_tokens)
             domains[name] = {"path": show(folder), "val_tokens": len(val),
                              "windows": len(windows[name]), "tokens": len(windows[name]) * block}
 
+    print("config:", json.dumps(vars(args)))  # after the checks: a refusal prints one line only
     results = []
     for i, (r, inf) in enumerate(zip(runs, info)):
         c = r.config
@@ -556,7 +584,6 @@ def evaluate(args):
 def main(argv=None):
     """Run the evaluation; returns the eval.json dict. User errors exit with a one-line message."""
     args = get_args(argv)
-    print("config:", json.dumps(vars(args)))
     try:
         return evaluate(args)
     except (DataError, EvalError) as e:

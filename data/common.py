@@ -628,6 +628,7 @@ def prepare_main(domain, doc, embedded, hf, argv=None):
         args.max_val_tokens = max(1, args.max_tokens // 10)
     print("config:", json.dumps({k: ("***" if k == "hf_token" and v else v) for k, v in vars(args).items()}))
     t0 = time.time()
+    created = not Path(args.out_dir).exists()
     try:
         if emb:
             docs, meta = embedded()
@@ -638,6 +639,8 @@ def prepare_main(domain, doc, embedded, hf, argv=None):
                               args.val_fraction, args.seed, args.max_tokens, args.max_val_tokens, args.num_proc,
                               meta={"domain": domain}, retries=args.retries)
     except DataError as e:
+        if created and Path(args.out_dir).exists() and not any(Path(args.out_dir).iterdir()):
+            Path(args.out_dir).rmdir()  # a failed first run leaves no empty folder behind
         retry = " ".join(["python", show(sys.argv[0]) if argv is None else f"data/{domain}/prepare.py",
                           *(sys.argv[1:] if argv is None else argv)])
         sys.exit(f"error: {e} (nothing was overwritten; retry: {retry})")
