@@ -234,7 +234,7 @@ ARCH = ("n_layer", "n_head", "n_embd", "mlp_hidden")
 
 
 def check_flags(args, world):
-    """Each flag on its own and in combination; nothing is read from disk. Returns the device."""
+    """Each flag on its own and in combination; nothing is read from disk."""
     for name, lo in AT_LEAST.items():
         v = getattr(args, name)
         if v is not None and v < lo:
@@ -268,11 +268,13 @@ def check_flags(args, world):
         if args.stage == "both" and (args.ppt_source != "text" or not args.ppt_tokens):
             raise TrainError("--keep_embeddings keeps a stage-1 model's GPT-2 embeddings: it needs "
                              "--ppt_source text and a stage 1 (--ppt_tokens > 0)")
-    stages = ([("ppt", "--ppt_batch_tokens", args.ppt_batch_tokens, "--ppt_micro_batch",
-                args.ppt_micro_batch, args.ppt_tokens)] if args.stage in ("ppt", "both")
-              and args.ppt_tokens else []) + \
-        ([("lang", "--batch_tokens", args.batch_tokens, "--micro_batch", args.micro_batch,
-           args.lang_tokens)] if args.stage in ("lang", "both") else [])
+    stages = []                                     # the stages this command will run
+    if args.stage in ("ppt", "both") and args.ppt_tokens:
+        stages.append(("ppt", "--ppt_batch_tokens", args.ppt_batch_tokens, "--ppt_micro_batch",
+                       args.ppt_micro_batch, args.ppt_tokens))
+    if args.stage in ("lang", "both"):
+        stages.append(("lang", "--batch_tokens", args.batch_tokens, "--micro_batch",
+                       args.micro_batch, args.lang_tokens))
     for stage, bflag, batch, mflag, micro, budget in stages:
         per_step = micro * args.seq_len * world
         if batch % per_step:
@@ -288,7 +290,6 @@ def check_flags(args, world):
         raise TrainError(str(e)) from None
     if args.dtype == "float16" and not device.startswith("cuda"):
         raise TrainError("--dtype float16 needs CUDA (its loss scaler); use bfloat16 or float32")
-    return device
 
 
 def peek_checkpoint(path, what):
