@@ -63,8 +63,11 @@ def world(tmp_path_factory):
         f.truncate(100)
     make_domain(w / "vocab64k", vocab=64000)
     write_meta(w / "vocab64k", vocab_size=64000, max_token=60000)
+    make_domain(w / "small", vocab=512)                  # for the runs below: small, fast models
+    write_meta(w / "small", vocab_size=512, eot=0)
     run = w / "run"
-    train.main(MODEL + DYCK + LANG + ["--stage", "both", "--data_dir", str(web), "--out_dir", str(run)])
+    train.main(MODEL + DYCK + LANG + ["--stage", "both", "--data_dir", str(web), "--out_dir", str(run),
+                                      "--lang_tokens", "320"])
     (w / "garbage.pt").write_bytes(b"not a checkpoint at all")
     torch.save({"weights": torch.zeros(2)}, w / "foreign.pt")
     bad_cfg = w / "eval_bad_config"                       # a run folder whose config.json broke
@@ -202,7 +205,7 @@ CASES = [
     # run folders: --resume, --overwrite, the lock
     ("folder_holds_a_run", "train", both("--out_dir", "{w}/run"), "already holds a run"),
     ("resume_other_n_embd", "train", resume("--n_embd", "64"), "holds a model with n_embd 32, this command asks for n_embd 64"),
-    ("resume_other_batch", "train", resume("--batch_tokens", "640"), "was trained with --batch_tokens 320"),
+    ("resume_other_batch", "train", resume("--batch_tokens", "160"), "was trained with --batch_tokens 320"),
     ("resume_other_vocab", "train", resume("--vocab_size", "50304"), "holds a model with vocab_size 50257"),
     ("resume_scratch_as_transfer", "train", resume("--ppt_tokens", "0"), "is a transfer from stage 1, this command asks for a scratch run"),
     ("resume_wrong_stage", "train", MODEL + DYCK + ["--stage", "ppt", "--out_dir", "{w}/run", "--resume"], "is a 'lang'-stage checkpoint"),
@@ -274,7 +277,6 @@ def test_bad_input(world, case, script, argv, expect, capsys):
 
 
 SUBPROCESS_CASES = [  # the same refusals as a user sees them: a real process, its exit status
-    ("train.py", both("--ppt_tokens", "-1"), "--ppt_tokens must be at least 0"),
     ("train.py", lang(data="meta_null"), "holds null"),
     ("eval.py", ["{w}/eval_bad_config", "--domains", "", "--out", "{new}"], "config.json is not valid JSON"),
     ("nca.py", ["--stats", "--num_rules", "0"], "--num_rules must be at least 1"),
@@ -302,10 +304,15 @@ sys.stdin.read()
 """
 
 
+def small_run(world, out, *extra):
+    """argv of a fast stage-2 run on the 512-token corpus (the matrix's run has 50,257 classes)."""
+    return [a.replace("{w}", str(world)).replace("{new}", str(out))
+            for a in lang("--vocab_size", "512", *extra, data="small")]
+
+
 def test_lock_refuses_a_second_process_and_a_killed_one_goes_stale(world, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = [a.replace("{w}", str(world)) for a in lang("--lang_tokens", "320")]
-    argv[argv.index("{new}")] = str(out)
+    argv = small_run(world, out, "--lang_tokens", "320")
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], cwd=ROOT, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -326,7 +333,7 @@ def test_lock_refuses_a_second_process_and_a_killed_one_goes_stale(world, tmp_pa
 
 
 def test_a_failed_run_leaves_no_lock_and_no_empty_folder(world, tmp_path, monkeypatch, capsys):
-    argv = [a.replace("{w}", str(world)).replace("{new}", str(tmp_path / "run")) for a in lang()]
+    argv = small_run(world, tmp_path / "run")
 
     def fails(*a, **k):                       # e.g. a rule filter that finds too few rules
         raise train.TrainError("stopped here")
@@ -343,8 +350,9 @@ def test_init_from_records_the_checkpoint_shape_and_source(world, tmp_path):
     """No architecture flags: the checkpoint's shape trains, and config.json says so."""
     out = tmp_path / "t"
     train.main(["--device", "cpu", "--dtype", "float32", "--seq_len", "80"] + LANG + [
-        "--stage", "lang", "--data_dir", str(world / "web"), "--out_dir", str(out),
-        "--init_from", str(world / "run" / "ppt" / "ckpt.pt"), "--lang_tokens", "320"])
+        "--stage", "lang", "--data_dir", str(world / "small"), "--vocab_size", "512",
+        "--out_dir", str(out), "--init_from", str(world / "run" / "ppt" / "ckpt.pt"),
+        "--lang_tokens", "320"])
     cfg = json.loads((out / "config.json").read_text())
     ck = torch.load(out / "ckpt.pt", weights_only=True)
     assert (cfg["n_layer"], cfg["n_head"], cfg["n_embd"]) == (2, 2, 32) == \
@@ -355,13 +363,14 @@ def test_init_from_records_the_checkpoint_shape_and_source(world, tmp_path):
 def test_arm_is_scratch_without_a_stage_1(world, tmp_path):
     out = tmp_path / "s"
     train.main(MODEL + DYCK + LANG + ["--stage", "both", "--ppt_tokens", "0", "--lang_tokens", "320",
-                                      "--data_dir", str(world / "web"), "--out_dir", str(out)])
+                                      "--data_dir", str(world / "small"), "--vocab_size", "512",
+                                      "--out_dir", str(out)])
     assert json.loads((out / "config.json").read_text())["arm"] == "scratch"
     assert not (out / "ppt").exists()
 
 
 def test_resume_at_step_0_logs_step_0_once(world, tmp_path, monkeypatch):
-    argv = [a.replace("{w}", str(world)).replace("{new}", str(tmp_path / "r")) for a in lang()]
+    argv = small_run(world, tmp_path / "r")
 
     def crash(*a, **k):                       # dies in step 1, after the step-0 checkpoint
         raise KeyboardInterrupt
