@@ -40,7 +40,8 @@ class GPTConfig:
                 raise ValueError(f"{name} must be a whole number of at least 1, got {v!r}")
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
             raise ValueError(f"n_embd {self.n_embd} must be n_head {self.n_head} times an even "
-                             "head size (RoPE rotates pairs of dimensions): change n_embd or n_head")
+                             "head size (RoPE rotates pairs of dimensions): change n_embd or "
+                             "n_head")
         if not 0 <= self.attn_dropout < 1:
             raise ValueError(f"attn_dropout must be in [0, 1), got {self.attn_dropout}")
 

@@ -328,8 +328,9 @@ def adopt_checkpoint_shape(args, given, ck):
     asked.update({k: (getattr(args, k), f"--{k}") for k in ARCH if k in given})
     for k, (v, flag) in asked.items():
         if v != have[k]:
-            raise TrainError(f"{flag} asks for {k} {v}, but --init_from {args.init_from} is a model "
-                             f"with {k} {have[k]}: drop the flag (the checkpoint sets the shape)")
+            raise TrainError(f"{flag} asks for {k} {v}, but --init_from {args.init_from} is a "
+                             f"model with {k} {have[k]}: drop the flag (the checkpoint sets the "
+                             "shape)")
     for k in ARCH:
         setattr(args, k, ck["model_args"].get(k))
     args.size = next((n for n, v in SIZES.items()
