@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import nca
-from data.common import TOKENIZERS, DataError, load_meta, load_tokens, show, token_bytes
+from data.common import TOKENIZERS, DataError, load_meta, load_tokens, max_token, show, token_bytes
 from model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parent
@@ -104,6 +104,12 @@ def ngram_baselines(train, windows, vocab_size):
 def bits_per_byte(loss, windows, nbytes):
     """Token-mean loss (nats) over the window targets -> bits per UTF-8 byte of their text."""
     return loss * windows[:, 1:].numel() / math.log(2) / nbytes
+
+
+def probe_vocab(vocab):
+    """How many ids the copy probe draws from, for a checkpoint's {"kind", "size"}: a known
+    tokenizer's ordinary tokens (below its document separator), within the model's vocabulary."""
+    return min(TOKENIZERS.get(vocab["kind"], (0, vocab["size"]))[1], vocab["size"])
 
 
 @torch.no_grad()
@@ -245,9 +251,15 @@ def load_run(path):
         raise EvalError(f"{show(ckpt)} is missing: pass a run folder of train.py or a ckpt.pt")
     cfg_path = folder / "config.json"
     if cfg_path.exists():
-        config = json.loads(cfg_path.read_text())
+        try:
+            config = json.loads(cfg_path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise EvalError(f"{show(cfg_path)} is not valid JSON: delete it to use the config "
+                            "saved in the checkpoint") from None
     else:
-        config = load_checkpoint(ckpt)["config"]
+        config = load_checkpoint(ckpt).get("config")
+    if not isinstance(config, dict):
+        raise EvalError(f"{show(cfg_path)} holds no run config (a JSON object written by train.py)")
     metrics = []
     m_path = folder / "metrics.jsonl"
     lines = m_path.read_text().splitlines() if m_path.exists() else []
@@ -258,6 +270,19 @@ def load_run(path):
             if i < len(lines) - 1:
                 raise EvalError(f"{show(m_path)} line {i + 1} is not JSON") from None
     return Run(folder, ckpt, config, metrics)
+
+
+def checkpoint_info(path):
+    """What a checkpoint is (model_args, vocab, nca, step, tokens), checked to be from train.py."""
+    ck = load_checkpoint(path)
+    if not isinstance(ck, dict) or "model" not in ck or not isinstance(ck.get("model_args"), dict):
+        raise EvalError(f"{show(path)} is not a train.py checkpoint (it has no model or "
+                        "model_args)")
+    try:
+        GPTConfig(**ck["model_args"])
+    except (TypeError, ValueError) as e:
+        raise EvalError(f"{show(path)} has unusable model_args: {e}") from None
+    return {k: ck.get(k) for k in ("model_args", "vocab", "nca", "step", "tokens")}
 
 
 def build_model(ckpt, device):
@@ -271,11 +296,13 @@ def build_model(ckpt, device):
     return model.eval()
 
 
-def language_refusal(ckpt, tokenizer="gpt2"):
-    """Why a checkpoint cannot be scored on token files of `tokenizer`, or None if it can."""
+def language_refusal(ckpt, tokenizer="gpt2", vocab=None):
+    """Why a checkpoint cannot be scored on token files of `tokenizer`, or None if it can. The
+    model must have the tokenizer's ids (a folder's own vocab_size, `vocab`, counts only for an
+    unknown tokenizer; ids beyond the model are checked against the folder's max_token)."""
     kind = (ckpt.get("vocab") or {}).get("kind")
     size = ckpt["model_args"].get("vocab_size", 0)
-    vocab = TOKENIZERS[tokenizer][0]
+    vocab = TOKENIZERS[tokenizer][0] if tokenizer in TOKENIZERS else vocab
     if kind != tokenizer:
         return f"its vocabulary is {kind!r}, not {tokenizer!r}"
     if size < vocab:
@@ -465,7 +492,8 @@ def _cell(r, d):
         notes.append(f"{r['change_pct'][d]:+.1f}%")
     if d == r["domain"] and r["speedup_note"] != "n/a":
         notes.append(f"{r['speedup']:.2f}x" if r["speedup"] is not None else r["speedup_note"])
-    return (f"{r['loss'][d]:.3f} · {r['bpb'][d]:.3f} bpb · ppl {r['ppl'][d]:.2f}"
+    bpb = f" · {r['bpb'][d]:.3f} bpb" if d in r["bpb"] else ""
+    return (f"{r['loss'][d]:.3f}{bpb} · ppl {r['ppl'][d]:.2f}"
             + (f" ({', '.join(notes)})" if notes else ""))
 
 
@@ -479,8 +507,10 @@ def format_table(results, domains):
             for r in results if r["ppl"]]
     for kind in ("unigram", "bigram"):
         rows.append([kind, "train-split counts", "-",
-                     *(f"{v['baselines'][kind]:.3f} · {v['baselines_bpb'][kind]:.3f} bpb · "
-                       f"ppl {math.exp(v['baselines'][kind]):.2f}" for v in domains.values()), "-"])
+                     *(f"{v['baselines'][kind]:.3f}"
+                       + (f" · {v['baselines_bpb'][kind]:.3f} bpb" if v["baselines_bpb"] else "")
+                       + f" · ppl {math.exp(v['baselines'][kind]):.2f}" for v in domains.values()),
+                     "-"])
     width = [max(len(x) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, width)) + " |"
     return "\n".join([line(head), line(["-" * w for w in width]), *map(line, rows)])
@@ -573,7 +603,7 @@ def get_args(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace an existing eval.json in --out")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="draw the validation curves here (needs matplotlib)")
-    return p.parse_args(argv)
+    return nca.one_line_errors(p).parse_args(argv)
 
 
 def evaluate(args):
@@ -583,7 +613,13 @@ def evaluate(args):
                         "or another --out")
     if args.plot:
         _pyplot()  # fail now, not after the evaluation
-    device = nca.default_device(args.device)
+    for name in ("batch_size", "nca_val_seqs", "block_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise EvalError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    try:
+        device = nca.default_device(args.device)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
     device_type = "cuda" if device.startswith("cuda") else device
     dtype = args.dtype if args.dtype != "auto" else (
         "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32")
@@ -601,20 +637,16 @@ def evaluate(args):
     baselines = assign_baselines(runs, explicit)
 
     # Pass 1 reads what each checkpoint is (memory-mapped, cheap); pass 2 builds one model at a time.
-    info = []
-    for r in runs:
-        ck = load_checkpoint(r.ckpt)
-        info.append({k: ck.get(k) for k in ("model_args", "vocab", "nca", "step", "tokens")})
-        del ck
+    info = [checkpoint_info(r.ckpt) for r in runs]
     folders = [Path(args.data_root) / d for d in args.domains.split(",") if d]
     folders += [Path(p) for p in args.extra_data]
     names = [f.name for f in folders]
     if len(set(names)) < len(names):
         raise EvalError(f"two eval domains share a folder name: {', '.join(names)}")
-    tokenizers = {name: load_meta(folder).get("tokenizer", "gpt2")
-                  for name, folder in zip(names, folders)}
+    metas = {name: load_meta(folder) for name, folder in zip(names, folders)}
     # refusals[i][name]: why run i cannot be scored on domain `name` (a run is scored where None)
-    refusals = [{n: language_refusal(inf, t) for n, t in tokenizers.items()} for inf in info]
+    refusals = [{n: language_refusal(inf, m.get("tokenizer", "gpt2"), m["vocab_size"])
+                 for n, m in metas.items()} for inf in info]
     lang = [i for i, ref in enumerate(refusals) if None in ref.values()]
     block = args.block_size or min((info[i]["model_args"]["block_size"] for i in lang), default=1024)
     for i in lang:
@@ -624,17 +656,27 @@ def evaluate(args):
 
     windows, domains, nbytes = {}, {}, {}
     for name, folder in zip(names, folders):  # every split is checked before any model runs
-        if any(refusals[i][name] is None for i in lang):
+        scored = [i for i in lang if refusals[i][name] is None]
+        if scored:
+            top = max_token(folder)
+            small = [i for i in scored if info[i]["model_args"]["vocab_size"] <= top]
+            if small:
+                raise EvalError(f"{show(folder)} holds token id {top:,}, outside the "
+                                f"{info[small[0]]['model_args']['vocab_size']:,}-token vocabulary "
+                                f"of {runs[small[0]].label}: evaluate it on other --domains")
             val = load_tokens(folder, "val")
             w = windows[name] = eval_windows(val, block, args.eval_tokens)
-            nbytes[name] = int(token_bytes(tokenizers[name])[w[:, 1:].numpy()].sum())
-            base = ngram_baselines(load_tokens(folder, "train"), w, TOKENIZERS[tokenizers[name]][0])
-            domains[name] = {"path": show(folder), "tokenizer": tokenizers[name],
+            tokenizer = metas[name].get("tokenizer", "gpt2")
+            known = tokenizer in TOKENIZERS           # bits per byte need the token -> text map
+            nbytes[name] = int(token_bytes(tokenizer)[w[:, 1:].numpy()].sum()) if known else None
+            base = ngram_baselines(load_tokens(folder, "train"), w, metas[name]["vocab_size"])
+            domains[name] = {"path": show(folder), "tokenizer": tokenizer,
                              "val_tokens": len(val), "windows": len(w), "tokens": len(w) * block,
                              "bytes": nbytes[name], "baselines": base,
                              "baselines_bpb": {k: bits_per_byte(v, w, nbytes[name])
-                                               for k, v in base.items()}}
+                                               for k, v in base.items()} if known else {}}
 
+    print("config:", json.dumps(vars(args)))  # after the checks: a refusal prints one line only
     results = []
     for i, (r, inf) in enumerate(zip(runs, info)):
         c = r.config
@@ -655,10 +697,10 @@ def evaluate(args):
                 if refusals[i][name] is None:
                     p = perplexity(model, w, args.batch_size, device, ctx, desc=f"{r.label} {name}")
                     res["ppl"][name], res["loss"][name] = p["ppl"], p["loss"]
-                    res["bpb"][name] = bits_per_byte(p["loss"], w, nbytes[name])
+                    if nbytes[name]:
+                        res["bpb"][name] = bits_per_byte(p["loss"], w, nbytes[name])
             if i in lang:
-                kind = inf["vocab"]["kind"]
-                res["probe"] = copy_probe(model, TOKENIZERS[kind][1], block // 2,
+                res["probe"] = copy_probe(model, probe_vocab(inf["vocab"]), block // 2,
                                           batch_size=args.batch_size, device=device, ctx=ctx)
             if is_nca:
                 res["nca"] = nca_eval(model, inf["nca"], args.nca_val_seqs, args.batch_size,
@@ -685,7 +727,6 @@ def evaluate(args):
 def main(argv=None):
     """Run the evaluation; returns the eval.json dict. User errors exit with a one-line message."""
     args = get_args(argv)
-    print("config:", json.dumps(vars(args)))
     try:
         return evaluate(args)
     except (DataError, EvalError) as e:

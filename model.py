@@ -35,6 +35,18 @@ class GPTConfig:
     rope_theta: float = 1e4
     norm_eps: float = 1e-6
 
+    def __post_init__(self):  # a clear refusal instead of a shape error deep inside torch
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "mlp_hidden"):
+            v = getattr(self, name)
+            if not (v is None and name == "mlp_hidden") and not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"{name} must be a whole number of at least 1, got {v!r}")
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"n_embd {self.n_embd} must be n_head {self.n_head} times an even "
+                             "head size (RoPE rotates pairs of dimensions): change n_embd or "
+                             "n_head")
+        if not 0 <= self.attn_dropout < 1:
+            raise ValueError(f"attn_dropout must be in [0, 1), got {self.attn_dropout}")
+
 
 # Presets of (n_layer, n_head, n_embd). `paper` is the paper's "1.6B" model (non-embedding count).
 SIZES: dict[str, dict] = {

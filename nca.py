@@ -67,7 +67,7 @@ class NCAConfig:
             raise ValueError(f"--num_colors {self.num_colors} with --patch {self.patch} needs "
                              f"{self.vocab_size:,} tokens (num_colors**(patch**2) + 2), more than "
                              f"the model vocabulary {self.max_vocab:,}: use fewer colours or a "
-                             "smaller patch, or raise --ppt_vocab_size")
+                             "smaller patch, or raise train.py's --ppt_vocab_size")
         if self.temperature < 0:
             raise ValueError(f"--temperature must be >= 0 (0 = argmax), got {self.temperature}")
         if self.dT < 1 or self.init_rollout_steps < 0 or self.filter_frames < 1:
@@ -502,8 +502,18 @@ def filter_rules(cfg, band, num_rules, seed=0, device="cpu", batch=2048, progres
                       "seed": seed, "version": 1}, sort_keys=True)
     path = CACHE_DIR / f"bank-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     if cache and path.exists():
-        d = np.load(path)
-        return RuleBank(d["seeds"], d["scores"], (lo, hi), int(d["candidates"]))
+        try:
+            with np.load(path) as d:
+                bank = RuleBank(d["seeds"], d["scores"], (lo, hi), int(d["candidates"]))
+            if len(bank.seeds) == len(bank.scores) == num_rules and \
+                    ((bank.scores > lo) & (bank.scores < hi)).all():
+                return bank
+            why = "it does not hold this bank"
+        except Exception as e:  # truncated, not an .npz, missing arrays: rebuilt below
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"note: rule-bank cache {path} is unreadable ({why}): discarding it and "
+              "filtering again", file=sys.stderr)
+        path.unlink(missing_ok=True)
     max_candidates = max_candidates or max(100_000, 1000 * num_rules)
     seeds, scores, drawn = [], [], 0
     bar = progress_bar(num_rules, f"filtering rules ({lo}, {hi})", unit="rule",
@@ -526,7 +536,7 @@ def filter_rules(cfg, band, num_rules, seed=0, device="cpu", batch=2048, progres
     bank = RuleBank(np.concatenate(seeds), np.concatenate(scores), (lo, hi), drawn)
     if cache:
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")   # concurrent runs: own names
         np.savez(tmp, seeds=bank.seeds, scores=bank.scores, candidates=drawn)
         os.replace(tmp, path)
     return bank
@@ -814,13 +824,31 @@ def bench(cfg, device, seqs=8192, chunk=2048, rules=4096):
 
 
 def default_device(name="auto"):
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    """The --device to run on ("auto": CUDA, else MPS, else CPU), checked to exist on this
+    machine: ValueError (one line) rather than a traceback from deep inside torch."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
+        raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available here (no GPU, or a CPU-only "
+                         "PyTorch): use --device cpu or auto")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s), numbered from 0")
+    if kind == "mps" and not mps:
+        raise ValueError(f"--device {name}: MPS (Apple GPU) is not available here: use --device "
+                         "cpu or auto")
+    return name
+
+
+def one_line_errors(parser):
+    """Make argparse report a bad flag as one line starting with "error:" (not its usage block),
+    like every other refusal of the scripts; exit status 2 as argparse's own."""
+    parser.error = lambda message: parser.exit(2, f"error: {message} (see --help)\n")
+    return parser
 
 
 def main(argv=None):
@@ -841,12 +869,17 @@ def main(argv=None):
     ap.add_argument("--preview_frames", type=int, default=8, help="frames per rule in --preview")
     ap.add_argument("--bench", action="store_true", help="print generation/filter throughput")
     ap.add_argument("--bench_seqs", type=int, default=8192, help="sequences for --bench")
+    one_line_errors(ap)
     args = ap.parse_args(argv)
     try:
         cfg = config_from_args(args, seq_len=args.seq_len)
+        band_from_args(args)
+        device = default_device(args.device)
+        for name in ("num_rules", "preview_rules", "preview_frames", "bench_seqs"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
     except ValueError as e:
-        ap.error(str(e))
-    device = default_device(args.device)
+        ap.exit(2, f"error: {e}\n")
     if not (args.stats or args.preview or args.bench):
         ap.print_help()
         return

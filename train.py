@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import socket
 import sys
 import time
 from dataclasses import asdict
@@ -29,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 import nca
-from data.common import TOKENIZERS, DataError, load_meta, load_tokens
-from eval import EvalError, copy_probe, eval_windows
+from data.common import DataError, load_meta, load_tokens, max_token
+from eval import EvalError, copy_probe, eval_windows, probe_vocab
 from model import GPT, GPTConfig, SIZES, config_for
 
 # Official language vocabulary per domain (docs/differences.md, 'Language vocabulary per domain').
@@ -137,7 +138,7 @@ def get_parser():
     g.add_argument("--domain", default="web", help="prepared corpus data/<domain>")
     g.add_argument("--data_dir", default=None, help="prepared folder (overrides --domain)")
     g.add_argument("--init_from", default=None, help="stage-1 checkpoint for --stage lang")
-    g.add_argument("--vocab_size", default="auto",
+    g.add_argument("--vocab_size", type=auto_or_count, default="auto",
                    help="auto = official per domain (web 50,257; math/code 64,000), or a number")
     g.add_argument("--embed_init", choices=["paper", "normal"], default="paper",
                    help="new embeddings/head: PyTorch defaults (official) or N(0, 0.02)")
@@ -163,7 +164,24 @@ def get_parser():
     g.add_argument("--eval_interval", type=int, default=100, help="steps between validations")
     g.add_argument("--eval_tokens", type=int, default=4_194_304,
                    help="validation tokens (0 = the whole val split)")
-    return p
+    return nca.one_line_errors(p)
+
+
+def auto_or_count(text):
+    """--vocab_size: "auto" or a whole number of at least 1."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number, got {text!r}")
+    return int(text)
+
+
+def given_flags(argv=None):
+    """The destinations set on the command line itself, not by a default or a --preset."""
+    p = get_parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_known_args(argv)[0]))
 
 
 def parse_args(argv=None):
@@ -195,6 +213,224 @@ def kinds(text):
         if k not in ("attn", "mlp", "ln"):
             raise TrainError(f"unknown module kind {k!r} in --reinit/--freeze: use attn, mlp, ln")
     return out
+
+
+# -----------------------------------------------------------------------------------------------
+# Checks: every flag, folder and checkpoint is checked before a model is built or a file written,
+# so a refused command changes nothing and its corrected retry is not refused for the first one.
+
+AT_LEAST = {"seq_len": 1, "log_interval": 1, "batch_tokens": 1, "micro_batch": 1,
+            "eval_interval": 1, "ppt_batch_tokens": 1, "ppt_micro_batch": 1,
+            "ppt_eval_interval": 1, "ppt_val_seqs": 1, "train_num_rules": 1, "val_num_rules": 1,
+            "n_layer": 1, "n_head": 1, "n_embd": 1, "mlp_hidden": 1, "ppt_tokens": 0,
+            "lang_tokens": 0, "max_iters": 0, "eval_tokens": 0, "ppt_vocab_size": 0}
+ZERO_MEANS = {"ppt_tokens": "no stage 1", "lang_tokens": "one epoch of train.bin",
+              "max_iters": "the token budget", "eval_tokens": "the whole val split",
+              "ppt_vocab_size": "the source's own size"}
+FLOAT_RULES = [(name, test, want) for names, test, want in (
+    (("lr", "ppt_lr"), lambda v: v > 0, "above 0"),
+    (("weight_decay", "ppt_weight_decay", "grad_clip", "ppt_grad_clip"), lambda v: v >= 0,
+     "at least 0"),
+    (("warmup_frac", "ppt_warmup_frac"), lambda v: 0 <= v <= 1, "from 0 to 1"),
+    (("attn_dropout",), lambda v: 0 <= v < 1, "at least 0 and below 1")) for name in names]
+ARCH = ("n_layer", "n_head", "n_embd", "mlp_hidden")
+
+
+def check_flags(args, world):
+    """Each flag on its own and in combination; nothing is read from disk."""
+    for name, lo in AT_LEAST.items():
+        v = getattr(args, name)
+        if v is not None and v < lo:
+            zero = f" (0 = {ZERO_MEANS[name]})" if name in ZERO_MEANS else ""
+            raise TrainError(f"--{name} must be at least {lo}{zero}, got {v}")
+    for name, test, want in FLOAT_RULES:              # (a NaN fails every test)
+        if not test(getattr(args, name)):
+            raise TrainError(f"--{name} must be {want}, got {getattr(args, name)}")
+    if args.resume and args.overwrite:
+        raise TrainError("--resume continues the run in out_dir and --overwrite replaces it: "
+                         "pass one of them")
+    if args.stage == "ppt" and args.ppt_tokens == 0:
+        raise TrainError("--stage ppt with --ppt_tokens 0 has nothing to train: give it a "
+                         "stage-1 token budget")
+    if args.init_from and args.stage != "lang":
+        raise TrainError(f"--init_from is for --stage lang (--stage {args.stage} "
+                         + ("trains its own stage 1 and starts stage 2 from it)"
+                            if args.stage == "both" else "always starts from scratch)"))
+    stage2 = [f for f in ("reinit", "reinit_layers", "freeze", "freeze_layers",
+                          "keep_embeddings") if getattr(args, f)]
+    if args.stage == "ppt" and stage2:
+        raise TrainError(f"--{stage2[0]} is a stage-2 flag, but --stage ppt has no stage 2")
+    for flag in ("reinit", "freeze"):
+        kinds(getattr(args, flag))
+        if getattr(args, f"{flag}_layers") and not getattr(args, flag):
+            raise TrainError(f"--{flag}_layers {getattr(args, f'{flag}_layers')} needs --{flag} "
+                             "(which modules: attn, mlp, ln)")
+    if args.keep_embeddings:
+        if args.stage == "lang" and not args.init_from:
+            raise TrainError("--keep_embeddings needs --init_from (a stage-1 text checkpoint)")
+        if args.stage == "both" and (args.ppt_source != "text" or not args.ppt_tokens):
+            raise TrainError("--keep_embeddings keeps a stage-1 model's GPT-2 embeddings: it needs "
+                             "--ppt_source text and a stage 1 (--ppt_tokens > 0)")
+    stages = []                                     # the stages this command will run
+    if args.stage in ("ppt", "both") and args.ppt_tokens:
+        stages.append(("ppt", "--ppt_batch_tokens", args.ppt_batch_tokens, "--ppt_micro_batch",
+                       args.ppt_micro_batch, args.ppt_tokens))
+    if args.stage in ("lang", "both"):
+        stages.append(("lang", "--batch_tokens", args.batch_tokens, "--micro_batch",
+                       args.micro_batch, args.lang_tokens))
+    for stage, bflag, batch, mflag, micro, budget in stages:
+        per_step = micro * args.seq_len * world
+        if batch % per_step:
+            raise TrainError(f"{bflag} {batch:,} is not a multiple of {mflag} x --seq_len x "
+                             f"processes = {micro} x {args.seq_len} x {world} = {per_step:,}: "
+                             "adjust the batch or the micro-batch")
+        if budget and budget < batch:
+            raise TrainError(f"the {stage} token budget {budget:,} is less than one batch of "
+                             f"{batch:,} ({bflag}): raise the budget or lower the batch")
+    try:
+        device = nca.default_device(args.device)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    if args.dtype == "float16" and not device.startswith("cuda"):
+        raise TrainError("--dtype float16 needs CUDA (its loss scaler); use bfloat16 or float32")
+
+
+def peek_checkpoint(path, what):
+    """A train.py checkpoint's metadata, memory-mapped on the CPU (cheap): TrainError if absent,
+    unreadable or not from train.py."""
+    ck = load_checkpoint(path, "cpu", mmap=True)
+    missing = [k for k in ("model", "model_args", "stage", "config") if k not in ck] \
+        if isinstance(ck, dict) else ["everything"]
+    if missing:
+        raise TrainError(f"{what} {path} is not a train.py checkpoint (no {missing[0]})")
+    return ck
+
+
+def check_corpus(data_dir, seq_len, vocab, vocab_flag):
+    """A prepared folder a stage reads: both splits hold a sequence, and every id (meta.json's
+    max_token) is below the model's vocabulary."""
+    for split, need in (("train", seq_len + 2), ("val", seq_len + 1)):
+        n = len(load_tokens(data_dir, split))
+        if n < need:
+            raise TrainError(f"{data_dir}/{split}.bin has {n} tokens, fewer than one sequence "
+                             f"of {need}: lower --seq_len")
+    top = max_token(data_dir)
+    if top >= vocab:
+        raise TrainError(f"{data_dir} holds token id {top:,}, outside the model's vocabulary of "
+                         f"{vocab:,}: raise {vocab_flag} above {top:,} or re-prepare the data")
+
+
+def adopt_checkpoint_shape(args, given, ck):
+    """--init_from decides the body's shape. An architecture flag given on the command line that
+    disagrees is refused, naming both values; the others are set from the checkpoint so that
+    config.json records the model that trains."""
+    have = {k: ck["model_args"].get(k) for k in ARCH}
+    have["mlp_hidden"] = have["mlp_hidden"] or 4 * have["n_embd"]
+    asked = {k: (SIZES[args.size][k], f"--size {args.size}") for k in ARCH[:3]
+             if "size" in given and k not in given}
+    asked.update({k: (getattr(args, k), f"--{k}") for k in ARCH if k in given})
+    for k, (v, flag) in asked.items():
+        if v != have[k]:
+            raise TrainError(f"{flag} asks for {k} {v}, but --init_from {args.init_from} is a "
+                             f"model with {k} {have[k]}: drop the flag (the checkpoint sets the "
+                             "shape)")
+    for k in ARCH:
+        setattr(args, k, ck["model_args"].get(k))
+    args.size = next((n for n, v in SIZES.items()
+                      if all(v[k] == have[k] for k in ARCH[:3])), args.size)
+    source = ck["config"].get("ppt_source", args.ppt_source)
+    if "ppt_source" in given and args.ppt_source != source:
+        raise TrainError(f"--ppt_source {args.ppt_source}, but --init_from {args.init_from} was "
+                         f"trained on {source}: drop the flag")
+    args.ppt_source = source
+
+
+def check_resume(path, stage, cfg, transfer, batch_flag, args):
+    """--resume continues a run only with the model and batch it was trained with."""
+    ck = peek_checkpoint(path, "--resume:")
+    if ck.get("stage") != stage:
+        raise TrainError(f"{path} is a {ck.get('stage')!r}-stage checkpoint, not {stage!r}: "
+                         "check --out_dir and --stage")
+    fix = f"resume with the flags in {Path(path).parent / 'config.json'} or use another --out_dir"
+    for k, want in asdict(cfg).items():
+        if ck["model_args"].get(k) != want:
+            raise TrainError(f"--resume: {path} holds a model with {k} {ck['model_args'].get(k)}, "
+                             f"this command asks for {k} {want}: {fix}")
+    key = batch_flag.lstrip("-")
+    if ck["config"].get(key) != getattr(args, key):
+        raise TrainError(f"--resume: {path} was trained with {batch_flag} {ck['config'].get(key)}"
+                         f", this command asks for {getattr(args, key)}: {fix}")
+    if stage == "lang" and bool(ck["config"].get("init_from")) != transfer:
+        kind = lambda t: "a transfer from stage 1" if t else "a scratch run"
+        raise TrainError(f"--resume: {path} is {kind(not transfer)}, this command asks for "
+                         f"{kind(transfer)}: {fix}")
+
+
+def check_inputs(args, given, world):
+    """The data, checkpoints and vocabularies a run will use, against each other and the flags.
+    Reads metadata only (meta.json, memory-mapped checkpoints). Sets the arm label and, with
+    --init_from, the architecture and source the checkpoint imposes."""
+    out = Path(args.out_dir)
+    do_ppt = args.stage in ("ppt", "both") and args.ppt_tokens > 0
+    models = {}
+    if do_ppt:
+        if args.ppt_source == "nca":
+            nca.band_from_args(args)
+            source_vocab = nca.config_from_args(args, seq_len=args.seq_len,
+                                                max_vocab=vocab_limit(args)).vocab_size
+            if args.train_num_rules < args.ppt_micro_batch * world:
+                raise TrainError(f"--train_num_rules {args.train_num_rules} is fewer than one "
+                                 f"micro-batch ({args.ppt_micro_batch} x {world} processes)")
+        elif args.ppt_source == "dyck":
+            import dyck
+            source_vocab = dyck.config_from_args(args, seq_len=args.seq_len).vocab_size
+        else:
+            source_vocab = load_meta(args.ppt_data)["vocab_size"]
+        vocab = args.ppt_vocab_size or source_vocab
+        if vocab < source_vocab:
+            raise TrainError(f"--ppt_vocab_size {vocab} is smaller than the {args.ppt_source} "
+                             f"source's {source_vocab} tokens")
+        if args.ppt_source == "text":
+            check_corpus(args.ppt_data, args.seq_len, vocab, "--ppt_vocab_size")
+        models["ppt"] = model_config(args, vocab, head_bias=True)
+    if args.stage in ("lang", "both"):
+        data_dir = args.data_dir or f"data/{args.domain}"
+        vocab = lang_vocab(args, data_dir)
+        check_corpus(data_dir, args.seq_len, vocab, "--vocab_size")
+        n_train = len(load_tokens(data_dir, "train"))
+        if not args.lang_tokens and n_train < args.batch_tokens:
+            raise TrainError(f"{data_dir}/train.bin has {n_train:,} tokens, less than one batch "
+                             f"of {args.batch_tokens:,}: lower --batch_tokens or set --lang_tokens")
+        if args.init_from:
+            ck = peek_checkpoint(args.init_from, "--init_from")
+            if ck["stage"] != "ppt":
+                raise TrainError(f"--init_from {args.init_from} is a {ck['stage']!r}-stage "
+                                 "checkpoint; transfer needs a stage-1 (ppt) checkpoint")
+            adopt_checkpoint_shape(args, given, ck)
+            if args.keep_embeddings and ((ck.get("vocab") or {}).get("kind") != "gpt2"
+                                         or ck["model_args"]["vocab_size"] != vocab):
+                raise TrainError(f"--keep_embeddings needs a stage-1 model on GPT-2 tokens with "
+                                 f"vocabulary {vocab}; {args.init_from} has "
+                                 f"{(ck.get('vocab') or {}).get('kind')} tokens, vocabulary "
+                                 f"{ck['model_args']['vocab_size']}")
+        elif args.keep_embeddings and models["ppt"].vocab_size != vocab:
+            raise TrainError(f"--keep_embeddings needs the same vocabulary in both stages: "
+                             f"--ppt_vocab_size gives {models['ppt'].vocab_size}, stage 2 "
+                             f"{vocab} (set --ppt_vocab_size {vocab})")
+        models["lang"] = model_config(args, vocab, head_bias=False)
+        for flag in ("reinit", "freeze"):
+            layer_range(getattr(args, f"{flag}_layers"), models["lang"].n_layer)
+    if args.arm is None:
+        transfer = do_ppt or bool(args.init_from)
+        args.arm = args.ppt_source if transfer else "scratch"
+    if args.resume:
+        if args.stage != "ppt" and (out / "ckpt.pt").exists():
+            check_resume(out / "ckpt.pt", "lang", models["lang"],
+                         bool(args.init_from) or do_ppt, "--batch_tokens", args)
+        elif do_ppt:
+            ppt_ck = (out / "ppt" if args.stage == "both" else out) / "ckpt.pt"
+            if ppt_ck.exists():
+                check_resume(ppt_ck, "ppt", models["ppt"], True, "--ppt_batch_tokens", args)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -313,11 +549,11 @@ def lang_vocab(args, data_dir):
     return v
 
 
-def load_checkpoint(path, device="cpu"):
-    if not Path(path).exists():
+def load_checkpoint(path, device="cpu", mmap=False):
+    if not Path(path).is_file():
         raise TrainError(f"checkpoint {path} not found")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as e:
         raise TrainError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}")
 
@@ -427,9 +663,70 @@ def prepare_run_dir(out, args, config):
         for f in RUN_FILES:
             (out / f).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "config.json.tmp"
+    if args.resume and (out / "ckpt.pt").exists():
+        return                            # config.json is rewritten once the checkpoint has loaded
+    if args.resume:                       # lines of an attempt that left no checkpoint
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    write_config(out, config)
+
+
+def write_config(out, config):
+    tmp = Path(out) / "config.json.tmp"
     tmp.write_text(json.dumps(config, indent=2, default=str))
-    os.replace(tmp, out / "config.json")
+    os.replace(tmp, Path(out) / "config.json")
+
+
+def lock_run_dir(out):
+    """Own a run folder for the life of the run: out/.lock, created exclusively, holds our pid
+    and host. A lock left by a process that no longer runs (same host) is stale and taken over;
+    a live one refuses this run, whatever --overwrite says. Returns (lock path, created out)."""
+    out = Path(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    path, host = out / ".lock", socket.gethostname()
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid, _, owner = path.read_text().strip().partition(" ")
+                pid = int(pid)
+            except (OSError, ValueError):     # vanished or half-written: look again
+                time.sleep(0.1)
+                continue
+            if owner == host and not _alive(pid):
+                print(f"note: {path} was left by process {pid}, which is no longer running: "
+                      "taking the folder over", file=sys.stderr)
+                path.unlink(missing_ok=True)
+                continue
+            raise TrainError(f"{out} is in use by process {pid} on {owner} ({path}): wait for it "
+                             "to finish or choose another --out_dir (if that process is gone, "
+                             "delete the lock file)")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {host}\n")
+        return path, created
+    raise TrainError(f"could not lock {out}: {path} keeps changing (another run starting?)")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:               # exists, owned by another user
+        return True
+    return True
+
+
+def unlock_run_dir(path, created):
+    """Remove our lock, and the folder if this run created it and left nothing in it."""
+    try:
+        if path.read_text().split()[0] == str(os.getpid()):
+            path.unlink()
+        if created:
+            path.parent.rmdir()
+    except OSError:
+        pass
 
 
 def start_run(out, args, stage, dist):
@@ -470,10 +767,9 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
     # shown beside every validation: stage 1 NCA, the copy-the-previous-grid accuracy; stage 2,
     # the in-context copy probe (the same sequences eval.py uses)
     copy = copy_baseline(val_batches, extra["nca"]["config"]) if grid_cfg and val_batches else {}
-    probe_vocab = TOKENIZERS.get(extra["vocab"]["kind"], (None, None))[1] if stage == "lang" \
-        else None
+    probe_ids = probe_vocab(extra["vocab"]) if stage == "lang" else None
 
-    step, metrics_path = 0, out / "metrics.jsonl"
+    step, metrics_path, resumed = 0, out / "metrics.jsonl", False
     if args.resume and (out / "ckpt.pt").exists():
         ck = load_checkpoint(out / "ckpt.pt", device)
         if ck.get("stage") != stage:
@@ -485,7 +781,9 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
         torch.set_rng_state(ck["rng"]["torch"].cpu())
         if device_type == "cuda" and ck["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ck["rng"]["cuda"].cpu())
-        step = ck["step"]
+        step, resumed = ck["step"], True
+        if master:                                  # the checkpoint loaded: now it is this run
+            write_config(out, vars(args) | {"stage": stage})
         if master and metrics_path.exists():                   # drop lines after the checkpoint
             keep = [l for l in metrics_path.read_text().splitlines()
                     if l and json.loads(l)["step"] <= step]
@@ -524,11 +822,11 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
     first_batch_hash, last_val, t_last, rates = None, None, time.perf_counter(), []
     model.train()
     while True:
-        if (step % hp["eval_interval"] == 0 or step == steps) and not (step == resumed_at
-                                                                       and step > 0):
+        if (step % hp["eval_interval"] == 0 or step == steps) and not (resumed
+                                                                       and step == resumed_at):
             last_val = evaluate(raw, val_batches, ctx, grid_cfg) | copy
-            if probe_vocab is not None:
-                p = copy_probe(raw, probe_vocab, T // 2, batch_size=micro, device=device, ctx=ctx)
+            if probe_ids is not None:
+                p = copy_probe(raw, probe_ids, T // 2, batch_size=micro, device=device, ctx=ctx)
                 last_val |= {f"probe_{k}": v for k, v in p.items()}
             rec = {"kind": "val", "step": step, "tokens": step * hp["batch_tokens"], **last_val}
             log(rec)
@@ -677,27 +975,35 @@ def autocast_ctx(args, device):
 
 def main(argv=None):
     args = parse_args(argv)
-    dist = setup_distributed(args)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    dist, locks = {"rank": rank, "world": world}, []
     try:
-        if args.stage == "lang" and args.keep_embeddings and not args.init_from:
-            raise TrainError("--keep_embeddings needs --init_from (a stage-1 text checkpoint)")
-        if args.arm is None:
-            args.arm = args.ppt_source if (args.stage != "lang" and args.ppt_tokens) or \
-                args.init_from else "scratch"
+        check_flags(args, world)                    # everything is checked before any write
+        check_inputs(args, given_flags(argv), world)
+        dist = setup_distributed(args)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         ctx = autocast_ctx(args, dist["device"])
         out = Path(args.out_dir)
         master = dist["rank"] == 0
+        do_ppt = args.stage in ("ppt", "both") and args.ppt_tokens > 0
+        ppt_out = out / "ppt" if args.stage == "both" else out
+        run_dirs = ([ppt_out] if do_ppt else []) + ([out] if args.stage != "ppt" else [])
+        for d in run_dirs:
+            check_run_dir(d, args)                          # before anything is trained
+        refusal = None
+        if master:                                          # the folders are ours until we exit
+            try:
+                for d in sorted(set(run_dirs), key=lambda d: len(d.parts)):
+                    locks.append(lock_run_dir(d))
+                for d in run_dirs:
+                    check_run_dir(d, args)                  # again, now that no one else can write
+            except TrainError as e:
+                refusal = e
+        if not _all_ok(dist, refusal is None):              # every rank stops if rank 0 must
+            raise refusal or TrainError(f"rank 0 could not take {out}")
         if master:
             print(json.dumps({k: v for k, v in vars(args).items()}, default=str))
-        do_ppt = args.stage in ("ppt", "both") and args.ppt_tokens > 0
-        if args.stage == "ppt" and not do_ppt:
-            raise TrainError("--stage ppt with --ppt_tokens 0 has nothing to train")
-        ppt_out = out / "ppt" if args.stage == "both" else out
-        for d in ([ppt_out] if do_ppt else []) + ([out] if args.stage != "ppt" else []):
-            check_run_dir(d, args)                          # before anything is trained
-        _barrier(dist)                                      # every rank checked before writes
         if args.stage == "both" and args.resume and (out / "ckpt.pt").exists():
             do_ppt = False                                  # stage 2 already started: stage 1 done
             args.init_from = str(ppt_out / "ckpt.pt") if (ppt_out / "ckpt.pt").exists() else None
@@ -714,8 +1020,19 @@ def main(argv=None):
         print(f"{rank}error: {e}", file=sys.stderr)
         raise SystemExit(2)
     finally:
+        for lock in reversed(locks):
+            unlock_run_dir(*lock)
         if dist["world"] > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _all_ok(dist, ok):
+    """False on every rank when `ok` is False on any (so a refusal on rank 0 stops them all)."""
+    if dist["world"] == 1:
+        return ok
+    flag = torch.tensor([0.0 if ok else 1.0], device=dist["device"])
+    torch.distributed.all_reduce(flag)
+    return flag.item() == 0
 
 
 def _barrier(dist):

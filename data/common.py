@@ -12,9 +12,11 @@ import fnmatch
 import functools
 import gzip
 import hashlib
+import http.client
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -92,8 +94,10 @@ def pip_download(name, timeout=600):
     sha256-checked. A verified cached copy is reused, so a second run needs no network."""
     version, filename, sha = PINNED[name]
     dest = CACHE_DIR / "pip" / filename
-    if dest.exists() and sha256_file(dest) == sha:
-        return dest
+    if dest.exists():
+        if sha256_file(dest) == sha:
+            return dest
+        print(f"note: {show(dest)} fails its sha256 check: downloading it again", file=sys.stderr)
     dest.parent.mkdir(parents=True, exist_ok=True)
     kind = ["--no-binary", ":all:"] if filename.endswith(".tar.gz") else ["--only-binary", ":all:"]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, f"{name}=={version}",
@@ -132,8 +136,11 @@ def gpt2_bpe_path(download=True):
     """.cache/gpt2.tiktoken, taken from the pinned openai-whisper sdist when absent.
     The file is byte-identical to tiktoken's r50k_base.tiktoken (same sha256)."""
     path = CACHE_DIR / "gpt2.tiktoken"
-    if path.exists() and sha256_file(path) == GPT2_SHA256:
-        return path
+    if path.exists():
+        if sha256_file(path) == GPT2_SHA256:
+            return path
+        if download:  # a damaged cache heals: it is rebuilt from the pinned sdist
+            print(f"note: {show(path)} fails its sha256 check: rebuilding it", file=sys.stderr)
     if not download:
         raise DataError(f"{show(path)} is missing or corrupt: run python data/web/prepare.py")
     _write_atomic(path, read_member(pip_download("openai-whisper"), GPT2_MEMBER, GPT2_SHA256))
@@ -229,10 +236,13 @@ class TokenWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         self.f = open(self.tmp, "wb")
-        self.sha, self.tokens, self.docs = hashlib.sha256(), 0, 0
+        self.sha, self.tokens, self.docs, self.max_token = hashlib.sha256(), 0, 0, 0
 
     def write(self, tokens, n_docs):
-        data = np.ascontiguousarray(tokens, dtype=np.uint16).tobytes()
+        tokens = np.ascontiguousarray(tokens, dtype=np.uint16)
+        if len(tokens):
+            self.max_token = max(self.max_token, int(tokens.max()))
+        data = tokens.tobytes()
         self.f.write(data)
         self.sha.update(data)
         self.tokens += len(data) // 2
@@ -249,11 +259,13 @@ class TokenWriter:
 
 def write_dataset(out_dir, writers, meta, tokenizer="gpt2"):
     """Commit the split files, then meta.json last: a crash in between leaves a size mismatch
-    that load_tokens() reports, never silently wrong data."""
+    that load_tokens() reports, never silently wrong data. max_token (the largest id) lets
+    train.py and eval.py check the ids against a model's vocabulary without reading the files."""
     vocab, eot = TOKENIZERS[tokenizer]
     meta = {**meta, "documents": {s: w.docs for s, w in writers.items()},
             "tokens": {s: w.tokens for s, w in writers.items()},
             "sha256": {s: w.sha.hexdigest() for s, w in writers.items()},
+            "max_token": max(w.max_token for w in writers.values()),
             "vocab_size": vocab, "eot": eot, "dtype": DTYPE, "tokenizer": tokenizer}
     for w in writers.values():
         w.commit()
@@ -297,8 +309,14 @@ def _fix_command(data_dir):
     return f"python {show(script)}{flag} --out_dir {show(d)}"
 
 
+def _is_count(x):
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
 def load_meta(data_dir):
-    """meta.json of a prepared folder, checked to describe uint16 tokens of a known tokenizer."""
+    """meta.json of a prepared folder, checked to describe uint16 token files of any tokenizer:
+    a vocab_size that uint16 ids can index, eot (and max_token, when recorded) below it, and
+    token counts per split."""
     path = Path(data_dir) / "meta.json"
     fix = _fix_command(data_dir)
     if not path.exists():
@@ -307,18 +325,46 @@ def load_meta(data_dir):
         meta = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError):
         raise DataError(f"{show(path)} is not valid JSON: run {fix}") from None
-    tokenizer = meta.get("tokenizer", "gpt2") if isinstance(meta, dict) else None
-    if tokenizer not in TOKENIZERS:
-        raise DataError(f"{show(path)} has tokenizer={tokenizer!r}, expected one of "
-                        f"{', '.join(TOKENIZERS)}: run {fix}")
-    vocab, eot = TOKENIZERS[tokenizer]
-    expect = {"dtype": DTYPE, "vocab_size": vocab, "eot": eot}
-    for key, want in expect.items():
-        if meta.get(key) != want:
-            raise DataError(f"{show(path)} has {key}={meta.get(key)!r}, expected {want!r}: run {fix}")
-    if not isinstance(meta.get("tokens"), dict):
+    if not isinstance(meta, dict):
+        raise DataError(f"{show(path)} holds {json.dumps(meta)[:40]}, not the JSON object "
+                        f"prepare.py writes: run {fix}")
+
+    def bad(key, want):
+        return DataError(f"{show(path)} has {key}={meta.get(key)!r}, expected {want}: run {fix}")
+    if meta.get("dtype") != DTYPE:
+        raise bad("dtype", repr(DTYPE))
+    vocab = meta.get("vocab_size")
+    if not _is_count(vocab) or not 0 < vocab <= 1 << 16:
+        raise bad("vocab_size", "a whole number from 1 to 65,536 (uint16 ids)")
+    if not isinstance(meta.get("tokenizer", ""), str):
+        raise bad("tokenizer", "a tokenizer name")
+    for key in ("eot", "max_token"):  # max_token is absent from folders prepared before it existed
+        if (key == "eot" or key in meta) and not (_is_count(meta.get(key)) and meta[key] < vocab):
+            raise bad(key, f"a token id below vocab_size {vocab:,}")
+    tokens = meta.get("tokens")
+    if not isinstance(tokens, dict) or not all(_is_count(n) for n in tokens.values()):
         raise DataError(f"{show(path)} has no token counts: run {fix}")
     return meta
+
+
+# Folders prepared before meta.json recorded max_token are scanned for it when at most this many
+# tokens (512 MB, about a second); larger ones are refused with the command that records it.
+SCAN_LIMIT = 1 << 28
+
+
+def max_token(data_dir):
+    """The largest token id in a prepared folder (both splits), for checking it against a
+    model's vocabulary before training: meta.json's max_token, else a scan of small files."""
+    meta = load_meta(data_dir)
+    if "max_token" in meta:
+        return meta["max_token"]
+    n = sum(meta["tokens"].values())
+    if n > SCAN_LIMIT:
+        reuse = " (downloaded shards in raw/ are reused)" if meta.get("source") == "hf" else ""
+        raise DataError(f"{show(Path(data_dir) / 'meta.json')} has no max_token (it predates "
+                        f"it) and {n:,} tokens are too many to scan at each start: run "
+                        f"{_fix_command(data_dir)} to record it{reuse}")
+    return max(int(load_tokens(data_dir, s).max()) for s in meta["tokens"])
 
 
 def load_tokens(data_dir, split):
@@ -357,23 +403,65 @@ def _open(url, token=None, headers=None, timeout=60):
     if token:
         h["Authorization"] = f"Bearer {token}"
     opener = urllib.request.build_opener(_DropAuthOnRedirect)
-    try:
-        return opener.open(urllib.request.Request(url, headers=h), timeout=timeout)
-    except (urllib.error.URLError, OSError) as e:
-        raise DataError(f"cannot fetch {url}: {getattr(e, 'reason', e)}") from None
+    return opener.open(urllib.request.Request(url, headers=h), timeout=timeout)
 
 
-def hf_list_files(endpoint, repo_id, pattern, revision="main", token=None):
+RETRIES = 4                            # further attempts after a transient failure
+RETRY_STATUS = (429, 500, 502, 503, 504)
+
+
+def _transient(e):
+    """A failure worth retrying: a dropped or refused connection, a timeout, a truncated body,
+    429 (rate limit) or a 5xx. A 404 or 401 will not change on a second try."""
+    if isinstance(e, urllib.error.HTTPError):
+        return e.code in RETRY_STATUS
+    return isinstance(e, (urllib.error.URLError, http.client.HTTPException, ConnectionError,
+                          TimeoutError, ssl.SSLError, json.JSONDecodeError))
+
+
+def _reason(e):
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code} {e.reason}"
+    return str(getattr(e, "reason", None) or e or type(e).__name__).splitlines()[0]
+
+
+def _with_retries(what, attempt, retries):
+    """attempt() until it succeeds, waiting 1, 2, 4, ... s (at most 30 s, or the server's
+    Retry-After) between tries of a transient failure; then one DataError line."""
+    for i in range(retries + 1):
+        try:
+            return attempt()
+        except Exception as e:
+            if not _transient(e):
+                if isinstance(e, (urllib.error.URLError, http.client.HTTPException)):
+                    raise DataError(f"cannot fetch {what}: {_reason(e)}") from None
+                raise
+            if i == retries:
+                raise DataError(f"cannot fetch {what}: {_reason(e)} (gave up after {retries + 1} "
+                                "attempts)") from None
+            wait = min(30, 2 ** i)
+            after = getattr(e, "headers", None) and e.headers.get("Retry-After")
+            if after and after.isdigit():
+                wait = min(60, int(after))
+            print(f"note: fetching {what}: {_reason(e)}; retry {i + 1} of {retries} in {wait}s",
+                  file=sys.stderr)
+            time.sleep(wait)
+
+
+def hf_list_files(endpoint, repo_id, pattern, revision="main", token=None, retries=RETRIES):
     """Files of a Hub dataset whose path matches the glob `pattern`, via the tree API
     (paginated by the Link header). Each is a dict with path, size and lfs.oid (sha256)."""
     top = pattern.split("*")[0].rpartition("/")[0]  # list only the folder the pattern lives in
     url = (f"{endpoint.rstrip('/')}/api/datasets/{repo_id}/tree/{urllib.parse.quote(revision, safe='')}"
            + (f"/{urllib.parse.quote(top)}" if top else "") + "?recursive=true")
     files = []
-    while url:
+
+    def page():
         with _open(url, token) as r:
-            page, link = json.load(r), r.headers.get("Link", "")
-        files += [f for f in page if f.get("type") == "file" and fnmatch.fnmatch(f["path"], pattern)]
+            return json.load(r), r.headers.get("Link", "")
+    while url:
+        entries, link = _with_retries(url, page, retries)
+        files += [f for f in entries if f.get("type") == "file" and fnmatch.fnmatch(f["path"], pattern)]
         nxt = re.search(r'<([^>]+)>;\s*rel="next"', link)
         url = urllib.parse.urljoin(url, nxt.group(1)) if nxt else None
     if not files:
@@ -391,9 +479,10 @@ def _verify(path, info):
     return h.hexdigest() == info.get("oid")
 
 
-def hf_download(endpoint, repo_id, info, raw_dir, revision="main", token=None):
-    """Download one listed file into raw_dir (resuming a .part file with HTTP Range) and verify
-    its sha256 against the listing. A verified earlier download is reused."""
+def hf_download(endpoint, repo_id, info, raw_dir, revision="main", token=None, retries=RETRIES):
+    """Download one listed file into raw_dir and verify its sha256 against the listing. Bytes
+    arrive in a .part file; a dropped connection or server error is retried with backoff,
+    resuming with HTTP Range from what the .part file holds. A verified earlier download is reused."""
     from tqdm import tqdm
 
     dest = Path(raw_dir) / repo_id.replace("/", "__") / info["path"]
@@ -402,20 +491,26 @@ def hf_download(endpoint, repo_id, info, raw_dir, revision="main", token=None):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    if have >= size:
-        part.unlink(missing_ok=True)
-        have = 0
     url = (f"{endpoint.rstrip('/')}/datasets/{repo_id}/resolve/"
            f"{urllib.parse.quote(revision, safe='')}/{urllib.parse.quote(info['path'])}")
-    with _open(url, token, {"Range": f"bytes={have}-"} if have else None) as r:
-        if r.status != 206:
-            have = 0  # server ignored the Range header: start over
-        with open(part, "ab" if have else "wb") as f, \
-                tqdm(total=size, initial=have, unit="B", unit_scale=True, desc=info["path"], leave=False) as bar:
-            for chunk in iter(lambda: r.read(1 << 20), b""):
-                f.write(chunk)
-                bar.update(len(chunk))
+
+    def attempt():
+        have = part.stat().st_size if part.exists() else 0
+        if have >= size:
+            part.unlink(missing_ok=True)
+            have = 0
+        with _open(url, token, {"Range": f"bytes={have}-"} if have else None) as r:
+            if r.status != 206:
+                have = 0  # server ignored the Range header: start over
+            with open(part, "ab" if have else "wb") as f, \
+                    tqdm(total=size, initial=have, unit="B", unit_scale=True, desc=info["path"], leave=False) as bar:
+                for chunk in iter(lambda: r.read(1 << 20), b""):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        got = part.stat().st_size
+        if got < size:  # the connection closed early without an error (http.client allows it)
+            raise http.client.IncompleteRead(b"", size - got)
+    _with_retries(f"{repo_id}/{info['path']}", attempt, retries)
     if not _verify(part, info):
         part.unlink()
         raise DataError(f"{repo_id}/{info['path']} failed its sha256 check (partial file deleted)")
@@ -456,7 +551,7 @@ def _batches(texts, size):
 
 
 def prepare_hf(out_dir, hf, endpoint, revision, token, val_fraction, seed, max_tokens=None,
-               max_val_tokens=None, num_proc=1, batch_docs=256, meta=None):
+               max_val_tokens=None, num_proc=1, batch_docs=256, meta=None, retries=RETRIES):
     """Stream Hub shards -> tokens -> train.bin/val.bin/meta.json under out_dir (shards in out_dir/raw/).
     `hf` = {"train": (repo, glob), "val": (repo, glob) or None, "column": name, "licence": str}.
     Without a val source, each document goes to val with probability val_fraction, drawn from a
@@ -484,10 +579,11 @@ def prepare_hf(out_dir, hf, endpoint, revision, token, val_fraction, seed, max_t
     bar = tqdm(unit="tok", unit_scale=True, desc="tokenizing")
     try:
         for target, (repo, pattern) in sources:
-            for shard, info in enumerate(hf_list_files(endpoint, repo, pattern, revision, token)):
+            for shard, info in enumerate(hf_list_files(endpoint, repo, pattern, revision, token,
+                                                       retries)):
                 if full(target or "train"):
                     break
-                path = hf_download(endpoint, repo, info, out_dir / "raw", revision, token)
+                path = hf_download(endpoint, repo, info, out_dir / "raw", revision, token, retries)
                 used.append({"repo": repo, "path": info["path"], "sha256": info.get("lfs", {}).get("oid")})
                 rng = np.random.default_rng([seed, shard])
                 jobs = []
@@ -549,7 +645,16 @@ def prepare_main(domain, doc, embedded, hf, argv=None):
                    help="hf: Hub URL (default: $HF_ENDPOINT or https://huggingface.co)")
     p.add_argument("--revision", default="main", help="hf: dataset git revision (pin a commit sha to reproduce)")
     p.add_argument("--hf_token", default=os.environ.get("HF_TOKEN"), help="hf: access token (default: $HF_TOKEN)")
+    p.add_argument("--retries", type=int, default=RETRIES,
+                   help="hf: further tries of a request after a dropped connection, timeout, 429 or 5xx "
+                        "(waiting 1, 2, 4, ... s; a download resumes where it stopped)")
+    p.error = lambda message: p.exit(2, f"error: {message} (see --help)\n")  # one line, no usage block
     args = p.parse_args(argv)
+    for name, lo in (("num_proc", 1), ("retries", 0), ("max_tokens", 1), ("max_val_tokens", 1)):
+        if getattr(args, name) is not None and getattr(args, name) < lo:
+            p.error(f"--{name} must be at least {lo}, got {getattr(args, name)}")
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        p.error(f"--val_fraction must be between 0 and 1, got {args.val_fraction}")
     emb = args.source == "embedded"
     if args.tokenizer == "bytes" and not emb:
         p.error("--tokenizer bytes is for the embedded corpora (CPU scale); full-scale Hub "
@@ -563,6 +668,7 @@ def prepare_main(domain, doc, embedded, hf, argv=None):
         args.max_val_tokens = max(1, args.max_tokens // 10)
     print("config:", json.dumps({k: ("***" if k == "hf_token" and v else v) for k, v in vars(args).items()}))
     t0 = time.time()
+    created = not Path(args.out_dir).exists()
     try:
         if emb:
             docs, meta = embedded()
@@ -572,8 +678,10 @@ def prepare_main(domain, doc, embedded, hf, argv=None):
         else:
             meta = prepare_hf(args.out_dir, hf, args.endpoint, args.revision, args.hf_token,
                               args.val_fraction, args.seed, args.max_tokens, args.max_val_tokens, args.num_proc,
-                              meta={"domain": domain})
+                              meta={"domain": domain}, retries=args.retries)
     except DataError as e:
+        if created and Path(args.out_dir).exists() and not any(Path(args.out_dir).iterdir()):
+            Path(args.out_dir).rmdir()  # a failed first run leaves no empty folder behind
         retry = " ".join(["python", show(sys.argv[0]) if argv is None else f"data/{domain}/prepare.py",
                           *(sys.argv[1:] if argv is None else argv)])
         sys.exit(f"error: {e} (nothing was overwritten; retry: {retry})")

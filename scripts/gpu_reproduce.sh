@@ -11,7 +11,8 @@ SEED=${SEED:-0}
 LANG_TOKENS=${LANG_TOKENS:-2621440000}        # 5,000 steps of 524,288 tokens per run
 DATA_TOKENS=${DATA_TOKENS:-3000000000}        # tokens to prepare per domain
 for d in web math code; do
-  [ -f "data/$d/meta.json" ] && grep -q '"source": "hf"' "data/$d/meta.json" ||
+  [ -f "data/$d/meta.json" ] && grep -q '"source": "hf"' "data/$d/meta.json" &&
+    grep -q '"max_token"' "data/$d/meta.json" ||
     python "data/$d/prepare.py" --source hf --max_tokens "$DATA_TOKENS" --num_proc 16
 done
 for band in web code; do

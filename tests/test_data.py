@@ -193,10 +193,28 @@ def shard(texts):
 class FakeHub(http.server.BaseHTTPRequestHandler):
     files = {}  # repo -> {path: bytes}
     lfs = True
+    faults = []  # (kind, what): the next request of kind "api" or "cdn" gets status `what`, or
+    ranges = []  # with "drop" half its body and a closed connection; the cdn's Range headers
+
+    def fault(self, kind):
+        for i, (k, what) in enumerate(self.faults):
+            if k == kind:
+                return self.faults.pop(i)[1]
+        return None
 
     def do_GET(self):
         url = urllib.parse.urlsplit(self.path)
         parts = urllib.parse.unquote(url.path).split("/")
+        if parts[1] == "cdn":
+            self.ranges.append(self.headers.get("Range"))
+        fault = self.fault({"api": "api", "cdn": "cdn"}.get(parts[1]))
+        if isinstance(fault, int):
+            self.send_response(fault)
+            if fault == 429:
+                self.send_header("Retry-After", "3")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if parts[1:3] == ["api", "datasets"]:  # /api/datasets/{org}/{name}/tree/{rev}/{path}
             files = sorted(self.files["/".join(parts[3:5])].items())
             page = int(urllib.parse.parse_qs(url.query).get("page", ["0"])[0])
@@ -220,7 +238,8 @@ class FakeHub(http.server.BaseHTTPRequestHandler):
             body = b""
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        # "drop": the whole body promised, half sent, the connection closed (HTTP/1.0)
+        self.wfile.write(body[:len(body) // 2] if fault == "drop" else body)
 
     def entry(self, path, data):
         if self.lfs:
@@ -235,7 +254,7 @@ class FakeHub(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def hub():
-    FakeHub.lfs = True
+    FakeHub.lfs, FakeHub.faults, FakeHub.ranges = True, [], []
     FakeHub.files = {
         "allenai/c4": {
             "en/c4-train.00000-of-00002.json.gz": shard([f"Train document {i}." for i in range(300)]),
@@ -311,11 +330,55 @@ def test_prepare_script_cli_against_fake_hub(hub, tmp_path):
     assert r.returncode == 0, r.stderr
     assert load_meta(out)["documents"]["val"] == 2
     r = subprocess.run([sys.executable, str(ROOT / "data" / "c4" / "prepare.py"), "--source", "hf",
-                        "--endpoint", "http://127.0.0.1:9", "--out_dir", str(out)],
+                        "--endpoint", "http://127.0.0.1:9", "--out_dir", str(out), "--retries", "1"],
                        capture_output=True, text=True, timeout=60)
-    last = r.stderr.strip().splitlines()[-1]  # (above it: the progress bar)
+    last = r.stderr.strip().splitlines()[-1]  # (above it: the progress bar and the retry note)
     assert r.returncode == 1 and last.startswith("error: cannot fetch") and "retry: python" in last
+    assert "(gave up after 2 attempts)" in last and "Traceback" not in r.stderr
     assert load_meta(out)["documents"]["val"] == 2  # the failed run kept the earlier output
+
+
+def test_hub_download_resumes_after_a_dropped_connection_and_server_errors(hub, tmp_path, monkeypatch,
+                                                                         capsys):
+    waits = []
+    monkeypatch.setattr(common.time, "sleep", waits.append)
+    info = common.hf_list_files(hub, "allenai/c4", "en/c4-train.*.json.gz")[0]
+    data = FakeHub.files["allenai/c4"][info["path"]]
+    FakeHub.faults = [("cdn", "drop"), ("cdn", 503), ("cdn", "drop")]
+    dest = common.hf_download(hub, "allenai/c4", info, tmp_path)
+    assert dest.read_bytes() == data and not dest.with_name(dest.name + ".part").exists()
+    half = len(data) // 2
+    three_quarters = half + (len(data) - half) // 2
+    assert FakeHub.ranges == [None, f"bytes={half}-", f"bytes={half}-", f"bytes={three_quarters}-"]
+    assert waits == [1, 2, 4]                                  # backoff between the four tries
+    assert capsys.readouterr().err.count("note: fetching allenai/c4/en/c4-train") == 3
+
+
+def test_hub_listing_retries_and_honours_retry_after(hub, monkeypatch):
+    waits = []
+    monkeypatch.setattr(common.time, "sleep", waits.append)
+    FakeHub.faults = [("api", 503), ("api", 429), ("api", "drop")]
+    files = common.hf_list_files(hub, "allenai/c4", "en/c4-train.*.json.gz")
+    assert len(files) == 2 and waits == [1, 3, 4]       # 429: the server's Retry-After
+
+
+def test_hub_gives_up_in_one_line(hub, tmp_path, monkeypatch):
+    waits = []
+    monkeypatch.setattr(common.time, "sleep", waits.append)
+    info = common.hf_list_files(hub, "allenai/c4", "en/c4-train.*.json.gz")[0]
+    FakeHub.faults = [("cdn", "drop")] * 3
+    with pytest.raises(DataError, match=r"cannot fetch allenai/c4/en/c4-train.* \(gave up after 3 "
+                                        r"attempts\)$") as e:
+        common.hf_download(hub, "allenai/c4", info, tmp_path, retries=2)
+    assert "\n" not in str(e.value) and waits == [1, 2]
+    part = tmp_path / "allenai__c4" / (info["path"] + ".part")
+    assert 0 < part.stat().st_size < info["lfs"]["size"]       # kept: the next run resumes it
+    FakeHub.faults = [("cdn", 404)]                             # not transient: no retry
+    with pytest.raises(DataError, match="HTTP 404"):
+        common.hf_download(hub, "allenai/c4", info, tmp_path)
+    assert waits == [1, 2]
+    assert common.hf_download(hub, "allenai/c4", info, tmp_path).read_bytes() == \
+        FakeHub.files["allenai/c4"][info["path"]]
 
 
 def test_parquet_reader(tmp_path):
