@@ -41,13 +41,17 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "
 
 # Presets set defaults; any flag given on the command line wins.
 PRESETS = {
-    # The whole two-stage pipeline on a 2-core CPU in minutes (the README's quick start).
+    # The whole two-stage pipeline on a 2-core CPU in minutes (the README's quick start): a
+    # 4-colour NCA on an 8x8 grid, which a tiny model learns beyond copying in a few minutes,
+    # then byte-level text (--domain web_bytes), which it learns beyond a bigram model
+    # (docs/method.md, 'CPU-scale setting').
     "cpu": dict(size="tiny", seq_len=256, dtype="float32",
-                ppt_tokens=1_048_576, ppt_batch_tokens=8192, ppt_micro_batch=16, ppt_lr=1e-3,
+                num_colors=4, grid=8, band="cpu-web",
+                ppt_tokens=1_048_576, ppt_batch_tokens=8192, ppt_micro_batch=16, ppt_lr=2e-3,
                 ppt_warmup_frac=0.1, ppt_schedule="cosine", ppt_vocab_size=0, ppt_eval_interval=32,
                 ppt_val_seqs=64, train_num_rules=2048, val_num_rules=128,
-                lang_tokens=131_072, batch_tokens=4096, micro_batch=16,
-                lr=2e-3, eval_interval=8, eval_tokens=16_384, log_interval=4),
+                lang_tokens=1_310_720, batch_tokens=4096, micro_batch=16,
+                lr=2e-3, eval_interval=32, eval_tokens=16_384, log_interval=16),
     # One GPU, GPT-2-small class: the paper's 164M NCA tokens, then language pre-training.
     "gpu": dict(size="small", seq_len=1024, dtype="auto", compile=True,
                 ppt_tokens=163_840_000, ppt_batch_tokens=32768, ppt_micro_batch=32,

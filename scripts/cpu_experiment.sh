@@ -13,10 +13,10 @@ TOKENIZER=${TOKENIZER:-bytes}
 OUT=${OUT:-out/cpu-$TOKENIZER}
 SEEDS=${SEEDS:-"0 1 2 3 4"}
 JOBS=${JOBS:-2}
-PPT_TOKENS=${PPT_TOKENS:-}           # empty: the cpu preset's stage-1 budget
-LANG_TOKENS=${LANG_TOKENS:-}         # empty: the cpu preset's stage-2 budget
-BAND_WEB=${BAND_WEB:-web}            # stage-1 band for web and math (paper: gzip ratio 0.5-1.0)
-BAND_CODE=${BAND_CODE:-code}         # and for code (paper: 0.3-0.4)
+PPT_TOKENS=${PPT_TOKENS:-786432}     # 96 steps of 8,192 NCA tokens (empty: the cpu preset's)
+LANG_TOKENS=${LANG_TOKENS:-1048576}  # 256 steps of 4,096 bytes (empty: the cpu preset's)
+BAND_WEB=${BAND_WEB:-cpu-web}        # stage-1 band for web and math (the paper's 0.5-1.0 at the cpu setting)
+BAND_CODE=${BAND_CODE:-cpu-code}      # and for code (the paper's 0.3-0.4 at the cpu setting)
 EVAL_TOKENS=${EVAL_TOKENS:-16384}
 suffix=$([ "$TOKENIZER" = bytes ] && echo _bytes || echo "")
 COMMON="--preset cpu --resume --eval_tokens $EVAL_TOKENS"
