@@ -13,6 +13,7 @@ Read top to bottom:
   8. pictures, stats, benchmark - the command line (`python nca.py --help`)
 """
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -201,6 +202,28 @@ def seed_sequence(seed, start, count):
     return _srl(mix64(stream_key(seed, 7) + c * _GAMMA), 1)
 
 
+@contextlib.contextmanager
+def full_precision():
+    """float32 matmuls at full precision inside NCA generation, whatever the caller set globally
+    (train.py allows TF32 for the model). At T = 1e-4 a logit error of 1e-3 (TF32, or bf16
+    matmuls on CPU) changes which cells are near a tie, so most trajectories and some gzip scores
+    would depend on the device and on those settings. The caller's settings are restored."""
+    per_backend = [b for b in (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)
+                   if hasattr(b, "fp32_precision")]             # PyTorch >= 2.9
+    saved = [b.fp32_precision for b in per_backend]
+    try:
+        before = torch.get_float32_matmul_precision()
+    except RuntimeError:    # >= 2.9 after old and new settings were mixed: ask the CUDA flag
+        before = "high" if torch.backends.cuda.matmul.allow_tf32 else "highest"
+    torch.set_float32_matmul_precision("highest")   # the old and the new settings, consistently
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+        for b, v in zip(per_backend, saved):
+            b.fp32_precision = v
+
+
 # -----------------------------------------------------------------------------------------------
 # 3. Rules (SPEC.md §2.2-2.3)
 #
@@ -277,6 +300,7 @@ class RuleBatch:
     Same function as the official network (tests check it against the official logits); 4x fewer
     operations than a grouped convolution over the one-hot grid."""
 
+    @full_precision()
     def __init__(self, params):
         w0, w1 = params["w0"], params["w1"]
         R, n = w0.shape[0], w0.shape[2] - 2
@@ -295,6 +319,7 @@ class RuleBatch:
         self.has_b2 = bool(self.b2.any())                        # zero for every sampled rule
         self.R, self.n, self.device = R, n, w0.device
 
+    @full_precision()
     def logits(self, state):
         """(R, H, W) integer grid -> (R, n, H, W) logits."""
         R, H, W = state.shape
@@ -343,14 +368,15 @@ def init_state(traj_seeds, cfg, device="cpu"):
 NEGLIGIBLE = 20.0
 
 
-def step(rules, state, key, t, cfg):
+def step(rules, state, key, t, cfg, dense=None):
     """One update of every grid: s' ~ Categorical(softmax((logits + b*onehot(s)) / T)).
 
     Gumbel-max (the official sampler) needs n uniforms per cell. We draw the same categorical by
     inversion with one uniform, and only where it matters: at T = 1e-4 all but ~0.3% of cells
     have a top logit more than 20*T above every other, so their next state is the argmax (up to
     the e^-20 above). Only the uncertain cells get a random number (SPEC.md §2.4: we sample,
-    we do not take the argmax)."""
+    we do not take the argmax). dense (default on CUDA): compute the draw of every cell and keep
+    it where uncertain, the same numbers without nonzero(), which would stall the GPU each step."""
     z = rules.logits(state)                                                   # (R, n, H, W)
     colors = torch.arange(rules.n, device=z.device, dtype=state.dtype).view(1, -1, 1, 1)
     if cfg.identity_bias:
@@ -360,7 +386,15 @@ def step(rules, state, key, t, cfg):
     top = z.amax(1, keepdim=True)
     close = (z > top - NEGLIGIBLE * cfg.temperature).view(torch.uint8)      # the argmax and ties
     nxt = (close * colors.to(torch.uint8)).sum(1, dtype=state.dtype)        # argmax when alone
-    r, i, j = (close.sum(1, dtype=torch.uint8) > 1).nonzero(as_tuple=True)
+    uncertain = close.sum(1, dtype=torch.uint8) > 1
+    if z.is_cuda if dense is None else dense:
+        zc = z.permute(0, 2, 3, 1).double()                                   # (R, H, W, n)
+        cdf = torch.exp((zc - zc.amax(-1, keepdim=True)) / cfg.temperature).cumsum(-1)
+        cell = torch.arange(cfg.grid * cfg.grid, device=z.device).view(cfg.grid, cfg.grid)
+        u = uniform(key.view(-1, 1, 1), t * (cfg.grid * cfg.grid) + cell)
+        drawn = (cdf < (u * cdf[..., -1]).unsqueeze(-1)).sum(-1).to(state.dtype)
+        return torch.where(uncertain, drawn, nxt)
+    r, i, j = uncertain.nonzero(as_tuple=True)
     if len(r):
         zc = z.permute(0, 2, 3, 1)[r, i, j].double()                          # (m, n)
         cdf = torch.exp((zc - zc.amax(1, keepdim=True)) / cfg.temperature).cumsum(1)
@@ -469,6 +503,7 @@ def gzip_scores(frames, cfg):
                        count=len(tok))
 
 
+@full_precision()
 def score_rules(seeds, cfg, device="cpu", batch=2048):
     """gzip scores of rules, each on one filter trajectory: frames s_10..s_19 from an initial grid
     of its own (not the one used for training; SPEC.md §13.6)."""
@@ -524,7 +559,7 @@ def filter_rules(cfg, band, num_rules, seed=0, device="cpu", batch=2048, progres
     bank = RuleBank(np.concatenate(seeds), np.concatenate(scores), (lo, hi), drawn)
     if cache:
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")     # one per process
         np.savez(tmp, seeds=bank.seeds, scores=bank.scores, candidates=drawn)
         os.replace(tmp, path)
     return bank
@@ -538,16 +573,22 @@ def _tqdm(**kw):
 # -----------------------------------------------------------------------------------------------
 # 7. Training sequences and the batch stream (SPEC.md §3.2, §5)
 
-def make_sequences(rule_seeds, traj_seeds, cfg, device="cpu", mask_delimiters=False):
+@full_precision()
+def make_sequences(rule_seeds, traj_seeds, cfg, device="cpu", mask_delimiters=False,
+                   rule_params=None):
     """Token sequences and labels for (rule, trajectory) pairs: inputs (B, seq_len), labels
     (B, seq_len). As the official NCADataset: the labels of the first grid are ignored (37
     positions for the default sequence), delimiter tokens ARE trained (SPEC.md §13.7) unless
-    mask_delimiters."""
-    def part(rule_seeds, traj_seeds):
-        rules = RuleBatch(sample_rules(rule_seeds, cfg.num_colors, device))
-        tok = tokenize(rollout(rules, traj_seeds, cfg, cfg.frames), cfg)     # (B, F * grid_len)
-        return inputs_and_labels(tok, cfg, mask_delimiters)
-    return _split(device, part, torch.as_tensor(rule_seeds, dtype=torch.int64).reshape(-1),
+    mask_delimiters. rule_params: the rules' parameters if already sampled
+    (sample_rules(rule_seeds)), e.g. rows of a bank kept on the device."""
+    rule_seeds = torch.as_tensor(rule_seeds, dtype=torch.int64).reshape(-1)
+
+    def part(i, traj_seeds):
+        params = sample_rules(rule_seeds[i], cfg.num_colors, device) if rule_params is None \
+            else {k: v[i.to(v.device)] for k, v in rule_params.items()}
+        tok = tokenize(rollout(RuleBatch(params), traj_seeds, cfg, cfg.frames), cfg)
+        return inputs_and_labels(tok, cfg, mask_delimiters)                # (B, F * grid_len)
+    return _split(device, part, torch.arange(len(rule_seeds)),
                   torch.as_tensor(traj_seeds, dtype=torch.int64).reshape(-1))
 
 
@@ -585,13 +626,14 @@ class NCABatches:
         self.mode, self.mask_delimiters, self.rank, self.world = mode, mask_delimiters, rank, world_size
         self.chunk = chunk_batches or (64 if str(device).startswith("cuda") else 4)
         self.epoch, self.index, self.progress = 0, 0, progress
-        self._rules, self._order, self._buffer = None, None, []
+        self._rules, self._params, self._order, self._buffer = None, None, None, []
 
     def state_dict(self):
         return {"epoch": self.epoch, "index": self.index}
 
     def load_state_dict(self, d):
         self.epoch, self.index, self._order, self._buffer = d["epoch"], d["index"], None, []
+        self._params = None
 
     def per_epoch(self):
         return len(self.bank.seeds) // self.world // self.B * self.B
@@ -608,10 +650,14 @@ class NCABatches:
             g = torch.Generator().manual_seed(int(stream_key(self.seed, 9, self.epoch)) & _M63)
             self._rules = torch.as_tensor(self._epoch_rules(), dtype=torch.int64)
             self._order = torch.randperm(len(self._rules), generator=g)[self.rank::self.world]
+            if self._params is None or self.mode == "fresh_rules":   # once per bank, not per chunk
+                self._params = sample_rules(self._rules, self.cfg.num_colors, self.device)
         n = min(self.chunk * self.B, self.per_epoch() - self.index)
         pos = self._order[self.index:self.index + n]
         traj = stream_key(pos, 6, self.seed, self.epoch)      # one trajectory per (epoch, rule)
-        x, y = make_sequences(self._rules[pos], traj, self.cfg, self.device, self.mask_delimiters)
+        on_device = pos.to(self.device)
+        x, y = make_sequences(self._rules[pos], traj, self.cfg, self.device, self.mask_delimiters,
+                              rule_params={k: v[on_device] for k, v in self._params.items()})
         self._buffer = list(zip(x.split(self.B), y.split(self.B)))
 
     def __iter__(self):
