@@ -208,7 +208,8 @@ def full_precision():
     (train.py allows TF32 for the model). At T = 1e-4 a logit error of 1e-3 (TF32, or bf16
     matmuls on CPU) changes which cells are near a tie, so most trajectories and some gzip scores
     would depend on the device and on those settings. The caller's settings are restored."""
-    per_backend = [b for b in (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)
+    per_backend = [b for b in (torch.backends.cuda.matmul,
+                               getattr(torch.backends.mkldnn, "matmul", None))
                    if hasattr(b, "fp32_precision")]             # PyTorch >= 2.9
     saved = [b.fp32_precision for b in per_backend]
     try:
@@ -403,9 +404,9 @@ def step(rules, state, key, t, cfg, dense=None):
     return nxt
 
 
-def rollout(rules, traj_seeds, cfg, num_frames, start=None):
+def rollout(rules, traj_seeds, cfg, num_frames, start=None, dense=None):
     """Frames s_start, s_start+dT, ... (num_frames of them) for each (rule, trajectory) pair.
-    Frame t is the state before update t (as the official rollout records it)."""
+    Frame t is the state before update t (as the official rollout records it). dense: see step."""
     start = cfg.init_rollout_steps if start is None else start
     device = rules.device
     seeds = torch.as_tensor(traj_seeds, dtype=torch.int64).reshape(-1)
@@ -417,7 +418,7 @@ def rollout(rules, traj_seeds, cfg, num_frames, start=None):
             frames.append(state)
             if len(frames) == num_frames:
                 break
-        state = step(rules, state, key, t, cfg)
+        state = step(rules, state, key, t, cfg, dense)
     return torch.stack(frames, dim=1)                                        # (R, F, H, W)
 
 
@@ -526,14 +527,19 @@ class RuleBank:
     candidates: int = 0
 
 
+def bank_path(cfg, band, num_rules, seed):
+    """The cache file of a rule bank, keyed by every setting that changes which rules pass."""
+    key = json.dumps({"cfg": cfg.settings(), "band": list(band), "num_rules": num_rules,
+                      "seed": seed, "version": 1}, sort_keys=True)
+    return CACHE_DIR / f"bank-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+
 def filter_rules(cfg, band, num_rules, seed=0, device="cpu", batch=2048, progress=True,
                  cache=True, max_candidates=None):
     """Draw candidate rules from seed stream `seed` until `num_rules` score strictly inside `band`.
     The result is cached under .cache/rules/ keyed by every setting, so a second run is instant."""
     lo, hi = band
-    key = json.dumps({"cfg": cfg.settings(), "band": [lo, hi], "num_rules": num_rules,
-                      "seed": seed, "version": 1}, sort_keys=True)
-    path = CACHE_DIR / f"bank-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    path = bank_path(cfg, band, num_rules, seed)
     if cache and path.exists():
         d = np.load(path)
         return RuleBank(d["seeds"], d["scores"], (lo, hi), int(d["candidates"]))

@@ -305,6 +305,17 @@ def vocab_limit(args):
     return args.ppt_vocab_size or 64000
 
 
+def ppt_source_vocab(args):
+    """The number of distinct tokens of the stage-1 source (10,002 for the default NCA)."""
+    if args.ppt_source == "nca":
+        return nca.config_from_args(args, seq_len=args.seq_len,
+                                    max_vocab=vocab_limit(args)).vocab_size
+    if args.ppt_source == "dyck":
+        import dyck
+        return dyck.config_from_args(args, seq_len=args.seq_len).vocab_size
+    return load_meta(args.ppt_data)["vocab_size"]
+
+
 # -----------------------------------------------------------------------------------------------
 # Models: stage 1 from scratch, stage 2 from scratch or by transfer (SPEC.md §8)
 
@@ -528,7 +539,7 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
     if world > 1:   # DDP first, then compile: the compiled graph is split at DDP's gradient
         from torch.nn.parallel import DistributedDataParallel as DDP   # buckets, so their
         model = DDP(raw, device_ids=[device] if device_type == "cuda" else None,  # all-reduce
-                    broadcast_buffers=False, gradient_as_bucket_view=True)  # overlaps backward
+                    gradient_as_bucket_view=True)                       # overlaps backward
     ddp = model
     if args.compile:
         model = torch.compile(model)
@@ -673,7 +684,7 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
     if master and rates:
         print(f"{stage}: mean {np.mean(rates):,.0f} tok/s after warm-up")
     if args.debug_ranks:
-        wsum = sum(float(p.double().sum()) for p in raw.parameters())
+        wsum = sum(float(p.detach().double().sum()) for p in raw.parameters())
         (out / f"rank{rank}.json").write_text(json.dumps(
             {"rank": rank, "first_batch": first_batch_hash, "weights": wsum,
              "dropout_rng": rng_at_start, "micro_batch": micro, "accum": accum}))
@@ -685,7 +696,8 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
 
 def run_ppt(args, out, ctx, dist):
     with torch.device("meta"):         # the model's shape, for the memory plan (allocates nothing)
-        probe = GPT(model_config(args, args.ppt_vocab_size or vocab_limit(args), head_bias=True))
+        probe = GPT(model_config(args, args.ppt_vocab_size or ppt_source_vocab(args),
+                                 head_bias=True))
     micro, memory = plan_micro_batch(args, "ppt", args.ppt_micro_batch, args.ppt_batch_tokens,
                                      probe, dist)
     train, val, source_vocab, info = ppt_source(args, dist["device"], dist["rank"],

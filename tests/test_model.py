@@ -328,3 +328,21 @@ def test_generate():
     m = small_model().eval()
     out = m.generate(torch.zeros(1, 3, dtype=torch.long), 40, top_k=5)
     assert out.shape == (1, 43) and out.max() < 97
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_memory_estimate_covers_what_training_allocates(dtype):
+    """GPT.memory_estimate (the micro-batch planner's model) against the bytes one training
+    micro-step allocates on CPU: an upper bound, and not a loose one."""
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=128, vocab_size=1000, n_layer=2, n_head=4, n_embd=128,
+                      attn_dropout=0.0))
+    idx = torch.randint(0, 1000, (4, 128))
+    with PeakMemory() as mem:
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            _, loss = m(idx, idx)
+        loss.backward()
+    est = m.memory_estimate(4, 128, act_bytes=2 if dtype else 4)
+    bound = est["gradients"] + est["activations"] + est["loss"] + est["autocast_copies"]
+    assert 0.7 * bound < mem.peak <= bound, (mem.peak, bound)
+    assert est["total"] > bound and m.memory_estimate(8, 128)["total"] > est["total"]
