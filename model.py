@@ -164,7 +164,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             keep = (yc != -100).unsqueeze(1)
             yc = yc.clamp(min=0).unsqueeze(1)
             total = total + ((lse - logits.gather(1, yc)) * keep).sum()
-            g = (logits - lse).exp_().scatter_add_(1, yc, -keep.float()) * keep  # d total / d logits
+            g = (logits - lse).exp_().scatter_add_(1, yc, -keep.float()) * keep  # d total/d logits
             grad_h.append(g @ weight)
             grad_w += g.t() @ hc
             if grad_b is not None:
@@ -326,8 +326,8 @@ class GPT(nn.Module):
             return self.lm_head(x), None
         return None, chunked_cross_entropy(x, self.lm_head, targets, self.loss_chunk)
 
-    # Rows of logits the loss holds at once: 4096 x 64,000 is 1 GB in float32, where the whole
-    # micro-batch of 32 x 1024 would be 8 GB (and 160 GB of activations at the paper's size).
+    # Rows of logits the loss holds at once: 4096 x 64,000 is 1 GB in float32, where the logits
+    # of a whole micro-batch of 32 x 1024 would be 8 GB.
     loss_chunk = 4096
 
     def memory_estimate(self, micro_batch, seq_len, act_bytes=2):
@@ -337,8 +337,8 @@ class GPT(nn.Module):
         keeps 4 float32 vectors of width d (residual stream into and out of its two RMSNorms) and
         about 8·d + 4·h in the autocast dtype (h the MLP width: q, k, v, attention output and its
         copy, norm outputs, gate, up, SiLU(gate), their product); checked against the memory
-        PyTorch allocates on CPU in tests/test_model.py. Training holds the activations, the gradients and one loss chunk;
-        validation holds a micro-batch of act_bytes logits instead."""
+        PyTorch allocates on CPU in tests/test_model.py. Training holds the activations, the
+        gradients and one loss chunk; validation holds a micro-batch of logits instead."""
         cfg = self.config
         d, h, V = cfg.n_embd, cfg.mlp_hidden or 4 * cfg.n_embd, cfg.vocab_size
         n_all = sum(p.numel() for p in self.parameters())

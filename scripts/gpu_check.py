@@ -53,11 +53,11 @@ SIZES = {
     "toy": dict(gen_batch=128, gen_repeats=2, identity_rules=64,
                 model=["--size", "tiny", "--n_layer", "2", "--n_head", "2", "--n_embd", "64",
                        "--seq_len", "256", "--no-compile"],
-                ppt=["--max_iters", "12", "--log_interval", "4", "--train_num_rules", "64",
-                     "--val_num_rules", "8", "--ppt_val_seqs", "8", "--ppt_batch_tokens", "2048",
+                ppt=["--max_iters", "12", "--log_interval", "4", "--train_num_rules", "32",
+                     "--val_num_rules", "8", "--ppt_val_seqs", "8", "--ppt_batch_tokens", "1024",
                      "--ppt_vocab_size", "0"],
-                lang=["--max_iters", "6", "--log_interval", "2", "--eval_tokens", "2048",
-                      "--batch_tokens", "2048"]),
+                lang=["--max_iters", "4", "--log_interval", "1", "--eval_tokens", "1024",
+                      "--batch_tokens", "1024"]),
 }
 
 

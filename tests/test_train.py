@@ -270,3 +270,19 @@ def test_micro_batch_errors_are_one_line(domain, tmp_path, capsys):
     assert "does not divide the 4 sequences" in fails(capsys, lang + ["--micro_batch", "3"])
     assert "needs about" in fails(capsys, lang + ["--micro_batch", "0", "--memory_gb", "1"])
     assert "not a multiple of seq_len" in fails(capsys, lang + ["--batch_tokens", "100"])
+
+
+def test_gpu_check_dry_run_writes_every_figure(tmp_path):
+    """DEVICE=cpu bash scripts/gpu_check.sh, in-process: every step at toy size."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import gpu_check
+    res = gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "cpu.json")])
+    assert json.loads((tmp_path / "cpu.json").read_text()) == json.loads(json.dumps(res))
+    assert set(res) == {"device", "nca_generation", "bit_identity", "stage1", "nca_share",
+                        "lang_data", "stage2", "bf16_vs_fp32", "targets", "reproduce_hours",
+                        "wall_s"}
+    assert res["bit_identity"]["identical"] and res["bit_identity"]["rules"] >= 64
+    for stage in ("stage1", "stage2"):
+        assert res[stage]["tokens_per_s"] > 0 and res[stage]["steps_measured"] >= 1
+    assert 0 < res["nca_share"]["share"] < 1 and res["bf16_vs_fp32"]["ok"]
+    assert all(t["met"] is None for t in res["targets"].values())   # targets are for a GPU
