@@ -210,19 +210,22 @@ def full_precision():
     would depend on the device and on those settings. The caller's settings are restored."""
     per_backend = [b for b in (torch.backends.cuda.matmul,
                                getattr(torch.backends.mkldnn, "matmul", None))
-                   if hasattr(b, "fp32_precision")]             # PyTorch >= 2.9
-    saved = [b.fp32_precision for b in per_backend]
-    try:
-        before = torch.get_float32_matmul_precision()
-    except RuntimeError:    # >= 2.9 after old and new settings were mixed: ask the CUDA flag
-        before = "high" if torch.backends.cuda.matmul.allow_tf32 else "highest"
-    torch.set_float32_matmul_precision("highest")   # the old and the new settings, consistently
+                   if hasattr(b, "fp32_precision")]
+    if per_backend:     # PyTorch >= 2.9: the settings its kernels read (the old API is not touched)
+        saved = [b.fp32_precision for b in per_backend]
+        for b in per_backend:
+            b.fp32_precision = "ieee"
+    else:
+        saved = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(before)
-        for b, v in zip(per_backend, saved):
-            b.fp32_precision = v
+        if per_backend:
+            for b, v in zip(per_backend, saved):
+                b.fp32_precision = v
+        else:
+            torch.set_float32_matmul_precision(saved)
 
 
 # -----------------------------------------------------------------------------------------------

@@ -331,6 +331,12 @@ def _round_to_tf32(x):
     return ((x.view(torch.int32) + 0x1000) & ~0x1FFF).view(torch.float32)   # 10-bit mantissa
 
 
+def _tf32_allowed():               # what cuBLAS reads: the per-backend setting from PyTorch 2.9
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        return torch.backends.cuda.matmul.fp32_precision == "tf32"
+    return torch.backends.cuda.matmul.allow_tf32
+
+
 class EmulatedTF32(TorchFunctionMode):
     """What CUDA does with TF32 allowed, on CPU: matmul inputs rounded to TF32's 10-bit mantissa
     whenever the global setting allows TF32 at the time of the call."""
@@ -338,7 +344,7 @@ class EmulatedTF32(TorchFunctionMode):
                torch.nn.functional.linear, torch.baddbmm, torch.addmm}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in self.MATMULS and torch.backends.cuda.matmul.allow_tf32:
+        if func in self.MATMULS and _tf32_allowed():
             args = [_round_to_tf32(a) for a in args]
         return func(*args, **(kwargs or {}))
 
@@ -362,7 +368,7 @@ def test_generation_ignores_global_matmul_precision():
             frames = nca.rollout(nca.RuleBatch(rules), traj, CFG, 4)
             x, _ = nca.make_sequences(seeds, traj, CFG)
             scores = nca.score_rules(seeds, CFG)
-        assert torch.backends.cuda.matmul.allow_tf32                      # restored afterwards
+        assert _tf32_allowed() and torch.backends.cuda.matmul.allow_tf32   # restored afterwards
     finally:
         torch.set_float32_matmul_precision("highest")
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
