@@ -50,9 +50,9 @@ PRESETS = {
                 vocab_size="50257", lang_tokens=131_072, batch_tokens=4096, micro_batch=16,
                 lr=2e-3, eval_interval=8, eval_tokens=16_384, log_interval=4),
     # One GPU, GPT-2-small class: the paper's 164M NCA tokens, then language pre-training.
-    # Micro-batches are chosen from the memory estimate (0 = auto), so the same preset runs on one
-    # GPU or under torchrun; checkpoints of ~2 GB are written every ~20 minutes, not at every
-    # validation.
+    # Micro-batches come from the memory estimate (0 = auto), so the preset runs on one GPU or
+    # under torchrun; checkpoints (~2 GB) every 2,500 stage-1 and 500 stage-2 steps (about 4 and
+    # 11 minutes at the target speed), not at every validation.
     "gpu": dict(size="small", seq_len=1024, dtype="auto", compile=True,
                 ppt_tokens=163_840_000, ppt_batch_tokens=32768, ppt_micro_batch=0,
                 ppt_ckpt_interval=2500, lang_tokens=2_621_440_000, batch_tokens=524288,
@@ -267,8 +267,9 @@ def ppt_source(args, device, rank, world, micro):
         cfg = nca.config_from_args(args, seq_len=args.seq_len, max_vocab=vocab_limit(args))
         band = nca.band_from_args(args)
         n_train, n_val = args.train_num_rules, args.val_num_rules
-        first = world > 1 and rank == 0     # rank 0 filters and caches the bank, then the
-        try:                                # others read it (and fail alike if it failed)
+        # Rank 0 filters and caches the bank while the other ranks wait; then they read the cache
+        # (or fail as rank 0 did: it reaches the barrier either way).
+        try:
             if world > 1 and rank > 0:
                 torch.distributed.barrier()
             bank = nca.filter_rules(cfg, band, n_train + n_val, seed=args.rule_seed,
@@ -276,7 +277,7 @@ def ppt_source(args, device, rank, world, micro):
         except RuntimeError as e:
             raise TrainError(str(e))
         finally:
-            if first:
+            if world > 1 and rank == 0:
                 torch.distributed.barrier()
         train_bank = nca.RuleBank(bank.seeds[:n_train], bank.scores[:n_train], bank.band)
         val_seeds = bank.seeds[n_train:]
@@ -413,10 +414,9 @@ def evaluate(model, batches, ctx, grid_cfg=None):
         for lc, yc in zip(logits.split(rows), y.split(rows)):
             total += F.cross_entropy(lc.float().flatten(0, 1), yc.flatten(), ignore_index=-100,
                                      reduction="sum").item()
-        if grid_cfg is not None:
-            t, g = nca.grid_accuracy(logits.argmax(-1), y, grid_cfg)
-            tok_acc, grid_acc, seqs = tok_acc + t.sum().item(), grid_acc + g.sum().item(), \
-                seqs + len(x) * len(t)
+        t, g = nca.grid_accuracy(logits.argmax(-1), y, grid_cfg)
+        tok_acc, grid_acc, seqs = tok_acc + t.sum().item(), grid_acc + g.sum().item(), \
+            seqs + len(x) * len(t)
     model.train(was_training)
     out = {"val_loss": total / max(count, 1)}
     if grid_cfg is not None:
@@ -536,10 +536,12 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
     optimizer = model.configure_optimizers(hp["weight_decay"], hp["lr"], (0.9, 0.999), 1e-8,
                                            device_type, decay_all=hp.get("decay_all", False))
     raw = eval_model = model
-    if world > 1:   # DDP first, then compile: the compiled graph is split at DDP's gradient
-        from torch.nn.parallel import DistributedDataParallel as DDP   # buckets, so their
-        model = DDP(raw, device_ids=[device] if device_type == "cuda" else None,  # all-reduce
-                    gradient_as_bucket_view=True)                       # overlaps backward
+    # DDP first, then compile: the compiled graph is split at DDP's gradient buckets, so their
+    # all-reduce overlaps the backward pass (a compiled model inside DDP is one opaque backward).
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(raw, device_ids=[device] if device_type == "cuda" else None,
+                    gradient_as_bucket_view=True)
     ddp = model
     if args.compile:
         model = torch.compile(model)
