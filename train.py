@@ -544,6 +544,7 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
                     gradient_as_bucket_view=True)
     ddp = model
     if args.compile:
+        torch.compiler.reset()      # after stage 1, stage 2's shapes would be compiled as dynamic
         model = torch.compile(model)
         eval_model = torch.compile(raw) if world > 1 else model
     scaler = torch.amp.GradScaler(device_type, enabled=(args.dtype == "float16"))
