@@ -1,7 +1,7 @@
 """
-One prepared device check for the single-GPU reproduction. In one call (about 5 minutes on an
-H100 or H200) it measures what the README's GPU table and the scripts/gpu_reproduce.sh time
-estimate rest on, prints it and writes it as JSON:
+One prepared device check for the single-GPU reproduction: in one call (planned for about 5
+minutes, at most 8, on an H100 or H200) it measures what the README's GPU table and the
+scripts/gpu_reproduce.sh time estimate rest on, prints it and writes it as JSON.
 
     bash scripts/gpu_check.sh                 # on a GPU -> out/gpu_check/cuda.json
     DEVICE=cpu bash scripts/gpu_check.sh      # dry run of every step at toy size -> cpu.json
