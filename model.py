@@ -164,7 +164,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             keep = (yc != -100).unsqueeze(1)
             yc = yc.clamp(min=0).unsqueeze(1)
             total = total + ((lse - logits.gather(1, yc)) * keep).sum()
-            g = (logits - lse).exp_().scatter_add_(1, yc, -keep.float()) * keep  # d total/d logits
+            # d total / d logits = softmax - onehot, written over the logits
+            g = logits.sub_(lse).exp_().scatter_add_(1, yc, -keep.float()).mul_(keep)
             grad_h.append(g @ weight)
             grad_w += g.t() @ hc
             if grad_b is not None:
