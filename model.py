@@ -162,6 +162,51 @@ def _fused_adamw_ok(device_type):
     return True
 
 
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of head(h) = h @ W.T + b against targets, chunk rows at a time. Each
+    chunk's logit gradient (softmax - onehot) is turned into the gradients of h, W and b at once
+    and the chunk's logits are freed: the backward matmuls move into the forward pass (same
+    FLOPs), and no more than chunk x V logits are ever held."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, targets, chunk):
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_h, grad_w = [], torch.zeros_like(weight, dtype=torch.float32)
+        grad_b = None if bias is None else torch.zeros_like(bias, dtype=torch.float32)
+        for hc, yc in zip(h.split(chunk), targets.split(chunk)):
+            logits = F.linear(hc, weight, bias).float()  # autocast applies in here too
+            lse = logits.logsumexp(-1, keepdim=True)
+            keep = (yc != -100).unsqueeze(1)
+            yc = yc.clamp(min=0).unsqueeze(1)
+            total = total + ((lse - logits.gather(1, yc)) * keep).sum()
+            # d total / d logits = softmax - onehot, written over the logits
+            g = logits.sub_(lse).exp_().scatter_add_(1, yc, -keep.float()).mul_(keep)
+            grad_h.append(g @ weight)
+            grad_w += g.t() @ hc
+            if grad_b is not None:
+                grad_b += g.sum(0)
+        ctx.save_for_backward(torch.cat(grad_h), grad_w, grad_b)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        return (grad_h * grad_total, grad_w * grad_total,
+                None if grad_b is None else grad_b * grad_total, None, None)
+
+
+def chunked_cross_entropy(h, head, targets, chunk):
+    """Mean cross-entropy of head(h) over targets != -100, chunk rows of logits at a time
+    (F.cross_entropy semantics; the full (rows, V) logits are never materialized)."""
+    h, targets = h.flatten(0, -2), targets.flatten()
+    if torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad):
+        total = _LinearCrossEntropy.apply(h, head.weight, head.bias, targets, chunk)
+    else:
+        total = sum(F.cross_entropy(head(hc).float(), yc, ignore_index=-100, reduction="sum")
+                    for hc, yc in zip(h.split(chunk), targets.split(chunk)))
+    return total / (targets != -100).sum()
+
+
 class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -286,21 +331,51 @@ class GPT(nn.Module):
         return 6 * n + 12 * cfg.n_layer * cfg.n_embd * seq_len
 
     def forward(self, idx, targets=None):
-        """idx (B, T) token ids -> logits (B, T, V) for every position, and the mean cross-entropy
-        over targets != -100 when targets (B, T) is given (else None)."""
+        """idx (B, T) token ids. Without targets: (logits (B, T, V) for every position, None), for
+        evaluation and sampling. With targets (B, T): (None, mean cross-entropy over targets !=
+        -100), computed by `chunked_cross_entropy`, so the (B, T, V) logits never exist at once."""
         B, T = idx.shape
         assert T <= self.config.block_size, f"sequence of {T} > block_size {self.config.block_size}"
         x = self.wte(idx)
         cos, sin = self.cos[:T], self.sin[:T]
         for block in self.blocks:
             x = block(x, cos, sin)
-        logits = self.lm_head(self.norm_f(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(
-                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
-            )
-        return logits, loss
+        x = self.norm_f(x)
+        if targets is None:
+            return self.lm_head(x), None
+        return None, chunked_cross_entropy(x, self.lm_head, targets, self.loss_chunk)
+
+    # Rows of logits the loss holds at once: 4096 x 64,000 is 1 GB in float32, where the logits
+    # of a whole micro-batch of 32 x 1024 would be 8 GB.
+    loss_chunk = 4096
+
+    def memory_estimate(self, micro_batch, seq_len, act_bytes=2):
+        """Bytes one training process needs, by part, for micro-batches of micro_batch x seq_len
+        with activations of act_bytes (2 under bf16/fp16 autocast, 4 in float32), AdamW, and
+        flash / memory-efficient attention (no T x T matrix: CUDA). Per layer and token a block
+        keeps 4 float32 vectors of width d (residual stream into and out of its two RMSNorms) and
+        about 8·d + 4·h in the autocast dtype (h the MLP width: q, k, v, attention output and its
+        copy, norm outputs, gate, up, SiLU(gate), their product); checked against the memory
+        PyTorch allocates on CPU in tests/test_model.py. Training holds the activations, the
+        gradients and one loss chunk; validation holds a micro-batch of logits instead."""
+        cfg = self.config
+        d, h, V = cfg.n_embd, cfg.mlp_hidden or 4 * cfg.n_embd, cfg.vocab_size
+        n_all = sum(p.numel() for p in self.parameters())
+        n_train = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        tokens = micro_batch * seq_len
+        per_layer = 16 * d + act_bytes * (8 * d + 4 * h)
+        chunk = min(self.loss_chunk, tokens)
+        est = {"weights": 4 * n_all,
+               "autocast_copies": 2 * n_all if act_bytes < 4 else 0,
+               "optimizer": 8 * n_train,
+               "gradients": 4 * n_train,
+               "activations": tokens * (cfg.n_layer * per_layer + 8 * d + act_bytes * d),
+               "loss": tokens * d * act_bytes + 4 * V * d + chunk * V * (8 + 2 * act_bytes),
+               "val_logits": tokens * V * act_bytes + min(tokens, self.loss_chunk) * V * 8}
+        train = est["gradients"] + est["activations"] + est["loss"]
+        est["total"] = est["weights"] + est["autocast_copies"] + est["optimizer"] + max(
+            train, est["val_logits"])
+        return est
 
     def configure_optimizers(
         self, weight_decay, learning_rate, betas, eps=1e-8, device_type="cpu", decay_all=False

@@ -13,6 +13,7 @@ Read top to bottom:
   8. pictures, stats, benchmark - the command line (`python nca.py --help`)
 """
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -205,6 +206,32 @@ def seed_sequence(seed, start, count):
     return _srl(mix64(stream_key(seed, 7) + c * _GAMMA), 1)
 
 
+@contextlib.contextmanager
+def full_precision():
+    """float32 matmuls at full precision inside NCA generation, whatever the caller set globally
+    (train.py allows TF32 for the model). At T = 1e-4 a logit error of 1e-3 (TF32, or bf16
+    matmuls on CPU) changes which cells are near a tie, so most trajectories and some gzip scores
+    would depend on the device and on those settings. The caller's settings are restored."""
+    per_backend = [b for b in (torch.backends.cuda.matmul,
+                               getattr(torch.backends.mkldnn, "matmul", None))
+                   if hasattr(b, "fp32_precision")]
+    if per_backend:     # PyTorch >= 2.9: the settings its kernels read (the old API is not touched)
+        saved = [b.fp32_precision for b in per_backend]
+        for b in per_backend:
+            b.fp32_precision = "ieee"
+    else:
+        saved = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        if per_backend:
+            for b, v in zip(per_backend, saved):
+                b.fp32_precision = v
+        else:
+            torch.set_float32_matmul_precision(saved)
+
+
 # -----------------------------------------------------------------------------------------------
 # 3. Rules (docs/method.md, 'NCA rule' and 'Rule initialization')
 #
@@ -281,6 +308,7 @@ class RuleBatch:
     Same function as the official network (tests check it against the official logits); 4x fewer
     operations than a grouped convolution over the one-hot grid."""
 
+    @full_precision()
     def __init__(self, params):
         w0, w1 = params["w0"], params["w1"]
         R, n = w0.shape[0], w0.shape[2] - 2
@@ -299,6 +327,7 @@ class RuleBatch:
         self.has_b2 = bool(self.b2.any())                        # zero for every sampled rule
         self.R, self.n, self.device = R, n, w0.device
 
+    @full_precision()
     def logits(self, state):
         """(R, H, W) integer grid -> (R, n, H, W) logits."""
         R, H, W = state.shape
@@ -348,14 +377,16 @@ def init_state(traj_seeds, cfg, device="cpu"):
 NEGLIGIBLE = 20.0
 
 
-def step(rules, state, key, t, cfg):
+def step(rules, state, key, t, cfg, dense=None):
     """One update of every grid: s' ~ Categorical(softmax((logits + b*onehot(s)) / T)).
 
     Gumbel-max (the official sampler) needs n uniforms per cell. We draw the same categorical by
     inversion with one uniform, and only where it matters: at T = 1e-4 all but ~0.3% of cells
     have a top logit more than 20*T above every other, so their next state is the argmax (up to
     the e^-20 above). Only the uncertain cells get a random number (we sample, we do not
-    take the argmax: docs/differences.md, 'Temperature')."""
+    take the argmax: docs/differences.md, 'Temperature'). dense (default on CUDA): compute the
+    draw of every cell and keep it where uncertain, the same numbers without nonzero(), which
+    would stall the GPU each step."""
     z = rules.logits(state)                                                   # (R, n, H, W)
     colors = torch.arange(rules.n, device=z.device, dtype=state.dtype).view(1, -1, 1, 1)
     if cfg.identity_bias:
@@ -365,7 +396,15 @@ def step(rules, state, key, t, cfg):
     top = z.amax(1, keepdim=True)
     close = (z > top - NEGLIGIBLE * cfg.temperature).view(torch.uint8)      # the argmax and ties
     nxt = (close * colors.to(torch.uint8)).sum(1, dtype=state.dtype)        # argmax when alone
-    r, i, j = (close.sum(1, dtype=torch.uint8) > 1).nonzero(as_tuple=True)
+    uncertain = close.sum(1, dtype=torch.uint8) > 1
+    if z.is_cuda if dense is None else dense:
+        zc = z.permute(0, 2, 3, 1).double()                                   # (R, H, W, n)
+        cdf = torch.exp((zc - zc.amax(-1, keepdim=True)) / cfg.temperature).cumsum(-1)
+        cell = torch.arange(cfg.grid * cfg.grid, device=z.device).view(cfg.grid, cfg.grid)
+        u = uniform(key.view(-1, 1, 1), t * (cfg.grid * cfg.grid) + cell)
+        drawn = (cdf < (u * cdf[..., -1]).unsqueeze(-1)).sum(-1).to(state.dtype)
+        return torch.where(uncertain, drawn, nxt)
+    r, i, j = uncertain.nonzero(as_tuple=True)
     if len(r):
         zc = z.permute(0, 2, 3, 1)[r, i, j].double()                          # (m, n)
         cdf = torch.exp((zc - zc.amax(1, keepdim=True)) / cfg.temperature).cumsum(1)
@@ -374,9 +413,9 @@ def step(rules, state, key, t, cfg):
     return nxt
 
 
-def rollout(rules, traj_seeds, cfg, num_frames, start=None):
+def rollout(rules, traj_seeds, cfg, num_frames, start=None, dense=None):
     """Frames s_start, s_start+dT, ... (num_frames of them) for each (rule, trajectory) pair.
-    Frame t is the state before update t (as the official rollout records it)."""
+    Frame t is the state before update t (as the official rollout records it). dense: see step."""
     start = cfg.init_rollout_steps if start is None else start
     device = rules.device
     seeds = torch.as_tensor(traj_seeds, dtype=torch.int64).reshape(-1)
@@ -388,7 +427,7 @@ def rollout(rules, traj_seeds, cfg, num_frames, start=None):
             frames.append(state)
             if len(frames) == num_frames:
                 break
-        state = step(rules, state, key, t, cfg)
+        state = step(rules, state, key, t, cfg, dense)
     return torch.stack(frames, dim=1)                                        # (R, F, H, W)
 
 
@@ -475,6 +514,7 @@ def gzip_scores(frames, cfg):
                        count=len(tok))
 
 
+@full_precision()
 def score_rules(seeds, cfg, device="cpu", batch=2048):
     """gzip scores of rules, each on one filter trajectory: frames s_10..s_19 from an initial grid
     of its own (not the one used for training; docs/differences.md, 'Filter trajectory')."""
@@ -497,14 +537,19 @@ class RuleBank:
     candidates: int = 0
 
 
+def bank_path(cfg, band, num_rules, seed):
+    """The cache file of a rule bank, keyed by every setting that changes which rules pass."""
+    key = json.dumps({"cfg": cfg.settings(), "band": list(band), "num_rules": num_rules,
+                      "seed": seed, "version": 1}, sort_keys=True)
+    return CACHE_DIR / f"bank-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+
 def filter_rules(cfg, band, num_rules, seed=0, device="cpu", batch=2048, progress=True,
                  cache=True, max_candidates=None):
     """Draw candidate rules from seed stream `seed` until `num_rules` score strictly inside `band`.
     The result is cached under .cache/rules/ keyed by every setting, so a second run is instant."""
     lo, hi = band
-    key = json.dumps({"cfg": cfg.settings(), "band": [lo, hi], "num_rules": num_rules,
-                      "seed": seed, "version": 1}, sort_keys=True)
-    path = CACHE_DIR / f"bank-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    path = bank_path(cfg, band, num_rules, seed)
     if cache and path.exists():
         try:
             with np.load(path) as d:
@@ -592,16 +637,22 @@ class PlainProgress:
 # 7. Training sequences and the batch stream (docs/method.md, 'Training sequences and labels',
 #    'Rule bank and batch stream')
 
-def make_sequences(rule_seeds, traj_seeds, cfg, device="cpu", mask_delimiters=False):
+@full_precision()
+def make_sequences(rule_seeds, traj_seeds, cfg, device="cpu", mask_delimiters=False,
+                   rule_params=None):
     """Token sequences and labels for (rule, trajectory) pairs: inputs (B, seq_len), labels
     (B, seq_len). As the official NCADataset: the labels of the first grid are ignored (37
     positions for the default sequence), delimiter tokens ARE trained unless mask_delimiters
-    (docs/differences.md, 'Trained delimiters')."""
-    def part(rule_seeds, traj_seeds):
-        rules = RuleBatch(sample_rules(rule_seeds, cfg.num_colors, device))
-        tok = tokenize(rollout(rules, traj_seeds, cfg, cfg.frames), cfg)     # (B, F * grid_len)
-        return inputs_and_labels(tok, cfg, mask_delimiters)
-    return _split(device, part, torch.as_tensor(rule_seeds, dtype=torch.int64).reshape(-1),
+    (docs/differences.md, 'Trained delimiters'). rule_params: the rules' parameters if already
+    sampled (sample_rules(rule_seeds)), e.g. rows of a bank kept on the device."""
+    rule_seeds = torch.as_tensor(rule_seeds, dtype=torch.int64).reshape(-1)
+
+    def part(i, traj_seeds):
+        params = sample_rules(rule_seeds[i], cfg.num_colors, device) if rule_params is None \
+            else {k: v[i.to(v.device)] for k, v in rule_params.items()}
+        tok = tokenize(rollout(RuleBatch(params), traj_seeds, cfg, cfg.frames), cfg)
+        return inputs_and_labels(tok, cfg, mask_delimiters)                # (B, F * grid_len)
+    return _split(device, part, torch.arange(len(rule_seeds)),
                   torch.as_tensor(traj_seeds, dtype=torch.int64).reshape(-1))
 
 
@@ -640,13 +691,14 @@ class NCABatches:
         self.mode, self.mask_delimiters, self.rank, self.world = mode, mask_delimiters, rank, world_size
         self.chunk = chunk_batches or (64 if str(device).startswith("cuda") else 4)
         self.epoch, self.index, self.progress = 0, 0, progress
-        self._rules, self._order, self._buffer = None, None, []
+        self._rules, self._params, self._order, self._buffer = None, None, None, []
 
     def state_dict(self):
         return {"epoch": self.epoch, "index": self.index}
 
     def load_state_dict(self, d):
         self.epoch, self.index, self._order, self._buffer = d["epoch"], d["index"], None, []
+        self._params = None
 
     def per_epoch(self):
         return len(self.bank.seeds) // self.world // self.B * self.B
@@ -663,10 +715,14 @@ class NCABatches:
             g = torch.Generator().manual_seed(int(stream_key(self.seed, 9, self.epoch)) & _M63)
             self._rules = torch.as_tensor(self._epoch_rules(), dtype=torch.int64)
             self._order = torch.randperm(len(self._rules), generator=g)[self.rank::self.world]
+            if self._params is None or self.mode == "fresh_rules":   # once per bank, not per chunk
+                self._params = sample_rules(self._rules, self.cfg.num_colors, self.device)
         n = min(self.chunk * self.B, self.per_epoch() - self.index)
         pos = self._order[self.index:self.index + n]
         traj = stream_key(pos, 6, self.seed, self.epoch)      # one trajectory per (epoch, rule)
-        x, y = make_sequences(self._rules[pos], traj, self.cfg, self.device, self.mask_delimiters)
+        on_device = pos.to(self.device)
+        x, y = make_sequences(self._rules[pos], traj, self.cfg, self.device, self.mask_delimiters,
+                              rule_params={k: v[on_device] for k, v in self._params.items()})
         self._buffer = list(zip(x.split(self.B), y.split(self.B)))
 
     def __iter__(self):

@@ -36,8 +36,11 @@ from model import GPT, GPTConfig, SIZES, config_for
 
 # Official language vocabulary per domain (docs/differences.md, 'Language vocabulary per domain').
 DOMAIN_VOCAB = {"web": 50257, "c4": 50257, "math": 64000, "code": 64000}
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12,
-              "4090": 165e12, "A10": 125e12}                              # dense bf16, per GPU
+# Dense bf16 peak per GPU; the first name found in the device's name wins. The PCIe and NVL cards
+# run slower clocks (and the PCIe H100 fewer SMs) than the SXM parts of the same name.
+PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12), ("GH200", 989e12),
+              ("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
+              ("4090", 165e12), ("A10", 125e12)]
 
 # Presets set defaults; any flag given on the command line wins.
 PRESETS = {
@@ -53,9 +56,13 @@ PRESETS = {
                 lang_tokens=1_310_720, batch_tokens=4096, micro_batch=16,
                 lr=2e-3, eval_interval=32, eval_tokens=16_384, log_interval=16),
     # One GPU, GPT-2-small class: the paper's 164M NCA tokens, then language pre-training.
+    # Micro-batches come from the memory estimate (0 = auto), so the preset runs on one GPU or
+    # under torchrun; checkpoints (~2 GB) every 2,500 stage-1 and 500 stage-2 steps (about 4 and
+    # 11 minutes at the target speed), not at every validation.
     "gpu": dict(size="small", seq_len=1024, dtype="auto", compile=True,
-                ppt_tokens=163_840_000, ppt_batch_tokens=32768, ppt_micro_batch=32,
-                lang_tokens=2_621_440_000, batch_tokens=524288, micro_batch=32),
+                ppt_tokens=163_840_000, ppt_batch_tokens=32768, ppt_micro_batch=0,
+                ppt_ckpt_interval=2500, lang_tokens=2_621_440_000, batch_tokens=524288,
+                micro_batch=0, ckpt_interval=500),
 }
 
 
@@ -86,6 +93,9 @@ def get_parser():
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the model (the gpu preset turns it on)")
     g.add_argument("--log_interval", type=int, default=10, help="steps between log lines")
+    g.add_argument("--memory_gb", type=float, default=0,
+                   help="memory per process that an automatic micro-batch must fit in, GiB "
+                        "(0 = the whole GPU, or this machine's RAM shared by the processes)")
     g.add_argument("--max_iters", type=int, default=0,
                    help="stop each stage after this many steps (0 = its token budget)")
     g.add_argument("--debug_ranks", action="store_true",
@@ -108,7 +118,9 @@ def get_parser():
     g.add_argument("--ppt_tokens", "--nca_tokens", type=int, default=163_840_000,
                    help="stage-1 token budget (the paper's 164M); 0 = no stage 1 (scratch)")
     g.add_argument("--ppt_batch_tokens", type=int, default=32768, help="tokens per optimizer step")
-    g.add_argument("--ppt_micro_batch", type=int, default=16, help="sequences per forward pass")
+    g.add_argument("--ppt_micro_batch", type=int, default=0,
+                   help="sequences per forward pass; 0 = the largest that divides each process's "
+                        "share of the batch and fits in memory (estimate printed at start)")
     g.add_argument("--ppt_lr", type=float, default=1e-4, help="peak learning rate")
     g.add_argument("--ppt_weight_decay", type=float, default=0.0, help="official: Adam, no decay")
     g.add_argument("--ppt_schedule", choices=["cosine", "constant"], default="constant",
@@ -119,6 +131,9 @@ def get_parser():
     g.add_argument("--ppt_vocab_size", type=int, default=64000,
                    help="stage-1 vocabulary (official 64,000); 0 = the source's own size")
     g.add_argument("--ppt_eval_interval", type=int, default=500, help="steps between validations")
+    g.add_argument("--ppt_ckpt_interval", type=int, default=0,
+                   help="steps between checkpoints (0 = at every validation); the last step is "
+                        "always saved")
     g.add_argument("--ppt_val_seqs", type=int, default=3200, help="validation sequences")
     g.add_argument("--train_num_rules", type=int, default=16000, help="NCA rule bank size")
     g.add_argument("--val_num_rules", type=int, default=2000, help="held-out NCA rules")
@@ -155,7 +170,9 @@ def get_parser():
     g.add_argument("--lang_tokens", type=int, default=0,
                    help="stage-2 token budget; 0 = one epoch of train.bin")
     g.add_argument("--batch_tokens", type=int, default=524288, help="tokens per optimizer step")
-    g.add_argument("--micro_batch", type=int, default=16, help="sequences per forward pass")
+    g.add_argument("--micro_batch", type=int, default=0,
+                   help="sequences per forward pass; 0 = the largest that divides each process's "
+                        "share of the batch and fits in memory (estimate printed at start)")
     g.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (OWT 5e-4)")
     g.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW decay (OWT 1e-4)")
     g.add_argument("--decay_all", action=argparse.BooleanOptionalAction, default=True,
@@ -166,6 +183,9 @@ def get_parser():
     g.add_argument("--grad_clip", type=float, default=1 / 32,
                    help="clip the mean gradient's norm; 1/32 = official 1.0 on a sum of 32")
     g.add_argument("--eval_interval", type=int, default=100, help="steps between validations")
+    g.add_argument("--ckpt_interval", type=int, default=0,
+                   help="steps between checkpoints (0 = at every validation); the last step is "
+                        "always saved")
     g.add_argument("--eval_tokens", type=int, default=4_194_304,
                    help="validation tokens (0 = the whole val split)")
     return nca.one_line_errors(p)
@@ -223,14 +243,16 @@ def kinds(text):
 # Checks: every flag, folder and checkpoint is checked before a model is built or a file written,
 # so a refused command changes nothing and its corrected retry is not refused for the first one.
 
-AT_LEAST = {"seq_len": 1, "log_interval": 1, "batch_tokens": 1, "micro_batch": 1,
-            "eval_interval": 1, "ppt_batch_tokens": 1, "ppt_micro_batch": 1,
+AT_LEAST = {"seq_len": 1, "log_interval": 1, "batch_tokens": 1, "micro_batch": 0,
+            "eval_interval": 1, "ppt_batch_tokens": 1, "ppt_micro_batch": 0,
             "ppt_eval_interval": 1, "ppt_val_seqs": 1, "train_num_rules": 1, "val_num_rules": 1,
             "n_layer": 1, "n_head": 1, "n_embd": 1, "mlp_hidden": 1, "ppt_tokens": 0,
             "lang_tokens": 0, "max_iters": 0, "eval_tokens": 0, "ppt_vocab_size": 0}
 ZERO_MEANS = {"ppt_tokens": "no stage 1", "lang_tokens": "one epoch of train.bin",
               "max_iters": "the token budget", "eval_tokens": "the whole val split",
-              "ppt_vocab_size": "the source's own size"}
+              "ppt_vocab_size": "the source's own size",
+              "micro_batch": "chosen from a memory estimate",
+              "ppt_micro_batch": "chosen from a memory estimate"}
 FLOAT_RULES = [(name, test, want) for names, test, want in (
     (("lr", "ppt_lr"), lambda v: v > 0, "above 0"),
     (("weight_decay", "ppt_weight_decay", "grad_clip", "ppt_grad_clip"), lambda v: v >= 0,
@@ -283,11 +305,12 @@ def check_flags(args, world):
         stages.append(("lang", "--batch_tokens", args.batch_tokens, "--micro_batch",
                        args.micro_batch, args.lang_tokens))
     for stage, bflag, batch, mflag, micro, budget in stages:
-        per_step = micro * args.seq_len * world
+        per_step = max(micro, 1) * args.seq_len * world      # 0: plan_micro_batch picks a divisor
         if batch % per_step:
-            raise TrainError(f"{bflag} {batch:,} is not a multiple of {mflag} x --seq_len x "
-                             f"processes = {micro} x {args.seq_len} x {world} = {per_step:,}: "
-                             "adjust the batch or the micro-batch")
+            what = f"{mflag} x --seq_len x processes = {micro} x " if micro else \
+                "--seq_len x processes = "
+            raise TrainError(f"{bflag} {batch:,} is not a multiple of {what}{args.seq_len} x "
+                             f"{world} = {per_step:,}: adjust the batch or the micro-batch")
         if budget and budget < batch:
             raise TrainError(f"the {stage} token budget {budget:,} is less than one batch of "
                              f"{batch:,} ({bflag}): raise the budget or lower the batch")
@@ -490,11 +513,18 @@ def ppt_source(args, device, rank, world, micro):
         cfg = nca.config_from_args(args, seq_len=args.seq_len, max_vocab=vocab_limit(args))
         band = nca.band_from_args(args)
         n_train, n_val = args.train_num_rules, args.val_num_rules
+        # Rank 0 filters and caches the bank while the other ranks wait; then they read the cache
+        # (or fail as rank 0 did: it reaches the barrier either way).
         try:
+            if world > 1 and rank > 0:
+                torch.distributed.barrier()
             bank = nca.filter_rules(cfg, band, n_train + n_val, seed=args.rule_seed,
                                     device=device, progress=rank == 0)
         except RuntimeError as e:
             raise TrainError(str(e))
+        finally:
+            if world > 1 and rank == 0:
+                torch.distributed.barrier()
         train_bank = nca.RuleBank(bank.seeds[:n_train], bank.scores[:n_train], bank.band)
         val_seeds = bank.seeds[n_train:]
         train = nca.NCABatches(cfg, train_bank, micro, device, seed=args.seed,
@@ -530,6 +560,17 @@ def copy_baseline(val, config):
 
 def vocab_limit(args):
     return args.ppt_vocab_size or 64000
+
+
+def ppt_source_vocab(args):
+    """The number of distinct tokens of the stage-1 source (10,002 for the default NCA)."""
+    if args.ppt_source == "nca":
+        return nca.config_from_args(args, seq_len=args.seq_len,
+                                    max_vocab=vocab_limit(args)).vocab_size
+    if args.ppt_source == "dyck":
+        import dyck
+        return dyck.config_from_args(args, seq_len=args.seq_len).vocab_size
+    return load_meta(args.ppt_data)["vocab_size"]
 
 
 # -----------------------------------------------------------------------------------------------
@@ -620,15 +661,22 @@ def evaluate(model, batches, ctx, grid_cfg=None):
     model.eval()
     total, count, tok_acc, grid_acc, seqs = 0.0, 0, 0.0, 0.0, 0
     for x, y in batches:
+        n = int((y != -100).sum())
+        count += n
+        if grid_cfg is None:                    # the loss alone: no (B, T, V) logits
+            with ctx:
+                _, loss = model(x, y)
+            total += loss.item() * n if n else 0.0
+            continue
         with ctx:
             logits, _ = model(x)
-        total += F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1),
-                                 ignore_index=-100, reduction="sum").item()
-        count += int((y != -100).sum())
-        if grid_cfg is not None:
-            t, g = nca.grid_accuracy(logits.argmax(-1), y, grid_cfg)
-            tok_acc, grid_acc, seqs = tok_acc + t.sum().item(), grid_acc + g.sum().item(), \
-                seqs + len(x) * len(t)
+        rows = max(1, 2**28 // logits[0].numel())           # float32 copies of <= 1 GB at a time
+        for lc, yc in zip(logits.split(rows), y.split(rows)):
+            total += F.cross_entropy(lc.float().flatten(0, 1), yc.flatten(), ignore_index=-100,
+                                     reduction="sum").item()
+        t, g = nca.grid_accuracy(logits.argmax(-1), y, grid_cfg)
+        tok_acc, grid_acc, seqs = tok_acc + t.sum().item(), grid_acc + g.sum().item(), \
+            seqs + len(x) * len(t)
     model.train(was_training)
     out = {"val_loss": total / max(count, 1)}
     if grid_cfg is not None:
@@ -640,7 +688,54 @@ def peak_flops(device):
     if not str(device).startswith("cuda"):
         return None
     name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    return next((v for k, v in PEAK_FLOPS if k in name), None)
+
+
+def device_memory(device, world):
+    """Bytes of memory one process may use: the GPU's, or the machine's RAM over the processes."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // world
+    except (AttributeError, ValueError, OSError):           # no sysconf (Windows): assume 16 GiB
+        return 16 * 2**30 // world
+
+
+def plan_micro_batch(args, stage, requested, batch_tokens, model, dist):
+    """The micro-batch (sequences per forward pass) and its memory estimate: `requested`, or for
+    0 the largest that divides each process's share of the batch and whose estimate
+    (GPT.memory_estimate) fits in 90% of the memory less 2 GiB (CUDA context, workspaces,
+    allocator fragmentation)."""
+    T, world = args.seq_len, dist["world"]
+    if batch_tokens % (T * world):
+        raise TrainError(f"the {stage} batch of {batch_tokens:,} tokens is not a multiple of "
+                         f"seq_len x processes = {T * world:,}: adjust the batch or --seq_len")
+    seqs = batch_tokens // (T * world)                      # sequences per process and step
+    act = 4 if args.dtype == "float32" else 2
+    memory = args.memory_gb * 2**30 if args.memory_gb else device_memory(dist["device"], world)
+    usable = 0.9 * memory - 2 * 2**30
+    flag = "--ppt_micro_batch" if stage == "ppt" else "--micro_batch"
+    if requested == 0:
+        fits = [m for m in range(1, seqs + 1)
+                if seqs % m == 0 and model.memory_estimate(m, T, act)["total"] <= usable]
+        if not fits:
+            need = model.memory_estimate(1, T, act)["total"]
+            raise TrainError(f"{stage}: one sequence of {T} tokens needs about {need / 2**30:.1f} "
+                             f"GiB by the estimate, more than the {max(usable, 0) / 2**30:.1f} "
+                             f"GiB usable of {memory / 2**30:.1f} GiB: use a smaller --size or "
+                             "--seq_len (or set --memory_gb)")
+        requested = fits[-1]
+    elif seqs % requested:
+        raise TrainError(f"{flag} {requested} does not divide the {seqs} sequences of "
+                         f"{T} tokens each of the {world} processes gets per step: use a divisor "
+                         f"of {seqs}, or 0 to choose one")
+    est = model.memory_estimate(requested, T, act)
+    if dist["rank"] == 0:
+        parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in est.items() if k != "total")
+        print(f"{stage}: micro-batch {requested} x {T} tokens, {seqs // requested} accumulation "
+              f"steps x {world} processes; memory estimate {est['total'] / 2**30:.1f} GiB of "
+              f"{usable / 2**30:.1f} GiB usable per process (GiB: {parts})")
+    return requested, est
 
 
 def save_atomic(obj, path):
@@ -742,7 +837,8 @@ def start_run(out, args, stage, dist):
 
 def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist, extra):
     """Run one stage. hp: lr, weight_decay, schedule, warmup_frac, grad_clip, batch_tokens,
-    micro_batch, tokens, eval_interval, decay_all. Returns the final validation metrics."""
+    micro_batch, memory (its estimate), tokens, eval_interval, ckpt_interval, decay_all.
+    Returns the final validation metrics."""
     rank, world, device = dist["rank"], dist["world"], dist["device"]
     master = rank == 0
     T, micro = args.seq_len, hp["micro_batch"]
@@ -760,12 +856,18 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
     device_type = "cuda" if str(device).startswith("cuda") else "cpu"
     optimizer = model.configure_optimizers(hp["weight_decay"], hp["lr"], (0.9, 0.999), 1e-8,
                                            device_type, decay_all=hp.get("decay_all", False))
-    raw = model
-    if args.compile:
-        model = torch.compile(model)
+    raw = eval_model = model
+    # DDP first, then compile: the compiled graph is split at DDP's gradient buckets, so their
+    # all-reduce overlaps the backward pass (a compiled model inside DDP is one opaque backward).
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[device] if device_type == "cuda" else None)
+        model = DDP(raw, device_ids=[device] if device_type == "cuda" else None,
+                    gradient_as_bucket_view=True)
+    ddp = model
+    if args.compile:
+        torch.compiler.reset()      # after stage 1, stage 2's shapes would be compiled as dynamic
+        model = torch.compile(model)
+        eval_model = torch.compile(raw) if world > 1 else model
     scaler = torch.amp.GradScaler(device_type, enabled=(args.dtype == "float16"))
     grid_cfg = nca.NCAConfig(**extra["nca"]["config"]) if extra.get("nca") else None
     # shown beside every validation: stage 1 NCA, the copy-the-previous-grid accuracy; stage 2,
@@ -797,6 +899,9 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
     elif args.resume and master:
         print(f"--resume: no checkpoint in {out}, starting {stage} from scratch")
     resumed_at = step
+    if world > 1:   # the init above is the same on every rank; dropout masks must differ
+        torch.manual_seed(int(np.random.SeedSequence([args.seed, step, rank]).generate_state(1)[0]))
+    rng_at_start = float(torch.get_rng_state().double().sum())
 
     def log(rec):
         if master:
@@ -820,15 +925,23 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
     if master:
         print(f"{stage}: {steps} steps of {hp['batch_tokens']:,} tokens ({accum} micro-steps of "
               f"{micro} x {T} x {world} processes), {raw.num_params():,} body parameters, "
-              f"vocabulary {raw.config.vocab_size:,}")
+              f"vocabulary {raw.config.vocab_size:,}"
+              + (f"; MFU against {peak / 1e12:.0f} TFLOP/s" if peak else ""))
+    if step == 0:
+        log({"kind": "info", "step": 0, "tokens": 0, "micro_batch": micro, "accum": accum,
+             "world": world, "mem_estimate_gb": hp["memory"]["total"] / 2**30})
     bar = nca.progress_bar(steps, stage, unit="step", disable=not master, initial=step,
                            dynamic_ncols=True)
-    first_batch_hash, last_val, t_last, rates = None, None, time.perf_counter(), []
+    first_batch_hash, last_val, rates = None, None, []
+    t_last, last_logged, paused = time.perf_counter(), step, 0.0
+    ckpt_every = hp.get("ckpt_interval") or hp["eval_interval"]
+    params = [p for p in raw.parameters() if p.requires_grad]
     model.train()
     while True:
+        t_pause = time.perf_counter()
         if (step % hp["eval_interval"] == 0 or step == steps) and not (resumed
                                                                        and step == resumed_at):
-            last_val = evaluate(raw, val_batches, ctx, grid_cfg) | copy
+            last_val = evaluate(eval_model, val_batches, ctx, grid_cfg) | copy
             if probe_ids is not None:
                 p = copy_probe(raw, probe_ids, T // 2, batch_size=micro, device=device, ctx=ctx)
                 last_val |= {f"probe_{k}": v for k, v in p.items()}
@@ -841,39 +954,47 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
                 bar.close()
                 raise TrainError(f"validation loss is {last_val['val_loss']} at step {step} of "
                                  f"{stage}: lower the learning rate or use --dtype float32")
+        if (step % ckpt_every == 0 or step == steps) and not (step == resumed_at and step > 0):
             checkpoint(step)
+        paused += time.perf_counter() - t_pause     # not part of the throughput windows
         if step == steps:
             break
         lr = lr_at(step, steps, hp["lr"], hp["warmup_frac"], hp["schedule"])
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=device)
+        log_now = (step + 1) % args.log_interval == 0 or step + 1 == steps
         for micro_step in range(accum):
             x, y = next(train_iter)
             if first_batch_hash is None:
                 first_batch_hash = int(x.long().sum()) * 1_000_003 + int((x[:, :8] * 31).sum())
             sync = contextlib.nullcontext() if world == 1 or micro_step == accum - 1 \
-                else model.no_sync()
+                else ddp.no_sync()
             with sync, ctx:
                 _, loss = model(x, y)
                 loss = loss / accum
             scaler.scale(loss).backward()
             loss_sum += loss.detach()
         scaler.unscale_(optimizer)
-        params = [p for p in raw.parameters() if p.requires_grad]
-        norm = torch.nn.utils.clip_grad_norm_(params, hp["grad_clip"] or float("inf"))
+        if hp["grad_clip"]:
+            norm = torch.nn.utils.clip_grad_norm_(params, hp["grad_clip"])
+        elif log_now:                           # no clipping: the norm only for the log line
+            norm = torch.linalg.vector_norm(torch.stack(
+                [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]))
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         bar.update(1)
-        if step % args.log_interval == 0 or step == steps:
+        if log_now:
             if world > 1:
                 torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
             loss_val = loss_sum.item()                          # syncs the device
             now = time.perf_counter()
-            dt = (now - t_last) / args.log_interval
-            t_last = now
+            dt = (now - t_last - paused) / (step - last_logged)
+            t_last, last_logged, paused = now, step, 0.0
+            mem = torch.cuda.max_memory_allocated(device) / 2**30 if device_type == "cuda" \
+                else None
             tok_s = hp["batch_tokens"] / dt
             mfu = flops * tok_s / world / peak if peak else None
             if step > resumed_at + 2 * args.log_interval:      # skip warm-up / compile steps
@@ -884,20 +1005,22 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
                                  "learning rate, clip gradients, or use --dtype float32")
             rec = {"kind": "train", "step": step, "tokens": step * hp["batch_tokens"],
                    "loss": loss_val, "lr": lr, "grad_norm": float(norm), "ms": dt * 1000,
-                   "tok_s": tok_s, "mfu": mfu}
+                   "tok_s": tok_s, "mfu": mfu, "mem_gb": mem}
             log(rec)
             if master:
                 bar.set_postfix(loss=f"{loss_val:.4f}", tok_s=f"{tok_s:,.0f}")
                 bar.write(f"step {step} loss {loss_val:.4f} lr {lr:.2e} grad_norm "
                           f"{float(norm):.3f} {dt * 1000:.0f} ms {tok_s:,.0f} tok/s"
-                          + (f" mfu {100 * mfu:.1f}%" if mfu is not None else ""))
+                          + (f" mfu {100 * mfu:.1f}%" if mfu is not None else "")
+                          + (f" peak memory {mem:.1f} GiB" if mem is not None else ""))
     bar.close()
     if master and rates:
         print(f"{stage}: mean {np.mean(rates):,.0f} tok/s after warm-up")
     if args.debug_ranks:
-        wsum = sum(float(p.double().sum()) for p in raw.parameters())
+        wsum = sum(float(p.detach().double().sum()) for p in raw.parameters())
         (out / f"rank{rank}.json").write_text(json.dumps(
-            {"rank": rank, "first_batch": first_batch_hash, "weights": wsum}))
+            {"rank": rank, "first_batch": first_batch_hash, "weights": wsum,
+             "dropout_rng": rng_at_start, "micro_batch": micro, "accum": accum}))
     return last_val
 
 
@@ -905,7 +1028,11 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
 # Stages
 
 def run_ppt(args, out, ctx, dist):
-    micro = args.ppt_micro_batch
+    with torch.device("meta"):         # the model's shape, for the memory plan (allocates nothing)
+        probe = GPT(model_config(args, args.ppt_vocab_size or ppt_source_vocab(args),
+                                 head_bias=True))
+    micro, memory = plan_micro_batch(args, "ppt", args.ppt_micro_batch, args.ppt_batch_tokens,
+                                     probe, dist)
     train, val, source_vocab, info = ppt_source(args, dist["device"], dist["rank"],
                                                 dist["world"], micro)
     vocab = args.ppt_vocab_size or source_vocab
@@ -925,8 +1052,9 @@ def run_ppt(args, out, ctx, dist):
                                     **copy_baseline(val, info["config"])}) + "\n")
     hp = dict(lr=args.ppt_lr, weight_decay=args.ppt_weight_decay, schedule=args.ppt_schedule,
               warmup_frac=args.ppt_warmup_frac, grad_clip=args.ppt_grad_clip,
-              batch_tokens=args.ppt_batch_tokens, micro_batch=micro, tokens=args.ppt_tokens,
-              eval_interval=args.ppt_eval_interval)
+              batch_tokens=args.ppt_batch_tokens, micro_batch=micro, memory=memory,
+              tokens=args.ppt_tokens, eval_interval=args.ppt_eval_interval,
+              ckpt_interval=args.ppt_ckpt_interval)
     return train_stage(args, "ppt", out, model, train, val, hp, ctx, dist, extra)
 
 
@@ -936,7 +1064,7 @@ def run_lang(args, out, ctx, dist):
     tokenizer = load_meta(data_dir).get("tokenizer", "gpt2")
     torch.manual_seed(args.seed)
     model = lang_model(args, vocab, dist["device"], tokenizer)
-    micro = args.micro_batch
+    micro, memory = plan_micro_batch(args, "lang", args.micro_batch, args.batch_tokens, model, dist)
     train = TextBatches(data_dir, "train", args.seq_len, micro, dist["device"], args.seed,
                         dist["rank"])
     val = text_val_batches(data_dir, args.seq_len, args.eval_tokens, micro, dist["device"])
@@ -944,8 +1072,9 @@ def run_lang(args, out, ctx, dist):
         * args.batch_tokens
     hp = dict(lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
               warmup_frac=args.warmup_frac, grad_clip=args.grad_clip,
-              batch_tokens=args.batch_tokens, micro_batch=micro, tokens=tokens,
-              eval_interval=args.eval_interval, decay_all=args.decay_all)
+              batch_tokens=args.batch_tokens, micro_batch=micro, memory=memory, tokens=tokens,
+              eval_interval=args.eval_interval, ckpt_interval=args.ckpt_interval,
+              decay_all=args.decay_all)
     start_run(out, args, "lang", dist)
     return train_stage(args, "lang", out, model, train, val, hp, ctx, dist,
                        {"vocab": {"kind": tokenizer, "size": vocab}})
@@ -985,8 +1114,8 @@ def main(argv=None):
         check_flags(args, world)                    # everything is checked before any write
         check_inputs(args, given_flags(argv), world)
         dist = setup_distributed(args)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        if dist["device"].startswith("cuda"):   # TF32 for the model's float32 matmuls (NCA
+            torch.set_float32_matmul_precision("high")   # generation stays exact regardless)
         ctx = autocast_ctx(args, dist["device"])
         out = Path(args.out_dir)
         master = dist["rank"] == 0
@@ -1019,8 +1148,11 @@ def main(argv=None):
         if args.stage in ("lang", "both"):
             result["lang"] = run_lang(args, out, ctx, dist)
         return result
-    except (TrainError, DataError, ValueError) as e:
+    except (TrainError, DataError, ValueError, torch.cuda.OutOfMemoryError) as e:
         rank = f"[rank {dist['rank']}] " if dist["world"] > 1 else ""
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            e = ("out of GPU memory: pass a smaller --micro_batch / --ppt_micro_batch (or a "
+                 "smaller --memory_gb for the automatic choice)")
         print(f"{rank}error: {e}", file=sys.stderr)
         raise SystemExit(2)
     finally:

@@ -6,6 +6,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from model import GPT, SIZES, GPTConfig, apply_rotary, config_for, rope_cache
 
@@ -140,8 +143,8 @@ def test_reset_vocab_replaces_only_embedding_and_head(embed_init):
     else:
         assert abs(m.wte.weight.std().item() - 0.02) < 0.001
         assert abs(m.lm_head.weight.std().item() - 0.02) < 0.001
-    logits, loss = m(torch.randint(0, 500, (2, 8)), torch.randint(0, 500, (2, 8)))
-    assert logits.shape == (2, 8, 500) and torch.isfinite(loss)
+    idx = torch.randint(0, 500, (2, 8))
+    assert m(idx)[0].shape == (2, 8, 500) and torch.isfinite(m(idx, idx)[1])
 
 
 def expected_keys(kind, layers):
@@ -232,11 +235,78 @@ def test_loss_ignores_minus_100():
     targets = torch.randint(0, 97, (2, 20))
     targets[0, :7] = -100  # e.g. the masked first NCA grid
     targets[1, 15:] = -100
-    logits, loss = m(idx, targets)
+    logits, _ = m(idx)
+    assert logits.shape == (2, 20, 97)  # every position, not just the last
     keep = targets != -100
     manual = -F.log_softmax(logits.float(), -1)[keep].gather(1, targets[keep][:, None]).mean()
+    m.loss_chunk = 7  # several chunks, one of them partly ignored
+    no_logits, loss = m(idx, targets)
+    assert no_logits is None
     torch.testing.assert_close(loss, manual)
-    assert logits.shape == (2, 20, 97)  # every position, not just the last
+
+
+@pytest.mark.parametrize("head_bias", [False, True])
+def test_chunked_loss_gradients_equal_the_plain_loss(head_bias):
+    m = small_model(head_bias=head_bias)
+    idx = torch.randint(0, 97, (3, 24))
+    targets = torch.randint(0, 97, (3, 24))
+    targets[0, :5] = -100
+    logits, _ = m(idx)
+    want = F.cross_entropy(logits.view(-1, 97), targets.view(-1), ignore_index=-100)
+    want.backward()
+    plain = {k: p.grad.clone() for k, p in m.named_parameters()}
+    m.zero_grad(set_to_none=True)
+    m.loss_chunk = 10
+    _, loss = m(idx, targets)
+    loss.backward()
+    torch.testing.assert_close(loss, want)
+    for k, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, plain[k], atol=1e-6, rtol=1e-4, msg=k)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: the same loss to bf16 precision
+        _, low = m(idx, targets)
+    assert abs(low.item() - want.item()) < 0.02 * want.item()
+
+
+class PeakMemory(TorchDispatchMode):
+    """Peak bytes of tensors alive at once among those created inside the block (CPU has no
+    allocator statistics): every op's outputs are tracked by storage until freed."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.peak = {}, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                ref = StorageWeakRef(t.untyped_storage())
+                self.live.setdefault(ref.cdata, (ref, t.untyped_storage().nbytes()))
+        self.live = {k: v for k, v in self.live.items() if not v[0].expired()}
+        self.peak = max(self.peak, sum(n for _, n in self.live.values()))
+        return out
+
+
+def test_training_forward_neither_returns_nor_keeps_full_logits():
+    V, B, T = 8000, 16, 64
+    m = small_model(vocab_size=V, block_size=T, n_layer=1, n_embd=32)
+    m.loss_chunk = 32
+    idx, targets = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
+    full = B * T * V * 4  # the float32 logits of the micro-batch
+    saved = []
+
+    def keep(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), PeakMemory() as mem:
+        logits, loss = m(idx, targets)
+        loss.backward()
+    # nothing logit-sized is kept: the largest saved tensor is the head's weight gradient
+    assert logits is None and max(saved) <= V * m.config.n_embd < B * T * V // 4
+    chunked = mem.peak
+    with PeakMemory() as mem:  # the plain loss on full logits, for comparison
+        F.cross_entropy(m(idx)[0].view(-1, V), targets.view(-1)).backward()
+    assert chunked < full / 2 < mem.peak, (chunked, full, mem.peak)
 
 
 def test_tiny_model_overfits_one_batch():
@@ -258,3 +328,21 @@ def test_generate():
     m = small_model().eval()
     out = m.generate(torch.zeros(1, 3, dtype=torch.long), 40, top_k=5)
     assert out.shape == (1, 43) and out.max() < 97
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_memory_estimate_covers_what_training_allocates(dtype):
+    """GPT.memory_estimate (the micro-batch planner's model) against the bytes one training
+    micro-step allocates on CPU: an upper bound, and not a loose one."""
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=128, vocab_size=1000, n_layer=2, n_head=4, n_embd=128,
+                      attn_dropout=0.0))
+    idx = torch.randint(0, 1000, (4, 128))
+    with PeakMemory() as mem:
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            _, loss = m(idx, idx)
+        loss.backward()
+    est = m.memory_estimate(4, 128, act_bytes=2 if dtype else 4)
+    bound = est["gradients"] + est["activations"] + est["loss"] + est["autocast_copies"]
+    assert 0.7 * bound < mem.peak <= bound, (mem.peak, bound)
+    assert est["total"] > bound and m.memory_estimate(8, 128)["total"] > est["total"]

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 import nca
 from conftest import FIXTURES
@@ -311,3 +312,83 @@ def test_identity_bias_and_temperature_change_the_dynamics():
     for t in range(hot.init_rollout_steps):
         state = nca.step(rules, state, key, t, hot)
     assert not torch.equal(a[:, 0], state)
+
+
+# --- device independence -------------------------------------------------------------------------
+
+def test_dense_sampler_equals_sparse_sampler():
+    """The CUDA path (every cell drawn, kept where uncertain; no nonzero()) gives the same grids
+    as the CPU path (only the uncertain cells drawn)."""
+    cfg = nca.NCAConfig(temperature=1e-3)          # more uncertain cells than the default
+    seeds, traj = nca.seed_sequence(6, 0, 64), torch.arange(64)
+    rules, key = nca.RuleBatch(nca.sample_rules(seeds)), nca.stream_key(traj, 3)
+    sparse = dense = nca.init_state(traj, cfg)
+    for t in range(30):
+        sparse = nca.step(rules, sparse, key, t, cfg, dense=False)
+        dense = nca.step(rules, dense, key, t, cfg, dense=True)
+        assert torch.equal(sparse, dense), t
+
+
+def test_batch_stream_equals_sequences_from_seeds():
+    """The stream samples its bank's rules once (kept on the device) instead of per chunk; the
+    sequences are those of make_sequences from the seeds."""
+    cfg = nca.NCAConfig(seq_len=128)
+    bank = nca.RuleBank(nca.seed_sequence(2, 0, 24).numpy(), np.zeros(24), (0.0, 1.0))
+    s = nca.NCABatches(cfg, bank, batch_size=4, seed=3, chunk_batches=2)
+    got = torch.cat([next(s)[0] for _ in range(6)])
+    g = torch.Generator().manual_seed(int(nca.stream_key(3, 9, 0)) & nca._M63)
+    pos = torch.randperm(24, generator=g)
+    want, _ = nca.make_sequences(torch.as_tensor(bank.seeds)[pos], nca.stream_key(pos, 6, 3, 0),
+                                 cfg)
+    assert torch.equal(got, want)
+
+
+def _round_to_tf32(x):
+    if not (isinstance(x, torch.Tensor) and x.dtype == torch.float32):
+        return x
+    return ((x.view(torch.int32) + 0x1000) & ~0x1FFF).view(torch.float32)   # 10-bit mantissa
+
+
+def _tf32_allowed():               # what cuBLAS reads: the per-backend setting from PyTorch 2.9
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        return torch.backends.cuda.matmul.fp32_precision == "tf32"
+    return torch.backends.cuda.matmul.allow_tf32
+
+
+class EmulatedTF32(TorchFunctionMode):
+    """What CUDA does with TF32 allowed, on CPU: matmul inputs rounded to TF32's 10-bit mantissa
+    whenever the global setting allows TF32 at the time of the call."""
+    MATMULS = {torch.bmm, torch.matmul, torch.mm, torch.einsum, torch.Tensor.__matmul__,
+               torch.nn.functional.linear, torch.baddbmm, torch.addmm}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.MATMULS and _tf32_allowed():
+            args = [_round_to_tf32(a) for a in args]
+        return func(*args, **(kwargs or {}))
+
+
+def test_generation_ignores_global_matmul_precision():
+    """Trajectories, tokens and gzip scores do not change when the caller lowers the float32
+    matmul precision (train.py turns TF32 on), and the caller's settings survive generation.
+    The emulation works on this thread only, so the batches stay below _split's 128."""
+    seeds, traj = nca.seed_sequence(8, 0, 96), torch.arange(96)
+    rules = nca.sample_rules(seeds)
+    want_frames = nca.rollout(nca.RuleBatch(rules), traj, CFG, 4)
+    want_x, _ = nca.make_sequences(seeds, traj, CFG)
+    want_scores = nca.score_rules(seeds, CFG)
+    a, b = torch.randn(8, 64), torch.randn(64, 8)
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.set_float32_matmul_precision("medium")
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        with EmulatedTF32():
+            assert not torch.equal(a @ b, torch.mm(a.double(), b.double()).float())  # it bites
+            frames = nca.rollout(nca.RuleBatch(rules), traj, CFG, 4)
+            x, _ = nca.make_sequences(seeds, traj, CFG)
+            scores = nca.score_rules(seeds, CFG)
+        assert _tf32_allowed() and torch.backends.cuda.matmul.allow_tf32   # restored afterwards
+    finally:
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    assert torch.equal(frames, want_frames) and torch.equal(x, want_x)
+    assert np.array_equal(scores, want_scores)

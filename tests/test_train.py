@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+import nca
 import train
 from conftest import ROOT, make_domain
 
@@ -229,17 +230,99 @@ def test_nonfinite_loss_stops_with_the_step(domain, tmp_path, capsys):
     assert "at step" in msg and ("nan" in msg or "inf" in msg)
 
 
-def test_two_processes_shard_data_and_sync_weights(domain, tmp_path):
+def test_two_processes_run_the_gpu_presets_stage1_from_an_empty_rule_cache(tmp_path):
+    """torchrun on 2 processes (gloo) with the gpu preset's stage-1 batch (32,768 tokens of 1,024)
+    and automatic micro-batch, on a tiny model. Both ranks need the same rule bank, which is not
+    cached yet: rank 0 filters and writes it while rank 1 waits. Ranks see different data, keep
+    identical weights and draw different dropout masks."""
+    import nca
+    argv = ["--preset", "gpu", "--stage", "ppt", "--no-compile", "--device", "cpu", "--dtype",
+            "float32", "--n_layer", "1", "--n_head", "2", "--n_embd", "32",
+            "--ppt_vocab_size", "0", "--num_colors", "2", "--band", "all", "--max_iters", "2",
+            "--log_interval", "1",
+            "--train_num_rules", "32", "--val_num_rules", "2", "--ppt_val_seqs", "2",
+            "--rule_seed", str(10**6 + os.getpid()), "--out_dir", str(tmp_path), "--debug_ranks"]
+    args = train.parse_args(argv)
+    cfg = nca.config_from_args(args, seq_len=args.seq_len, max_vocab=train.vocab_limit(args))
+    bank = nca.bank_path(cfg, nca.band_from_args(args), 34, args.rule_seed)
+    assert args.ppt_batch_tokens == 32768 and args.seq_len == 1024 and not bank.exists()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "train.py")] + MODEL + PPT + [
-        "--stage", "ppt", "--out_dir", str(tmp_path), "--ppt_batch_tokens", "640",
-        "--debug_ranks"]
+           str(ROOT / "train.py")] + argv
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    try:
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert bank.exists() and not list(bank.parent.glob(bank.stem + ".*.tmp.npz"))
+    finally:
+        bank.unlink(missing_ok=True)
     r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
-    assert r0["first_batch"] != r1["first_batch"]
-    assert r0["weights"] == r1["weights"]
+    assert r0["micro_batch"] * r0["accum"] * 1024 * 2 == 32768
+    assert r0["first_batch"] != r1["first_batch"] and r0["weights"] == r1["weights"]
+    assert r0["dropout_rng"] != r1["dropout_rng"]
+
+
+def plan(argv, stage="lang", vocab=50257, world=1):
+    args = train.parse_args(argv)
+    with torch.device("meta"):
+        model = train.GPT(train.model_config(args, vocab, head_bias=stage == "ppt"))
+    tokens = args.ppt_batch_tokens if stage == "ppt" else args.batch_tokens
+    micro, est = train.plan_micro_batch(args, stage, 0, tokens, model,
+                                        {"rank": 0, "world": world, "device": "cpu"})
+    return micro, est, tokens // (args.seq_len * world)
+
+
+def test_micro_batch_plan_fits_memory_and_divides_the_batch():
+    gpu = ["--preset", "gpu"]
+    with torch.device("meta"):
+        small = train.GPT(train.model_config(train.parse_args(gpu), 50257, head_bias=False))
+    usable = lambda gb: 0.9 * gb * 2**30 - 2 * 2**30
+    # GPT-2 small, stage 2: the largest divisor of each process's sequences that fits
+    for gb, world in ((79, 1), (139.5, 1), (79, 8), (20, 1)):
+        micro, est, seqs = plan(gpu + ["--memory_gb", str(gb)], world=world)
+        assert seqs % micro == 0 and est["total"] <= usable(gb)
+        assert all(small.memory_estimate(m, 1024)["total"] > usable(gb)
+                   for m in range(micro + 1, seqs + 1) if seqs % m == 0)
+    assert plan(gpu + ["--memory_gb", "20"])[0] < plan(gpu + ["--memory_gb", "79"])[0]
+    # stage 1 of the gpu preset on 1, 2 and 8 processes: 32, 16 and 4 sequences each
+    for world, seqs in ((1, 32), (2, 16), (8, 4)):
+        micro, _, s = plan(gpu + ["--memory_gb", "79"], stage="ppt", vocab=64000, world=world)
+        assert s == seqs and micro == seqs
+    # the paper's 1.6B model fits one 80 GB H100 and one 141 GB H200 (they report 79 / 140 GiB)
+    for gb, want in ((79, 8), (139.5, 16)):
+        for stage, vocab in (("ppt", 64000), ("lang", 50257), ("lang", 64000)):
+            assert plan(gpu + ["--size", "paper", "--memory_gb", str(gb)], stage, vocab)[0] == want
+
+
+def test_micro_batch_errors_are_one_line(domain, tmp_path, capsys):
+    lang = MODEL + LANG + ["--stage", "lang", "--data_dir", str(domain), "--out_dir", str(tmp_path)]
+    # refused by the up-front flag checks, before any model is built
+    assert "is not a multiple of --micro_batch" in fails(capsys, lang + ["--micro_batch", "3"])
+    assert "is not a multiple of --micro_batch" in fails(capsys, lang + ["--batch_tokens", "100"])
+    assert "needs about" in fails(capsys, lang + ["--micro_batch", "0", "--memory_gb", "1"])
+    assert "not a multiple of --seq_len x processes = 80 x 1 = 80" in \
+        fails(capsys, lang + ["--micro_batch", "0", "--batch_tokens", "100"])
+    # the plan itself, for a micro-batch that passes the flag checks on another world size
+    args = train.parse_args(lang + ["--micro_batch", "3"])
+    with torch.device("meta"):
+        model = train.GPT(train.model_config(args, 50257, head_bias=False))
+    with pytest.raises(train.TrainError, match="does not divide the 4 sequences"):
+        train.plan_micro_batch(args, "lang", 3, 320, model, {"rank": 0, "world": 1, "device": "cpu"})
+
+
+def test_gpu_check_dry_run_writes_every_figure(tmp_path):
+    """DEVICE=cpu bash scripts/gpu_check.sh, in-process: every step at toy size."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import gpu_check
+    res = gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "cpu.json")])
+    assert json.loads((tmp_path / "cpu.json").read_text()) == json.loads(json.dumps(res))
+    assert set(res) == {"device", "nca_generation", "bit_identity", "stage1", "nca_share",
+                        "lang_data", "stage2", "bf16_vs_fp32", "targets", "reproduce_hours",
+                        "wall_s"}
+    assert res["bit_identity"]["identical"] and res["bit_identity"]["rules"] >= 64
+    for stage in ("stage1", "stage2"):
+        assert res[stage]["tokens_per_s"] > 0 and res[stage]["steps_measured"] >= 1
+    assert 0 < res["nca_share"]["share"] < 1 and res["bf16_vs_fp32"]["ok"]
+    assert all(t["met"] is None for t in res["targets"].values())   # targets are for a GPU
 
 
 def test_arms_of_a_seed_are_paired(two_stage, domain, tmp_path):
@@ -285,3 +368,12 @@ def test_byte_level_stage2_logs_probe(tmp_path):
     val = [r for r in lines(out / "metrics.jsonl") if r["kind"] == "val"]
     assert len(val) == 3 and all({"probe_first", "probe_second", "probe_gain"} <= set(r) for r in val)
     assert all(r["probe_first"] - r["probe_second"] == pytest.approx(r["probe_gain"]) for r in val)
+
+
+def test_cpu_preset_is_the_cpu_scale_setting():
+    args = train.parse_args(["--preset", "cpu", "--domain", "web_bytes"])
+    cfg = nca.config_from_args(args, seq_len=args.seq_len, max_vocab=train.vocab_limit(args))
+    assert (cfg.num_colors, cfg.grid, cfg.patch) == (4, 8, 2) and cfg.vocab_size == 258
+    assert nca.band_from_args(args) == nca.BANDS["cpu-web"] and args.vocab_size == "auto"
+    assert args.ppt_tokens % args.ppt_batch_tokens == 0 and args.lang_tokens % args.batch_tokens == 0
+    assert train.parse_args(["--preset", "cpu", "--band", "cpu-code"]).band == "cpu-code"
