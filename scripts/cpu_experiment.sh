@@ -14,12 +14,12 @@ OUT=${OUT:-out/cpu-$TOKENIZER}
 SEEDS=${SEEDS:-"0 1 2 3 4"}
 JOBS=${JOBS:-2}
 PPT_TOKENS=${PPT_TOKENS:-786432}     # 96 steps of 8,192 NCA tokens (empty: the cpu preset's)
-LANG_TOKENS=${LANG_TOKENS:-1048576}  # 256 steps of 4,096 bytes (empty: the cpu preset's)
+LANG_TOKENS=${LANG_TOKENS:-655360}   # 160 steps of 4,096 bytes (empty: the cpu preset's)
 BAND_WEB=${BAND_WEB:-cpu-web}        # stage-1 band for web and math (the paper's 0.5-1.0 at the cpu setting)
 BAND_CODE=${BAND_CODE:-cpu-code}      # and for code (the paper's 0.3-0.4 at the cpu setting)
 EVAL_TOKENS=${EVAL_TOKENS:-16384}
 suffix=$([ "$TOKENIZER" = bytes ] && echo _bytes || echo "")
-COMMON="--preset cpu --resume --eval_tokens $EVAL_TOKENS"
+COMMON="--preset cpu --resume --eval_tokens $EVAL_TOKENS --eval_interval ${EVAL_INTERVAL:-16}"
 [ -n "$PPT_TOKENS" ] && COMMON="$COMMON --ppt_tokens $PPT_TOKENS"
 [ -n "$LANG_TOKENS" ] && COMMON="$COMMON --lang_tokens $LANG_TOKENS"
 [ "$TOKENIZER" = gpt2 ] && COMMON="$COMMON --vocab_size 50257"
