@@ -870,9 +870,9 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
         eval_model = torch.compile(raw) if world > 1 else model
     scaler = torch.amp.GradScaler(device_type, enabled=(args.dtype == "float16"))
     grid_cfg = nca.NCAConfig(**extra["nca"]["config"]) if extra.get("nca") else None
-    # shown beside every validation: stage 1 NCA, the copy-the-previous-grid accuracy; stage 2,
-    # the in-context copy probe (the same sequences eval.py uses)
-    copy = copy_baseline(val_batches, extra["nca"]["config"]) if grid_cfg and val_batches else {}
+    # shown beside every validation: stage 1 NCA, the copy-the-previous-grid accuracy (run_ppt
+    # computes it once); stage 2, the in-context copy probe (the same sequences eval.py uses)
+    copy = extra.get("copy", {})
     probe_ids = probe_vocab(extra["vocab"]) if stage == "lang" else None
 
     step, metrics_path, resumed = 0, out / "metrics.jsonl", False
@@ -1046,10 +1046,11 @@ def run_ppt(args, out, ctx, dist):
     start_run(out, args, "ppt", dist)
     if args.ppt_source == "nca":
         extra["nca"] = {k: info[k] for k in ("config", "val_seeds", "mask_delimiters")}
+        extra["copy"] = copy_baseline(val, info["config"]) if val else {}
         if dist["rank"] == 0 and val and not (args.resume and (out / "ckpt.pt").exists()):
             with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"kind": "info", "step": 0, "tokens": 0,
-                                    **copy_baseline(val, info["config"])}) + "\n")
+                f.write(json.dumps({"kind": "info", "step": 0, "tokens": 0, **extra["copy"]})
+                        + "\n")
     hp = dict(lr=args.ppt_lr, weight_decay=args.ppt_weight_decay, schedule=args.ppt_schedule,
               warmup_frac=args.ppt_warmup_frac, grad_clip=args.ppt_grad_clip,
               batch_tokens=args.ppt_batch_tokens, micro_batch=micro, memory=memory,
