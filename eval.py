@@ -400,17 +400,17 @@ def summarize(runs, results):
     rows = []
     for (domain, arm), members in sorted(groups.items()):
         own = lambda key: [res[key][domain] for _, res in members if domain in res.get(key, {})]
-        change, dloss, dbpb, speed, missed = [], [], [], [], 0
+        change, speed, missed = [], [], 0
+        diffs = {"loss": [], "bpb": []}               # paired differences, arm - scratch
         for r, res in members:
             pair = scratch.get((domain, r.config.get("seed")))
             if pair is None or pair[0] is r:
                 continue
             b, bres = pair
             change.append(100 * (res["ppl"][domain] / bres["ppl"][domain] - 1))
-            if domain in res.get("loss", {}) and domain in bres.get("loss", {}):
-                dloss.append(res["loss"][domain] - bres["loss"][domain])
-            if domain in res.get("bpb", {}) and domain in bres.get("bpb", {}):
-                dbpb.append(res["bpb"][domain] - bres["bpb"][domain])
+            for key, out in diffs.items():
+                if domain in res.get(key, {}) and domain in bres.get(key, {}):
+                    out.append(res[key][domain] - bres[key][domain])
             sp = speedup(val_curve(b.metrics), val_curve(r.metrics))
             if sp is None:
                 missed += 1
@@ -421,8 +421,8 @@ def summarize(runs, results):
                      "ppl": mean_ci(own("ppl")), "ppl_all": own("ppl"),
                      "loss": mean_ci(own("loss")), "bpb": mean_ci(own("bpb")),
                      "change_pct": mean_ci(change), "change_all": change,
-                     "dloss": mean_ci(dloss), "dloss_all": dloss,
-                     "dbpb": mean_ci(dbpb), "dbpb_all": dbpb,
+                     "dloss": mean_ci(diffs["loss"]), "dloss_all": diffs["loss"],
+                     "dbpb": mean_ci(diffs["bpb"]), "dbpb_all": diffs["bpb"],
                      "speedup": mean_ci(speed), "speedup_all": speed, "not_reached": missed,
                      "probe_gain": mean_ci(gains), "probe_gain_all": gains})
     return rows

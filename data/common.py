@@ -213,6 +213,7 @@ def encode_documents(docs, num_threads=os.cpu_count() or 1, tokenizer="gpt2"):
     return out
 
 
+@functools.lru_cache(maxsize=None)    # one table per tokenizer per process (read-only)
 def token_bytes(tokenizer):
     """UTF-8 bytes of the text behind each token id (0 for the document separator), so that a
     loss in nats per token converts to bits per byte of the same text whatever the tokenizer."""
