@@ -22,7 +22,6 @@ it never gets there.
 import argparse
 import json
 import math
-import os
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -33,13 +32,14 @@ import torch
 import torch.nn.functional as F
 
 import nca
+from util import UserError, atomic_write, autocast, default_device, one_line_errors, progress_bar
 from data.common import TOKENIZERS, DataError, load_meta, load_tokens, max_token, show, token_bytes
 from model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parent
 
 
-class EvalError(Exception):
+class EvalError(UserError):
     """A problem the user can fix (a path, a refused option); the message is one line."""
 
 
@@ -66,7 +66,7 @@ def perplexity(model, windows, batch_size=8, device="cpu", ctx=nullcontext(), de
     differ only through a smaller last batch. Returns {"loss", "ppl", "tokens"}."""
     model.eval()
     total, count = 0.0, 0
-    with nca.progress_bar(len(windows) * (windows.shape[1] - 1), desc, unit="tok",
+    with progress_bar(len(windows) * (windows.shape[1] - 1), desc, unit="tok",
                           disable=desc is None, unit_scale=True, leave=False) as bar:
         for w in windows.split(batch_size):
             w = w.to(device)
@@ -157,7 +157,7 @@ def nca_eval(model, nca_info, num_seqs=64, batch_size=8, device="cpu", ctx=nullc
     sums = {k: torch.zeros(G, dtype=torch.float64) for k in keys}
     loss_sum, n_labels, n_seqs = 0.0, 0, 0
     model.eval()
-    bar = nca.progress_bar(len(batches), desc, unit="batch", disable=desc is None, leave=False)
+    bar = progress_bar(len(batches), desc, unit="batch", disable=desc is None, leave=False)
     for x, y in batches:
         bar.update(1)
         with ctx:
@@ -565,12 +565,6 @@ def plot_curves(runs, baselines, path):
     plt.close(fig)
 
 
-def _write_atomic(path, text):
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------- command line
 
 def get_args(argv=None):
@@ -603,7 +597,7 @@ def get_args(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace an existing eval.json in --out")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="draw the validation curves here (needs matplotlib)")
-    return nca.one_line_errors(p).parse_args(argv)
+    return one_line_errors(p).parse_args(argv)
 
 
 def evaluate(args):
@@ -616,14 +610,8 @@ def evaluate(args):
     for name in ("batch_size", "nca_val_seqs", "block_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise EvalError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    try:
-        device = nca.default_device(args.device)
-    except ValueError as e:
-        raise EvalError(str(e)) from None
-    device_type = "cuda" if device.startswith("cuda") else device
-    dtype = args.dtype if args.dtype != "auto" else (
-        "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32")
-    ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, getattr(torch, dtype))
+    device = default_device(args.device)
+    ctx, dtype = autocast(args.dtype, device)
 
     runs = [load_run(p) for p in args.runs]
     explicit = []
@@ -715,8 +703,8 @@ def evaluate(args):
     text = report_text(results, domains, block, summary)
     print(text)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / "eval.json", json.dumps(report, indent=2) + "\n")
-    _write_atomic(out_dir / "eval.md", text + "\n")
+    atomic_write(out_dir / "eval.json", json.dumps(report, indent=2) + "\n")
+    atomic_write(out_dir / "eval.md", text + "\n")
     print(f"wrote {show(out_dir / 'eval.json')} and {show(out_dir / 'eval.md')}")
     if args.plot:
         plot_curves(runs, baselines, args.plot)
@@ -729,7 +717,7 @@ def main(argv=None):
     args = get_args(argv)
     try:
         return evaluate(args)
-    except (DataError, EvalError) as e:
+    except (DataError, UserError) as e:
         sys.exit(f"error: {e}")
 
 

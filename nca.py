@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from util import UserError, atomic_write, default_device, one_line_errors, progress_bar
+
 ROOT = Path(__file__).resolve().parent
 CACHE_DIR = ROOT / ".cache" / "rules"
 
@@ -571,7 +573,7 @@ def filter_rules(cfg, band, num_rules, seed=0, device="cpu", batch=2048, progres
         found = sum(map(len, seeds))
         if drawn >= max_candidates or (found == 0 and drawn >= 4 * batch):
             bar.close()
-            raise RuntimeError(f"only {found} of {drawn:,} random rules scored in the band "
+            raise UserError(f"only {found} of {drawn:,} random rules scored in the band "
                                f"({lo}, {hi}); widen the band (see python nca.py --stats)")
         cand = seed_sequence(seed, drawn, batch)
         sc = score_rules(cand, cfg, device, batch)
@@ -584,53 +586,9 @@ def filter_rules(cfg, band, num_rules, seed=0, device="cpu", batch=2048, progres
     bar.close()
     bank = RuleBank(np.concatenate(seeds), np.concatenate(scores), (lo, hi), drawn)
     if cache:
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")   # concurrent runs: own names
-        np.savez(tmp, seeds=bank.seeds, scores=bank.scores, candidates=drawn)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: np.savez(tmp, seeds=bank.seeds, scores=bank.scores,
+                                                candidates=drawn))
     return bank
-
-
-def progress_bar(total, desc, unit="it", disable=False, **tqdm_kw):
-    """A tqdm bar on a terminal. Off a terminal (a log file, a pipe) a bar's carriage-return
-    updates would pile up in the log, so this gives PlainProgress instead: plain lines."""
-    from tqdm import tqdm
-    if disable or sys.stderr.isatty():
-        return tqdm(total=total, desc=desc, unit=unit, disable=disable, **tqdm_kw)
-    return PlainProgress(total, desc, unit, tqdm_kw.get("initial", 0))
-
-
-class PlainProgress:
-    """The part of tqdm's interface used here, as plain lines on stdout: `desc: n/total unit`
-    when nothing else was printed for `interval` seconds, and once at the end."""
-    interval = 30.0
-
-    def __init__(self, total, desc, unit="it", initial=0):
-        self.total, self.desc, self.unit, self.n = total, desc, unit, initial
-        self.postfix, self.closed, self.last = "", False, time.monotonic()
-
-    def write(self, line):
-        print(line, flush=True)
-        self.last = time.monotonic()
-
-    def update(self, n=1):
-        self.n += n
-        if time.monotonic() - self.last >= self.interval:
-            self.write(f"{self.desc}: {self.n:,}/{self.total:,} {self.unit}{self.postfix}")
-
-    def set_postfix(self, **kw):
-        self.postfix = "".join(f" {k} {v}" for k, v in kw.items())
-
-    def close(self):
-        if not self.closed:
-            self.closed = True
-            self.write(f"{self.desc}: {self.n:,}/{self.total:,} {self.unit}{self.postfix}")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 # -----------------------------------------------------------------------------------------------
@@ -824,13 +782,9 @@ def draw_preview(path, cfg, bands, rules_per_band=3, num_frames=8, seed=0, devic
                     px = pal[frames[r, f]].repeat(scale, 0).repeat(scale, 1)
                     img.paste(Image.fromarray(px), (x0 + pad + c * (cell + pad), y0 + head - 2))
         images.append(img)
-    tmp = Path(str(path) + ".tmp")
-    if gif:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=250,
-                       loop=0)
-    else:
-        images[0].save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, loop=0,
+                                                  append_images=images[1:], duration=250)
+                 if gif else images[0].save(tmp, format="PNG"))
 
 
 # The official implementation's scores of 4000 random rules (band_stats in
@@ -883,34 +837,6 @@ def bench(cfg, device, seqs=8192, chunk=2048, rules=4096):
     print(f"accepted rules/s (band 0.5-1.0): {((sc > 0.5) & (sc < 1.0)).sum() / df:.0f} rules/s")
 
 
-def default_device(name="auto"):
-    """The --device to run on ("auto": CUDA, else MPS, else CPU), checked to exist on this
-    machine: ValueError (one line) rather than a traceback from deep inside torch."""
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
-    kind, _, index = name.partition(":")
-    if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
-        raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available here (no GPU, or a CPU-only "
-                         "PyTorch): use --device cpu or auto")
-    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
-                         f"device(s), numbered from 0")
-    if kind == "mps" and not mps:
-        raise ValueError(f"--device {name}: MPS (Apple GPU) is not available here: use --device "
-                         "cpu or auto")
-    return name
-
-
-def one_line_errors(parser):
-    """Make argparse report a bad flag as one line starting with "error:" (not its usage block),
-    like every other refusal of the scripts; exit status 2 as argparse's own."""
-    parser.error = lambda message: parser.exit(2, f"error: {message} (see --help)\n")
-    return parser
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -947,10 +873,7 @@ def main(argv=None):
         scores = score_rules(seed_sequence(args.seed, 0, args.num_rules), cfg, device)
         print_stats(scores)
         if args.out:
-            tmp = args.out + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump([round(float(s), 6) for s in scores], f)
-            os.replace(tmp, args.out)
+            atomic_write(args.out, json.dumps([round(float(s), 6) for s in scores]))
             print(f"wrote {len(scores)} scores to {args.out}")
     if args.preview:
         bands = [(k, BANDS[k]) for k in ("0.2-0.3", "0.3-0.4", "0.4-0.5", "0.5-1.0")]

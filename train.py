@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import nca
+from util import UserError, atomic_write, autocast, default_device, one_line_errors, progress_bar
 from data.common import DataError, load_meta, load_tokens, max_token
 from eval import EvalError, copy_probe, eval_windows, probe_vocab
 from model import GPT, GPTConfig, SIZES, config_for
@@ -66,7 +67,7 @@ PRESETS = {
 }
 
 
-class TrainError(Exception):
+class TrainError(UserError):
     """A problem with the user's input or run; main() prints it as one line."""
 
 
@@ -188,7 +189,7 @@ def get_parser():
                         "always saved")
     g.add_argument("--eval_tokens", type=int, default=4_194_304,
                    help="validation tokens (0 = the whole val split)")
-    return nca.one_line_errors(p)
+    return one_line_errors(p)
 
 
 def auto_or_count(text):
@@ -314,12 +315,7 @@ def check_flags(args, world):
         if budget and budget < batch:
             raise TrainError(f"the {stage} token budget {budget:,} is less than one batch of "
                              f"{batch:,} ({bflag}): raise the budget or lower the batch")
-    try:
-        device = nca.default_device(args.device)
-    except ValueError as e:
-        raise TrainError(str(e)) from None
-    if args.dtype == "float16" and not device.startswith("cuda"):
-        raise TrainError("--dtype float16 needs CUDA (its loss scaler); use bfloat16 or float32")
+    autocast(args.dtype, default_device(args.device))
 
 
 def peek_checkpoint(path, what):
@@ -520,8 +516,6 @@ def ppt_source(args, device, rank, world, micro):
                 torch.distributed.barrier()
             bank = nca.filter_rules(cfg, band, n_train + n_val, seed=args.rule_seed,
                                     device=device, progress=rank == 0)
-        except RuntimeError as e:
-            raise TrainError(str(e))
         finally:
             if world > 1 and rank == 0:
                 torch.distributed.barrier()
@@ -738,12 +732,6 @@ def plan_micro_batch(args, stage, requested, batch_tokens, model, dist):
     return requested, est
 
 
-def save_atomic(obj, path):
-    tmp = Path(str(path) + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 RUN_FILES = ("config.json", "metrics.jsonl", "ckpt.pt")
 
 
@@ -770,9 +758,7 @@ def prepare_run_dir(out, args, config):
 
 
 def write_config(out, config):
-    tmp = Path(out) / "config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2, default=str))
-    os.replace(tmp, Path(out) / "config.json")
+    atomic_write(Path(out) / "config.json", json.dumps(config, indent=2, default=str))
 
 
 def lock_run_dir(out):
@@ -911,14 +897,14 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
     def checkpoint(step):
         if not master:
             return
-        save_atomic({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+        atomic_write(out / "ckpt.pt", lambda tmp: torch.save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
                      "model_args": asdict(raw.config), "step": step,
                      "tokens": step * hp["batch_tokens"], "config": vars(args) | {"stage": stage},
                      "stage": stage, "vocab": extra["vocab"], "nca": extra.get("nca"),
                      "data": train_iter.state_dict(),
                      "rng": {"torch": torch.get_rng_state(),
                              "cuda": torch.cuda.get_rng_state(device) if device_type == "cuda"
-                             else None}}, out / "ckpt.pt")
+                             else None}}, tmp))
 
     flops = raw.flops_per_token(T)
     peak = peak_flops(device)
@@ -930,7 +916,7 @@ def train_stage(args, stage, out, model, train_iter, val_batches, hp, ctx, dist,
     if step == 0:
         log({"kind": "info", "step": 0, "tokens": 0, "micro_batch": micro, "accum": accum,
              "world": world, "mem_estimate_gb": hp["memory"]["total"] / 2**30})
-    bar = nca.progress_bar(steps, stage, unit="step", disable=not master, initial=step,
+    bar = progress_bar(steps, stage, unit="step", disable=not master, initial=step,
                            dynamic_ncols=True)
     first_batch_hash, last_val, rates = None, None, []
     t_last, last_logged, paused = time.perf_counter(), step, 0.0
@@ -1084,7 +1070,7 @@ def run_lang(args, out, ctx, dist):
 def setup_distributed(args):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    device = nca.default_device(args.device)
+    device = default_device(args.device)
     if world > 1:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if device.startswith("cuda"):
@@ -1093,18 +1079,6 @@ def setup_distributed(args):
         torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda")
                                              else "gloo")
     return {"rank": rank, "world": world, "device": device}
-
-
-def autocast_ctx(args, device):
-    device_type = "cuda" if str(device).startswith("cuda") else "cpu"
-    if args.dtype == "auto":
-        args.dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() \
-            else "float32"
-    if args.dtype == "float16" and device_type != "cuda":
-        raise TrainError("--dtype float16 needs CUDA (its loss scaler); use bfloat16 or float32")
-    if args.dtype == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=getattr(torch, args.dtype))
 
 
 def main(argv=None):
@@ -1117,7 +1091,7 @@ def main(argv=None):
         dist = setup_distributed(args)
         if dist["device"].startswith("cuda"):   # TF32 for the model's float32 matmuls (NCA
             torch.set_float32_matmul_precision("high")   # generation stays exact regardless)
-        ctx = autocast_ctx(args, dist["device"])
+        ctx, args.dtype = autocast(args.dtype, dist["device"])
         out = Path(args.out_dir)
         master = dist["rank"] == 0
         do_ppt = args.stage in ("ppt", "both") and args.ppt_tokens > 0
@@ -1149,7 +1123,7 @@ def main(argv=None):
         if args.stage in ("lang", "both"):
             result["lang"] = run_lang(args, out, ctx, dist)
         return result
-    except (TrainError, DataError, ValueError, torch.cuda.OutOfMemoryError) as e:
+    except (ValueError, DataError, torch.cuda.OutOfMemoryError) as e:
         rank = f"[rank {dist['rank']}] " if dist["world"] > 1 else ""
         if isinstance(e, torch.cuda.OutOfMemoryError):
             e = ("out of GPU memory: pass a smaller --micro_batch / --ppt_micro_batch (or a "

@@ -7,6 +7,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import nca
+import util
 from conftest import FIXTURES
 
 CFG = nca.NCAConfig()
@@ -244,7 +245,7 @@ def test_filter_band_and_cache(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("bank-*.npz"))) == 1
     cached = nca.filter_rules(CFG, (0.3, 0.4), 10, seed=4, progress=False)
     assert np.array_equal(cached.seeds, bank.seeds)
-    with pytest.raises(RuntimeError, match="widen the band"):
+    with pytest.raises(nca.UserError, match="widen the band"):
         nca.filter_rules(CFG, (0.7, 0.8), 1, seed=0, progress=False, cache=False,
                          max_candidates=256, batch=256)
 
@@ -272,9 +273,9 @@ def test_cli_stats_and_preview(tmp_path, capsys):
 def test_progress_is_plain_lines_off_a_terminal(capsys, monkeypatch):
     import io
     monkeypatch.setattr(nca.sys, "stderr", io.StringIO())          # not a terminal
-    monkeypatch.setattr(nca.PlainProgress, "interval", 0.0)
-    bar = nca.progress_bar(3, "work", unit="step")
-    assert isinstance(bar, nca.PlainProgress)
+    monkeypatch.setattr(util.PlainProgress, "interval", 0.0)
+    bar = util.progress_bar(3, "work", unit="step")
+    assert isinstance(bar, util.PlainProgress)
     bar.update(1)
     bar.write("step 1 loss 2.0")
     bar.update(2)

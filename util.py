@@ -1,0 +1,115 @@
+"""Small helpers shared by the scripts: the one-line error every script prints, atomic file
+writes, the --device and --dtype choices, and progress bars that stay readable in log files."""
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+class UserError(ValueError):
+    """A problem the user can fix (a flag, a path, a file); the scripts print it as one line
+    starting with "error:" and exit with status 2, without a traceback."""
+
+
+def one_line_errors(parser):
+    """Make argparse report a bad flag as one "error:" line (not its usage block); status 2."""
+    parser.error = lambda message: parser.exit(2, f"error: {message} (see --help)\n")
+    return parser
+
+
+def atomic_write(path, data):
+    """Write `data` (str, bytes, or a function that writes to the path it is given) to a
+    temporary name beside `path`, then rename it into place: a crash never leaves half a file,
+    and concurrent writers (each with its own temporary name) never mix their bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        if isinstance(data, str):
+            tmp.write_text(data)
+        elif isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            data(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def default_device(name="auto"):
+    """The --device to run on ("auto": CUDA, else MPS, else CPU), checked to exist here."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
+        raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available here (no GPU, or a CPU-only "
+                        "PyTorch): use --device cpu or auto")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                        f"device(s), numbered from 0")
+    if kind == "mps" and not mps:
+        raise UserError(f"--device {name}: MPS (Apple GPU) is not available here: use --device "
+                        "cpu or auto")
+    return name
+
+
+def autocast(dtype, device):
+    """(autocast context, dtype name) for --dtype on `device`: "auto" is bfloat16 on CUDA when
+    supported, float32 elsewhere; float16 needs CUDA (its loss scaler)."""
+    device_type = "cuda" if str(device).startswith("cuda") else str(device).split(":")[0]
+    if dtype == "auto":
+        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() \
+            else "float32"
+    if dtype == "float16" and device_type != "cuda":
+        raise UserError("--dtype float16 needs CUDA (its loss scaler); use bfloat16 or float32")
+    if dtype == "float32":
+        return contextlib.nullcontext(), dtype
+    return torch.autocast(device_type, dtype=getattr(torch, dtype)), dtype
+
+
+def progress_bar(total, desc, unit="it", disable=False, **tqdm_kw):
+    """A tqdm bar on a terminal. Off a terminal (a log file, a pipe) a bar's carriage-return
+    updates would pile up in the log, so this gives PlainProgress instead: plain lines."""
+    from tqdm import tqdm
+    if disable or sys.stderr.isatty():
+        return tqdm(total=total, desc=desc, unit=unit, disable=disable, **tqdm_kw)
+    return PlainProgress(total, desc, unit, tqdm_kw.get("initial", 0))
+
+
+class PlainProgress:
+    """The part of tqdm's interface used here, as plain lines on stdout: `desc: n/total unit`
+    when nothing else was printed for `interval` seconds, and once at the end."""
+    interval = 30.0
+
+    def __init__(self, total, desc, unit="it", initial=0):
+        self.total, self.desc, self.unit, self.n = total, desc, unit, initial
+        self.postfix, self.closed, self.last = "", False, time.monotonic()
+
+    def write(self, line):
+        print(line, flush=True)
+        self.last = time.monotonic()
+
+    def update(self, n=1):
+        self.n += n
+        if time.monotonic() - self.last >= self.interval:
+            self.write(f"{self.desc}: {self.n:,}/{self.total:,} {self.unit}{self.postfix}")
+
+    def set_postfix(self, **kw):
+        self.postfix = "".join(f" {k} {v}" for k, v in kw.items())
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            self.write(f"{self.desc}: {self.n:,}/{self.total:,} {self.unit}{self.postfix}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
