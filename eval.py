@@ -29,12 +29,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+import ckpt
 import nca
 from util import UserError, atomic_write, autocast, default_device, one_line_errors, progress_bar
-from data.common import TOKENIZERS, DataError, load_meta, load_tokens, max_token, show, token_bytes
-from model import GPT, GPTConfig
+from data.common import (TOKENIZERS, DataError, eval_windows, load_meta, load_tokens, max_token,
+                         probe_vocab, show, token_bytes)
+from model import copy_probe, evaluate
+from sources import GridAccuracy
 
 ROOT = Path(__file__).resolve().parent
 
@@ -45,38 +47,16 @@ class EvalError(UserError):
 
 # ---------------------------------------------------------------- perplexity
 
-def eval_windows(tokens, block_size, eval_tokens):
-    """The fixed evaluation windows of a token array, an (N, block_size + 1) int64 tensor:
-    window i = tokens[i * block_size : (i + 1) * block_size + 1]. N = eval_tokens // block_size
-    (at least 1; eval_tokens <= 0 means the whole split), capped by what the split holds."""
-    n_max = (len(tokens) - 1) // block_size
-    if n_max < 1:
-        raise EvalError(f"a split of {len(tokens)} tokens is shorter than one window of "
-                        f"{block_size + 1} tokens: lower --block_size")
-    n = n_max if eval_tokens <= 0 else min(n_max, max(1, eval_tokens // block_size))
-    idx = np.arange(n)[:, None] * block_size + np.arange(block_size + 1)
-    return torch.from_numpy(np.asarray(tokens[:n * block_size + 1]).astype(np.int64)[idx])
-
-
-@torch.no_grad()
 def perplexity(model, windows, batch_size=8, device="cpu", ctx=nullcontext(), desc=None):
     """exp(token-mean cross-entropy) of `model` on windows (N, T + 1): inputs w[:, :-1], targets
     w[:, 1:]. Token-mean rather than the official mean of per-batch means (docs/differences.md,
-    'Windows and validation averaging'); the two
-    differ only through a smaller last batch. Returns {"loss", "ppl", "tokens"}."""
-    model.eval()
-    total, count = 0.0, 0
+    'Windows and validation averaging'); the two differ only through a smaller last batch.
+    Returns {"loss", "ppl", "tokens"}."""
     with progress_bar(len(windows) * (windows.shape[1] - 1), desc, unit="tok",
-                          disable=desc is None, unit_scale=True, leave=False) as bar:
-        for w in windows.split(batch_size):
-            w = w.to(device)
-            with ctx:
-                logits, _ = model(w[:, :-1])
-            total += F.cross_entropy(logits.float().flatten(0, 1), w[:, 1:].flatten(),
-                                     reduction="sum").item()
-            count += w[:, 1:].numel()
-            bar.update(w[:, 1:].numel())
-    return {"loss": total / count, "ppl": math.exp(total / count), "tokens": count}
+                      disable=desc is None, unit_scale=True, leave=False) as bar:
+        r = evaluate(model, [(w[:, :-1], w[:, 1:]) for w in windows.split(batch_size)], ctx,
+                     device, each=lambda x, *_: bar.update(x.numel()))
+    return {**r, "ppl": math.exp(r["loss"])}
 
 
 def ngram_baselines(train, windows, vocab_size):
@@ -106,73 +86,24 @@ def bits_per_byte(loss, windows, nbytes):
     return loss * windows[:, 1:].numel() / math.log(2) / nbytes
 
 
-def probe_vocab(vocab):
-    """How many ids the copy probe draws from, for a checkpoint's {"kind", "size"}: a known
-    tokenizer's ordinary tokens (below its document separator), within the model's vocabulary."""
-    return min(TOKENIZERS.get(vocab["kind"], (0, vocab["size"]))[1], vocab["size"])
-
-
-@torch.no_grad()
-def copy_probe(model, vocab_size, length, num_seqs=16, batch_size=8, device="cpu",
-               ctx=nullcontext(), seed=0):
-    """In-context copying: the loss on the second copy of a repeated random token sequence
-    against the loss on the first. Random tokens cannot be predicted the first time; the second
-    time a model that can look back and copy (an induction head) predicts them well. The same
-    sequences (ids below vocab_size, from `seed`) for every model. Returns first, second, gain."""
-    g = torch.Generator().manual_seed(seed)
-    half = torch.randint(0, vocab_size, (num_seqs, length), generator=g)
-    seqs = torch.cat([half, half], dim=1)
-    was_training = model.training
-    model.eval()
-    first = second = 0.0
-    for w in seqs.split(batch_size):
-        w = w.to(device)
-        with ctx:
-            logits, _ = model(w[:, :-1])
-        nll = F.cross_entropy(logits.float().transpose(1, 2), w[:, 1:], reduction="none")
-        first += nll[:, :length - 1].sum().item()      # targets 1..L-1 of the first copy
-        second += nll[:, length:].sum().item()         # targets 1..L-1 of the second copy
-    model.train(was_training)
-    n = num_seqs * (length - 1)
-    return {"first": first / n, "second": second / n, "gain": (first - second) / n}
-
-
 # ---------------------------------------------------------------- stage-1 NCA checkpoints
 
-@torch.no_grad()
 def nca_eval(model, nca_info, num_seqs=64, batch_size=8, device="cpu", ctx=nullcontext(),
              desc=None):
     """A stage-1 NCA checkpoint on its held-out rules: validation loss over the supervised labels
-    and in-context accuracy by grid position (nca.grid_accuracy), beside the 'copy the previous
-    grid' predictor (nca.copy_accuracy). Lists are indexed by grid g = 1..G: grid g is predicted
-    with g earlier grids in context (grid 0 is the unscored prompt). token_acc = share of its
-    patch tokens right under teacher forcing; grid_acc = whole grid right (= greedy decoding)."""
+    and in-context accuracy by grid position, beside the 'copy the previous grid' predictor
+    (sources.GridAccuracy). Lists are indexed by grid g = 1..G: grid g is predicted with g
+    earlier grids in context (grid 0 is the unscored prompt). token_acc = share of its patch
+    tokens right under teacher forcing; grid_acc = whole grid right (= greedy decoding)."""
     cfg = nca.NCAConfig(**nca_info["config"])
-    # val_seed: the trajectory seed of train.py's val set if it stores one (nca.val_batches' 0 else)
     batches = nca.val_batches(cfg, nca_info["val_seeds"], num_seqs, batch_size, device,
-                              seed=nca_info.get("val_seed", 0),
                               mask_delimiters=nca_info.get("mask_delimiters", False))
-    G = len(nca.grid_positions(cfg))
-    keys = ("token_acc", "grid_acc", "copy_token_acc", "copy_grid_acc")
-    sums = {k: torch.zeros(G, dtype=torch.float64) for k in keys}
-    loss_sum, n_labels, n_seqs = 0.0, 0, 0
-    model.eval()
-    bar = progress_bar(len(batches), desc, unit="batch", disable=desc is None, leave=False)
-    for x, y in batches:
-        bar.update(1)
-        with ctx:
-            logits, _ = model(x)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100,
-                                    reduction="sum").item()
-        n_labels += int((y != -100).sum())
-        accs = nca.grid_accuracy(logits.argmax(-1), y, cfg) + nca.copy_accuracy(x, y, cfg)
-        for k, v in zip(keys, accs):
-            sums[k] += v.double().cpu()
-        n_seqs += len(x)
-    bar.close()
-    return {"val_loss": loss_sum / n_labels, "num_seqs": n_seqs, "grid": list(range(1, G + 1)),
-            **{k: (v / n_seqs).tolist() for k, v in sums.items()}}
+    acc = GridAccuracy(cfg)
+    with progress_bar(len(batches), desc, unit="batch", disable=desc is None, leave=False) as bar:
+        loss = evaluate(model, batches, ctx, device,
+                        each=lambda *a: (acc(*a), bar.update(1)))["loss"]
+    return {"val_loss": loss, "num_seqs": acc.seqs, "grid": list(range(1, len(acc.sums["token_acc"]) + 1)),
+            **acc.by_grid()}
 
 
 # ---------------------------------------------------------------- convergence speedup
@@ -234,21 +165,13 @@ class Run:
         return self.stage == "lang" and not self.config.get("init_from")
 
 
-def load_checkpoint(path):
-    """A checkpoint dict, memory-mapped (the optimizer state is never read into memory)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # truncated file, not a checkpoint, unsafe pickle: one line, no trace
-        raise EvalError(f"cannot load {show(path)}: {str(e).strip().splitlines()[0]}") from None
-
-
 def load_run(path):
     """A run from its folder or its ckpt.pt: config.json (else the checkpoint's config) and the
     lines of metrics.jsonl (none if absent; an unfinished last line of a live run is skipped)."""
     path = Path(path)
-    folder, ckpt = (path.parent, path) if path.is_file() else (path, path / "ckpt.pt")
-    if not ckpt.is_file():
-        raise EvalError(f"{show(ckpt)} is missing: pass a run folder of train.py or a ckpt.pt")
+    folder, ck_path = (path.parent, path) if path.is_file() else (path, path / "ckpt.pt")
+    if not ck_path.is_file():
+        raise EvalError(f"{show(ck_path)} is missing: pass a run folder of train.py or a ckpt.pt")
     cfg_path = folder / "config.json"
     if cfg_path.exists():
         try:
@@ -257,7 +180,7 @@ def load_run(path):
             raise EvalError(f"{show(cfg_path)} is not valid JSON: delete it to use the config "
                             "saved in the checkpoint") from None
     else:
-        config = load_checkpoint(ckpt).get("config")
+        config = ckpt.peek(ck_path).get("config")
     if not isinstance(config, dict):
         raise EvalError(f"{show(cfg_path)} holds no run config (a JSON object written by train.py)")
     metrics = []
@@ -269,31 +192,7 @@ def load_run(path):
         except ValueError:
             if i < len(lines) - 1:
                 raise EvalError(f"{show(m_path)} line {i + 1} is not JSON") from None
-    return Run(folder, ckpt, config, metrics)
-
-
-def checkpoint_info(path):
-    """What a checkpoint is (model_args, vocab, nca, step, tokens), checked to be from train.py."""
-    ck = load_checkpoint(path)
-    if not isinstance(ck, dict) or "model" not in ck or not isinstance(ck.get("model_args"), dict):
-        raise EvalError(f"{show(path)} is not a train.py checkpoint (it has no model or "
-                        "model_args)")
-    try:
-        GPTConfig(**ck["model_args"])
-    except (TypeError, ValueError) as e:
-        raise EvalError(f"{show(path)} has unusable model_args: {e}") from None
-    return {k: ck.get(k) for k in ("model_args", "vocab", "nca", "step", "tokens")}
-
-
-def build_model(ckpt, device):
-    """The GPT of a checkpoint on `device`, in eval mode."""
-    with torch.device("meta"):
-        model = GPT(GPTConfig(**ckpt["model_args"]))
-    model.to_empty(device=device)
-    model.init_weights()  # for the RoPE tables, which no checkpoint holds; weights come next
-    state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}  # torch.compile
-    model.load_state_dict(state)
-    return model.eval()
+    return Run(folder, ck_path, config, metrics)
 
 
 def language_refusal(ckpt, tokenizer="gpt2", vocab=None):
@@ -600,7 +499,8 @@ def get_args(argv=None):
     return one_line_errors(p).parse_args(argv)
 
 
-def evaluate(args):
+def run(args):
+    """Check everything, score every run on every domain it can read, write eval.json/eval.md."""
     out_dir = Path(args.out)
     if (out_dir / "eval.json").exists() and not args.overwrite:
         raise EvalError(f"{show(out_dir / 'eval.json')} exists: pass --overwrite to replace it, "
@@ -612,97 +512,20 @@ def evaluate(args):
             raise EvalError(f"--{name} must be at least 1, got {getattr(args, name)}")
     device = default_device(args.device)
     ctx, dtype = autocast(args.dtype, device)
-
-    runs = [load_run(p) for p in args.runs]
-    explicit = []
-    for p in args.baseline:  # a baseline not among the runs is evaluated too, as the first row
-        b = load_run(p)
-        same = [r for r in runs if r.folder.resolve() == b.folder.resolve()]
-        if not same:
-            runs.insert(0, b)
-        explicit.append(same[0] if same else b)
-    label_runs(runs)
-    baselines = assign_baselines(runs, explicit)
-
-    # Pass 1 reads what each checkpoint is (memory-mapped, cheap); pass 2 builds one model at a time.
-    info = [checkpoint_info(r.ckpt) for r in runs]
-    folders = [Path(args.data_root) / d for d in args.domains.split(",") if d]
-    folders += [Path(p) for p in args.extra_data]
-    names = [f.name for f in folders]
-    if len(set(names)) < len(names):
-        raise EvalError(f"two eval domains share a folder name: {', '.join(names)}")
-    metas = {name: load_meta(folder) for name, folder in zip(names, folders)}
-    # refusals[i][name]: why run i cannot be scored on domain `name` (a run is scored where None)
-    refusals = [{n: language_refusal(inf, m.get("tokenizer", "gpt2"), m["vocab_size"])
-                 for n, m in metas.items()} for inf in info]
-    lang = [i for i, ref in enumerate(refusals) if None in ref.values()]
-    block = args.block_size or min((info[i]["model_args"]["block_size"] for i in lang), default=1024)
-    for i in lang:
-        if info[i]["model_args"]["block_size"] < block:
-            raise EvalError(f"--block_size {block} is longer than the "
-                            f"{info[i]['model_args']['block_size']} of {runs[i].label}")
-
-    windows, domains, nbytes = {}, {}, {}
-    for name, folder in zip(names, folders):  # every split is checked before any model runs
-        scored = [i for i in lang if refusals[i][name] is None]
-        if scored:
-            top = max_token(folder)
-            small = [i for i in scored if info[i]["model_args"]["vocab_size"] <= top]
-            if small:
-                raise EvalError(f"{show(folder)} holds token id {top:,}, outside the "
-                                f"{info[small[0]]['model_args']['vocab_size']:,}-token vocabulary "
-                                f"of {runs[small[0]].label}: evaluate it on other --domains")
-            val = load_tokens(folder, "val")
-            w = windows[name] = eval_windows(val, block, args.eval_tokens)
-            tokenizer = metas[name].get("tokenizer", "gpt2")
-            known = tokenizer in TOKENIZERS           # bits per byte need the token -> text map
-            nbytes[name] = int(token_bytes(tokenizer)[w[:, 1:].numpy()].sum()) if known else None
-            base = ngram_baselines(load_tokens(folder, "train"), w, metas[name]["vocab_size"])
-            domains[name] = {"path": show(folder), "tokenizer": tokenizer,
-                             "val_tokens": len(val), "windows": len(w), "tokens": len(w) * block,
-                             "bytes": nbytes[name], "baselines": base,
-                             "baselines_bpb": {k: bits_per_byte(v, w, nbytes[name])
-                                               for k, v in base.items()} if known else {}}
-
+    runs, baselines = gather_runs(args.runs, args.baseline)
+    # Pass 1 reads what each checkpoint is (memory-mapped, cheap) and checks every domain before
+    # any model runs; pass 2 builds one model at a time.
+    info = [ckpt.peek(r.ckpt) for r in runs]
+    plan = Plan(args, runs, info)
     print("config:", json.dumps(vars(args)))  # after the checks: a refusal prints one line only
-    results = []
-    for i, (r, inf) in enumerate(zip(runs, info)):
-        c = r.config
-        res = {"label": r.label, "path": show(r.folder), "ckpt": show(r.ckpt), "arm": c.get("arm"),
-               "stage": r.stage, "domain": r.domain, "ppt_source": c.get("ppt_source"),
-               "init_from": c.get("init_from"), "seed": c.get("seed"),
-               "trained_on": r.domain if r.stage == "lang" else f"{c.get('ppt_source')} (stage 1)",
-               "step": inf["step"], "tokens": inf["tokens"], "vocab": inf["vocab"],
-               "ppl": {}, "loss": {}, "bpb": {}, "probe": None, "nca": None,
-               "refused": refusal_text(refusals[i])}
-        is_nca = (inf["vocab"] or {}).get("kind") == "nca" and inf["nca"] is not None
-        if res["refused"]:
-            print(f"{r.label}: not evaluated on {res['refused']}"
-                  + ("; evaluating it on its NCA validation rules instead" if is_nca else ""))
-        if i in lang or is_nca:
-            model = build_model(load_checkpoint(r.ckpt), device)
-            for name, w in windows.items():
-                if refusals[i][name] is None:
-                    p = perplexity(model, w, args.batch_size, device, ctx, desc=f"{r.label} {name}")
-                    res["ppl"][name], res["loss"][name] = p["ppl"], p["loss"]
-                    if nbytes[name]:
-                        res["bpb"][name] = bits_per_byte(p["loss"], w, nbytes[name])
-            if i in lang:
-                res["probe"] = copy_probe(model, probe_vocab(inf["vocab"]), block // 2,
-                                          batch_size=args.batch_size, device=device, ctx=ctx)
-            if is_nca:
-                res["nca"] = nca_eval(model, inf["nca"], args.nca_val_seqs, args.batch_size,
-                                      device, ctx, desc=f"{r.label} nca")
-            del model
-        results.append(res)
+    results = [score_run(r, inf, refusals, plan, args, device, ctx)
+               for r, inf, refusals in zip(runs, info, plan.refusals)]
     compare(runs, results, baselines)
-
     summary = summarize(runs, results)
-    report = {"eval_tokens": args.eval_tokens, "block_size": block, "device": device,
-              "dtype": dtype, "domains": domains, "runs": results, "summary": summary}
-    text = report_text(results, domains, block, summary)
+    report = {"eval_tokens": args.eval_tokens, "block_size": plan.block, "device": device,
+              "dtype": dtype, "domains": plan.domains, "runs": results, "summary": summary}
+    text = report_text(results, plan.domains, plan.block, summary)
     print(text)
-    out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "eval.json", json.dumps(report, indent=2) + "\n")
     atomic_write(out_dir / "eval.md", text + "\n")
     print(f"wrote {show(out_dir / 'eval.json')} and {show(out_dir / 'eval.md')}")
@@ -712,11 +535,108 @@ def evaluate(args):
     return report
 
 
+def gather_runs(paths, baseline_paths):
+    """The runs to score, labelled, and each one's baseline run."""
+    runs = [load_run(p) for p in paths]
+    explicit = []
+    for p in baseline_paths:  # a baseline not among the runs is evaluated too, as the first row
+        b = load_run(p)
+        same = [r for r in runs if r.folder.resolve() == b.folder.resolve()]
+        if not same:
+            runs.insert(0, b)
+        explicit.append(same[0] if same else b)
+    label_runs(runs)
+    return runs, assign_baselines(runs, explicit)
+
+
+class Plan:
+    """What will be scored, all checked before any model runs: the domains (their windows, bytes
+    and n-gram baselines), the window length, and why each run cannot read a domain
+    (refusals[i][domain], None where it can)."""
+
+    def __init__(self, args, runs, info):
+        folders = [Path(args.data_root) / d for d in args.domains.split(",") if d]
+        folders += [Path(p) for p in args.extra_data]
+        names = [f.name for f in folders]
+        if len(set(names)) < len(names):
+            raise EvalError(f"two eval domains share a folder name: {', '.join(names)}")
+        metas = {name: load_meta(folder) for name, folder in zip(names, folders)}
+        self.refusals = [{n: language_refusal(inf, m.get("tokenizer", "gpt2"), m["vocab_size"])
+                          for n, m in metas.items()} for inf in info]
+        lang = [i for i, ref in enumerate(self.refusals) if None in ref.values()]
+        self.block = args.block_size or min((info[i]["model_args"]["block_size"] for i in lang),
+                                            default=1024)
+        for i in lang:
+            if info[i]["model_args"]["block_size"] < self.block:
+                raise EvalError(f"--block_size {self.block} is longer than the "
+                                f"{info[i]['model_args']['block_size']} of {runs[i].label}")
+        self.windows, self.domains, self.nbytes = {}, {}, {}
+        for name, folder in zip(names, folders):
+            scored = [i for i in lang if self.refusals[i][name] is None]
+            if scored:
+                self.add_domain(name, folder, metas[name], [(runs[i], info[i]) for i in scored],
+                                args.eval_tokens)
+
+    def add_domain(self, name, folder, meta, scored, eval_tokens):
+        top = max_token(folder)
+        for r, inf in scored:
+            if inf["model_args"]["vocab_size"] <= top:
+                raise EvalError(f"{show(folder)} holds token id {top:,}, outside the "
+                                f"{inf['model_args']['vocab_size']:,}-token vocabulary of "
+                                f"{r.label}: evaluate it on other --domains")
+        val = load_tokens(folder, "val")
+        w = self.windows[name] = torch.from_numpy(eval_windows(val, self.block, eval_tokens))
+        tokenizer = meta.get("tokenizer", "gpt2")
+        known = tokenizer in TOKENIZERS           # bits per byte need the token -> text map
+        nb = self.nbytes[name] = int(token_bytes(tokenizer)[w[:, 1:].numpy()].sum()) \
+            if known else None
+        base = ngram_baselines(load_tokens(folder, "train"), w, meta["vocab_size"])
+        self.domains[name] = {"path": show(folder), "tokenizer": tokenizer,
+                              "val_tokens": len(val), "windows": len(w),
+                              "tokens": len(w) * self.block, "bytes": nb, "baselines": base,
+                              "baselines_bpb": {k: bits_per_byte(v, w, nb)
+                                                for k, v in base.items()} if known else {}}
+
+
+def score_run(r, inf, refusals, plan, args, device, ctx):
+    """One run's row: loss, bits per byte and perplexity on each domain it can read and the copy
+    probe; a stage-1 NCA run also (or instead) on its held-out rules."""
+    c = r.config
+    res = {"label": r.label, "path": show(r.folder), "ckpt": show(r.ckpt), "arm": c.get("arm"),
+           "stage": r.stage, "domain": r.domain, "ppt_source": c.get("ppt_source"),
+           "init_from": c.get("init_from"), "seed": c.get("seed"),
+           "trained_on": r.domain if r.stage == "lang" else f"{c.get('ppt_source')} (stage 1)",
+           "step": inf.get("step"), "tokens": inf.get("tokens"), "vocab": inf.get("vocab"),
+           "ppl": {}, "loss": {}, "bpb": {}, "probe": None, "nca": None,
+           "refused": refusal_text(refusals)}
+    is_lang = None in refusals.values()
+    is_nca = (inf.get("vocab") or {}).get("kind") == "nca" and inf.get("nca") is not None
+    if res["refused"]:
+        print(f"{r.label}: not evaluated on {res['refused']}"
+              + ("; evaluating it on its NCA validation rules instead" if is_nca else ""))
+    if not (is_lang or is_nca):
+        return res
+    model = ckpt.build_model(ckpt.load(r.ckpt, mmap=True), device).eval()
+    for name, w in plan.windows.items():
+        if refusals[name] is None:
+            p = perplexity(model, w, args.batch_size, device, ctx, desc=f"{r.label} {name}")
+            res["ppl"][name], res["loss"][name] = p["ppl"], p["loss"]
+            if plan.nbytes[name]:
+                res["bpb"][name] = bits_per_byte(p["loss"], w, plan.nbytes[name])
+    if is_lang:
+        res["probe"] = copy_probe(model, probe_vocab(inf["vocab"]), plan.block // 2,
+                                  batch_size=args.batch_size, device=device, ctx=ctx)
+    if is_nca:
+        res["nca"] = nca_eval(model, inf["nca"], args.nca_val_seqs, args.batch_size, device, ctx,
+                              desc=f"{r.label} nca")
+    return res
+
+
 def main(argv=None):
     """Run the evaluation; returns the eval.json dict. User errors exit with a one-line message."""
     args = get_args(argv)
     try:
-        return evaluate(args)
+        return run(args)
     except (DataError, UserError) as e:
         sys.exit(f"error: {e}")
 

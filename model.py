@@ -13,8 +13,8 @@ other below.
 `python model.py` prints the preset sizes and their parameter counts.
 """
 
+import contextlib
 import inspect
-import math
 from dataclasses import dataclass
 
 import torch
@@ -22,10 +22,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+PPT_VOCAB = 64000  # the official stage-1 vocabulary (10,002 NCA symbols fit with room to spare)
+
+
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # longest sequence; length of the RoPE tables
-    vocab_size: int = 64000  # stage 1: 64,000, as the official code, for 10,002 NCA symbols
+    vocab_size: int = PPT_VOCAB
     n_layer: int = 24
     n_head: int = 32
     n_embd: int = 2048
@@ -410,6 +413,55 @@ class GPT(nn.Module):
             next_id = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
             idx = torch.cat((idx, next_id), dim=1)
         return idx
+
+
+# -----------------------------------------------------------------------------------------------
+# Evaluation: one loop for validation in train.py, perplexity and the NCA tables in eval.py, and
+# the copy probe
+
+@torch.no_grad()
+def evaluate(model, batches, ctx=contextlib.nullcontext(), device=None, each=None):
+    """Token-mean cross-entropy of `model` on (inputs, labels) batches, over labels != -100.
+    `each(x, y, nll, pred)`, if given, sees every batch: the per-position loss nll (B, T), 0 where
+    ignored, and the argmax predictions pred (B, T). Returns {"loss", "tokens"}."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for x, y in batches:
+            x, y = (x, y) if device is None else (x.to(device), y.to(device))
+            with ctx:
+                logits, _ = model(x)
+            rows = max(1, 2**28 // logits[0].numel())      # float32 copies of <= 1 GB at a time
+            nll = torch.cat([F.cross_entropy(lc.float().transpose(1, 2), yc, ignore_index=-100,
+                                             reduction="none")
+                             for lc, yc in zip(logits.split(rows), y.split(rows))])
+            total += nll.sum().item()
+            count += int((y != -100).sum())
+            if each is not None:
+                each(x, y, nll, logits.argmax(-1))
+    finally:
+        model.train(was_training)
+    return {"loss": total / max(count, 1), "tokens": count}
+
+
+def copy_probe(model, vocab_size, length, num_seqs=16, batch_size=8, device="cpu",
+               ctx=contextlib.nullcontext(), seed=0):
+    """In-context copying: the loss on the second copy of a repeated random token sequence
+    against the loss on the first. Random tokens cannot be predicted the first time; the second
+    time a model that can look back and copy (an induction head) predicts them well. The same
+    sequences (ids below vocab_size, from `seed`) for every model. Returns first, second, gain."""
+    half = torch.randint(0, vocab_size, (num_seqs, length),
+                         generator=torch.Generator().manual_seed(seed))
+    seqs = torch.cat([half, half], dim=1)
+    sums = [0.0, 0.0]
+
+    def each(x, y, nll, pred):
+        sums[0] += nll[:, :length - 1].sum().item()        # targets 1..L-1 of the first copy
+        sums[1] += nll[:, length:].sum().item()            # targets 1..L-1 of the second copy
+    evaluate(model, [(w[:, :-1], w[:, 1:]) for w in seqs.split(batch_size)], ctx, device, each)
+    first, second = (s / (num_seqs * (length - 1)) for s in sums)
+    return {"first": first, "second": second, "gain": first - second}
 
 
 if __name__ == "__main__":

@@ -228,6 +228,40 @@ def token_bytes(tokenizer):
     return out
 
 
+
+def probe_vocab(vocab):
+    """How many ids the copy probe draws from, for a checkpoint's {"kind", "size"}: a known
+    tokenizer's ordinary tokens (below its document separator), within the model's vocabulary."""
+    return min(TOKENIZERS.get(vocab["kind"], (0, vocab["size"]))[1], vocab["size"])
+
+
+def eval_windows(tokens, block_size, eval_tokens):
+    """The fixed evaluation windows of a token array, (N, block_size + 1) int64: window i =
+    tokens[i * block_size : (i + 1) * block_size + 1], so each token after the first is predicted
+    once. N = eval_tokens // block_size (at least 1; eval_tokens <= 0 means the whole split),
+    capped by what the split holds. train.py validates and eval.py scores on these windows."""
+    n_max = (len(tokens) - 1) // block_size
+    if n_max < 1:
+        raise DataError(f"a split of {len(tokens)} tokens is shorter than one window of "
+                        f"{block_size + 1} tokens: lower --block_size or --seq_len")
+    n = n_max if eval_tokens <= 0 else min(n_max, max(1, eval_tokens // block_size))
+    idx = np.arange(n)[:, None] * block_size + np.arange(block_size + 1)
+    return np.asarray(tokens[:n * block_size + 1]).astype(np.int64)[idx]
+
+
+def check_corpus(data_dir, seq_len, vocab, vocab_flag):
+    """A prepared folder a training stage reads: both splits hold a sequence, and every id
+    (meta.json's max_token) is below the model's vocabulary."""
+    for split, need in (("train", seq_len + 2), ("val", seq_len + 1)):
+        n = len(load_tokens(data_dir, split))
+        if n < need:
+            raise DataError(f"{data_dir}/{split}.bin has {n} tokens, fewer than one sequence "
+                            f"of {need}: lower --seq_len")
+    top = max_token(data_dir)
+    if top >= vocab:
+        raise DataError(f"{data_dir} holds token id {top:,}, outside the model's vocabulary of "
+                        f"{vocab:,}: raise {vocab_flag} above {top:,} or re-prepare the data")
+
 class TokenWriter:
     """Appends uint16 tokens to `<split>.bin` under a temp name; commit() renames it into place.
     Counts documents and tokens and hashes the bytes for meta.json."""

@@ -34,9 +34,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import ckpt  # noqa: E402
 import nca  # noqa: E402
+import sources  # noqa: E402
 import train  # noqa: E402
-from model import GPT, GPTConfig, config_for  # noqa: E402
+from model import GPT, config_for  # noqa: E402
 
 TARGETS = {"nca_tokens_per_s": 500e6, "nca_share": 0.03, "stage2_mfu": 0.40}
 # scripts/gpu_reproduce.sh: 164M NCA tokens for each of 2 bands, 2.6B tokens for 6 language runs
@@ -162,9 +164,7 @@ def nca_share(device, run_dir, stage1):
 
 
 def bf16_vs_fp32(device, ckpt_path, batch):
-    ck = train.load_checkpoint(ckpt_path, device)
-    model = GPT(GPTConfig(**ck["model_args"])).to(device).eval()
-    model.load_state_dict(ck["model"])
+    model = ckpt.build_model(ckpt.load(ckpt_path, device), device).eval()
     x, y = batch
     with torch.no_grad():
         with nca.full_precision():                                        # no TF32 either
@@ -228,12 +228,12 @@ def check(device, size, work):
 
     def losses():
         out = {}
-        ck1 = train.load_checkpoint(work / "ppt" / "ckpt.pt")
+        ck1 = ckpt.load(work / "ppt" / "ckpt.pt")
         cfg1 = nca.NCAConfig(**ck1["nca"]["config"])
         out["stage1"] = bf16_vs_fp32(device, work / "ppt" / "ckpt.pt", nca.val_batches(
             cfg1, ck1["nca"]["val_seeds"], 8, 8, device)[0])
-        seq_len = train.load_checkpoint(work / "lang" / "ckpt.pt")["model_args"]["block_size"]
-        out["stage2"] = bf16_vs_fp32(device, work / "lang" / "ckpt.pt", train.text_val_batches(
+        seq_len = ckpt.load(work / "lang" / "ckpt.pt")["model_args"]["block_size"]
+        out["stage2"] = bf16_vs_fp32(device, work / "lang" / "ckpt.pt", sources.text_val_batches(
             data, seq_len, 8 * seq_len, 8, device)[0])
         out["ok"] = all(v["rel_diff"] < 0.01 for v in out.values())
         return out

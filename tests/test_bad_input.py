@@ -163,7 +163,7 @@ CASES = [
     ("vocab_size_not_a_number", "train", lang("--vocab_size", "abc"), "argument --vocab_size: expected auto or a whole number, got 'abc'"),
     ("vocab_size_below_data", "train", lang("--vocab_size", "100"), "--vocab_size 100 cannot index"),
     ("vocab_size_below_64k_data", "train", lang(data="vocab64k"), "cannot index"),
-    ("ppt_vocab_size_below_source", "train", both("--ppt_vocab_size", "5"), "--ppt_vocab_size 5 is smaller than the dyck source's 8"),
+    ("ppt_vocab_size_below_source", "train", both("--ppt_vocab_size", "5"), "--dyck_k 4 needs 8 tokens (2k), more than the model vocabulary 5"),
     ("ppt_vocab_size_negative", "train", both("--ppt_vocab_size", "-1"), "--ppt_vocab_size must be at least 0"),
     ("num_colors_too_many", "train", nca_ppt("--num_colors", "100"), "--ppt_vocab_size"),
     ("grid_not_divisible_by_patch", "train", nca_ppt("--patch", "5"), "--grid 12 is not divisible by --patch 5"),
@@ -224,7 +224,7 @@ CASES = [
     # eval.py
     ("eval_corrupt_config", "eval", ["{w}/eval_bad_config", "--domains", "", "--out", "{new}"], "config.json is not valid JSON"),
     ("eval_checkpoint_without_keys", "eval", ["{w}/eval_no_keys", "--domains", "", "--out", "{new}"], "is not a train.py checkpoint"),
-    ("eval_checkpoint_garbage", "eval", ["{w}/garbage.pt", "--domains", "", "--out", "{new}"], "cannot load"),
+    ("eval_checkpoint_garbage", "eval", ["{w}/garbage.pt", "--domains", "", "--out", "{new}"], "cannot read checkpoint"),
     ("eval_run_missing", "eval", ["{w}/nowhere", "--out", "{new}"], "ckpt.pt is missing"),
     pytest.param("eval_device_cuda_without_cuda", "eval", ["{w}/run", "--device", "cuda", "--out", "{new}"],
                  "CUDA is not available", marks=no_cuda),
@@ -297,8 +297,8 @@ def test_bad_input_in_a_real_process(world, script, argv, expect):
 # ---------------------------------------------------------------- the run-folder lock
 
 HOLDER = """
-import sys, train
-train.lock_run_dir(sys.argv[1])
+import sys, ckpt
+ckpt.lock_run_dir(sys.argv[1])
 print("locked", flush=True)
 sys.stdin.read()
 """
@@ -336,7 +336,7 @@ def test_a_failed_run_leaves_no_lock_and_no_empty_folder(world, tmp_path, monkey
     argv = small_run(world, tmp_path / "run")
 
     def fails(*a, **k):                       # e.g. a rule filter that finds too few rules
-        raise train.TrainError("stopped here")
+        raise train.UserError("stopped here")
     monkeypatch.setattr(train, "lang_model", fails)
     with pytest.raises(SystemExit):
         train.main(argv)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import eval as ev
 import nca
 from conftest import make_domain
-from data.common import ROOT
+from data.common import ROOT, DataError, eval_windows
 from model import GPT, GPTConfig, config_for
 
 DOMAINS = ("web", "math", "code")
@@ -24,26 +24,30 @@ DOMAINS = ("web", "math", "code")
 
 # ---------------------------------------------------------------- windows and perplexity
 
+def windows_of(tokens, block_size, eval_tokens):
+    return torch.from_numpy(eval_windows(tokens, block_size, eval_tokens))
+
+
 def test_eval_windows_layout():
     tokens = np.arange(1000, dtype=np.uint16)
-    w = ev.eval_windows(tokens, 64, 256)
+    w = windows_of(tokens, 64, 256)
     assert w.shape == (4, 65) and w.dtype == torch.int64
     for i in range(4):  # stride block_size, block_size + 1 tokens, from the start of the split
         assert torch.equal(w[i], torch.arange(i * 64, i * 64 + 65))
-    assert ev.eval_windows(tokens, 64, 300).shape[0] == 4  # whole windows only
-    assert ev.eval_windows(tokens, 64, 10).shape[0] == 1  # at least one
-    assert ev.eval_windows(tokens, 64, 10**9).shape[0] == 999 // 64  # capped by the split
-    assert ev.eval_windows(tokens, 64, 0).shape[0] == 15  # 0: the whole split
-    w = ev.eval_windows(np.arange(129, dtype=np.uint16), 64, 0)  # the last token is only a target
+    assert windows_of(tokens, 64, 300).shape[0] == 4  # whole windows only
+    assert windows_of(tokens, 64, 10).shape[0] == 1  # at least one
+    assert windows_of(tokens, 64, 10**9).shape[0] == 999 // 64  # capped by the split
+    assert windows_of(tokens, 64, 0).shape[0] == 15  # 0: the whole split
+    w = windows_of(np.arange(129, dtype=np.uint16), 64, 0)  # the last token is only a target
     assert w.shape == (2, 65) and w[-1, -1] == 128 and w[1, 0] == w[0, -1]
-    with pytest.raises(ev.EvalError, match="shorter than one window"):
-        ev.eval_windows(np.arange(64, dtype=np.uint16), 64, 0)
+    with pytest.raises(DataError, match="shorter than one window"):
+        windows_of(np.arange(64, dtype=np.uint16), 64, 0)
 
 
 def test_perplexity_matches_manual_cross_entropy():
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=16, vocab_size=97, n_layer=2, n_head=2, n_embd=32)).eval()
-    windows = ev.eval_windows(torch.randint(0, 97, (120,)).numpy(), 16, 0)  # 7 windows
+    windows = windows_of(torch.randint(0, 97, (120,)).numpy(), 16, 0)  # 7 windows
     losses = []
     for w in windows:  # one window at a time, per-token cross-entropy
         logits, _ = model(w[None, :-1])
@@ -67,7 +71,7 @@ class Uniform(torch.nn.Module):
 
 
 def test_perplexity_of_uniform_logits_is_vocab_size():
-    windows = ev.eval_windows(np.arange(300) % 50, 32, 0)
+    windows = windows_of(np.arange(300) % 50, 32, 0)
     assert ev.perplexity(Uniform(50), windows, batch_size=4)["ppl"] == pytest.approx(50, rel=1e-6)
 
 
@@ -312,7 +316,7 @@ def test_end_to_end_with_train(tmp_path, capsys):
 
 def test_ngram_baselines_and_bits_per_byte():
     cycle = np.tile(np.arange(10), 500)                       # 0 1 2 ... 9 0 1 ...: a pure bigram
-    w = ev.eval_windows(cycle[:801], 100, 0)
+    w = windows_of(cycle[:801], 100, 0)
     base = ev.ngram_baselines(cycle, w, 12)
     assert base["unigram"] == pytest.approx(math.log(10), rel=1e-3)
     assert base["bigram"] < 1e-3
