@@ -1,4 +1,5 @@
-"""The full-scale corpora, read from the Hugging Face Hub with the standard library alone.
+"""The full-scale corpora from the Hugging Face Hub, fetched with urllib: no huggingface_hub or
+`datasets` package (parquet shards need pyarrow).
 
 hf_list_files() lists a dataset's files through the Hub's tree API; hf_download() fetches one,
 resuming an interrupted download and checking it against the hash in the listing; prepare_hf()
