@@ -1,5 +1,6 @@
 """Data tests: offline tokenizer, document split, uint16 files + meta.json, load_tokens errors,
-pinned-download errors and the Hugging Face path against a local fake Hub. Never uses the network."""
+pinned-download errors and the Hugging Face path (data/hub.py) against a local fake Hub.
+Never uses the network."""
 import gzip
 import hashlib
 import http.server
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data import common
+from data import common, hub
 from data.common import (CACHE_DIR, EOT, ROOT, DataError, TokenWriter, dedup_prefixes, load_meta,
                          load_tokens, split_documents, write_dataset)
 
@@ -253,7 +254,7 @@ class FakeHub(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def hub():
+def fake_hub():
     FakeHub.lfs, FakeHub.faults, FakeHub.ranges = True, [], []
     FakeHub.files = {
         "allenai/c4": {
@@ -270,31 +271,31 @@ def hub():
     server.server_close()
 
 
-def test_hub_listing_and_resumed_download(hub, tmp_path):
-    files = common.hf_list_files(hub, "allenai/c4", "en/c4-train.*.json.gz")
+def test_hub_listing_and_resumed_download(fake_hub, tmp_path):
+    files = hub.hf_list_files(fake_hub, "allenai/c4", "en/c4-train.*.json.gz")
     assert [f["path"] for f in files] == ["en/c4-train.00000-of-00002.json.gz", "en/c4-train.00001-of-00002.json.gz"]
     data = FakeHub.files["allenai/c4"][files[0]["path"]]
     dest = tmp_path / "allenai__c4" / files[0]["path"]
     dest.parent.mkdir(parents=True)
     dest.with_name(dest.name + ".part").write_bytes(data[:40])  # an interrupted earlier download
-    assert common.hf_download(hub, "allenai/c4", files[0], tmp_path) == dest
+    assert hub.hf_download(fake_hub, "allenai/c4", files[0], tmp_path) == dest
     assert dest.read_bytes() == data and not dest.with_name(dest.name + ".part").exists()
     FakeHub.lfs = False  # plain git files are checked against their blob sha1
-    info = common.hf_list_files(hub, "allenai/c4", "en/c4-validation.*.json.gz")[0]
-    assert common.hf_download(hub, "allenai/c4", info, tmp_path).read_bytes() == \
+    info = hub.hf_list_files(fake_hub, "allenai/c4", "en/c4-validation.*.json.gz")[0]
+    assert hub.hf_download(fake_hub, "allenai/c4", info, tmp_path).read_bytes() == \
         FakeHub.files["allenai/c4"][info["path"]]
     bad = {**files[1], "lfs": {"oid": "0" * 64, "size": files[1]["lfs"]["size"]}}
     with pytest.raises(DataError, match="sha256"):
-        common.hf_download(hub, "allenai/c4", bad, tmp_path)
+        hub.hf_download(fake_hub, "allenai/c4", bad, tmp_path)
     with pytest.raises(DataError, match="no files matching"):
-        common.hf_list_files(hub, "allenai/c4", "en/nothing.*.json.gz")
+        hub.hf_list_files(fake_hub, "allenai/c4", "en/nothing.*.json.gz")
 
 
 @needs_bpe
-def test_hub_prepare_official_val_split(hub, tmp_path):
+def test_hub_prepare_official_val_split(fake_hub, tmp_path):
     hf = {"train": ("allenai/c4", "en/c4-train.*.json.gz"), "val": ("allenai/c4", "en/c4-validation.*.json.gz"),
           "column": "text", "licence": "test"}
-    meta = common.prepare_hf(tmp_path, hf, hub, "main", None, 0.0005, 2357, max_tokens=500)
+    meta = hub.prepare_hf(tmp_path, hf, fake_hub, "main", None, 0.0005, 2357, max_tokens=500)
     assert meta["documents"]["val"] == 2 and meta["tokens"]["val"] == len(common.encode_documents(
         ["Validation one.", "Validation two."]))
     assert 500 <= meta["tokens"]["train"] < 500 + 256 * 8  # stops after the batch that reaches it
@@ -304,12 +305,14 @@ def test_hub_prepare_official_val_split(hub, tmp_path):
 
 
 @needs_bpe
-def test_hub_prepare_held_out_split_and_failure_keeps_old_output(hub, tmp_path):
+def test_hub_prepare_held_out_split_and_failure_keeps_old_output(fake_hub, tmp_path):
     hf = {"train": ("fake/owt", "*.json.gz"), "val": None, "column": "text", "licence": "test"}  # lists the root
-    meta = common.prepare_hf(tmp_path, hf, hub, "main", None, 0.05, 2357, num_proc=2, batch_docs=100)
+    meta = hub.prepare_hf(tmp_path, hf, fake_hub, "main", None, 0.05, 2357, num_proc=2,
+                          batch_docs=100)
     assert meta["documents"]["train"] + meta["documents"]["val"] == 1000
     assert 20 <= meta["documents"]["val"] <= 90
-    again = common.prepare_hf(tmp_path / "again", hf, hub, "main", None, 0.05, 2357, batch_docs=37)
+    again = hub.prepare_hf(tmp_path / "again", hf, fake_hub, "main", None, 0.05, 2357,
+                           batch_docs=37)
     assert again["sha256"] == meta["sha256"]  # same split whatever the batching and process count
     before = {p.name: p.read_bytes() for p in tmp_path.glob("*.*")}
     FakeHub.files["fake/owt"]["data/train-00000-of-00001.json.gz"] = shard(["changed"])
@@ -317,15 +320,16 @@ def test_hub_prepare_held_out_split_and_failure_keeps_old_output(hub, tmp_path):
     FakeHub.lfs = False
     hf_bad = {**hf, "train": ("fake/owt", "data/*.parquet")}
     with pytest.raises(DataError):
-        common.prepare_hf(tmp_path, hf_bad, hub, "main", None, 0.05, 2357)
+        hub.prepare_hf(tmp_path, hf_bad, fake_hub, "main", None, 0.05, 2357)
     assert {p.name: p.read_bytes() for p in tmp_path.glob("*.*")} == before
 
 
 @needs_bpe
-def test_prepare_script_cli_against_fake_hub(hub, tmp_path):
+def test_prepare_script_cli_against_fake_hub(fake_hub, tmp_path):
     out = tmp_path / "c4"
     r = subprocess.run([sys.executable, str(ROOT / "data" / "c4" / "prepare.py"), "--source", "hf",
-                        "--endpoint", hub, "--out_dir", str(out), "--max_tokens", "300", "--num_proc", "1"],
+                        "--endpoint", fake_hub, "--out_dir", str(out), "--max_tokens", "300",
+                        "--num_proc", "1"],
                        capture_output=True, text=True, timeout=60, env={**os.environ, "HF_TOKEN": ""})
     assert r.returncode == 0, r.stderr
     assert load_meta(out)["documents"]["val"] == 2
@@ -338,14 +342,14 @@ def test_prepare_script_cli_against_fake_hub(hub, tmp_path):
     assert load_meta(out)["documents"]["val"] == 2  # the failed run kept the earlier output
 
 
-def test_hub_download_resumes_after_a_dropped_connection_and_server_errors(hub, tmp_path, monkeypatch,
-                                                                         capsys):
+def test_hub_download_resumes_after_a_dropped_connection_and_server_errors(fake_hub, tmp_path,
+                                                                         monkeypatch, capsys):
     waits = []
-    monkeypatch.setattr(common.time, "sleep", waits.append)
-    info = common.hf_list_files(hub, "allenai/c4", "en/c4-train.*.json.gz")[0]
+    monkeypatch.setattr(hub.time, "sleep", waits.append)
+    info = hub.hf_list_files(fake_hub, "allenai/c4", "en/c4-train.*.json.gz")[0]
     data = FakeHub.files["allenai/c4"][info["path"]]
     FakeHub.faults = [("cdn", "drop"), ("cdn", 503), ("cdn", "drop")]
-    dest = common.hf_download(hub, "allenai/c4", info, tmp_path)
+    dest = hub.hf_download(fake_hub, "allenai/c4", info, tmp_path)
     assert dest.read_bytes() == data and not dest.with_name(dest.name + ".part").exists()
     half = len(data) // 2
     three_quarters = half + (len(data) - half) // 2
@@ -354,30 +358,30 @@ def test_hub_download_resumes_after_a_dropped_connection_and_server_errors(hub, 
     assert capsys.readouterr().err.count("note: fetching allenai/c4/en/c4-train") == 3
 
 
-def test_hub_listing_retries_and_honours_retry_after(hub, monkeypatch):
+def test_hub_listing_retries_and_honours_retry_after(fake_hub, monkeypatch):
     waits = []
-    monkeypatch.setattr(common.time, "sleep", waits.append)
+    monkeypatch.setattr(hub.time, "sleep", waits.append)
     FakeHub.faults = [("api", 503), ("api", 429), ("api", "drop")]
-    files = common.hf_list_files(hub, "allenai/c4", "en/c4-train.*.json.gz")
+    files = hub.hf_list_files(fake_hub, "allenai/c4", "en/c4-train.*.json.gz")
     assert len(files) == 2 and waits == [1, 3, 4]       # 429: the server's Retry-After
 
 
-def test_hub_gives_up_in_one_line(hub, tmp_path, monkeypatch):
+def test_hub_gives_up_in_one_line(fake_hub, tmp_path, monkeypatch):
     waits = []
-    monkeypatch.setattr(common.time, "sleep", waits.append)
-    info = common.hf_list_files(hub, "allenai/c4", "en/c4-train.*.json.gz")[0]
+    monkeypatch.setattr(hub.time, "sleep", waits.append)
+    info = hub.hf_list_files(fake_hub, "allenai/c4", "en/c4-train.*.json.gz")[0]
     FakeHub.faults = [("cdn", "drop")] * 3
     with pytest.raises(DataError, match=r"cannot fetch allenai/c4/en/c4-train.* \(gave up after 3 "
                                         r"attempts\)$") as e:
-        common.hf_download(hub, "allenai/c4", info, tmp_path, retries=2)
+        hub.hf_download(fake_hub, "allenai/c4", info, tmp_path, retries=2)
     assert "\n" not in str(e.value) and waits == [1, 2]
     part = tmp_path / "allenai__c4" / (info["path"] + ".part")
     assert 0 < part.stat().st_size < info["lfs"]["size"]       # kept: the next run resumes it
     FakeHub.faults = [("cdn", 404)]                             # not transient: no retry
     with pytest.raises(DataError, match="HTTP 404"):
-        common.hf_download(hub, "allenai/c4", info, tmp_path)
+        hub.hf_download(fake_hub, "allenai/c4", info, tmp_path)
     assert waits == [1, 2]
-    assert common.hf_download(hub, "allenai/c4", info, tmp_path).read_bytes() == \
+    assert hub.hf_download(fake_hub, "allenai/c4", info, tmp_path).read_bytes() == \
         FakeHub.files["allenai/c4"][info["path"]]
 
 
@@ -385,10 +389,10 @@ def test_parquet_reader(tmp_path):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     pq.write_table(pa.table({"text": ["a", "b", "c"], "url": ["u"] * 3}), tmp_path / "x.parquet")
-    assert list(common.iter_texts(tmp_path / "x.parquet", "text")) == ["a", "b", "c"]
+    assert list(hub.iter_texts(tmp_path / "x.parquet", "text")) == ["a", "b", "c"]
 
 
 def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(DataError, match="needs pyarrow: pip install pyarrow"):
-        list(common.iter_texts(tmp_path / "x.parquet", "text"))
+        list(hub.iter_texts(tmp_path / "x.parquet", "text"))
