@@ -372,7 +372,8 @@ def bench(cfg, seqs=8192, batch_size=64):
 
 def main(argv=None):
     ap = script_parser(__doc__)
-    ap.add_argument("--seq_len", type=int, default=1024, help="tokens per training sequence")
+    ap.add_argument("--seq_len", type=int, default=DyckConfig.seq_len,
+                    help="tokens per training sequence")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sequence stream")
     ap.add_argument("--sample", action="store_true", help="print the start of one sequence")
     ap.add_argument("--bench", action="store_true", help="print generation throughput")

@@ -674,7 +674,6 @@ class NCABatches:
 
     def load_state_dict(self, d):
         self.epoch, self.index, self._order, self._buffer = d["epoch"], d["index"], None, []
-        self._params = None
 
     def per_epoch(self):
         return len(self.bank.seeds) // self.world // self.B * self.B
@@ -858,7 +857,8 @@ def bench(cfg, device, seqs=8192, chunk=2048, rules=4096):
 def main(argv=None):
     ap = script_parser(__doc__)
     add_nca_args(ap)
-    ap.add_argument("--seq_len", type=int, default=1024, help="tokens per training sequence")
+    ap.add_argument("--seq_len", type=int, default=NCAConfig.seq_len,
+                    help="tokens per training sequence")
     ap.add_argument("--seed", type=int, default=0, help="seed of the rule stream")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     ap.add_argument("--stats", action="store_true",
