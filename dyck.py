@@ -32,13 +32,15 @@ Read top to bottom:
   4. batch stream    - (inputs, labels) for training, resumable from one integer
   5. command line    - `python dyck.py --help`, --sample, --bench
 """
-import argparse
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+
+from model import PPT_VOCAB
+from util import script_parser
 
 BLOCK = 64                 # sequences per random-number block: the unit of determinism
 TRAIN, VAL = 0, 1          # stream tags, so the validation set never overlaps training data
@@ -56,7 +58,7 @@ class DyckConfig:
     shuffle: bool = False          # shuffle-Dyck: a close may match any open bracket of its type
     p_open: float = 0.5            # P(open) when below max_depth (official: fixed 0.5)
     max_length: int = 0            # per-string cap; 0 = seq_len + 1, as the official writer
-    max_vocab: int = 64000         # the stage-1 model's vocabulary; 2k must fit in it
+    max_vocab: int = PPT_VOCAB     # the stage-1 model's vocabulary; 2k must fit in it
 
     def __post_init__(self):
         if self.k < 1:
@@ -87,29 +89,36 @@ class DyckConfig:
         return self.max_length or self.seq_len + 1
 
 
+# The help texts of the generator flags, in --help order: flag --dyck_<field> for each DyckConfig
+# field but seq_len and max_vocab (the caller's), typed and defaulted by the field.
+FLAG_HELP = {
+    "k": "bracket types k; vocab 2k (official num_symbols)",
+    "max_depth": "maximum nesting depth",
+    "min_depth": "opens forced at the start of every string",
+    "p_open": "probability of opening when below the maximum depth (official 0.5)",
+    "max_length": "per-string length cap (0 = seq_len + 1, as the official writer)",
+    "shuffle": "shuffle-Dyck: a close matches any open bracket of its type, not "
+               "necessarily the most recent one",
+}
+
+
 def add_dyck_args(parser):
     """The generator flags, shared by dyck.py and train.py."""
     g = parser.add_argument_group("Dyck generator (docs/method.md, 'Dyck')")
-    g.add_argument("--dyck_k", type=int, default=64,
-                   help="bracket types k; vocab 2k (official num_symbols)")
-    g.add_argument("--dyck_max_depth", type=int, default=16, help="maximum nesting depth")
-    g.add_argument("--dyck_min_depth", type=int, default=1,
-                   help="opens forced at the start of every string")
-    g.add_argument("--dyck_p_open", type=float, default=0.5,
-                   help="probability of opening when below the maximum depth (official 0.5)")
-    g.add_argument("--dyck_max_length", type=int, default=0,
-                   help="per-string length cap (0 = seq_len + 1, as the official writer)")
-    g.add_argument("--dyck_shuffle", action="store_true",
-                   help="shuffle-Dyck: a close matches any open bracket of its type, not "
-                        "necessarily the most recent one")
+    field = {f.name: f for f in fields(DyckConfig)}
+    for name, text in FLAG_HELP.items():
+        f = field[name]
+        if f.type is bool:                   # shuffle: off by default, on with the flag
+            g.add_argument(f"--dyck_{name}", action="store_true", help=text)
+        else:
+            g.add_argument(f"--dyck_{name}", type=f.type, default=f.default, help=text)
     return g
 
 
-def config_from_args(args, seq_len=1024, max_vocab=64000):
-    return DyckConfig(k=args.dyck_k, max_depth=args.dyck_max_depth,
-                      min_depth=args.dyck_min_depth, seq_len=seq_len, shuffle=args.dyck_shuffle,
-                      p_open=args.dyck_p_open, max_length=args.dyck_max_length,
-                      max_vocab=max_vocab)
+def config_from_args(args, seq_len=DyckConfig.seq_len, max_vocab=DyckConfig.max_vocab):
+    """The DyckConfig of add_dyck_args' flags, with the caller's sequence length and vocabulary."""
+    return DyckConfig(seq_len=seq_len, max_vocab=max_vocab,
+                      **{name: getattr(args, f"dyck_{name}") for name in FLAG_HELP})
 
 
 # -----------------------------------------------------------------------------------------------
@@ -362,14 +371,14 @@ def bench(cfg, seqs=8192, batch_size=64):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_dyck_args(ap)
-    ap.add_argument("--seq_len", type=int, default=1024, help="tokens per training sequence")
+    ap = script_parser(__doc__)
+    ap.add_argument("--seq_len", type=int, default=DyckConfig.seq_len,
+                    help="tokens per training sequence")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sequence stream")
     ap.add_argument("--sample", action="store_true", help="print the start of one sequence")
     ap.add_argument("--bench", action="store_true", help="print generation throughput")
     ap.add_argument("--bench_seqs", type=int, default=8192, help="sequences for --bench")
+    add_dyck_args(ap)
     args = ap.parse_args(argv)
     try:
         cfg = config_from_args(args, seq_len=args.seq_len)

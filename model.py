@@ -21,14 +21,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
 PPT_VOCAB = 64000  # the official stage-1 vocabulary (10,002 NCA symbols fit with room to spare)
 
 
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # longest sequence; length of the RoPE tables
-    vocab_size: int = PPT_VOCAB
+    vocab_size: int = PPT_VOCAB  # stage 1: 64,000, as the official code, for 10,002 NCA symbols
     n_layer: int = 24
     n_head: int = 32
     n_embd: int = 2048

@@ -12,7 +12,6 @@ Read top to bottom:
   7. batch stream   - (inputs, labels) for training, with the official masking
   8. pictures, stats, benchmark - the command line (`python nca.py --help`)
 """
-import argparse
 import contextlib
 import hashlib
 import json
@@ -22,14 +21,15 @@ import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from util import UserError, atomic_write, default_device, one_line_errors, progress_bar
+from model import PPT_VOCAB
+from util import UserError, atomic_write, default_device, progress_bar, script_parser
 
 ROOT = Path(__file__).resolve().parent
 CACHE_DIR = ROOT / ".cache" / "rules"
@@ -50,6 +50,9 @@ BANDS = {
 # -----------------------------------------------------------------------------------------------
 # 1. Configuration
 
+INITS = ("softmax", "uniform")     # NCAConfig.init: the official code's initial grid, the paper's
+
+
 @dataclass
 class NCAConfig:
     grid: int = 12                 # H = W of the periodic grid
@@ -62,7 +65,7 @@ class NCAConfig:
     seq_len: int = 1024            # model context; frames per sequence = ceil(seq_len / grid_len)
     init: str = "softmax"          # initial grid: "softmax" (official code) or "uniform" (paper)
     filter_frames: int = 10        # frames scored by the gzip filter (official n_steps)
-    max_vocab: int = 64000         # the stage-1 model's vocabulary; the tokenizer must fit in it
+    max_vocab: int = PPT_VOCAB     # the stage-1 model's vocabulary; the tokenizer must fit in it
 
     def __post_init__(self):
         if self.grid < 1 or self.patch < 1 or self.grid % self.patch:
@@ -79,7 +82,7 @@ class NCAConfig:
             raise ValueError(f"--temperature must be >= 0 (0 = argmax), got {self.temperature}")
         if self.dT < 1 or self.init_rollout_steps < 0 or self.filter_frames < 1:
             raise ValueError("--dT and --filter_frames must be >= 1, --init_rollout_steps >= 0")
-        if self.init not in ("softmax", "uniform"):
+        if self.init not in INITS:
             raise ValueError(f"--init must be 'softmax' or 'uniform', got {self.init!r}")
         if self.seq_len < 2 * self.grid_len:
             raise ValueError(f"--seq_len {self.seq_len} must hold at least two grids "
@@ -117,22 +120,29 @@ class NCAConfig:
         return d
 
 
+# The help texts of the generator flags: one flag per NCAConfig field except seq_len and max_vocab
+# (the caller's), named, typed and defaulted by the field.
+FLAG_HELP = {
+    "grid": "grid side (periodic)",
+    "patch": "patch side; one token per patch",
+    "num_colors": "states per cell",
+    "temperature": "update temperature (official launcher 1e-4; 0 = argmax)",
+    "identity_bias": "bias toward keeping the current state",
+    "init_rollout_steps": "burn-in updates",
+    "dT": "updates between recorded frames",
+    "init": "initial grid: per-trajectory softmax(N(0,I)) colour mix (official code) "
+            "or uniform cells (the paper's text)",
+    "filter_frames": "frames scored by the gzip filter",
+}
+
+
 def add_nca_args(parser):
-    """The generator flags, shared by nca.py, train.py and eval.py."""
+    """The generator flags, shared by nca.py and train.py."""
     g = parser.add_argument_group("NCA generator (docs/method.md)")
-    g.add_argument("--grid", type=int, default=12, help="grid side (periodic)")
-    g.add_argument("--patch", type=int, default=2, help="patch side; one token per patch")
-    g.add_argument("--num_colors", type=int, default=10, help="states per cell")
-    g.add_argument("--temperature", type=float, default=1e-4,
-                   help="update temperature (official launcher 1e-4; 0 = argmax)")
-    g.add_argument("--identity_bias", type=float, default=0.0,
-                   help="bias toward keeping the current state")
-    g.add_argument("--init_rollout_steps", type=int, default=10, help="burn-in updates")
-    g.add_argument("--dT", type=int, default=1, help="updates between recorded frames")
-    g.add_argument("--init", choices=["softmax", "uniform"], default="softmax",
-                   help="initial grid: per-trajectory softmax(N(0,I)) colour mix (official code) "
-                        "or uniform cells (the paper's text)")
-    g.add_argument("--filter_frames", type=int, default=10, help="frames scored by the gzip filter")
+    for f in fields(NCAConfig):
+        if f.name in FLAG_HELP:
+            g.add_argument(f"--{f.name}", type=f.type, default=f.default, help=FLAG_HELP[f.name],
+                           choices=INITS if f.name == "init" else None)
     g.add_argument("--band", choices=sorted(BANDS), default=None,
                    help="named complexity band; overrides the two thresholds below")
     g.add_argument("--filter_rules_threshold", type=float, default=0.5,
@@ -142,11 +152,10 @@ def add_nca_args(parser):
     return g
 
 
-def config_from_args(args, seq_len=1024, max_vocab=64000):
-    return NCAConfig(grid=args.grid, patch=args.patch, num_colors=args.num_colors,
-                     temperature=args.temperature, identity_bias=args.identity_bias,
-                     init_rollout_steps=args.init_rollout_steps, dT=args.dT, seq_len=seq_len,
-                     init=args.init, filter_frames=args.filter_frames, max_vocab=max_vocab)
+def config_from_args(args, seq_len=NCAConfig.seq_len, max_vocab=NCAConfig.max_vocab):
+    """The NCAConfig of add_nca_args' flags, with the caller's sequence length and vocabulary."""
+    return NCAConfig(seq_len=seq_len, max_vocab=max_vocab,
+                     **{name: getattr(args, name) for name in FLAG_HELP})
 
 
 def band_from_args(args):
@@ -241,6 +250,8 @@ def full_precision():
 # too, because Flax's jnp.pad(pad_width=1) pads every axis: channels [9, 0..9, 0]) -> 3x3 conv to
 # 4 -> 1x1 conv to 16 -> ReLU -> 1x1 conv to num_colors. Kernels are lecun_normal (a normal
 # truncated to +-2 then scaled to std sqrt(1/fan_in)), biases zero, nothing is ever trained.
+# nca_logits_reference is that network written out: the definition of a rule. RuleBatch computes
+# the same logits much faster (tests compare the two); make_rules is where the rollouts get it.
 
 _TRUNC_STD = 0.87962566103423978    # std of a standard normal truncated to [-2, 2]
 
@@ -284,8 +295,8 @@ def rules_from_flax(d, index=None):
 
 
 def nca_logits_reference(params, state):
-    """The official network written out literally, one rule at a time (slow; for tests).
-    state: (R, H, W) integer grid -> logits (R, n, H, W)."""
+    """The official network written out literally, one rule at a time: the definition of a rule
+    (slow; tests check RuleBatch against it). state: (R, H, W) integer grid -> (R, n, H, W)."""
     n = params["w2"].shape[1]
     out = []
     for r in range(state.shape[0]):
@@ -307,8 +318,8 @@ class RuleBatch:
     (n^2-row tables) so a cell needs 6 row lookups: 3 pairs + 3 singles, summed by one
     embedding_bag for the whole batch. The channel wrap is folded in too: the two padded channels
     are copies of colours n-1 and 0, so their kernel slices are added to those colours' slices.
-    Same function as the official network (tests check it against the official logits); 4x fewer
-    operations than a grouped convolution over the one-hot grid."""
+    Same function as nca_logits_reference (tests check it against that and the official logits);
+    4x fewer operations than a grouped convolution over the one-hot grid. Built by make_rules."""
 
     @full_precision()
     def __init__(self, params):
@@ -350,6 +361,14 @@ class RuleBatch:
         h = F.embedding_bag(idx.view(-1, 6), self.table, mode="sum").view(R, H * W, 16)
         z = torch.bmm(self.w2, h.relu_().transpose(1, 2))
         return (z + self.b2 if self.has_b2 else z).view(R, n, H, W)
+
+
+def make_rules(seeds=None, num_colors=10, device="cpu", params=None):
+    """The rules of integer `seeds`, ready for rollouts: `.logits(state)` maps (R, H, W) grids to
+    (R, n, H, W) logits, grid r by rule r, and `.n` / `.device` say the colours and the device.
+    params: their parameters if already sampled (rows of sample_rules(seeds), e.g. a bank kept on
+    the device) or read from the official code (rules_from_flax); seeds are then not used."""
+    return RuleBatch(sample_rules(seeds, num_colors, device) if params is None else params)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -524,7 +543,7 @@ def score_rules(seeds, cfg, device="cpu", batch=2048):
     out = []
     for i in range(0, len(seeds), batch):
         s = seeds[i:i + batch]
-        frames = _split(device, lambda s: rollout(RuleBatch(sample_rules(s, cfg.num_colors, device)),
+        frames = _split(device, lambda s: rollout(make_rules(s, cfg.num_colors, device),
                                                   stream_key(s, 4), cfg, cfg.filter_frames), s)
         out.append(gzip_scores(frames, cfg))
     return np.concatenate(out) if out else np.zeros(0)
@@ -566,11 +585,10 @@ def filter_rules(cfg, band, num_rules, seed=0, device="cpu", batch=2048, progres
               "filtering again", file=sys.stderr)
         path.unlink(missing_ok=True)
     max_candidates = max_candidates or max(100_000, 1000 * num_rules)
-    seeds, scores, drawn = [], [], 0
+    seeds, scores, found, drawn = [], [], 0, 0
     bar = progress_bar(num_rules, f"filtering rules ({lo}, {hi})", unit="rule",
                        disable=not progress)
-    while sum(map(len, seeds)) < num_rules:
-        found = sum(map(len, seeds))
+    while found < num_rules:
         if drawn >= max_candidates or (found == 0 and drawn >= 4 * batch):
             bar.close()
             raise UserError(f"only {found} of {drawn:,} random rules scored in the band "
@@ -578,10 +596,9 @@ def filter_rules(cfg, band, num_rules, seed=0, device="cpu", batch=2048, progres
         cand = seed_sequence(seed, drawn, batch)
         sc = score_rules(cand, cfg, device, batch)
         ok = (sc > lo) & (sc < hi)
-        need = num_rules - sum(map(len, seeds))
-        seeds.append(cand.numpy()[ok][:need])
-        scores.append(sc[ok][:need])
-        drawn += batch
+        seeds.append(cand.numpy()[ok][:num_rules - found])
+        scores.append(sc[ok][:num_rules - found])
+        found, drawn = found + len(seeds[-1]), drawn + batch
         bar.update(len(seeds[-1]))
     bar.close()
     bank = RuleBank(np.concatenate(seeds), np.concatenate(scores), (lo, hi), drawn)
@@ -606,9 +623,10 @@ def make_sequences(rule_seeds, traj_seeds, cfg, device="cpu", mask_delimiters=Fa
     rule_seeds = torch.as_tensor(rule_seeds, dtype=torch.int64).reshape(-1)
 
     def part(i, traj_seeds):
-        params = sample_rules(rule_seeds[i], cfg.num_colors, device) if rule_params is None \
-            else {k: v[i.to(v.device)] for k, v in rule_params.items()}
-        tok = tokenize(rollout(RuleBatch(params), traj_seeds, cfg, cfg.frames), cfg)
+        rows = None if rule_params is None else \
+            {k: v[i.to(v.device)] for k, v in rule_params.items()}
+        rules = make_rules(rule_seeds[i], cfg.num_colors, device, params=rows)
+        tok = tokenize(rollout(rules, traj_seeds, cfg, cfg.frames), cfg)
         return inputs_and_labels(tok, cfg, mask_delimiters)                # (B, F * grid_len)
     return _split(device, part, torch.arange(len(rule_seeds)),
                   torch.as_tensor(traj_seeds, dtype=torch.int64).reshape(-1))
@@ -622,7 +640,7 @@ def inputs_and_labels(tok, cfg, mask_delimiters=False):
         target[target >= cfg.start_token] = -100
     if target.shape[1] < L + 1:                                             # official pads
         target = F.pad(target, (0, L + 1 - target.shape[1]), value=-100)
-        tok = F.pad(tok, (0, L - tok.shape[1] if tok.shape[1] < L else 0), value=0)
+        tok = F.pad(tok, (0, L - tok.shape[1]), value=0)
     return tok[:, :L].contiguous(), target[:, 1:L + 1].contiguous()
 
 
@@ -656,7 +674,6 @@ class NCABatches:
 
     def load_state_dict(self, d):
         self.epoch, self.index, self._order, self._buffer = d["epoch"], d["index"], None, []
-        self._params = None
 
     def per_epoch(self):
         return len(self.bank.seeds) // self.world // self.B * self.B
@@ -760,7 +777,7 @@ def draw_preview(path, cfg, bands, rules_per_band=3, num_frames=8, seed=0, devic
     for name, band in bands:
         bank = filter_rules(cfg, band, rules_per_band, seed=seed, device=device, progress=False,
                             cache=False)
-        rules = RuleBatch(sample_rules(bank.seeds, cfg.num_colors, device))
+        rules = make_rules(bank.seeds, cfg.num_colors, device)
         frames = rollout(rules, stream_key(torch.as_tensor(bank.seeds), 11), cfg, num_frames)
         panels.append((name, bank.scores, frames.cpu().numpy()))
     cell, pad, head = cfg.grid * scale, 4, 14
@@ -838,10 +855,10 @@ def bench(cfg, device, seqs=8192, chunk=2048, rules=4096):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = script_parser(__doc__)
     add_nca_args(ap)
-    ap.add_argument("--seq_len", type=int, default=1024, help="tokens per training sequence")
+    ap.add_argument("--seq_len", type=int, default=NCAConfig.seq_len,
+                    help="tokens per training sequence")
     ap.add_argument("--seed", type=int, default=0, help="seed of the rule stream")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     ap.add_argument("--stats", action="store_true",
@@ -855,7 +872,6 @@ def main(argv=None):
     ap.add_argument("--preview_frames", type=int, default=8, help="frames per rule in --preview")
     ap.add_argument("--bench", action="store_true", help="print generation/filter throughput")
     ap.add_argument("--bench_seqs", type=int, default=8192, help="sequences for --bench")
-    one_line_errors(ap)
     args = ap.parse_args(argv)
     try:
         cfg = config_from_args(args, seq_len=args.seq_len)

@@ -1,5 +1,6 @@
 """Small helpers shared by the scripts: the one-line error every script prints, atomic file
 writes, the --device and --dtype choices, and progress bars that stay readable in log files."""
+import argparse
 import contextlib
 import os
 import sys
@@ -18,6 +19,14 @@ def one_line_errors(parser):
     """Make argparse report a bad flag as one "error:" line (not its usage block); status 2."""
     parser.error = lambda message: parser.exit(2, f"error: {message} (see --help)\n")
     return parser
+
+
+def script_parser(doc):
+    """The argument parser of a script whose module docstring is `doc`: its first paragraph as the
+    description, defaults shown in --help, and one-line errors."""
+    return one_line_errors(argparse.ArgumentParser(
+        description=doc.split("\n\n")[0].strip(),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter))
 
 
 def atomic_write(path, data):

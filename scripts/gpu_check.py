@@ -99,7 +99,7 @@ def bit_identity(device, rules):
     sampling path with TF32 allowed globally, against the CPU's at default settings."""
     cfg = nca.NCAConfig()
     seeds, traj = nca.seed_sequence(1, 0, rules), torch.arange(rules) + 12345
-    ref_frames = nca.rollout(nca.RuleBatch(nca.sample_rules(seeds)), traj, cfg, cfg.frames,
+    ref_frames = nca.rollout(nca.make_rules(seeds), traj, cfg, cfg.frames,
                              dense=False)
     ref_tokens, _ = nca.make_sequences(seeds, traj, cfg, "cpu")
     try:
@@ -109,7 +109,7 @@ def bit_identity(device, rules):
     torch.set_float32_matmul_precision("high")                           # TF32 on, as train.py
     try:
         params = nca.sample_rules(seeds, cfg.num_colors, device)
-        frames = nca.rollout(nca.RuleBatch(params), traj, cfg, cfg.frames, dense=True).cpu()
+        frames = nca.rollout(nca.make_rules(params=params), traj, cfg, cfg.frames, dense=True).cpu()
         if device == "cpu":     # make_sequences here is the reference: tokenize the dense frames
             tokens = nca.inputs_and_labels(nca.tokenize(frames, cfg), cfg)[0]
         else:                   # the training path: make_sequences with the rules on the device

@@ -172,3 +172,16 @@ def test_args_round_trip():
     cfg = dyck.config_from_args(ap.parse_args(["--dyck_k", "8", "--dyck_shuffle"]), seq_len=64)
     assert (cfg.k, cfg.shuffle, cfg.max_depth, cfg.seq_len, cfg.vocab_size) == (8, True, 16, 64, 16)
     assert cfg.string_cap == 65
+    assert dyck.config_from_args(ap.parse_args([])) == dyck.DyckConfig()   # one set of defaults
+
+
+def test_cli_sample_and_one_line_errors(capsys):
+    dyck.main(["--sample", "--dyck_k", "4", "--seq_len", "64"])
+    assert "4-Dyck, max depth 16" in capsys.readouterr().out
+    for argv, expect in ((["--sample", "--dyck_k", "0"], "--dyck_k must be at least 1"),
+                         (["--dyck_p_open", "x"], "argument --dyck_p_open: invalid float value")):
+        with pytest.raises(SystemExit) as e:
+            dyck.main(argv)
+        out, err = capsys.readouterr()
+        assert e.value.code == 2 and out == "" and err.count("\n") == 1
+        assert err.startswith("error: ") and expect in err, err

@@ -27,14 +27,14 @@ def test_logits_match_official(official):
     params = nca.rules_from_flax(official)
     grids = torch.from_numpy(official["init_grid"]).long()
     want = torch.from_numpy(official["logits0"]).permute(0, 3, 1, 2)
-    fast = nca.RuleBatch(params).logits(grids)
+    fast = nca.make_rules(params=params).logits(grids)
     ref = nca.nca_logits_reference(params, grids)
     assert (fast - want).abs().max() <= 1e-5
     assert (ref - want).abs().max() <= 1e-5
 
 
 def test_argmax_trajectories_match_official(official):
-    rules = nca.RuleBatch(nca.rules_from_flax(official))
+    rules = nca.make_rules(params=nca.rules_from_flax(official))
     state = torch.from_numpy(official["init_grid"]).to(torch.uint8)
     cfg = nca.NCAConfig(temperature=0.0)
     traj = [state]
@@ -102,7 +102,7 @@ def test_batched_rollout_equals_per_rule_loop():
     rule_seeds = nca.seed_sequence(5, 0, 12)
     traj_seeds = torch.arange(100, 112)
     cfg = nca.NCAConfig(temperature=1e-3)          # more stochastic cells than the default
-    batched = nca.rollout(nca.RuleBatch(nca.sample_rules(rule_seeds)), traj_seeds, cfg, 20)
+    batched = nca.rollout(nca.make_rules(rule_seeds), traj_seeds, cfg, 20)
     for r in range(len(rule_seeds)):
         params = nca.sample_rules(rule_seeds[r:r + 1])
         key = nca.stream_key(traj_seeds[r:r + 1], 3)
@@ -111,19 +111,21 @@ def test_batched_rollout_equals_per_rule_loop():
         for t in range(cfg.init_rollout_steps + 20):
             if t >= cfg.init_rollout_steps:
                 frames.append(state)
-            state = nca.step(nca.RuleBatch(params), state, key, t, cfg)
+            state = nca.step(nca.make_rules(params=params), state, key, t, cfg)
         assert torch.equal(torch.cat(frames), batched[r]), f"rule {r}"
 
 
 def test_fast_logits_equal_reference_network():
-    params = nca.sample_rules(nca.seed_sequence(9, 0, 8))
+    """The rules the rollouts use (make_rules) compute the network as nca_logits_reference
+    defines it."""
+    seeds = nca.seed_sequence(9, 0, 8)
     grids = torch.randint(0, 10, (8, 12, 12))
-    fast = nca.RuleBatch(params).logits(grids)
-    assert (fast - nca.nca_logits_reference(params, grids)).abs().max() < 1e-5
+    fast = nca.make_rules(seeds).logits(grids)
+    assert (fast - nca.nca_logits_reference(nca.sample_rules(seeds), grids)).abs().max() < 1e-5
 
 
 def test_rollout_is_deterministic_and_seed_dependent():
-    rules = nca.RuleBatch(nca.sample_rules([1, 2, 3]))
+    rules = nca.make_rules([1, 2, 3])
     a = nca.rollout(rules, [10, 11, 12], CFG, 5)
     b = nca.rollout(rules, [10, 11, 12], CFG, 5)
     c = nca.rollout(rules, [13, 11, 12], CFG, 5)
@@ -135,7 +137,7 @@ def test_sampler_draws_the_categorical_distribution():
     """One rule, many cells at a high temperature: next-state frequencies match softmax(z/T)."""
     cfg = nca.NCAConfig(temperature=0.5)
     params = nca.sample_rules([42])
-    rules = nca.RuleBatch({k: v.expand(2000, *v.shape[1:]) for k, v in params.items()})
+    rules = nca.make_rules(params={k: v.expand(2000, *v.shape[1:]) for k, v in params.items()})
     state = torch.zeros(2000, 12, 12, dtype=torch.uint8)
     key = nca.stream_key(torch.arange(2000), 3)
     nxt = nca.step(rules, state, key, 0, cfg)
@@ -146,7 +148,7 @@ def test_sampler_draws_the_categorical_distribution():
 
 
 def test_temperature_zero_is_argmax_and_default_samples():
-    rules = nca.RuleBatch(nca.sample_rules(nca.seed_sequence(2, 0, 64)))
+    rules = nca.make_rules(nca.seed_sequence(2, 0, 64))
     state = nca.init_state(torch.arange(64), CFG)
     key = nca.stream_key(torch.arange(64), 3)
     argmax = rules.logits(state).argmax(1)
@@ -258,6 +260,18 @@ def test_grid_accuracy_of_perfect_and_copy_predictors():
     assert (ctok <= 3).all() and (cgrid <= ctok).all()
 
 
+def test_flags_default_to_the_config_and_round_trip():
+    import argparse
+    ap = argparse.ArgumentParser()
+    nca.add_nca_args(ap)
+    assert nca.config_from_args(ap.parse_args([])) == nca.NCAConfig()     # one set of defaults
+    args = ap.parse_args(["--grid", "8", "--num_colors", "4", "--temperature", "0", "--init",
+                          "uniform", "--dT", "2"])
+    cfg = nca.config_from_args(args, seq_len=64, max_vocab=300)
+    assert (cfg.grid, cfg.num_colors, cfg.temperature, cfg.init, cfg.dT) == (8, 4, 0.0, "uniform", 2)
+    assert (cfg.seq_len, cfg.max_vocab, cfg.vocab_size) == (64, 300, 258)
+
+
 def test_cli_stats_and_preview(tmp_path, capsys):
     out = tmp_path / "s.json"
     nca.main(["--stats", "--num_rules", "64", "--out", str(out)])
@@ -301,7 +315,7 @@ def test_every_generator_knob_gives_valid_sequences(knobs):
 
 def test_identity_bias_and_temperature_change_the_dynamics():
     seeds, traj = nca.seed_sequence(2, 0, 32), torch.arange(32)
-    rules = nca.RuleBatch(nca.sample_rules(seeds))
+    rules = nca.make_rules(seeds)
     still = lambda cfg: (lambda f: (f[:, 1:] == f[:, :-1]).float().mean().item())(
         nca.rollout(rules, traj, cfg, 6))
     assert still(nca.NCAConfig(identity_bias=10.0)) > still(nca.NCAConfig()) + 0.3
@@ -322,7 +336,7 @@ def test_dense_sampler_equals_sparse_sampler():
     as the CPU path (only the uncertain cells drawn)."""
     cfg = nca.NCAConfig(temperature=1e-3)          # more uncertain cells than the default
     seeds, traj = nca.seed_sequence(6, 0, 64), torch.arange(64)
-    rules, key = nca.RuleBatch(nca.sample_rules(seeds)), nca.stream_key(traj, 3)
+    rules, key = nca.make_rules(seeds), nca.stream_key(traj, 3)
     sparse = dense = nca.init_state(traj, cfg)
     for t in range(30):
         sparse = nca.step(rules, sparse, key, t, cfg, dense=False)
@@ -374,7 +388,7 @@ def test_generation_ignores_global_matmul_precision():
     The emulation works on this thread only, so the batches stay below _split's 128."""
     seeds, traj = nca.seed_sequence(8, 0, 96), torch.arange(96)
     rules = nca.sample_rules(seeds)
-    want_frames = nca.rollout(nca.RuleBatch(rules), traj, CFG, 4)
+    want_frames = nca.rollout(nca.make_rules(params=rules), traj, CFG, 4)
     want_x, _ = nca.make_sequences(seeds, traj, CFG)
     want_scores = nca.score_rules(seeds, CFG)
     a, b = torch.randn(8, 64), torch.randn(64, 8)
@@ -384,7 +398,7 @@ def test_generation_ignores_global_matmul_precision():
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         with EmulatedTF32():
             assert not torch.equal(a @ b, torch.mm(a.double(), b.double()).float())  # it bites
-            frames = nca.rollout(nca.RuleBatch(rules), traj, CFG, 4)
+            frames = nca.rollout(nca.make_rules(params=rules), traj, CFG, 4)
             x, _ = nca.make_sequences(seeds, traj, CFG)
             scores = nca.score_rules(seeds, CFG)
         assert _tf32_allowed() and torch.backends.cuda.matmul.allow_tf32   # restored afterwards
