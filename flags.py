@@ -15,7 +15,7 @@ import nca
 from data.common import TOKENIZERS, check_corpus, load_meta, load_tokens
 from model import GPTConfig, PPT_VOCAB, SIZES, config_for
 from sources import SOURCES
-from util import UserError, autocast, default_device, one_line_errors
+from util import UserError, autocast, default_device, script_parser
 
 # Official language vocabulary per domain (docs/differences.md, 'Language vocabulary per domain').
 DOMAIN_VOCAB = {"web": TOKENIZERS["gpt2"][0], "c4": TOKENIZERS["gpt2"][0], "math": PPT_VOCAB,
@@ -101,16 +101,15 @@ PRESETS = {
 # -----------------------------------------------------------------------------------------------
 # Flags
 
-def get_parser(description):
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def get_parser(doc=""):
+    p = script_parser(doc)
     add_run_args(p)
     add_model_args(p)
     add_ppt_args(p)
     nca.add_nca_args(p)
     dyck.add_dyck_args(p)
     add_lang_args(p)
-    return one_line_errors(p)
+    return p
 
 
 def add_run_args(p):
@@ -223,14 +222,14 @@ def auto_or_count(text):
 
 def given_flags(argv=None):
     """The destinations set on the command line itself, not by a default or a --preset."""
-    p = get_parser("")
+    p = get_parser()
     for action in p._actions:
         action.default = argparse.SUPPRESS
     return set(vars(p.parse_known_args(argv)[0]))
 
 
-def parse_args(argv=None, description=""):
-    p = get_parser(description)
+def parse_args(argv=None, doc=""):
+    p = get_parser(doc)
     first, _ = p.parse_known_args(argv)
     if first.preset:
         p.set_defaults(**PRESETS[first.preset])

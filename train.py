@@ -41,7 +41,7 @@ PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12),
 
 
 def main(argv=None):
-    args = flags.parse_args(argv, __doc__.split("\n\n")[0].strip())
+    args = flags.parse_args(argv, __doc__)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     dist, locks = {"rank": rank, "world": world}, []
     try:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.common import (RETRIES, DataError, TokenWriter, encode_documents, sha256_file,
-                         write_dataset)
+from data.build import RETRIES, TokenWriter, encode_documents, write_dataset
+from data.common import DataError, sha256_file
 
 
 class _DropAuthOnRedirect(urllib.request.HTTPRedirectHandler):

@@ -10,7 +10,7 @@ FIXTURES = ROOT / "tests" / "fixtures"
 def make_domain(folder, n_train=4000, n_val=1000, seed=0, vocab=50257):
     """A tiny prepared corpus (random GPT-2 ids) in the layout data/common.py validates."""
     import numpy as np
-    from data.common import TokenWriter, write_dataset
+    from data.build import TokenWriter, write_dataset
     rng = np.random.default_rng(seed)
     writers = {}
     for split, n in (("train", n_train), ("val", n_val)):

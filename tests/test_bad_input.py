@@ -23,7 +23,7 @@ import eval as ev
 import nca
 import train
 from conftest import ROOT, make_domain
-from data import common
+from data import build, common
 
 MODEL = ["--size", "tiny", "--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--seq_len", "80",
          "--device", "cpu", "--dtype", "float32", "--log_interval", "1", "--seed", "0"]
@@ -254,7 +254,7 @@ def never_called():
 
 
 MAINS = {"train": train.main, "eval": ev.main, "nca": nca.main,
-         "prepare": lambda argv: common.prepare_main("web", "test", never_called, {}, argv)}
+         "prepare": lambda argv: build.prepare_main("web", "test", never_called, {}, argv)}
 
 
 @pytest.mark.parametrize("case, script, argv, expect", CASES)

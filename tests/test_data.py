@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data import common, hub
-from data.common import (CACHE_DIR, EOT, ROOT, DataError, TokenWriter, dedup_prefixes, load_meta,
-                         load_tokens, split_documents, write_dataset)
+from data import build, common, hub
+from data.build import TokenWriter, dedup_prefixes, split_documents, write_dataset
+from data.common import CACHE_DIR, EOT, ROOT, DataError, load_meta, load_tokens
 
 needs_bpe = pytest.mark.skipif(not (CACHE_DIR / "gpt2.tiktoken").exists(),
                                reason=".cache/gpt2.tiktoken absent: run python data/web/prepare.py first "
@@ -49,9 +49,9 @@ def test_gpt2_special_and_vocab():
 
 @needs_bpe
 def test_encode_documents_appends_eot():
-    tokens = common.encode_documents(["Hello world", "hello world"])
+    tokens = build.encode_documents(["Hello world", "hello world"])
     assert tokens.dtype == np.uint16 and tokens.tolist() == [15496, 995, EOT, 31373, 995, EOT]
-    assert np.array_equal(common.encode_documents(["Hello world", "hello world"], num_threads=1), tokens)
+    assert np.array_equal(build.encode_documents(["Hello world", "hello world"], num_threads=1), tokens)
 
 
 # ---------------------------------------------------------------- documents and splits
@@ -76,7 +76,7 @@ def test_dedup_prefixes_keeps_the_full_document():
 @needs_bpe
 def test_prepare_embedded_max_tokens_keeps_whole_documents(tmp_path):
     docs = [f"Document number {i} is here." for i in range(50)]
-    meta = common.prepare_embedded(tmp_path, docs, 0.1, 1337, {"domain": "t"}, max_tokens=20)
+    meta = build.prepare_embedded(tmp_path, docs, 0.1, 1337, {"domain": "t"}, max_tokens=20)
     train = load_tokens(tmp_path, "train")
     assert 20 <= meta["tokens"]["train"] < 30 and train[-1] == EOT
     assert meta["documents"] == {"train": int(np.count_nonzero(train == EOT)), "val": 5}
@@ -135,8 +135,8 @@ def test_error_names_the_prepare_command(monkeypatch):
 @needs_bpe
 def test_byte_level_folder_has_the_same_documents(tmp_path):
     docs = [f"doc {i}: caf\u00e9 \u2192 {'x' * i}" for i in range(12)]
-    gpt2 = common.prepare_embedded(tmp_path / "web", docs, 0.25, 7, {})
-    raw = common.prepare_embedded(tmp_path / "web_bytes", docs, 0.25, 7, {}, tokenizer="bytes")
+    gpt2 = build.prepare_embedded(tmp_path / "web", docs, 0.25, 7, {})
+    raw = build.prepare_embedded(tmp_path / "web_bytes", docs, 0.25, 7, {}, tokenizer="bytes")
     assert raw["vocab_size"] == 257 and raw["eot"] == 256 and raw["tokenizer"] == "bytes"
     assert load_meta(tmp_path / "web_bytes")["tokenizer"] == "bytes"
     enc = common.gpt2_encoding()
@@ -296,7 +296,7 @@ def test_hub_prepare_official_val_split(fake_hub, tmp_path):
     hf = {"train": ("allenai/c4", "en/c4-train.*.json.gz"), "val": ("allenai/c4", "en/c4-validation.*.json.gz"),
           "column": "text", "licence": "test"}
     meta = hub.prepare_hf(tmp_path, hf, fake_hub, "main", None, 0.0005, 2357, max_tokens=500)
-    assert meta["documents"]["val"] == 2 and meta["tokens"]["val"] == len(common.encode_documents(
+    assert meta["documents"]["val"] == 2 and meta["tokens"]["val"] == len(build.encode_documents(
         ["Validation one.", "Validation two."]))
     assert 500 <= meta["tokens"]["train"] < 500 + 256 * 8  # stops after the batch that reaches it
     assert [f["path"] for f in meta["files"]][-1] == "en/c4-train.00000-of-00002.json.gz"  # shard 2 untouched

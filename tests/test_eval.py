@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import eval as ev
+import report
 import nca
 from conftest import make_domain
 from data.common import ROOT, DataError, eval_windows
@@ -79,17 +80,17 @@ def test_perplexity_of_uniform_logits_is_vocab_size():
 
 def test_speedup_rule_on_synthetic_curves():
     base = [(100, 4.0), (200, 3.0), (300, 2.0), (400, 1.0)]
-    assert ev.speedup(base, base) == 1.0
-    assert ev.speedup(base, [(100, 3.0), (200, 1.0), (300, 0.5), (400, 0.4)]) == 2.0
+    assert report.speedup(base, base) == 1.0
+    assert report.speedup(base, [(100, 3.0), (200, 1.0), (300, 0.5), (400, 0.4)]) == 2.0
     # crossing between (200, 2.0) and (300, 0.5): 200 + 100 * (2 - 1) / (2 - 0.5)
-    assert ev.tokens_to_reach([(100, 3.0), (200, 2.0), (300, 0.5)], 1.0) == pytest.approx(200 + 100 / 1.5)
-    assert ev.speedup(base, [(100, 3.0), (200, 2.0), (300, 0.5)]) == pytest.approx(400 / (200 + 100 / 1.5))
-    assert ev.speedup(base, [(100, 3.0), (400, 1.2)]) is None  # never reaches 1.0
-    assert ev.speedup(base, [(100, 0.9), (200, 0.8)]) == 4.0  # below target at its first point
-    assert ev.speedup(base, []) is None and ev.speedup([], base) is None
+    assert report.tokens_to_reach([(100, 3.0), (200, 2.0), (300, 0.5)], 1.0) == pytest.approx(200 + 100 / 1.5)
+    assert report.speedup(base, [(100, 3.0), (200, 2.0), (300, 0.5)]) == pytest.approx(400 / (200 + 100 / 1.5))
+    assert report.speedup(base, [(100, 3.0), (400, 1.2)]) is None  # never reaches 1.0
+    assert report.speedup(base, [(100, 0.9), (200, 0.8)]) == 4.0  # below target at its first point
+    assert report.speedup(base, []) is None and report.speedup([], base) is None
     metrics = [{"kind": "train", "tokens": 50, "loss": 9.0}, {"kind": "val", "tokens": 200, "val_loss": 3.0},
                {"kind": "val", "tokens": 100, "val_loss": 4.0}, {"kind": "val", "tokens": 200, "val_loss": 2.5}]
-    assert ev.val_curve(metrics) == [(100, 4.0), (200, 2.5)]  # sorted, a repeated point keeps the last
+    assert report.val_curve(metrics) == [(100, 4.0), (200, 2.5)]  # sorted, a repeated point keeps the last
 
 
 def blog_curve(steps, losses):
@@ -129,7 +130,7 @@ CODE = {
     (CODE_STEPS, CODE, "c4", 1.33),
 ])
 def test_speedup_reproduces_the_blog_numbers(steps, curves, arm, want):
-    got = ev.speedup(blog_curve(steps, curves["scratch"]), blog_curve(steps, curves[arm]))
+    got = report.speedup(blog_curve(steps, curves["scratch"]), blog_curve(steps, curves[arm]))
     assert (got is None) if want is None else round(got, 2) == want
 
 
@@ -357,14 +358,14 @@ def test_summary_pairs_each_seed_with_its_scratch_run():
         return r, {"arm": arm, "label": f"{arm}{seed}", "ppl": {"web": math.exp(losses[-1])}}
     pairs = [run("scratch", 0, [5, 4, 3]), run("scratch", 1, [5, 4, 2]),
              run("nca", 0, [5, 3, 2.5]), run("nca", 1, [5, 4.5, 2.5])]
-    rows = {r["arm"]: r for r in ev.summarize(*zip(*pairs))}
+    rows = {r["arm"]: r for r in report.summarize(*zip(*pairs))}
     nca = rows["nca"]
     assert nca["seeds"] == [0, 1] and rows["scratch"]["change_pct"] == (None, None)
     want = [100 * (math.exp(2.5 - 3) - 1), 100 * (math.exp(2.5 - 2) - 1)]
     assert np.allclose(nca["change_all"], want)
     # seed 0: scratch ends at 3.0 after 200 tokens, nca is at 3.0 after 100 -> 2x; seed 1: never
     assert np.allclose(nca["speedup_all"], [2.0]) and nca["not_reached"] == 1
-    assert "± " in ev.format_summary(list(rows.values()))
-    m, h = ev.mean_ci([1.0, 2.0, 3.0])
+    assert "± " in report.format_summary(list(rows.values()))
+    m, h = report.mean_ci([1.0, 2.0, 3.0])
     assert m == 2.0 and h == pytest.approx(4.303 * 1.0 / math.sqrt(3))
-    assert ev.mean_ci([]) == (None, None) and ev.mean_ci([5.0]) == (5.0, None)
+    assert report.mean_ci([]) == (None, None) and report.mean_ci([5.0]) == (5.0, None)

@@ -90,8 +90,8 @@ def test_ablation_flags_change_exactly_their_tensors(two_stage, domain, tmp_path
     cases = {("--reinit", "attn", "--reinit_layers", "0:1"): "blocks.0.attn.",
              ("--reinit", "mlp"): ".mlp.",
              ("--reinit", "ln", "--reinit_layers", "1:2"): "blocks.1.norm"}
-    for flags, changed in cases.items():
-        sd = train.lang_model(run_args(tmp_path, domain, *init, *flags), 50257, "cpu").state_dict()
+    for extra, changed in cases.items():
+        sd = train.lang_model(run_args(tmp_path, domain, *init, *extra), 50257, "cpu").state_dict()
         for k, v in ck.items():
             if k.startswith(("wte", "lm_head")):
                 continue
@@ -360,7 +360,7 @@ def test_arms_of_a_seed_are_paired(two_stage, domain, tmp_path):
 
 
 def test_byte_level_stage2_logs_probe(tmp_path):
-    from data.common import TokenWriter, write_dataset
+    from data.build import TokenWriter, write_dataset
     import numpy as np
     folder = tmp_path / "web_bytes"
     writers = {}

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from data.common import pip_download, prepare_main  # noqa: E402
+from data.build import prepare_main  # noqa: E402
+from data.common import pip_download  # noqa: E402
 
 HF = {"train": ("allenai/c4", "en/c4-train.*.json.gz"),
       "val": ("allenai/c4", "en/c4-validation.*.json.gz"), "column": "text", "licence": "ODC-BY-1.0"}

@@ -13,7 +13,7 @@ import sysconfig
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from data.common import prepare_main  # noqa: E402
+from data.build import prepare_main  # noqa: E402
 
 EXCLUDE = {"test", "tests", "idle_test", "lib2to3", "idlelib", "tkinter", "turtledemo", "ensurepip",
            "site-packages", "dist-packages", "__pycache__"}

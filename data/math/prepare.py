@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from data.common import pip_download, prepare_main, read_member  # noqa: E402
+from data.build import prepare_main  # noqa: E402
+from data.common import pip_download, read_member  # noqa: E402
 
 CHAMP = ("champ_dataset/dataset_files/v0.json", "72fa7727c8c3d4377d297b2cd171dc35ad86e2cfe9df2043131ba8a5389e5a71")
 MPMATH = ("mpmath/function_docs.py", "8383cff27e882d798770bc80e74b312ba4e6a7f678fe944dfb00c4ad4f03d62e")

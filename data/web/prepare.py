@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from data.common import dedup_prefixes, pip_download, prepare_main, read_member  # noqa: E402
+from data.build import dedup_prefixes, prepare_main  # noqa: E402
+from data.common import pip_download, read_member  # noqa: E402
 
 OWT5 = ("evals/registry/data/schelling_point/owt_5.jsonl",
         "095ceeb4ac1248bcaac4952056c6ccd5872410fc6a8b55d46244d57f27cfbb8b")

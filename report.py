@@ -1,0 +1,265 @@
+"""Comparing evaluated runs (eval.py's second half): each run's change against its baseline and
+its convergence speedup, the over-seeds summary with confidence intervals, the eval.md tables and
+the validation-curve plot (docs/method.md, 'Evaluation' and 'Convergence speedup')."""
+import math
+
+import numpy as np
+
+from util import UserError
+
+
+# ---------------------------------------------------------------- convergence speedup
+
+def val_curve(metrics):
+    """[(tokens, val_loss), ...] of a run's val lines, by tokens (a resumed run's repeats: last)."""
+    points = {m["tokens"]: m["val_loss"] for m in metrics
+              if m.get("kind") == "val" and m.get("val_loss") is not None}
+    return sorted(points.items())
+
+
+def tokens_to_reach(curve, target):
+    """Tokens at which a curve first gets to loss <= target, linearly interpolated between the
+    val points either side of the crossing; None if it never does."""
+    for i, (t, loss) in enumerate(curve):
+        if loss <= target:
+            if i == 0:
+                return float(t)
+            t0, l0 = curve[i - 1]
+            return t0 + (t - t0) * (l0 - target) / (l0 - loss)
+    return None
+
+
+def speedup(base_curve, curve):
+    """Convergence speedup (docs/method.md, 'Convergence speedup'): the baseline's tokens at its
+    last val point ÷ the tokens `curve` needs to reach the baseline's final loss; None when it
+    never does. The blog counts the baseline's whole budget, not its own first crossing: that is
+    what gives its 1.49x on OWT (the scratch curve is flat over its last two points; its first
+    crossing would give 1.47x)."""
+    if not base_curve or not curve:
+        return None
+    base_tokens, target = base_curve[-1]
+    t = tokens_to_reach(curve, target)
+    if t is None:
+        return None
+    return base_tokens / t if t > 0 else float("inf")
+
+
+# ---------------------------------------------------------------- reports
+
+def compare(runs, results, baselines):
+    """Fill each result's change vs its baseline (per eval domain) and its convergence speedup
+    (stage lang runs with val points whose baseline has them too; the baseline itself: 1.0)."""
+    for r, res, b in zip(runs, results, baselines):
+        bres = next((x for x, q in zip(results, runs) if q is b), None)
+        res["baseline"] = b.label if b is not None else None
+        res["is_baseline"] = b is r
+        res["change_pct"] = {d: 100 * (p / bres["ppl"][d] - 1) for d, p in res["ppl"].items()
+                             if bres is not None and d in bres["ppl"]}
+        curve = val_curve(r.metrics)
+        base_curve = val_curve(b.metrics) if b is not None else []
+        res["final_val_loss"] = curve[-1][1] if curve else None
+        res.update(speedup=None, speedup_note="n/a", target_loss=None, tokens_to_target=None)
+        if r.stage == "lang" and curve and base_curve:
+            res["target_loss"] = base_curve[-1][1]
+            res["tokens_to_target"] = tokens_to_reach(curve, res["target_loss"])
+            res["speedup"] = 1.0 if b is r else speedup(base_curve, curve)
+            res["speedup_note"] = None if res["speedup"] is not None else "not reached"
+
+
+# Two-sided 95% Student-t quantiles for 1..30 degrees of freedom (then ~1.96 + 2.4/df).
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def mean_ci(xs):
+    """(mean, half-width of its 95% confidence interval) of a sample; (mean, None) for one value,
+    (None, None) for none. Paired seeds make xs the per-seed differences."""
+    if not xs:
+        return None, None
+    if len(xs) < 2:
+        return float(xs[0]), None
+    df = len(xs) - 1
+    t = T975[df - 1] if df <= len(T975) else 1.96 + 2.4 / df
+    return float(np.mean(xs)), float(t * np.std(xs, ddof=1) / math.sqrt(len(xs)))
+
+
+def summarize(runs, results):
+    """Per (training domain, arm) over seeds, each run paired with the scratch run of the same
+    domain and seed: own-domain loss, bits per byte and perplexity; the paired differences in
+    loss and bits per byte (mean and 95% CI) and in perplexity (%); the convergence speedup of
+    each seed; the copy probe's gain. Empty unless some arm has several seeds."""
+    scratch = {(r.domain, r.config.get("seed")): (r, res) for r, res in zip(runs, results)
+               if r.is_scratch and res["ppl"]}
+    groups = {}
+    for r, res in zip(runs, results):
+        if r.stage == "lang" and r.domain in res["ppl"]:
+            groups.setdefault((r.domain, res["arm"] or res["label"]), []).append((r, res))
+    if all(len(g) < 2 for g in groups.values()):
+        return []
+    rows = []
+    for (domain, arm), members in sorted(groups.items()):
+        own = lambda key: [res[key][domain] for _, res in members if domain in res.get(key, {})]
+        change, speed, missed = [], [], 0
+        diffs = {"loss": [], "bpb": []}               # paired differences, arm - scratch
+        for r, res in members:
+            pair = scratch.get((domain, r.config.get("seed")))
+            if pair is None or pair[0] is r:
+                continue
+            b, bres = pair
+            change.append(100 * (res["ppl"][domain] / bres["ppl"][domain] - 1))
+            for key, out in diffs.items():
+                if domain in res.get(key, {}) and domain in bres.get(key, {}):
+                    out.append(res[key][domain] - bres[key][domain])
+            sp = speedup(val_curve(b.metrics), val_curve(r.metrics))
+            if sp is None:
+                missed += 1
+            else:
+                speed.append(sp)
+        gains = [res["probe"]["gain"] for _, res in members if res.get("probe")]
+        rows.append({"domain": domain, "arm": arm, "seeds": [r.config.get("seed") for r, _ in members],
+                     "ppl": mean_ci(own("ppl")), "ppl_all": own("ppl"),
+                     "loss": mean_ci(own("loss")), "bpb": mean_ci(own("bpb")),
+                     "change_pct": mean_ci(change), "change_all": change,
+                     "dloss": mean_ci(diffs["loss"]), "dloss_all": diffs["loss"],
+                     "dbpb": mean_ci(diffs["bpb"]), "dbpb_all": diffs["bpb"],
+                     "speedup": mean_ci(speed), "speedup_all": speed, "not_reached": missed,
+                     "probe_gain": mean_ci(gains), "probe_gain_all": gains})
+    return rows
+
+
+def format_summary(rows):
+    def fmt(m, h, spec):
+        if m is None:
+            return "-"
+        return f"{m:{spec}}" + ("" if h is None else f" ± {h:{spec.lstrip('+')}}")
+    out = ["| domain | arm | seeds | loss (nats/token) | bits/byte | Δ loss vs scratch | "
+           "Δ bits/byte vs scratch | Δ ppl | speedup per seed | copy-probe gain |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        paired = r["change_pct"][0] is not None
+        sp = ", ".join(f"{x:.2f}x" for x in r["speedup_all"]) or "-"
+        if r["not_reached"]:
+            sp += f" ({r['not_reached']} not reached)"
+        out.append(f"| {r['domain']} | {r['arm']} | {len(r['seeds'])} | {fmt(*r['loss'], '.4f')} | "
+                   f"{fmt(*r['bpb'], '.4f')} | {fmt(*r['dloss'], '+.4f')} | "
+                   f"{fmt(*r['dbpb'], '+.4f')} | "
+                   f"{fmt(*r['change_pct'], '+.2f') + '%' if paired else '-'} | "
+                   f"{sp if paired else '-'} | {fmt(*r['probe_gain'], '.3f')} |")
+    return "\n".join(out)
+
+
+def report_text(results, domains, block, summary=()):
+    """eval.md: the language table with its n-gram baselines and a legend, then one NCA table per
+    stage-1 NCA run, then the over-seeds summary."""
+    text = []
+    if any(res["ppl"] for res in results):
+        budget = ", ".join(f"{d} {v['tokens']:,}" for d, v in domains.items())
+        text += [format_table(results, domains), "",
+                 f"Lower is better everywhere. Each cell: cross-entropy in nats per token of the "
+                 f"domain's own tokenizer, bits per byte of the underlying UTF-8 text (comparable "
+                 f"across tokenizers) and perplexity, on the first val tokens of each domain "
+                 f"({budget}; windows of {block + 1}, stride {block}). (+x%): perplexity change vs "
+                 "the baseline run of the run's training domain; Nx: convergence speedup, tokens "
+                 "for the baseline run to reach its final val loss ÷ tokens for this run "
+                 "(docs/method.md, 'Convergence speedup'). The "
+                 "unigram and bigram rows predict each token from counts on the train split; a "
+                 "model that is not below them has not learned the language. Copy probe: loss on "
+                 "the first → second copy of a repeated random token sequence (in-context "
+                 "copying; a larger drop is better)."]
+    text += [f"\n{format_nca(res)}" for res in results if res["nca"]]
+    if summary:
+        text += ["", "Over seeds, each run paired with the scratch run of its domain and seed: "
+                 "mean ± 95% confidence half-width (Student t over seeds); Δ = arm − scratch, "
+                 "negative is better.", "", format_summary(summary)]
+    return "\n".join(text).strip()
+
+
+def _human(n):
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
+
+
+def _cell(r, d):
+    if d not in r["ppl"]:
+        return "-"
+    notes = []
+    if r["is_baseline"]:
+        notes.append("base")
+    elif r["change_pct"].get(d) is not None:
+        notes.append(f"{r['change_pct'][d]:+.1f}%")
+    if d == r["domain"] and r["speedup_note"] != "n/a":
+        notes.append(f"{r['speedup']:.2f}x" if r["speedup"] is not None else r["speedup_note"])
+    bpb = f" · {r['bpb'][d]:.3f} bpb" if d in r["bpb"] else ""
+    return (f"{r['loss'][d]:.3f}{bpb} · ppl {r['ppl'][d]:.2f}"
+            + (f" ({', '.join(notes)})" if notes else ""))
+
+
+def format_table(results, domains):
+    """Markdown table: one row per evaluated run, then the unigram and bigram baselines; one
+    column per eval domain (loss, bits per byte, perplexity, the change vs the baseline run and,
+    in the run's own training domain, the convergence speedup) and the copy probe."""
+    head = ["run", "trained on", "tokens", *domains, "copy probe"]
+    rows = [[r["label"], r["trained_on"], _human(r["tokens"] or 0), *(_cell(r, d) for d in domains),
+             f"{r['probe']['first']:.2f} → {r['probe']['second']:.2f}" if r["probe"] else "-"]
+            for r in results if r["ppl"]]
+    for kind in ("unigram", "bigram"):
+        rows.append([kind, "train-split counts", "-",
+                     *(f"{v['baselines'][kind]:.3f}"
+                       + (f" · {v['baselines_bpb'][kind]:.3f} bpb" if v["baselines_bpb"] else "")
+                       + f" · ppl {math.exp(v['baselines'][kind]):.2f}" for v in domains.values()),
+                     "-"])
+    width = [max(len(x) for x in col) for col in zip(head, *rows)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, width)) + " |"
+    return "\n".join([line(head), line(["-" * w for w in width]), *map(line, rows)])
+
+
+def format_nca(r):
+    """The stage-1 NCA table of one run: accuracy by grid position."""
+    n = r["nca"]
+    out = [f"{r['label']}: NCA validation loss {n['val_loss']:.4f} on {n['num_seqs']} sequences "
+           "of held-out rules; grid g is predicted with g grids in context",
+           "", "| grid | token acc | grid acc | copy token acc | copy grid acc |",
+           "| ---: | ---: | ---: | ---: | ---: |"]
+    for i, g in enumerate(n["grid"]):
+        out.append(f"| {g} | {n['token_acc'][i]:.4f} | {n['grid_acc'][i]:.4f} | "
+                   f"{n['copy_token_acc'][i]:.4f} | {n['copy_grid_acc'][i]:.4f} |")
+    return "\n".join(out)
+
+
+def pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("--plot needs matplotlib, which is optional: pip install matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_curves(runs, baselines, path):
+    """Validation loss against training tokens, one panel per training domain (stage-1 runs get
+    a panel per source); a dotted line at each domain baseline's final loss, the speedup target."""
+    plt = pyplot()
+    panels = {}
+    for r, b in zip(runs, baselines):
+        key = r.domain if r.stage == "lang" else f"stage 1: {r.config.get('ppt_source')}"
+        if val_curve(r.metrics):
+            panels.setdefault(key, []).append((r, b))
+    if not panels:
+        raise UserError("no run has val lines in metrics.jsonl: nothing to plot")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (key, items) in zip(axes[0], panels.items()):
+        for r, _ in items:
+            ax.plot(*zip(*val_curve(r.metrics)), marker=".", label=r.label)
+        base = items[0][1]
+        if base is not None and val_curve(base.metrics) and items[0][0].stage == "lang":
+            ax.axhline(val_curve(base.metrics)[-1][1], ls=":", c="gray", lw=1)
+        ax.set(title=key, xlabel="training tokens", ylabel="validation loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
