@@ -152,3 +152,38 @@ def unlock_run_dir(path, created):
             path.parent.rmdir()
     except OSError:
         pass
+
+
+def own_run_dirs(run_dirs, args, dist, locks):
+    """Check that the run folders may be written, and (rank 0) lock them for the life of the
+    run, appending to `locks`; every rank stops if rank 0 must."""
+    for d in run_dirs:
+        check_run_dir(d, args.resume, args.overwrite)           # before anything is trained
+    refusal = None
+    if dist["rank"] == 0:
+        try:
+            for d in sorted(set(run_dirs), key=lambda d: len(d.parts)):
+                locks.append(lock_run_dir(d))
+            for d in run_dirs:                 # again, now that no one else can write
+                check_run_dir(d, args.resume, args.overwrite)
+        except UserError as e:
+            refusal = e
+    if not _all_ok(dist, refusal is None):
+        raise refusal or UserError(f"rank 0 could not take {args.out_dir}")
+
+
+def start_run(out, args, stage, dist):
+    """Create the run folder once everything it needs has been checked (data, checkpoint)."""
+    if dist["rank"] == 0:
+        prepare_run_dir(out, vars(args) | {"stage": stage}, args.resume, args.overwrite)
+    if dist["world"] > 1:
+        torch.distributed.barrier()
+
+
+def _all_ok(dist, ok):
+    """False on every rank when `ok` is False on any (so a refusal on rank 0 stops them all)."""
+    if dist["world"] == 1:
+        return ok
+    flag = torch.tensor([0.0 if ok else 1.0], device=dist["device"])
+    torch.distributed.all_reduce(flag)
+    return flag.item() == 0

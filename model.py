@@ -14,7 +14,6 @@ other below.
 """
 
 import contextlib
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -152,16 +151,6 @@ class Block(nn.Module):
         x = x + self.attn(self.norm1(x), cos, sin)
         x = x + self.mlp(self.norm2(x))
         return x
-
-
-def _fused_adamw_ok(device_type):
-    if "fused" not in inspect.signature(torch.optim.AdamW).parameters:
-        return False
-    try:  # older PyTorch builds have fused AdamW for CUDA only
-        torch.optim.AdamW([torch.zeros(1, device=device_type, requires_grad=True)], fused=True)
-    except (RuntimeError, ValueError):
-        return False
-    return True
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -389,16 +378,12 @@ class GPT(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if decay_all or p.dim() >= 2]
         no_decay = [p for p in params if not (decay_all or p.dim() >= 2)]
-        groups = [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        groups = [g for g in groups if g["params"]]
+        groups = [g for g in ({"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
         # Fused AdamW: one kernel per step on CUDA, and on CPU too (PyTorch >= 2.4), where the
         # untied 50,257-row embedding and head make the optimizer a visible share of a tiny run.
-        fused = device_type in ("cuda", "cpu") and _fused_adamw_ok(device_type)
-        extra = dict(fused=True) if fused else dict()
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, **extra)
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps,
+                                 fused=device_type in ("cuda", "cpu") or None)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):

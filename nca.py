@@ -285,15 +285,6 @@ def sample_rules(seeds, num_colors=10, device="cpu"):
     return {k: v.to(device) for k, v in params.items()}
 
 
-def rules_from_flax(d, index=None):
-    """Official Flax parameters (kernels HWIO, as in tests/fixtures) -> our layout."""
-    sl = slice(None) if index is None else index
-    t = lambda k: torch.from_numpy(np.ascontiguousarray(d[k][sl])).float()
-    return {"w0": t("conv0_kernel").permute(0, 4, 3, 1, 2).contiguous(), "b0": t("conv0_bias"),
-            "w1": t("conv1_kernel")[:, 0, 0].transpose(1, 2).contiguous(), "b1": t("conv1_bias"),
-            "w2": t("conv2_kernel")[:, 0, 0].transpose(1, 2).contiguous(), "b2": t("conv2_bias")}
-
-
 def nca_logits_reference(params, state):
     """The official network written out literally, one rule at a time: the definition of a rule
     (slow; tests check RuleBatch against it). state: (R, H, W) integer grid -> (R, n, H, W)."""
@@ -367,7 +358,7 @@ def make_rules(seeds=None, num_colors=10, device="cpu", params=None):
     """The rules of integer `seeds`, ready for rollouts: `.logits(state)` maps (R, H, W) grids to
     (R, n, H, W) logits, grid r by rule r, and `.n` / `.device` say the colours and the device.
     params: their parameters if already sampled (rows of sample_rules(seeds), e.g. a bank kept on
-    the device) or read from the official code (rules_from_flax); seeds are then not used."""
+    the device) or converted from the official code's (tests/test_nca.py); seeds are then not used."""
     return RuleBatch(sample_rules(seeds, num_colors, device) if params is None else params)
 
 

@@ -47,14 +47,14 @@ def main(argv=None):
     try:
         flags.check_flags(args, world)               # everything is checked before any write
         flags.check_inputs(args, flags.given_flags(argv), world)
-        dist = setup_distributed(args)
+        dist = setup_distributed(args, rank, world)
         if dist["device"].startswith("cuda"):   # TF32 for the model's float32 matmuls (NCA
             torch.set_float32_matmul_precision("high")   # generation stays exact regardless)
         ctx, args.dtype = autocast(args.dtype, dist["device"])
         out = Path(args.out_dir)
         do_ppt = "ppt" in flags.stages(args)
         ppt_out = out / "ppt" if args.stage == "both" else out
-        own_run_dirs(([ppt_out] if do_ppt else []) + ([out] if args.stage != "ppt" else []),
+        ckpt.own_run_dirs(([ppt_out] if do_ppt else []) + ([out] if args.stage != "ppt" else []),
                      args, dist, locks)
         if dist["rank"] == 0:
             print(json.dumps(vars(args), default=str))
@@ -97,7 +97,7 @@ def run_ppt(args, out, ctx, dist):
     train, val = source.batches(hp.micro_batch, dist["device"], dist["rank"], dist["world"])
     torch.manual_seed(args.seed)
     model = GPT(config).to(dist["device"])
-    start_run(out, args, "ppt", dist)
+    ckpt.start_run(out, args, "ppt", dist)
     extra = {"vocab": {"kind": source.kind, "size": vocab}, "nca": source.info}
     return Stage(args, "ppt", out, model, train, val, hp, memory, ctx, dist, extra,
                  scores=source.scores).run()
@@ -116,7 +116,7 @@ def run_lang(args, out, ctx, dist):
                         args.seed, dist["rank"])
     val = text_val_batches(data_dir, args.seq_len, args.eval_tokens, hp.micro_batch,
                            dist["device"])
-    start_run(out, args, "lang", dist)
+    ckpt.start_run(out, args, "lang", dist)
     extra = {"vocab": {"kind": load_meta(data_dir).get("tokenizer", "gpt2"), "size": vocab}}
     return Stage(args, "lang", out, model, train, val, hp, memory, ctx, dist, extra,
                  probe=probe_vocab(extra["vocab"])).run()
@@ -375,7 +375,7 @@ def lr_at(step, steps, peak, warmup_frac, schedule):
 
 
 # -----------------------------------------------------------------------------------------------
-# Devices, memory and run folders
+# Devices and memory
 
 def peak_flops(device):
     if not str(device).startswith("cuda"):
@@ -428,9 +428,7 @@ def plan_micro_batch(args, stage, hp, model, dist):
     return micro, est
 
 
-def setup_distributed(args):
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+def setup_distributed(args, rank, world):
     device = default_device(args.device)
     if world > 1:
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -440,41 +438,6 @@ def setup_distributed(args):
         torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda")
                                              else "gloo")
     return {"rank": rank, "world": world, "device": device}
-
-
-def own_run_dirs(run_dirs, args, dist, locks):
-    """Check that the run folders may be written, and (rank 0) lock them for the life of the
-    run, appending to `locks`; every rank stops if rank 0 must."""
-    for d in run_dirs:
-        ckpt.check_run_dir(d, args.resume, args.overwrite)      # before anything is trained
-    refusal = None
-    if dist["rank"] == 0:
-        try:
-            for d in sorted(set(run_dirs), key=lambda d: len(d.parts)):
-                locks.append(ckpt.lock_run_dir(d))
-            for d in run_dirs:                 # again, now that no one else can write
-                ckpt.check_run_dir(d, args.resume, args.overwrite)
-        except UserError as e:
-            refusal = e
-    if not all_ok(dist, refusal is None):
-        raise refusal or UserError(f"rank 0 could not take {args.out_dir}")
-
-
-def start_run(out, args, stage, dist):
-    """Create the run folder once everything it needs has been checked (data, checkpoint)."""
-    if dist["rank"] == 0:
-        ckpt.prepare_run_dir(out, vars(args) | {"stage": stage}, args.resume, args.overwrite)
-    if dist["world"] > 1:
-        torch.distributed.barrier()
-
-
-def all_ok(dist, ok):
-    """False on every rank when `ok` is False on any (so a refusal on rank 0 stops them all)."""
-    if dist["world"] == 1:
-        return ok
-    flag = torch.tensor([0.0 if ok else 1.0], device=dist["device"])
-    torch.distributed.all_reduce(flag)
-    return flag.item() == 0
 
 
 if __name__ == "__main__":

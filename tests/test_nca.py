@@ -14,6 +14,15 @@ CFG = nca.NCAConfig()
 FIXTURE = FIXTURES / "official_nca.npz"
 
 
+def rules_from_flax(d, index=None):
+    """Official Flax rule parameters (kernels HWIO, as in the fixture) -> nca.py's layout."""
+    sl = slice(None) if index is None else index
+    t = lambda k: torch.from_numpy(np.ascontiguousarray(d[k][sl])).float()
+    return {"w0": t("conv0_kernel").permute(0, 4, 3, 1, 2).contiguous(), "b0": t("conv0_bias"),
+            "w1": t("conv1_kernel")[:, 0, 0].transpose(1, 2).contiguous(), "b1": t("conv1_bias"),
+            "w2": t("conv2_kernel")[:, 0, 0].transpose(1, 2).contiguous(), "b2": t("conv2_bias")}
+
+
 @pytest.fixture(scope="module")
 def official():
     # Part of the repository: a missing fixture fails these tests instead of skipping them.
@@ -24,7 +33,7 @@ def official():
 # --- conformance with the official JAX implementation ------------------------------------------
 
 def test_logits_match_official(official):
-    params = nca.rules_from_flax(official)
+    params = rules_from_flax(official)
     grids = torch.from_numpy(official["init_grid"]).long()
     want = torch.from_numpy(official["logits0"]).permute(0, 3, 1, 2)
     fast = nca.make_rules(params=params).logits(grids)
@@ -34,7 +43,7 @@ def test_logits_match_official(official):
 
 
 def test_argmax_trajectories_match_official(official):
-    rules = nca.make_rules(params=nca.rules_from_flax(official))
+    rules = nca.make_rules(params=rules_from_flax(official))
     state = torch.from_numpy(official["init_grid"]).to(torch.uint8)
     cfg = nca.NCAConfig(temperature=0.0)
     traj = [state]
