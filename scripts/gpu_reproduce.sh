@@ -16,7 +16,7 @@ for d in web math code; do
     python "data/$d/prepare.py" --source hf --max_tokens "$DATA_TOKENS" --num_proc 16
 done
 for band in web code; do
-  python train.py --preset gpu --stage nca --band "$band" --seed "$SEED" --rule_seed "$SEED" \
+  python train.py --preset gpu --stage ppt --band "$band" --seed "$SEED" --rule_seed "$SEED" \
     --out_dir "$OUT/ppt-$band" --resume
 done
 for d in web math code; do

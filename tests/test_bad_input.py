@@ -126,127 +126,21 @@ def resume(*extra):
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 
-# (id, script, argv with {w} = the world folder and {new} = a fresh folder, expected in the message)
-CASES = [
-    # sizes and intervals
-    ("ppt_tokens_negative", "train", both("--ppt_tokens", "-1"), "--ppt_tokens must be at least 0 (0 = no stage 1), got -1"),
-    ("lang_tokens_negative", "train", lang("--lang_tokens", "-1"), "--lang_tokens must be at least 0"),
-    ("max_iters_negative", "train", lang("--max_iters", "-1"), "--max_iters must be at least 0"),
-    ("batch_tokens_zero", "train", lang("--batch_tokens", "0"), "--batch_tokens must be at least 1"),
-    ("ppt_batch_tokens_zero", "train", both("--ppt_batch_tokens", "0"), "--ppt_batch_tokens must be at least 1"),
-    ("eval_interval_zero", "train", lang("--eval_interval", "0"), "--eval_interval must be at least 1"),
-    ("ppt_eval_interval_zero", "train", both("--ppt_eval_interval", "0"), "--ppt_eval_interval must be at least 1"),
-    ("log_interval_zero", "train", lang("--log_interval", "0"), "--log_interval must be at least 1"),
-    ("seq_len_zero_stage2", "train", lang("--seq_len", "0"), "--seq_len must be at least 1"),
-    ("micro_batch_negative", "train", lang("--micro_batch", "-2"),
-     "--micro_batch must be at least 0 (0 = chosen from a memory estimate), got -2"),
-    ("ppt_micro_batch_negative", "train", both("--ppt_micro_batch", "-1"), "--ppt_micro_batch must be at least 0"),
-    ("micro_batch_larger_than_batch", "train", lang("--micro_batch", "8"), "is not a multiple of --micro_batch"),
-    ("ppt_micro_batch_not_dividing", "train", both("--ppt_micro_batch", "3"), "is not a multiple of --ppt_micro_batch"),
-    ("budget_below_one_batch", "train", lang("--lang_tokens", "100"), "less than one batch of 320"),
-    ("one_epoch_below_one_batch", "train", lang("--lang_tokens", "0", "--batch_tokens", "8000", "--micro_batch", "100"),
-     "less than one batch of 8,000"),
-    ("seq_len_longer_than_data", "train", lang("--seq_len", "8000", "--micro_batch", "1", "--batch_tokens", "8000",
-                                               "--lang_tokens", "8000"), "fewer than one sequence"),
-    ("val_num_rules_zero", "train", nca_ppt("--val_num_rules", "0"), "--val_num_rules must be at least 1"),
-    ("train_num_rules_below_micro_batch", "train", nca_ppt("--train_num_rules", "2"), "fewer than one micro-batch"),
-    ("ppt_val_seqs_zero", "train", nca_ppt("--ppt_val_seqs", "0"), "--ppt_val_seqs must be at least 1"),
-    ("lr_zero", "train", lang("--lr", "0"), "--lr must be above 0"),
-    ("lr_nan", "train", lang("--lr", "nan"), "--lr must be above 0, got nan"),
-    ("warmup_frac_above_one", "train", lang("--warmup_frac", "1.5"), "--warmup_frac must be from 0 to 1"),
-    ("attn_dropout_one", "train", lang("--attn_dropout", "1"), "--attn_dropout must be at least 0 and below 1"),
-    ("grad_clip_negative", "train", lang("--grad_clip", "-1"), "--grad_clip must be at least 0"),
-    # model shape and vocabulary
-    ("n_head_not_dividing_n_embd", "train", lang("--n_head", "3"), "n_embd 32 must be n_head 3 times"),
-    ("odd_head_size", "train", lang("--n_head", "32"), "even head size"),
-    ("n_layer_zero", "train", lang("--n_layer", "0"), "--n_layer must be at least 1"),
-    ("vocab_size_not_a_number", "train", lang("--vocab_size", "abc"), "argument --vocab_size: expected auto or a whole number, got 'abc'"),
-    ("vocab_size_below_data", "train", lang("--vocab_size", "100"), "--vocab_size 100 cannot index"),
-    ("vocab_size_below_64k_data", "train", lang(data="vocab64k"), "cannot index"),
-    ("ppt_vocab_size_below_source", "train", both("--ppt_vocab_size", "5"), "--dyck_k 4 needs 8 tokens (2k), more than the model vocabulary 5"),
-    ("ppt_vocab_size_negative", "train", both("--ppt_vocab_size", "-1"), "--ppt_vocab_size must be at least 0"),
-    ("num_colors_too_many", "train", nca_ppt("--num_colors", "100"), "--ppt_vocab_size"),
-    ("grid_not_divisible_by_patch", "train", nca_ppt("--patch", "5"), "--grid 12 is not divisible by --patch 5"),
-    ("empty_band", "train", nca_ppt("--filter_rules_threshold", "0.6", "--filter_rules_upper_bound", "0.4"), "empty complexity band"),
-    ("dyck_k_zero", "train", both("--dyck_k", "0"), "--dyck_k must be at least 1"),
-    # device and precision
-    pytest.param("device_cuda_without_cuda", "train", lang("--device", "cuda"), "CUDA is not available", marks=no_cuda),
-    ("device_unknown", "train", lang("--device", "gpu"), "--device 'gpu' is not a device"),
-    ("float16_on_cpu", "train", lang("--dtype", "float16"), "--dtype float16 needs CUDA"),
-    ("stage_unknown", "train", lang("--stage", "three"), "argument --stage: invalid choice"),
-    ("int_flag_not_a_number", "train", lang("--batch_tokens", "1e3"), "argument --batch_tokens: invalid int value"),
-    # flags that would be ignored, or that contradict each other
-    ("reinit_layers_without_reinit", "train", lang("--reinit_layers", "0:1"), "--reinit_layers 0:1 needs --reinit"),
-    ("freeze_layers_without_freeze", "train", lang("--freeze_layers", "0:1"), "--freeze_layers 0:1 needs --freeze"),
-    ("reinit_unknown_kind", "train", lang("--reinit", "embeddings"), "unknown module kind 'embeddings'"),
-    ("reinit_layers_outside_model", "train", both("--reinit", "mlp", "--reinit_layers", "0:9"), "outside the model's 2 layers"),
-    ("stage2_flag_on_stage1", "train", nca_ppt("--reinit", "attn"), "--reinit is a stage-2 flag"),
-    ("keep_embeddings_without_init_from", "train", lang("--keep_embeddings"), "--keep_embeddings needs --init_from"),
-    ("keep_embeddings_with_nca_stage1", "train", both("--keep_embeddings"), "needs --ppt_source text"),
-    ("keep_embeddings_vocab_mismatch", "train", both("--keep_embeddings", "--ppt_source", "text", "--ppt_data", "{w}/web",
-                                                     "--ppt_vocab_size", "60000"), "same vocabulary in both stages"),
-    ("keep_embeddings_non_text_checkpoint", "train", lang("--init_from", "{w}/run/ppt/ckpt.pt", "--keep_embeddings"),
-     "--keep_embeddings needs a stage-1 model on GPT-2 tokens"),
-    ("stage_ppt_without_budget", "train", nca_ppt("--ppt_tokens", "0"), "--stage ppt with --ppt_tokens 0 has nothing to train"),
-    ("resume_and_overwrite", "train", lang("--resume", "--overwrite"), "--resume continues the run in out_dir and --overwrite replaces it"),
-    # checkpoints: --init_from
-    ("init_from_with_stage_both", "train", both("--init_from", "{w}/run/ppt/ckpt.pt"), "--init_from is for --stage lang"),
-    ("init_from_missing", "train", lang("--init_from", "{w}/nowhere.pt"), "not found"),
-    ("init_from_garbage", "train", lang("--init_from", "{w}/garbage.pt"), "cannot read checkpoint"),
-    ("init_from_foreign_checkpoint", "train", lang("--init_from", "{w}/foreign.pt"), "is not a train.py checkpoint (no model)"),
-    ("init_from_stage2_checkpoint", "train", lang("--init_from", "{w}/run/ckpt.pt"), "transfer needs a stage-1 (ppt) checkpoint"),
-    ("init_from_other_n_embd", "train", lang("--init_from", "{w}/run/ppt/ckpt.pt", "--n_embd", "64"),
-     "--n_embd asks for n_embd 64, but --init_from"),
-    ("init_from_other_size", "train", ["--size", "mini", "--seq_len", "80", "--device", "cpu", "--dtype", "float32"] + LANG
-     + ["--stage", "lang", "--data_dir", "{w}/web", "--out_dir", "{new}", "--init_from", "{w}/run/ppt/ckpt.pt"],
-     "--size mini asks for n_layer 6, but --init_from"),
-    ("init_from_other_source", "train", lang("--init_from", "{w}/run/ppt/ckpt.pt", "--ppt_source", "nca"),
-     "was trained on dyck"),
-    # run folders: --resume, --overwrite, the lock
-    ("folder_holds_a_run", "train", both("--out_dir", "{w}/run"), "already holds a run"),
-    ("resume_other_n_embd", "train", resume("--n_embd", "64"), "holds a model with n_embd 32, this command asks for n_embd 64"),
-    ("resume_other_batch", "train", resume("--batch_tokens", "160"), "was trained with --batch_tokens 320"),
-    ("resume_other_vocab", "train", resume("--vocab_size", "50304"), "holds a model with vocab_size 50257"),
-    ("resume_scratch_as_transfer", "train", resume("--ppt_tokens", "0"), "is a transfer from stage 1, this command asks for a scratch run"),
-    ("resume_wrong_stage", "train", MODEL + DYCK + ["--stage", "ppt", "--out_dir", "{w}/run", "--resume"], "is a 'lang'-stage checkpoint"),
-    ("resume_corrupt_checkpoint", "train", lang("--out_dir", "{w}/resume_corrupt", "--resume"), "cannot read checkpoint"),
-    ("folder_in_use_even_with_overwrite", "train", lang("--out_dir", "{w}/locked", "--overwrite"), "is in use by process"),
-    # data folders
-    ("data_missing", "train", lang(data="nowhere"), "meta.json is missing"),
-    ("meta_json_null", "train", lang(data="meta_null"), "holds null, not the JSON object"),
-    ("meta_json_broken", "train", lang(data="meta_broken"), "is not valid JSON"),
-    ("meta_vocab_not_a_number", "train", lang(data="meta_vocab"), "has vocab_size='abc'"),
-    ("meta_without_token_counts", "train", lang(data="meta_no_tokens"), "has no token counts"),
-    ("meta_max_token_beyond_vocab", "train", lang(data="meta_big_id"), "has max_token=60000, expected a token id below vocab_size"),
-    ("old_meta_ids_beyond_vocab", "train", lang(data="old_oov"), "holds token id 60,000, outside the model's vocabulary of 50,257"),
-    ("token_file_truncated", "train", lang(data="truncated"), "truncated or stale"),
-    ("ppt_text_data_missing", "train", both("--ppt_source", "text", "--ppt_data", "{w}/nowhere"), "meta.json is missing"),
-    # eval.py
-    ("eval_corrupt_config", "eval", ["{w}/eval_bad_config", "--domains", "", "--out", "{new}"], "config.json is not valid JSON"),
-    ("eval_checkpoint_without_keys", "eval", ["{w}/eval_no_keys", "--domains", "", "--out", "{new}"], "is not a train.py checkpoint"),
-    ("eval_checkpoint_garbage", "eval", ["{w}/garbage.pt", "--domains", "", "--out", "{new}"], "cannot read checkpoint"),
-    ("eval_run_missing", "eval", ["{w}/nowhere", "--out", "{new}"], "ckpt.pt is missing"),
-    pytest.param("eval_device_cuda_without_cuda", "eval", ["{w}/run", "--device", "cuda", "--out", "{new}"],
-                 "CUDA is not available", marks=no_cuda),
-    ("eval_batch_size_zero", "eval", ["{w}/run", "--batch_size", "0", "--out", "{new}"], "--batch_size must be at least 1"),
-    ("eval_meta_json_null", "eval", ["{w}/run", "--domains", "", "--extra_data", "{w}/meta_null", "--out", "{new}"],
-     "holds null"),
-    ("eval_ids_beyond_model_vocab", "eval", ["{w}/run", "--domains", "", "--extra_data", "{w}/vocab64k", "--out", "{new}"],
-     "holds token id 60,000, outside the 50,257-token vocabulary"),
-    ("eval_out_exists", "eval", ["{w}/run", "--out", "{w}/eval_out"], "exists: pass --overwrite"),
-    ("eval_int_flag_not_a_number", "eval", ["{w}/run", "--eval_tokens", "many"], "argument --eval_tokens: invalid int value"),
-    # nca.py
-    ("nca_stats_zero_rules", "nca", ["--stats", "--num_rules", "0"], "--num_rules must be at least 1"),
-    pytest.param("nca_device_cuda_without_cuda", "nca", ["--stats", "--device", "cuda"], "CUDA is not available", marks=no_cuda),
-    ("nca_num_colors_too_many", "nca", ["--stats", "--num_colors", "100"], "--ppt_vocab_size"),
-    ("nca_int_flag_not_a_number", "nca", ["--grid", "abc"], "argument --grid: invalid int value"),
-    ("nca_seq_len_too_short", "nca", ["--stats", "--seq_len", "10"], "must hold at least two grids"),
-    # data/<domain>/prepare.py
-    ("prepare_retries_negative", "prepare", ["--retries", "-1", "--out_dir", "{new}"], "--retries must be at least 0"),
-    ("prepare_num_proc_zero", "prepare", ["--num_proc", "0", "--out_dir", "{new}"], "--num_proc must be at least 1"),
-    ("prepare_val_fraction_one", "prepare", ["--val_fraction", "1", "--out_dir", "{new}"], "--val_fraction must be between 0 and 1"),
-    ("prepare_max_tokens_not_a_number", "prepare", ["--max_tokens", "lots", "--out_dir", "{new}"], "argument --max_tokens"),
-]
+# The cases: tests/bad_input_cases.json, by group. Each is run with argv = the base command
+# (lang, both, nca_ppt, resume; raw = none) + its args ($MODEL, $LANG, $DYCK spliced in), with {w}
+# = the world folder and {new} = a fresh folder, and must fail with `expect` in its one line.
+BASES = {"lang": lang, "both": both, "nca_ppt": nca_ppt, "resume": resume, "raw": lambda *a: list(a)}
+
+
+def case_argv(c):
+    args = [x for a in c["args"] for x in {"$MODEL": MODEL, "$LANG": LANG, "$DYCK": DYCK}.get(a, [a])]
+    return lang(*args, data=c["data"]) if "data" in c else BASES[c["base"]](*args)
+
+
+CASES = [pytest.param(c["id"], c["script"], case_argv(c), c["expect"], id=c["id"],
+                      marks=[no_cuda] if c.get("no_cuda") else [])
+         for group in json.loads((Path(__file__).parent / "bad_input_cases.json").read_text()).values()
+         for c in group]
 
 
 def never_called():
