@@ -23,7 +23,6 @@ runs (256 tokens), the batches and the step counts, and does not compile.
 """
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ import nca  # noqa: E402
 import sources  # noqa: E402
 import train  # noqa: E402
 from model import GPT, config_for  # noqa: E402
+from util import atomic_write  # noqa: E402
 
 TARGETS = {"nca_tokens_per_s": 500e6, "nca_share": 0.03, "stage2_mfu": 0.40}
 # scripts/gpu_reproduce.sh: 164M NCA tokens for each of 2 bands, 2.6B tokens for 6 language runs
@@ -283,10 +283,7 @@ def main(argv=None):
             raise SystemExit(f"error: {e}")
     text = json.dumps(res, indent=2)
     print(text)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, out)
+    atomic_write(out, text + "\n")
     print(f"wrote {out} ({res['wall_s']:.0f} s)")
     return res
 
