@@ -59,7 +59,11 @@ def build_model(ck, device="cpu", **overrides):
         model = GPT(GPTConfig(**{**ck["model_args"], **overrides}))
     model.to_empty(device=device)
     model.init_weights()  # for the RoPE tables, which no checkpoint holds; weights come next
-    model.load_state_dict(ck["model"])
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise UserError(f"the checkpoint's weights do not fit its model_args: "
+                        f"{str(e).strip().splitlines()[0]}") from None
     return model
 
 
@@ -97,7 +101,10 @@ def write_config(out, config):
 def truncate_metrics(path, step):
     """Drop the metrics.jsonl lines written after `step` (the checkpoint a run resumes from)."""
     if Path(path).exists():
-        keep = [l for l in Path(path).read_text().splitlines() if l and json.loads(l)["step"] <= step]
+        lines = Path(path).read_text().splitlines()
+        if lines and not lines[-1].endswith("}"):      # half a line, written as the run was killed
+            lines.pop()
+        keep = [l for l in lines if l and json.loads(l)["step"] <= step]
         atomic_write(path, "".join(l + "\n" for l in keep))
 
 

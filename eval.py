@@ -250,7 +250,7 @@ def run(args):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise EvalError(f"--{name} must be at least 1, got {getattr(args, name)}")
     device = default_device(args.device)
-    ctx, dtype = autocast(args.dtype, device)
+    ctx, dtype = autocast(args.dtype, device, training=False)
     runs, baselines = gather_runs(args.runs, args.baseline)
     # Pass 1 reads what each checkpoint is (memory-mapped, cheap) and checks every domain before
     # any model runs; pass 2 builds one model at a time.

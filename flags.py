@@ -15,7 +15,7 @@ import nca
 from data.common import TOKENIZERS, check_corpus, load_meta, load_tokens
 from model import GPTConfig, PPT_VOCAB, SIZES, config_for
 from sources import SOURCES
-from util import UserError, autocast, default_device, script_parser
+from util import UserError, check_dtype, default_device, script_parser
 
 # Official language vocabulary per domain (docs/differences.md, 'Language vocabulary per domain').
 DOMAIN_VOCAB = {"web": TOKENIZERS["gpt2"][0], "c4": TOKENIZERS["gpt2"][0], "math": PPT_VOCAB,
@@ -327,7 +327,7 @@ def check_flags(args, world):
     check_stage2_flags(args)
     for stage in stages(args):
         check_batch(args, stage, world)
-    autocast(args.dtype, default_device(args.device))
+    check_dtype(args.dtype, default_device(args.device))   # no CUDA call before ranks pick GPUs
 
 
 def check_stage2_flags(args):

@@ -127,12 +127,12 @@ def lang_model(args, vocab_size, device):
     baseline's fresh body. Both get the same freshly initialized embeddings and head
     (reset_vocab, drawn right after re-seeding with --seed), so the arms of a seed differ only in
     the body; the data order and dropout stream that follow are the same too."""
-    if args.init_from:
-        model = ckpt.build_model(ckpt.load(args.init_from), device, block_size=args.seq_len,
+    if args.init_from:                                      # built on the CPU, then moved
+        model = ckpt.build_model(ckpt.load(args.init_from), "cpu", block_size=args.seq_len,
                                  attn_dropout=args.attn_dropout)   # RoPE: no learned positions
     else:
-        model = GPT(flags.model_config(args, vocab_size, head_bias=False)).to(device)
-    torch.manual_seed(args.seed)
+        model = GPT(flags.model_config(args, vocab_size, head_bias=False))
+    torch.manual_seed(args.seed)             # whatever the body's initialization consumed
     if not args.keep_embeddings:
         model.reset_vocab(vocab_size, args.embed_init)
     elif model.config.head_bias:                            # language heads have no bias
@@ -141,7 +141,7 @@ def lang_model(args, vocab_size, device):
         model.reinit_modules(kind, flags.layer_range(args.reinit_layers, model.config.n_layer))
     for kind in flags.kinds(args.freeze):
         model.freeze_modules(kind, flags.layer_range(args.freeze_layers, model.config.n_layer))
-    return model
+    return model.to(device)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -228,6 +228,9 @@ class Stage:
                 print(f"--resume: no checkpoint in {self.out}, starting {self.stage} from scratch")
             return None
         ck = ckpt.load(path, self.device)
+        if ck["step"] > self.steps:
+            raise UserError(f"--resume: {path} is at step {ck['step']}, past the {self.steps} "
+                            "steps of this command: resume with the budget in config.json")
         self.raw.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.train_iter.load_state_dict(ck["data"])

@@ -68,15 +68,21 @@ def default_device(name="auto"):
     return name
 
 
-def autocast(dtype, device):
+def check_dtype(dtype, device):
+    """Training in float16 needs CUDA (its loss scaler). Touches no device."""
+    if dtype == "float16" and not str(device).startswith("cuda"):
+        raise UserError("--dtype float16 needs CUDA (its loss scaler); use bfloat16 or float32")
+
+
+def autocast(dtype, device, training=True):
     """(autocast context, dtype name) for --dtype on `device`: "auto" is bfloat16 on CUDA when
-    supported, float32 elsewhere; float16 needs CUDA (its loss scaler)."""
+    supported, float32 elsewhere; training in float16 needs CUDA (check_dtype)."""
     device_type = "cuda" if str(device).startswith("cuda") else str(device).split(":")[0]
     if dtype == "auto":
         dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() \
             else "float32"
-    if dtype == "float16" and device_type != "cuda":
-        raise UserError("--dtype float16 needs CUDA (its loss scaler); use bfloat16 or float32")
+    if training:
+        check_dtype(dtype, device)
     if dtype == "float32":
         return contextlib.nullcontext(), dtype
     return torch.autocast(device_type, dtype=getattr(torch, dtype)), dtype

@@ -177,7 +177,8 @@ def bf16_vs_fp32(device, ckpt_path, batch):
 
 def synthetic_corpus(folder, tokens=2_000_000):
     """Random GPT-2 ids in the prepared layout: throughput does not depend on the text."""
-    from data.common import VOCAB_SIZE, TokenWriter, write_dataset
+    from data.build import TokenWriter, write_dataset
+    from data.common import VOCAB_SIZE
     rng = np.random.default_rng(0)
     writers = {}
     for split, n in (("train", tokens), ("val", tokens // 10)):

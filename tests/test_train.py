@@ -387,3 +387,36 @@ def test_cpu_preset_is_the_cpu_scale_setting():
     assert nca.band_from_args(args) == nca.BANDS["cpu-web"] and args.vocab_size == "auto"
     assert args.ppt_tokens % args.ppt_batch_tokens == 0 and args.lang_tokens % args.batch_tokens == 0
     assert train_args(["--preset", "cpu", "--band", "cpu-code"]).band == "cpu-code"
+
+
+def test_checkpoint_helpers_refuse_and_heal(tmp_path):
+    """A checkpoint whose weights do not fit its model_args is one UserError, not a torch
+    traceback; metrics.jsonl cut mid-line by a kill is trimmed on resume; float16 autocast is
+    refused for training off CUDA but allowed for evaluation."""
+    import ckpt
+    import util
+    model = GPT(flags.model_config(train_args(MODEL), 64, head_bias=False))
+    ck = {"model": model.state_dict(), "model_args": {**model.config.__dict__, "n_layer": 3}}
+    with pytest.raises(UserError, match="do not fit its model_args"):
+        ckpt.build_model(ck)
+    m = tmp_path / "metrics.jsonl"
+    m.write_text('{"step": 0}\n{"step": 4}\n{"step": 8}\n{"st')
+    ckpt.truncate_metrics(m, 4)
+    assert m.read_text() == '{"step": 0}\n{"step": 4}\n'
+    with pytest.raises(UserError, match="needs CUDA"):
+        util.autocast("float16", "cpu")
+    assert util.autocast("float16", "cpu", training=False)[1] == "float16"
+
+
+def test_resume_past_the_budget_is_refused(two_stage, domain, tmp_path, capsys):
+    """A checkpoint at step 6 cannot resume a 2-step command: one line, nothing rewritten."""
+    import shutil
+    out = tmp_path / "copy"
+    shutil.copytree(two_stage, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit):
+        train.main(MODEL + PPT + LANG + ["--stage", "both", "--data_dir", str(domain),
+                                         "--out_dir", str(out), "--resume", "--max_iters", "2"])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --resume:") and "past the 2 steps" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
