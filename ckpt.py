@@ -72,6 +72,8 @@ def build_model(ck, device="cpu", **overrides):
 
 def check_run_dir(out, resume, overwrite):
     """Refuse to clobber a run unless --overwrite (or continue it with --resume)."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"--out_dir {out} is a file, not a folder: choose another --out_dir")
     existing = [f for f in RUN_FILES if (Path(out) / f).exists()]
     if existing and not (resume or overwrite):
         raise UserError(f"{out} already holds a run ({', '.join(existing)}): pass --resume to "
