@@ -300,8 +300,8 @@ FLOAT_RULES = [(name, test, want) for names, test, want in (
 
 def stages(args):
     """The stages this command runs."""
-    return ([s for s in ("ppt",) if args.stage in ("ppt", "both") and args.ppt_tokens]
-            + [s for s in ("lang",) if args.stage in ("lang", "both")])
+    ppt = ["ppt"] if args.stage in ("ppt", "both") and args.ppt_tokens else []
+    return ppt + (["lang"] if args.stage in ("lang", "both") else [])
 
 
 def check_flags(args, world):

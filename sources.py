@@ -20,6 +20,7 @@ import dyck
 import nca
 from data.common import check_corpus, eval_windows, load_meta, load_tokens
 from model import PPT_VOCAB
+from util import UserError
 
 
 class TextBatches:
@@ -75,7 +76,7 @@ class NCASource:
     def check(self, world):
         a = self.args
         if a.train_num_rules < a.ppt_micro_batch * world:
-            raise ValueError(f"--train_num_rules {a.train_num_rules} is fewer than one "
+            raise UserError(f"--train_num_rules {a.train_num_rules} is fewer than one "
                              f"micro-batch ({a.ppt_micro_batch} x {world} processes)")
 
     def batches(self, micro, device, rank, world):

@@ -160,9 +160,8 @@ class Stage:
         self.rank, self.world, self.device = dist["rank"], dist["world"], dist["device"]
         self.master = self.rank == 0
         self.accum = hp.batch_tokens // (hp.micro_batch * args.seq_len * self.world)
-        steps = hp.tokens // hp.batch_tokens
-        self.steps = min(steps, args.max_iters) if args.max_iters and steps else \
-            args.max_iters or steps
+        steps = hp.tokens // hp.batch_tokens      # at least 1: flags.check_batch
+        self.steps = min(steps, args.max_iters) if args.max_iters else steps
         self.cuda = str(self.device).startswith("cuda")
         self.optimizer = model.configure_optimizers(hp.weight_decay, hp.lr, (0.9, 0.999), 1e-8,
                                                     "cuda" if self.cuda else "cpu",

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from data.common import (BYTES_SUFFIX, DTYPE, ROOT, TOKENIZERS, DataError, gpt2_encoding, show)
-from util import atomic_write
+from util import atomic_write, one_line_errors
 
 
 def dedup(docs):
@@ -166,7 +166,7 @@ def prepare_main(domain, doc, embedded, hf, argv=None):
     p.add_argument("--retries", type=int, default=RETRIES,
                    help="hf: further tries of a request after a dropped connection, timeout, 429 or 5xx "
                         "(waiting 1, 2, 4, ... s; a download resumes where it stopped)")
-    p.error = lambda message: p.exit(2, f"error: {message} (see --help)\n")  # one line, no usage block
+    one_line_errors(p)
     args = p.parse_args(argv)
     for name, lo in (("num_proc", 1), ("retries", 0), ("max_tokens", 1), ("max_val_tokens", 1)):
         if getattr(args, name) is not None and getattr(args, name) < lo:
