@@ -1,10 +1,15 @@
-"""Small helpers shared by the scripts: the one-line error every script prints, atomic file
-writes, the --device and --dtype choices, and progress bars that stay readable in log files."""
+"""Small helpers shared by the scripts: knobs as dataclass fields turned into flags, the one
+error class and the one place it becomes an "error:" line, atomic file writes, the --device and
+--dtype choices, and progress bars that stay readable in log files."""
 import argparse
 import contextlib
+import functools
 import os
 import sys
 import time
+import types
+import typing
+from dataclasses import field, fields
 from pathlib import Path
 
 import torch
@@ -13,6 +18,57 @@ import torch
 class UserError(ValueError):
     """A problem the user can fix (a flag, a path, a file); the scripts print it as one line
     starting with "error:" and exit with status 2, without a traceback."""
+
+
+def cli(main):
+    """The one place a UserError becomes what the user sees: one line starting with "error:"
+    on stderr and exit status 2, without a traceback. Every script's main() is wrapped in it."""
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+    return wrapped
+
+
+# -----------------------------------------------------------------------------------------------
+# Knobs: a dataclass field written with flag() is a command-line flag, defined there only
+
+def flag(default, help, choices=None, type=None, negatable=False, name=None):
+    """A knob: a dataclass field carrying its default and its --help text. `type` converts the
+    text (default: the field's annotation); a bool is a switch, or --x/--no-x when negatable;
+    `name` is the flag's name when it is not the field's (e.g. --dyck_k for DyckConfig.k)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "type": type,
+                                            "negatable": negatable, "name": name})
+
+
+def add_flags(parser, cls, title=None):
+    """One flag per flag() field of dataclass `cls`, in a --help group titled `title` (default:
+    the first line of the class docstring). Fields written without flag() are not flags."""
+    group = parser.add_argument_group(title or (cls.__doc__ or cls.__name__).split("\n")[0])
+    for f in fields(cls):
+        if "help" not in f.metadata:
+            continue
+        m = f.metadata
+        kind = f.type if isinstance(f.type, type) else next(       # int | None -> int
+            t for t in typing.get_args(f.type) if t is not types.NoneType)
+        name = "--" + (m["name"] or f.name)
+        if kind is bool:
+            action = argparse.BooleanOptionalAction if m["negatable"] else "store_true"
+            group.add_argument(name, action=action, default=f.default, help=m["help"])
+        else:
+            group.add_argument(name, type=m["type"] or kind, default=f.default, help=m["help"],
+                               choices=m["choices"])
+    return group
+
+
+def from_flags(cls, args, **extra):
+    """The `cls` dataclass of parsed flags: each flag() field from its flag, the rest from
+    `extra` (or their defaults)."""
+    return cls(**{f.name: getattr(args, f.metadata["name"] or f.name) for f in fields(cls)
+                  if "help" in f.metadata}, **extra)
 
 
 def one_line_errors(parser):
