@@ -25,7 +25,7 @@ two details we do not copy: it draws types with randint(0, k - 1), so type k - 1
 and it has no per-string length cap.
 
 Read top to bottom:
-  1. DyckConfig      - the knobs, validated
+  1. DyckConfig      - the knobs (checked by guard.check_dyck)
   2. generation      - all random draws first (one numpy Generator per block of sequences),
                        then one vectorized walk over positions, all sequences at once
   3. reference       - the same strings one at a time, as the official loop; tests compare
@@ -34,13 +34,13 @@ Read top to bottom:
 """
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from model import PPT_VOCAB
-from util import script_parser
+from util import add_flags, cli, flag, from_flags, script_parser
 
 BLOCK = 64                 # sequences per random-number block: the unit of determinism
 TRAIN, VAL = 0, 1          # stream tags, so the validation set never overlaps training data
@@ -51,34 +51,19 @@ TRAIN, VAL = 0, 1          # stream tags, so the validation set never overlaps t
 
 @dataclass
 class DyckConfig:
-    k: int = 64                    # bracket types (official num_symbols)
-    max_depth: int = 16            # the walk never goes deeper
-    min_depth: int = 1             # opens forced at the start of every string
+    """The knobs; the flag() fields are flags --dyck_<name> of train.py and dyck.py (defaults:
+    the official generator's). guard.check_dyck refuses settings that cannot work."""
+    k: int = flag(64, "bracket types k; vocab 2k (official num_symbols)", name="dyck_k")
+    max_depth: int = flag(16, "maximum nesting depth", name="dyck_max_depth")
+    min_depth: int = flag(1, "opens forced at the start of every string", name="dyck_min_depth")
     seq_len: int = 1024            # model context; sequences hold seq_len + 1 tokens
-    shuffle: bool = False          # shuffle-Dyck: a close may match any open bracket of its type
-    p_open: float = 0.5            # P(open) when below max_depth (official: fixed 0.5)
-    max_length: int = 0            # per-string cap; 0 = seq_len + 1, as the official writer
+    shuffle: bool = flag(False, "shuffle-Dyck: a close matches any open bracket of its type, not "
+                         "necessarily the most recent one", name="dyck_shuffle")
+    p_open: float = flag(0.5, "probability of opening when below the maximum depth (official "
+                         "0.5)", name="dyck_p_open")
+    max_length: int = flag(0, "per-string length cap (0 = seq_len + 1, as the official writer)",
+                           name="dyck_max_length")
     max_vocab: int = PPT_VOCAB     # the stage-1 model's vocabulary; 2k must fit in it
-
-    def __post_init__(self):
-        if self.k < 1:
-            raise ValueError(f"--dyck_k must be at least 1 bracket type, got {self.k}")
-        if self.vocab_size > self.max_vocab:
-            raise ValueError(f"--dyck_k {self.k} needs {self.vocab_size:,} tokens (2k), more "
-                             f"than the model vocabulary {self.max_vocab:,}: use fewer bracket "
-                             "types or raise --ppt_vocab_size")
-        if self.max_depth < 1:
-            raise ValueError(f"--dyck_max_depth must be at least 1, got {self.max_depth}")
-        if not 1 <= self.min_depth <= self.max_depth:
-            raise ValueError(f"--dyck_min_depth must be between 1 and --dyck_max_depth "
-                             f"({self.max_depth}), got {self.min_depth}")
-        if not 0.0 <= self.p_open <= 1.0:
-            raise ValueError(f"--dyck_p_open is a probability, got {self.p_open}")
-        if self.seq_len < 1:
-            raise ValueError(f"--seq_len must be at least 1, got {self.seq_len}")
-        if self.max_length < 0:
-            raise ValueError(f"--dyck_max_length must be >= 0 (0 = seq_len + 1), "
-                             f"got {self.max_length}")
 
     @property
     def vocab_size(self):          # open 0..k-1, close k..2k-1
@@ -87,38 +72,6 @@ class DyckConfig:
     @property
     def string_cap(self):
         return self.max_length or self.seq_len + 1
-
-
-# The help texts of the generator flags, in --help order: flag --dyck_<field> for each DyckConfig
-# field but seq_len and max_vocab (the caller's), typed and defaulted by the field.
-FLAG_HELP = {
-    "k": "bracket types k; vocab 2k (official num_symbols)",
-    "max_depth": "maximum nesting depth",
-    "min_depth": "opens forced at the start of every string",
-    "p_open": "probability of opening when below the maximum depth (official 0.5)",
-    "max_length": "per-string length cap (0 = seq_len + 1, as the official writer)",
-    "shuffle": "shuffle-Dyck: a close matches any open bracket of its type, not "
-               "necessarily the most recent one",
-}
-
-
-def add_dyck_args(parser):
-    """The generator flags, shared by dyck.py and train.py."""
-    g = parser.add_argument_group("Dyck generator (docs/method.md, 'Dyck')")
-    field = {f.name: f for f in fields(DyckConfig)}
-    for name, text in FLAG_HELP.items():
-        f = field[name]
-        if f.type is bool:                   # shuffle: off by default, on with the flag
-            g.add_argument(f"--dyck_{name}", action="store_true", help=text)
-        else:
-            g.add_argument(f"--dyck_{name}", type=f.type, default=f.default, help=text)
-    return g
-
-
-def config_from_args(args, seq_len=DyckConfig.seq_len, max_vocab=DyckConfig.max_vocab):
-    """The DyckConfig of add_dyck_args' flags, with the caller's sequence length and vocabulary."""
-    return DyckConfig(seq_len=seq_len, max_vocab=max_vocab,
-                      **{name: getattr(args, f"dyck_{name}") for name in FLAG_HELP})
 
 
 # -----------------------------------------------------------------------------------------------
@@ -370,7 +323,9 @@ def bench(cfg, seqs=8192, batch_size=64):
     print(f"tokens/s: {done * cfg.seq_len / dt / 1e6:.3f} Mtok/s")
 
 
+@cli
 def main(argv=None):
+    import guard
     ap = script_parser(__doc__)
     ap.add_argument("--seq_len", type=int, default=DyckConfig.seq_len,
                     help="tokens per training sequence")
@@ -378,12 +333,9 @@ def main(argv=None):
     ap.add_argument("--sample", action="store_true", help="print the start of one sequence")
     ap.add_argument("--bench", action="store_true", help="print generation throughput")
     ap.add_argument("--bench_seqs", type=int, default=8192, help="sequences for --bench")
-    add_dyck_args(ap)
+    add_flags(ap, DyckConfig, "Dyck generator (docs/method.md, 'Dyck')")
     args = ap.parse_args(argv)
-    try:
-        cfg = config_from_args(args, seq_len=args.seq_len)
-    except ValueError as e:
-        ap.error(str(e))
+    cfg = guard.check_dyck(from_flags(DyckConfig, args, seq_len=args.seq_len))
     if not (args.sample or args.bench):
         ap.print_help()
         return

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from util import UserError, atomic_write
+
 PPT_VOCAB = 64000  # the official stage-1 vocabulary (10,002 NCA symbols fit with room to spare)
 
 
@@ -36,18 +38,6 @@ class GPTConfig:
     rope_theta: float = 1e4
     norm_eps: float = 1e-6
 
-    def __post_init__(self):  # a clear refusal instead of a shape error deep inside torch
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "mlp_hidden"):
-            v = getattr(self, name)
-            if not (v is None and name == "mlp_hidden") and not (isinstance(v, int) and v >= 1):
-                raise ValueError(f"{name} must be a whole number of at least 1, got {v!r}")
-        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"n_embd {self.n_embd} must be n_head {self.n_head} times an even "
-                             "head size (RoPE rotates pairs of dimensions): change n_embd or "
-                             "n_head")
-        if not 0 <= self.attn_dropout < 1:
-            raise ValueError(f"attn_dropout must be in [0, 1), got {self.attn_dropout}")
-
 
 # Presets of (n_layer, n_head, n_embd). `paper` is the paper's "1.6B" model (non-embedding count).
 SIZES: dict[str, dict] = {
@@ -61,9 +51,16 @@ SIZES: dict[str, dict] = {
 
 def config_for(size: str, **overrides) -> GPTConfig:
     """GPTConfig of a named preset, with any field overridden (e.g. vocab_size=50257)."""
-    if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
     return GPTConfig(**{**SIZES[size], **overrides})
+
+
+def model_config(flags, vocab_size, head_bias):
+    """The GPTConfig of train.py's model flags: --size, each shape flag given overriding it."""
+    shape = {k: getattr(flags, k) for k in ("n_layer", "n_head", "n_embd", "mlp_hidden")
+             if getattr(flags, k) is not None}
+    return config_for(flags.size, vocab_size=vocab_size, head_bias=head_bias,
+                      block_size=flags.seq_len, attn_dropout=flags.attn_dropout,
+                      rope_theta=flags.rope_theta, norm_eps=flags.norm_eps, **shape)
 
 
 def rms_norm(x, weight, eps):
@@ -214,12 +211,8 @@ class GPT(nn.Module):
 
     def _modules_of(self, kind, layers):
         """The modules an ablation addresses: kind in {attn, mlp, ln}, layers = block indices."""
-        if kind not in ("attn", "mlp", "ln"):
-            raise ValueError(f"unknown module kind {kind!r}; choose attn, mlp or ln")
-        layers = range(self.config.n_layer) if layers is None else list(layers)
-        for i in layers:
-            if not 0 <= i < self.config.n_layer:
-                raise ValueError(f"layer {i} out of range [0, {self.config.n_layer})")
+        assert kind in ("attn", "mlp", "ln"), kind
+        for i in range(self.config.n_layer) if layers is None else layers:
             b = self.blocks[i]
             if kind == "attn":
                 yield from (b.attn.q, b.attn.k, b.attn.v, b.attn.o)
@@ -270,8 +263,7 @@ class GPT(nn.Module):
                              wte N(0, 1), lm_head U(±1/sqrt(d)), bias (if any) U(±1/sqrt(d)).
         embed_init="normal": wte and lm_head weight N(0, 0.02), bias 0 (the HF body init).
         """
-        if embed_init not in ("paper", "normal"):
-            raise ValueError(f"unknown embed_init {embed_init!r}; choose paper or normal")
+        assert embed_init in ("paper", "normal"), embed_init
         d = self.config.n_embd
         w = self.wte.weight
         self.wte = nn.Embedding(vocab_size, d, device=w.device, dtype=w.dtype)
@@ -336,37 +328,9 @@ class GPT(nn.Module):
             return self.lm_head(x), None
         return None, chunked_cross_entropy(x, self.lm_head, targets, self.loss_chunk)
 
-    # Rows of logits the loss holds at once: 4096 x 64,000 is 1 GB in float32, where the logits
-    # of a whole micro-batch of 32 x 1024 would be 8 GB.
+    # Rows of logits the loss holds at once (train.py --loss_chunk): 4096 x 64,000 is 1 GB in
+    # float32, where the logits of a whole micro-batch of 32 x 1024 would be 8 GB.
     loss_chunk = 4096
-
-    def memory_estimate(self, micro_batch, seq_len, act_bytes=2):
-        """Bytes one training process needs, by part, for micro-batches of micro_batch x seq_len
-        with activations of act_bytes (2 under bf16/fp16 autocast, 4 in float32), AdamW, and
-        flash / memory-efficient attention (no T x T matrix: CUDA). Per layer and token a block
-        keeps 4 float32 vectors of width d (residual stream into and out of its two RMSNorms) and
-        about 8·d + 4·h in the autocast dtype (h the MLP width: q, k, v, attention output and its
-        copy, norm outputs, gate, up, SiLU(gate), their product); checked against the memory
-        PyTorch allocates on CPU in tests/test_model.py. Training holds the activations, the
-        gradients and one loss chunk; validation holds a micro-batch of logits instead."""
-        cfg = self.config
-        d, h, V = cfg.n_embd, cfg.mlp_hidden or 4 * cfg.n_embd, cfg.vocab_size
-        n_all = sum(p.numel() for p in self.parameters())
-        n_train = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        tokens = micro_batch * seq_len
-        per_layer = 16 * d + act_bytes * (8 * d + 4 * h)
-        chunk = min(self.loss_chunk, tokens)
-        est = {"weights": 4 * n_all,
-               "autocast_copies": 2 * n_all if act_bytes < 4 else 0,
-               "optimizer": 8 * n_train,
-               "gradients": 4 * n_train,
-               "activations": tokens * (cfg.n_layer * per_layer + 8 * d + act_bytes * d),
-               "loss": tokens * d * act_bytes + 4 * V * d + chunk * V * (8 + 2 * act_bytes),
-               "val_logits": tokens * V * act_bytes + min(tokens, self.loss_chunk) * V * 8}
-        train = est["gradients"] + est["activations"] + est["loss"]
-        est["total"] = est["weights"] + est["autocast_copies"] + est["optimizer"] + max(
-            train, est["val_logits"])
-        return est
 
     def configure_optimizers(
         self, weight_decay, learning_rate, betas, eps=1e-8, device_type="cpu", decay_all=False
@@ -397,6 +361,39 @@ class GPT(nn.Module):
             next_id = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
             idx = torch.cat((idx, next_id), dim=1)
         return idx
+
+
+# -----------------------------------------------------------------------------------------------
+# Checkpoints: plain dicts of tensors and plain values (train.py writes model, model_args,
+# optimizer, step, tokens, config, stage, vocab, nca, data, rng), written to a temporary name and
+# renamed, read with weights_only=True
+
+def save_checkpoint(obj, path):
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_checkpoint(path, device="cpu", mmap=False):
+    """A checkpoint dict, tensors only (weights_only); mmap=True reads nothing until it is used."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+    except Exception as e:  # truncated file, not a checkpoint, unsafe pickle: one line, no trace
+        raise UserError(f"cannot read checkpoint {path}: "
+                        f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+
+
+def model_from_checkpoint(ck, device="cpu", **overrides):
+    """The GPT of a checkpoint on `device` (in train mode); `overrides` change config fields that
+    hold no weights (block_size: RoPE has no learned positions; attn_dropout)."""
+    with torch.device("meta"):
+        model = GPT(GPTConfig(**{**ck["model_args"], **overrides}))
+    model.to_empty(device=device)
+    model.init_weights()  # for the RoPE tables, which no checkpoint holds; weights come next
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise UserError(f"the checkpoint's weights do not fit its model_args: "
+                        f"{str(e).strip().splitlines()[0]}") from None
+    return model
 
 
 # -----------------------------------------------------------------------------------------------

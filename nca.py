@@ -10,7 +10,8 @@ Read top to bottom:
   5. tokenizer      - 2x2 patches -> one token, plus start/end-of-grid delimiters
   6. gzip filter    - keep rules whose trajectories compress to a ratio inside a band
   7. batch stream   - (inputs, labels) for training, with the official masking
-  8. pictures, stats, benchmark - the command line (`python nca.py --help`)
+  8. the command line - `python nca.py` prints the token layout and one trajectory; pictures,
+                      statistics and the benchmark are scripts/nca_tools.py
 """
 import contextlib
 import hashlib
@@ -18,10 +19,10 @@ import json
 import math
 import os
 import sys
-import time
+
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from model import PPT_VOCAB
-from util import UserError, atomic_write, default_device, progress_bar, script_parser
+from util import (UserError, add_flags, atomic_write, cli, flag, from_flags, progress_bar,
+                  script_parser)
 
 ROOT = Path(__file__).resolve().parent
 CACHE_DIR = ROOT / ".cache" / "rules"
@@ -55,38 +57,20 @@ INITS = ("softmax", "uniform")     # NCAConfig.init: the official code's initial
 
 @dataclass
 class NCAConfig:
-    grid: int = 12                 # H = W of the periodic grid
-    patch: int = 2                 # patch side; a patch of patch*patch cells is one token
-    num_colors: int = 10           # states per cell (official d_state)
-    temperature: float = 1e-4      # sampling temperature of the update (0 = argmax, for tests)
-    identity_bias: float = 0.0     # added to the logit of a cell's current state
-    init_rollout_steps: int = 10   # burn-in updates before the first recorded frame
-    dT: int = 1                    # updates between recorded frames
+    """Every generator knob; the flag() fields are flags of train.py and scripts/nca_tools.py
+    (defaults: the official launcher's). guard.check_nca refuses settings that cannot work."""
+    grid: int = flag(12, "grid side (periodic)")
+    patch: int = flag(2, "patch side; one token per patch")
+    num_colors: int = flag(10, "states per cell")
+    temperature: float = flag(1e-4, "update temperature (official launcher 1e-4; 0 = argmax)")
+    identity_bias: float = flag(0.0, "bias toward keeping the current state")
+    init_rollout_steps: int = flag(10, "burn-in updates")
+    dT: int = flag(1, "updates between recorded frames")
+    init: str = flag("softmax", "initial grid: per-trajectory softmax(N(0,I)) colour mix "
+                     "(official code) or uniform cells (the paper's text)", choices=INITS)
+    filter_frames: int = flag(10, "frames scored by the gzip filter")
     seq_len: int = 1024            # model context; frames per sequence = ceil(seq_len / grid_len)
-    init: str = "softmax"          # initial grid: "softmax" (official code) or "uniform" (paper)
-    filter_frames: int = 10        # frames scored by the gzip filter (official n_steps)
     max_vocab: int = PPT_VOCAB     # the stage-1 model's vocabulary; the tokenizer must fit in it
-
-    def __post_init__(self):
-        if self.grid < 1 or self.patch < 1 or self.grid % self.patch:
-            raise ValueError(f"--grid {self.grid} is not divisible by --patch {self.patch}: "
-                             "choose a patch size that divides the grid")
-        if self.num_colors < 2:
-            raise ValueError(f"--num_colors must be at least 2, got {self.num_colors}")
-        if self.vocab_size > self.max_vocab:
-            raise ValueError(f"--num_colors {self.num_colors} with --patch {self.patch} needs "
-                             f"{self.vocab_size:,} tokens (num_colors**(patch**2) + 2), more than "
-                             f"the model vocabulary {self.max_vocab:,}: use fewer colours or a "
-                             "smaller patch, or raise train.py's --ppt_vocab_size")
-        if self.temperature < 0:
-            raise ValueError(f"--temperature must be >= 0 (0 = argmax), got {self.temperature}")
-        if self.dT < 1 or self.init_rollout_steps < 0 or self.filter_frames < 1:
-            raise ValueError("--dT and --filter_frames must be >= 1, --init_rollout_steps >= 0")
-        if self.init not in INITS:
-            raise ValueError(f"--init must be 'softmax' or 'uniform', got {self.init!r}")
-        if self.seq_len < 2 * self.grid_len:
-            raise ValueError(f"--seq_len {self.seq_len} must hold at least two grids "
-                             f"({2 * self.grid_len} tokens)")
 
     @property
     def patches(self):             # tokens per grid without delimiters (36)
@@ -120,51 +104,19 @@ class NCAConfig:
         return d
 
 
-# The help texts of the generator flags: one flag per NCAConfig field except seq_len and max_vocab
-# (the caller's), named, typed and defaulted by the field.
-FLAG_HELP = {
-    "grid": "grid side (periodic)",
-    "patch": "patch side; one token per patch",
-    "num_colors": "states per cell",
-    "temperature": "update temperature (official launcher 1e-4; 0 = argmax)",
-    "identity_bias": "bias toward keeping the current state",
-    "init_rollout_steps": "burn-in updates",
-    "dT": "updates between recorded frames",
-    "init": "initial grid: per-trajectory softmax(N(0,I)) colour mix (official code) "
-            "or uniform cells (the paper's text)",
-    "filter_frames": "frames scored by the gzip filter",
-}
-
-
-def add_nca_args(parser):
-    """The generator flags, shared by nca.py and train.py."""
-    g = parser.add_argument_group("NCA generator (docs/method.md)")
-    for f in fields(NCAConfig):
-        if f.name in FLAG_HELP:
-            g.add_argument(f"--{f.name}", type=f.type, default=f.default, help=FLAG_HELP[f.name],
-                           choices=INITS if f.name == "init" else None)
-    g.add_argument("--band", choices=sorted(BANDS), default=None,
-                   help="named complexity band; overrides the two thresholds below")
-    g.add_argument("--filter_rules_threshold", type=float, default=0.5,
-                   help="keep rules with gzip ratio strictly above this")
-    g.add_argument("--filter_rules_upper_bound", type=float, default=1.0,
-                   help="... and strictly below this")
-    return g
-
-
-def config_from_args(args, seq_len=NCAConfig.seq_len, max_vocab=NCAConfig.max_vocab):
-    """The NCAConfig of add_nca_args' flags, with the caller's sequence length and vocabulary."""
-    return NCAConfig(seq_len=seq_len, max_vocab=max_vocab,
-                     **{name: getattr(args, name) for name in FLAG_HELP})
+@dataclass
+class BandFlags:
+    """The complexity band of the rule filter, as flags (band_from_args reads them)."""
+    band: str | None = flag(None, "named complexity band; overrides the two thresholds below",
+                            choices=sorted(BANDS))
+    filter_rules_threshold: float = flag(0.5, "keep rules with gzip ratio strictly above this")
+    filter_rules_upper_bound: float = flag(1.0, "... and strictly below this")
 
 
 def band_from_args(args):
-    lo, hi = BANDS[args.band] if args.band else (args.filter_rules_threshold,
-                                                   args.filter_rules_upper_bound)
-    if not lo < hi:
-        raise ValueError(f"empty complexity band ({lo}, {hi}): the threshold must be below "
-                         "the upper bound")
-    return lo, hi
+    """(lo, hi) of the band flags: a named --band, else the two thresholds."""
+    return BANDS[args.band] if args.band else (args.filter_rules_threshold,
+                                               args.filter_rules_upper_bound)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -493,11 +445,10 @@ def tokenize(frames, cfg, delimiters=True):
 def detokenize(tokens, cfg):
     """Inverse of tokenize (with delimiters): (..., F * grid_len) -> (..., F, H, W)."""
     *lead, L = tokens.shape
-    if L % cfg.grid_len:
-        raise ValueError(f"{L} tokens is not a whole number of {cfg.grid_len}-token grids")
+    assert L % cfg.grid_len == 0, f"{L} tokens is not a whole number of {cfg.grid_len}-token grids"
     t = tokens.reshape(-1, L // cfg.grid_len, cfg.grid_len)
-    if (t[..., 0] != cfg.start_token).any() or (t[..., -1] != cfg.end_token).any():
-        raise ValueError("tokens are not [start, patches, end] grids")
+    assert (t[..., 0] == cfg.start_token).all() and (t[..., -1] == cfg.end_token).all(), \
+        "tokens are not [start, patches, end] grids"
     p, n, g = cfg.patch, cfg.num_colors, cfg.grid // cfg.patch
     powers = n ** torch.arange(p * p, device=tokens.device, dtype=torch.int64)
     cells = (t[..., 1:-1, None] // powers) % n                               # (B, F, P, p*p)
@@ -649,11 +600,8 @@ class NCABatches:
     def __init__(self, cfg, bank, batch_size, device="cpu", seed=0, mode="fixed_rules",
                  mask_delimiters=False, rank=0, world_size=1, chunk_batches=None,
                  progress=False):
-        if mode not in ("fixed_rules", "fresh_rules"):
-            raise ValueError(f"unknown NCA epoch mode {mode!r}: use fixed_rules or fresh_rules")
-        if len(bank.seeds) < batch_size * world_size:
-            raise ValueError(f"the rule bank has {len(bank.seeds)} rules, fewer than one batch "
-                             f"({batch_size} x {world_size} processes): raise --train_num_rules")
+        assert mode in ("fixed_rules", "fresh_rules"), mode
+        assert len(bank.seeds) >= batch_size * world_size, "fewer rules than one batch"
         self.cfg, self.bank, self.B, self.device, self.seed = cfg, bank, batch_size, device, seed
         self.mode, self.mask_delimiters, self.rank, self.world = mode, mask_delimiters, rank, world_size
         self.chunk = chunk_batches or (64 if str(device).startswith("cuda") else 4)
@@ -740,155 +688,58 @@ def copy_accuracy(inputs, labels, cfg):
     return ok.float().mean(-1).sum(0), ok.all(-1).float().sum(0)
 
 
+class GridAccuracy:
+    """In-context accuracy by grid position, accumulated over validation batches (a callback
+    for model.evaluate): the model's (grid_accuracy) beside the 'each grid is a copy of the
+    previous one' predictor's (copy_accuracy), which rule learning must beat."""
+    keys = ("token_acc", "grid_acc", "copy_token_acc", "copy_grid_acc")
+
+    def __init__(self, cfg):
+        self.cfg, self.seqs = cfg, 0
+        self.sums = {k: torch.zeros(len(grid_positions(cfg)), dtype=torch.float64)
+                     for k in self.keys}
+
+    def __call__(self, x, y, nll, pred):
+        accs = grid_accuracy(pred, y, self.cfg) + copy_accuracy(x, y, self.cfg)
+        for k, v in zip(self.keys, accs):
+            self.sums[k] += v.double().cpu()
+        self.seqs += len(x)
+
+    def by_grid(self):
+        """Per grid position g = 1..G (grid g is predicted with g grids in context)."""
+        return {k: (v / self.seqs).tolist() for k, v in self.sums.items()}
+
+    def result(self):
+        """Means over grid positions, for the validation line."""
+        return {k: float(v.mean()) / self.seqs for k, v in self.sums.items()}
+
+
 # -----------------------------------------------------------------------------------------------
-# 8. Pictures, statistics, benchmark
+# The command line: a look at the token layout and one trajectory (pictures, statistics and the
+# benchmark are scripts/nca_tools.py)
 
-def palette(n):
-    base = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40],
-                     [148, 103, 189], [140, 86, 75], [227, 119, 194], [127, 127, 127],
-                     [188, 189, 34], [23, 190, 207]], dtype=np.uint8)
-    if n <= len(base):
-        return base[:n]
-    hue = np.arange(n) / n                                  # more colours: evenly spaced hues
-    rgb = np.stack([np.abs(hue * 6 - 3) - 1, 2 - np.abs(hue * 6 - 2), 2 - np.abs(hue * 6 - 4)], 1)
-    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
-
-
-def draw_preview(path, cfg, bands, rules_per_band=3, num_frames=8, seed=0, device="cpu",
-                 scale=4):
-    """Trajectories of a few rules from each band, side by side; PNG (frames left to right) or
-    GIF (frames over time). Needs Pillow for the text and the file formats."""
-    try:
-        from PIL import Image, ImageDraw
-    except ImportError:
-        raise SystemExit("--preview needs Pillow for PNG/GIF output: pip install pillow")
-    gif = str(path).lower().endswith(".gif")
-    pal = palette(cfg.num_colors)
-    panels = []
-    for name, band in bands:
-        bank = filter_rules(cfg, band, rules_per_band, seed=seed, device=device, progress=False,
-                            cache=False)
-        rules = make_rules(bank.seeds, cfg.num_colors, device)
-        frames = rollout(rules, stream_key(torch.as_tensor(bank.seeds), 11), cfg, num_frames)
-        panels.append((name, bank.scores, frames.cpu().numpy()))
-    cell, pad, head = cfg.grid * scale, 4, 14
-    cols_per_panel = 1 if gif else num_frames
-    pw = cols_per_panel * (cell + pad) + pad
-    ph = head + rules_per_band * (cell + head) + pad
-    images = []
-    for t in range(num_frames if gif else 1):
-        img = Image.new("RGB", (pw * len(panels), ph), "white")
-        d = ImageDraw.Draw(img)
-        for p, (name, scores, frames) in enumerate(panels):
-            x0 = p * pw
-            d.text((x0 + pad, 2), f"band {name}", fill="black")
-            for r in range(rules_per_band):
-                y0 = head + r * (cell + head)
-                d.text((x0 + pad, y0), f"gzip {scores[r]:.3f}", fill="black")
-                for c in range(cols_per_panel):
-                    f = t if gif else c
-                    px = pal[frames[r, f]].repeat(scale, 0).repeat(scale, 1)
-                    img.paste(Image.fromarray(px), (x0 + pad + c * (cell + pad), y0 + head - 2))
-        images.append(img)
-    atomic_write(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, loop=0,
-                                                  append_images=images[1:], duration=250)
-                 if gif else images[0].save(tmp, format="PNG"))
-
-
-# The official implementation's scores of 4000 random rules (band_stats in
-# tests/fixtures/official_nca.npz; a test checks these three numbers against it).
-OFFICIAL_STATS = {"median": 0.4840, "above 0.5": 0.45825, "0.3-0.4": 0.0955}
-
-
-def band_table(scores):
-    edges = [(-np.inf, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5), (0.5, np.inf)]
-    return {f"{lo}-{hi}".replace("-inf-", "<").replace("-inf", "+"): float(((scores > lo) &
-            (scores < hi)).mean()) for lo, hi in edges}
-
-
-def print_stats(scores):
-    q = np.percentile(scores, [0, 5, 25, 50, 75, 95, 100])
-    print(f"gzip ratio of {len(scores)} random rules")
-    print("percentiles  " + "  ".join(f"p{p}={v:.3f}" for p, v in zip([0, 5, 25, 50, 75, 95, 100], q)))
-    for k, v in band_table(scores).items():
-        print(f"band {k:>9}: {100 * v:5.1f}%")
-    print(f"official implementation, 4000 rules: median {OFFICIAL_STATS['median']:.4f}, "
-          f"{100 * OFFICIAL_STATS['above 0.5']:.1f}% above 0.5, "
-          f"{100 * OFFICIAL_STATS['0.3-0.4']:.2f}% in 0.3-0.4")
-
-
-def _sync(device):
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def bench(cfg, device, seqs=8192, chunk=2048, rules=4096):
-    """Generation and filtering throughput on `device`; prints `name: value unit` lines."""
-    seeds = seed_sequence(0, 0, chunk)
-    make_sequences(seeds[:64], seeds[:64], cfg, device)                      # warm-up
-    _sync(device)
-    t0, done = time.perf_counter(), 0
-    while done < seqs:
-        make_sequences(seeds, stream_key(torch.arange(done, done + chunk), 12), cfg, device)
-        done += chunk
-    _sync(device)
-    dt = time.perf_counter() - t0
-    score_rules(seed_sequence(1, 0, 256), cfg, device)                     # warm-up
-    t1 = time.perf_counter()
-    sc = score_rules(seed_sequence(1, 0, rules), cfg, device, batch=min(rules, 2048))
-    _sync(device)
-    df = time.perf_counter() - t1
-    print(f"device: {device}")
-    print(f"sequences/s: {done / dt:.0f} seq/s")
-    print(f"tokens/s: {done * cfg.seq_len / dt / 1e6:.3f} Mtok/s")
-    print(f"filtered rules/s: {rules / df:.0f} rules/s")
-    print(f"accepted rules/s (band 0.5-1.0): {((sc > 0.5) & (sc < 1.0)).sum() / df:.0f} rules/s")
-
-
+@cli
 def main(argv=None):
-    ap = script_parser(__doc__)
-    add_nca_args(ap)
-    ap.add_argument("--seq_len", type=int, default=NCAConfig.seq_len,
-                    help="tokens per training sequence")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the rule stream")
-    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    ap.add_argument("--stats", action="store_true",
-                    help="print the gzip-ratio distribution of --num_rules random rules")
-    ap.add_argument("--num_rules", type=int, default=1000, help="rules for --stats")
-    ap.add_argument("--out", default=None, help="with --stats: write the raw scores (JSON list)")
-    ap.add_argument("--preview", default=None, metavar="PATH",
-                    help="draw trajectories of rules from each band to PATH (.png or .gif; "
-                         "both need Pillow: pip install pillow)")
-    ap.add_argument("--preview_rules", type=int, default=3, help="rules per band in --preview")
-    ap.add_argument("--preview_frames", type=int, default=8, help="frames per rule in --preview")
-    ap.add_argument("--bench", action="store_true", help="print generation/filter throughput")
-    ap.add_argument("--bench_seqs", type=int, default=8192, help="sequences for --bench")
-    args = ap.parse_args(argv)
-    try:
-        cfg = config_from_args(args, seq_len=args.seq_len)
-        band_from_args(args)
-        device = default_device(args.device)
-        for name in ("num_rules", "preview_rules", "preview_frames", "bench_seqs"):
-            if getattr(args, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    except ValueError as e:
-        ap.exit(2, f"error: {e}\n")
-    if not (args.stats or args.preview or args.bench):
-        ap.print_help()
-        return
-    if args.stats:
-        scores = score_rules(seed_sequence(args.seed, 0, args.num_rules), cfg, device)
-        print_stats(scores)
-        if args.out:
-            atomic_write(args.out, json.dumps([round(float(s), 6) for s in scores]))
-            print(f"wrote {len(scores)} scores to {args.out}")
-    if args.preview:
-        bands = [(k, BANDS[k]) for k in ("0.2-0.3", "0.3-0.4", "0.4-0.5", "0.5-1.0")]
-        draw_preview(args.preview, cfg, bands, args.preview_rules, args.preview_frames,
-                     args.seed, device)
-        print(f"wrote {args.preview}")
-    if args.bench:
-        bench(cfg, device, seqs=args.bench_seqs)
+    import guard
+    p = script_parser(__doc__)
+    add_flags(p, NCAConfig, "NCA generator (docs/method.md)")
+    p.add_argument("--seq_len", type=int, default=NCAConfig.seq_len,
+                   help="tokens per training sequence")
+    p.add_argument("--seed", type=int, default=0, help="seed of the rule and its trajectory")
+    args = p.parse_args(argv)
+    cfg = from_flags(NCAConfig, args, seq_len=args.seq_len)
+    guard.check_nca(cfg, (0.0, 1.0))
+    print(f"vocabulary {cfg.vocab_size:,} ({cfg.num_colors}^{cfg.patch ** 2} patch tokens + "
+          f"start {cfg.start_token} and end {cfg.end_token}), {cfg.grid_len} tokens per grid, "
+          f"{cfg.frames} grids per sequence of {cfg.seq_len}")
+    frames = rollout(make_rules([args.seed], cfg.num_colors), [args.seed], cfg, 2)[0]
+    tokens = tokenize(frames, cfg)
+    for f, grid in enumerate(frames):
+        print(f"frame {f} of rule {args.seed}, then its tokens:")
+        print("\n".join(" ".join(str(int(c)) for c in row) for row in grid))
+        print(" ".join(str(int(t)) for t in tokens[f * cfg.grid_len:(f + 1) * cfg.grid_len]))
+    print("pictures, statistics, benchmark: python scripts/nca_tools.py --preview PATH | --stats "
+          "| --bench")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,71 @@
 its convergence speedup, the over-seeds summary with confidence intervals, the eval.md tables and
 the validation-curve plot (docs/method.md, 'Evaluation' and 'Convergence speedup')."""
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from data.common import show
 from util import UserError
+
+
+# ---------------------------------------------------------------- runs, their labels and baselines
+
+@dataclass
+class Run:
+    folder: Path
+    ckpt: Path
+    config: dict
+    metrics: list
+    label: str = ""
+
+    @property
+    def stage(self):
+        return self.config.get("stage")
+
+    @property
+    def domain(self):
+        return self.config.get("domain")
+
+    @property
+    def is_scratch(self):
+        return self.stage == "lang" and not self.config.get("init_from")
+
+
+def refusal_text(refusals):
+    """{domain: reason or None} -> "web, math: reason; ..." (None if every domain was scored)."""
+    by_reason = {}
+    for name, why in refusals.items():
+        if why:
+            by_reason.setdefault(why, []).append(name)
+    return "; ".join(f"{', '.join(names)}: {why}" for why, names in by_reason.items()) or None
+
+
+def label_runs(runs):
+    """Row labels: the config's arm and the folder name (the path when names collide)."""
+    def name(r):
+        f = r.folder.resolve()
+        return f"{f.parent.name}/{f.name}" if f.name == "ppt" else f.name
+
+    def arm(r):
+        return r.config.get("arm") or ("scratch" if r.is_scratch else r.config.get("ppt_source"))
+    both = lambda a, n: n if a == n else f"{a} ({n})"          # "scratch", not "scratch (scratch)"
+    labels = [both(arm(r), name(r)) for r in runs]
+    if len(set(labels)) < len(labels):
+        labels = [f"{arm(r)} ({show(r.folder)})" for r in runs]
+    for r, label in zip(runs, labels):
+        r.label = label
+
+
+def assign_baselines(runs, explicit=()):
+    """Each run's baseline (a Run or None): the first of `explicit` trained on the same domain,
+    else the first scratch run trained on it."""
+    base = {}
+    for r in [*explicit, *(r for r in runs if r.is_scratch)]:
+        base.setdefault(r.domain, r)
+    return [base.get(r.domain) for r in runs]
+
 
 
 # ---------------------------------------------------------------- convergence speedup

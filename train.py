@@ -2,7 +2,7 @@
 Train the GPT in two stages (docs/method.md, 'Pipeline'):
 
   stage 1, "ppt" (pre-pre-training): next-token prediction on NCA trajectories (default), or on
-           the baselines' sources: Dyck languages or natural text (sources.py);
+           the baselines' sources: Dyck languages or natural text;
   stage 2, "lang" (language pre-training): on a prepared corpus (data/<domain>), from scratch or
            from a stage-1 checkpoint whose embeddings and head are replaced (the transfer).
 
@@ -11,358 +11,506 @@ Train the GPT in two stages (docs/method.md, 'Pipeline'):
   python train.py --stage ppt ...  /  --stage lang --init_from out/x/ppt/ckpt.pt ...
   torchrun --nproc_per_node 8 train.py ...                  # data parallel
 
-Stage-1 hyper-parameters are the --ppt_* flags, stage-2 ones the plain flags. A run folder holds
-config.json, metrics.jsonl and ckpt.pt; with --stage both, stage 1 goes to <out_dir>/ppt/.
+Read top to bottom: the knobs (each a field of a dataclass below: its default and help text are
+written there and nowhere else) and the presets; the stage-1 sources; main(); the set-up of each
+stage and the transfer; train(), the one loop both stages run. Every check of the command, the
+data and the checkpoints happens in guard.py, called once at the top of main().
+
+A run folder holds config.json, metrics.jsonl and ckpt.pt; with --stage both, stage 1 goes to
+<out_dir>/ppt/.
 """
+import argparse
+import atexit
 import contextlib
 import json
 import math
 import os
-import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-import ckpt
-import flags
-from data.common import DataError, load_meta, load_tokens, probe_vocab
-from model import GPT, copy_probe, evaluate
-from sources import SOURCES, TextBatches, text_val_batches
-from util import UserError, autocast, default_device, progress_bar
+import dyck
+import guard
+import nca
+from data.common import eval_windows, load_meta, load_tokens, probe_vocab
+from model import GPT, PPT_VOCAB, SIZES, GPTConfig, copy_probe, evaluate, model_config
+from model import load_checkpoint, model_from_checkpoint, save_checkpoint
+from util import (UserError, add_flags, atomic_write, autocast, cli, default_device, flag,
+                  from_flags, progress_bar, script_parser)
 
-# Dense bf16 peak per GPU; the first name found in the device's name wins. The PCIe and NVL cards
-# run slower clocks (and the PCIe H100 fewer SMs) than the SXM parts of the same name.
-PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12), ("GH200", 989e12),
-              ("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
-              ("4090", 165e12), ("A10", 125e12)]
+# -----------------------------------------------------------------------------------------------
+# Knobs. Stage 1's optimization flags are --ppt_<name>, stage 2's the plain --<name>.
+
+MICRO = ("sequences per forward pass; 0 = the largest that divides each process's share of the "
+         "batch and fits in memory (estimate printed at start)")
+CKPT = "steps between checkpoints (0 = at every validation); the last step is always saved"
 
 
-def main(argv=None):
-    args = flags.parse_args(argv, __doc__)
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    dist, locks = {"rank": rank, "world": world}, []
-    try:
-        flags.check_flags(args, world)               # everything is checked before any write
-        flags.check_inputs(args, flags.given_flags(argv), world)
-        dist = setup_distributed(args, rank, world)
-        if dist["device"].startswith("cuda"):   # TF32 for the model's float32 matmuls (NCA
-            torch.set_float32_matmul_precision("high")   # generation stays exact regardless)
-        ctx, args.dtype = autocast(args.dtype, dist["device"])
-        out = Path(args.out_dir)
-        do_ppt = "ppt" in flags.stages(args)
-        ppt_out = out / "ppt" if args.stage == "both" else out
-        ckpt.own_run_dirs(([ppt_out] if do_ppt else []) + ([out] if args.stage != "ppt" else []),
-                     args, dist, locks)
-        if dist["rank"] == 0:
-            print(json.dumps(vars(args), default=str))
-        if args.stage == "both" and args.resume and (out / "ckpt.pt").exists():
-            do_ppt = False                                  # stage 2 already started: stage 1 done
-            args.init_from = str(ppt_out / "ckpt.pt") if (ppt_out / "ckpt.pt").exists() else None
-        result = {}
-        if do_ppt:
-            result["ppt"] = run_ppt(args, ppt_out, ctx, dist)
-            if args.stage == "both":
-                args.init_from = str(ppt_out / "ckpt.pt")
-        if args.stage in ("lang", "both"):
-            result["lang"] = run_lang(args, out, ctx, dist)
-        return result
-    except (ValueError, DataError, torch.cuda.OutOfMemoryError) as e:
-        rank = f"[rank {dist['rank']}] " if dist["world"] > 1 else ""
-        if isinstance(e, torch.cuda.OutOfMemoryError):
-            e = ("out of GPU memory: pass a smaller --micro_batch / --ppt_micro_batch (or a "
-                 "smaller --memory_gb for the automatic choice)")
-        print(f"{rank}error: {e}", file=sys.stderr)
-        raise SystemExit(2)
-    finally:
-        for lock in reversed(locks):
-            ckpt.unlock_run_dir(*lock)
-        if dist["world"] > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+def auto_or_count(text):
+    """--vocab_size: "auto" or a whole number of at least 1."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number, got {text!r}")
+    return int(text)
+
+
+@dataclass
+class RunFlags:
+    """run"""
+    stage: str = flag("both", "ppt = stage 1, lang = stage 2, both = 1 then 2",
+                      choices=["ppt", "lang", "both"])
+    preset: str | None = flag(None, "a set of defaults: cpu (tiny model, minutes) or gpu "
+                              "(GPT-2-small)", choices=lambda: sorted(PRESETS))
+    out_dir: str = flag("out/run", "run folder")
+    overwrite: bool = flag(False, "replace a run already in out_dir")
+    resume: bool = flag(False, "continue the run in out_dir")
+    arm: str | None = flag(None, "label of this run in eval tables (default: scratch / the ppt "
+                           "source)")
+    seed: int = flag(0, "seed of init, data order and dropout")
+    device: str = flag("auto", "auto, cpu, cuda, cuda:1, mps")
+    dtype: str = flag("auto", "autocast dtype; auto = bfloat16 on CUDA, float32 elsewhere",
+                      choices=["auto", "float32", "bfloat16", "float16"])
+    compile: bool = flag(False, "torch.compile the model (the gpu preset turns it on)",
+                         negatable=True)
+    log_interval: int = flag(10, "steps between log lines")
+    memory_gb: float = flag(0, "memory per process that an automatic micro-batch must fit in, "
+                            "GiB (0 = the whole GPU, or this machine's RAM shared by the processes)")
+    max_iters: int = flag(0, "stop each stage after this many steps (0 = its token budget)")
+    debug_ranks: bool = flag(False, "each process writes rank<r>.json (hash of its first batch "
+                             "and of the final weights) to check data sharding and gradient sync")
+
+
+@dataclass
+class ModelFlags:
+    """model (docs/method.md, 'Transformer')"""
+    size: str = flag("small", "size preset", choices=list(SIZES))
+    n_layer: int | None = flag(None, "override the preset")
+    n_head: int | None = flag(None, "override the preset")
+    n_embd: int | None = flag(None, "override the preset")
+    mlp_hidden: int | None = flag(None, "SwiGLU width (default 4*n_embd)")
+    attn_dropout: float = flag(GPTConfig.attn_dropout, "attention-probability dropout")
+    seq_len: int = flag(GPTConfig.block_size, "tokens per sequence")
+    rope_theta: float = flag(GPTConfig.rope_theta, "RoPE base (HF Llama default)")
+    norm_eps: float = flag(GPTConfig.norm_eps, "RMSNorm epsilon")
+    loss_chunk: int = flag(GPT.loss_chunk, "rows of logits the training loss holds at once")
+
+
+@dataclass
+class OptimFlags:
+    """optimizer: AdamW in both stages"""
+    adam_beta1: float = flag(0.9, "AdamW beta1 (official, both stages)")
+    adam_beta2: float = flag(0.999, "AdamW beta2 (official, both stages)")
+    adam_eps: float = flag(1e-8, "AdamW epsilon (official, both stages)")
+
+
+@dataclass
+class Stage1Flags:
+    """stage 1: pre-pre-training (docs/method.md, 'Stage 1: pre-pre-training')"""
+    ppt_source: str = flag("nca", "synthetic NCA trajectories, Dyck languages, or natural text",
+                           choices=lambda: list(SOURCES))
+    ppt_tokens: int = flag(163_840_000, "token budget; 0 = no stage 1 (scratch); official 164M")
+    ppt_batch_tokens: int = flag(32768, "tokens per optimizer step")
+    ppt_lr: float = flag(1e-4, "peak learning rate")
+    ppt_weight_decay: float = flag(0.0, "official: Adam, no decay")
+    ppt_schedule: str = flag("constant", "after warmup; the official 164M checkpoint ends its "
+                             "warmup", choices=["cosine", "constant"])
+    ppt_warmup_frac: float = flag(1.0, "fraction of steps in linear warmup (official 164M: all)")
+    ppt_grad_clip: float = flag(0.0, "clip the mean gradient's norm; 0 = none (official)")
+    ppt_eval_interval: int = flag(500, "steps between validations")
+    ppt_micro_batch: int = flag(0, MICRO)
+    ppt_ckpt_interval: int = flag(0, CKPT)
+    ppt_vocab_size: int = flag(PPT_VOCAB, "stage-1 vocabulary (official 64,000); 0 = the "
+                               "source's own size")
+    ppt_val_seqs: int = flag(3200, "validation sequences")
+    train_num_rules: int = flag(16000, "NCA rule bank size")
+    val_num_rules: int = flag(2000, "held-out NCA rules")
+    rule_seed: int = flag(0, "seed of the rule filter")
+    nca_epoch_mode: str = flag("fixed_rules", "fixed_rules: new trajectories of the same bank "
+                               "each epoch (official code); fresh_rules: a new bank each epoch "
+                               "(official README)", choices=["fixed_rules", "fresh_rules"])
+    mask_delimiters: bool = flag(False, "also ignore grid delimiters in the loss (official: "
+                                 "trained)")
+    ppt_data: str = flag("data/c4", "prepared folder for --ppt_source text")
+
+
+@dataclass
+class Stage2Flags:
+    """stage 2: language pre-training (docs/method.md, 'Transfer' and 'Stage 2: language
+    pre-training')"""
+    domain: str = flag("web", "prepared corpus data/<domain>")
+    data_dir: str | None = flag(None, "prepared folder (overrides --domain)")
+    init_from: str | None = flag(None, "stage-1 checkpoint for --stage lang")
+    vocab_size: str = flag("auto", "auto = official per domain (web 50,257; math/code 64,000), "
+                           "or a number", type=auto_or_count)
+    embed_init: str = flag("paper", "new embeddings/head: PyTorch defaults (official) or "
+                           "N(0, 0.02)", choices=["paper", "normal"])
+    keep_embeddings: bool = flag(False, "keep stage-1 embeddings and head (text source only: "
+                                 "'no re-init')")
+    reinit: str = flag("", "comma list of attn,mlp,ln to re-initialize")
+    reinit_layers: str = flag("", "layer range a:b for --reinit (all)")
+    freeze: str = flag("", "comma list of attn,mlp,ln to freeze")
+    freeze_layers: str = flag("", "layer range a:b for --freeze (all)")
+    lang_tokens: int = flag(0, "token budget; 0 = one epoch of train.bin")
+    batch_tokens: int = flag(524288, "tokens per optimizer step")
+    lr: float = flag(5e-4, "peak learning rate (OWT 5e-4)")
+    weight_decay: float = flag(1e-4, "AdamW decay (OWT 1e-4)")
+    schedule: str = flag("cosine", "learning-rate schedule after warmup",
+                         choices=["cosine", "constant"])
+    warmup_frac: float = flag(0.1, "fraction of steps in linear warmup")
+    grad_clip: float = flag(1 / 32, "clip the mean gradient's norm; 1/32 = official 1.0 on a sum "
+                            "of 32")
+    eval_interval: int = flag(100, "steps between validations")
+    micro_batch: int = flag(0, MICRO)
+    ckpt_interval: int = flag(0, CKPT)
+    decay_all: bool = flag(True, "decay every parameter incl. norms (official) or only matrices",
+                           negatable=True)
+    eval_tokens: int = flag(4_194_304, "validation tokens (0 = the whole val split)")
+
+
+# Presets set defaults; any flag given on the command line wins.
+PRESETS = {
+    # The whole two-stage pipeline on a 2-core CPU in minutes (the README's quick start): a
+    # 4-colour NCA on an 8x8 grid, which a tiny model learns beyond copying in a few minutes,
+    # then byte-level text (--domain web_bytes), which it learns beyond a bigram model
+    # (docs/method.md, 'CPU-scale setting').
+    "cpu": dict(size="tiny", seq_len=256, dtype="float32",
+                num_colors=4, grid=8, band="cpu-web",
+                ppt_tokens=1_048_576, ppt_batch_tokens=8192, ppt_micro_batch=16, ppt_lr=2e-3,
+                ppt_warmup_frac=0.1, ppt_schedule="cosine", ppt_vocab_size=0, ppt_eval_interval=32,
+                ppt_val_seqs=64, train_num_rules=2048, val_num_rules=128,
+                lang_tokens=1_310_720, batch_tokens=4096, micro_batch=16,
+                lr=2e-3, eval_interval=32, eval_tokens=16_384, log_interval=16),
+    # One GPU, GPT-2-small class: the paper's 164M NCA tokens, then language pre-training.
+    # Micro-batches come from the memory estimate (0 = auto), so the preset runs on one GPU or
+    # under torchrun; checkpoints (~2 GB) every 2,500 stage-1 and 500 stage-2 steps (about 4 and
+    # 11 minutes at the target speed), not at every validation.
+    "gpu": dict(size="small", seq_len=1024, dtype="auto", compile=True,
+                ppt_tokens=163_840_000, ppt_batch_tokens=32768, ppt_micro_batch=0,
+                ppt_ckpt_interval=2500, lang_tokens=2_621_440_000, batch_tokens=524288,
+                micro_batch=0, ckpt_interval=500),
+}
+
+
+def get_parser(doc=""):
+    p = script_parser(doc)
+    for cls in (RunFlags, ModelFlags, OptimFlags, Stage1Flags):
+        add_flags(p, cls)
+    add_flags(p, nca.NCAConfig, "NCA generator (docs/method.md)")
+    add_flags(p, nca.BandFlags, "NCA complexity band (docs/method.md, 'Complexity filter')")
+    add_flags(p, dyck.DyckConfig, "Dyck generator (docs/method.md, 'Dyck')")
+    add_flags(p, Stage2Flags)
+    return p
+
+
+def parse_args(argv=None):
+    p = get_parser(__doc__)
+    first, _ = p.parse_known_args(argv)
+    if first.preset:
+        p.set_defaults(**PRESETS[first.preset])
+    return p.parse_args(argv)
+
+
+def given_flags(argv=None):
+    """The destinations set on the command line itself, not by a default or a --preset."""
+    p = get_parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_known_args(argv)[0]))
+
+
+def stage_hp(cfg, stage):
+    """One stage's optimization knobs without their prefix: stage 1's --ppt_lr is hp.lr."""
+    names = ("batch_tokens", "lr", "weight_decay", "schedule", "warmup_frac", "grad_clip",
+             "eval_interval", "micro_batch", "ckpt_interval")
+    prefix = "ppt_" if stage == "ppt" else ""
+    return SimpleNamespace(**{n: getattr(cfg, prefix + n) for n in names},
+                           decay_all=stage == "lang" and cfg.decay_all)
 
 
 # -----------------------------------------------------------------------------------------------
-# The two stages: data and model
+# Stage-1 sources. A source is a function of the flags returning what stage 1 needs: its tokens
+# ("kind", "vocab_size"), its "config" (what guard.py checks), "batches"(micro_batch, device,
+# rank, world) -> {"train": endless iterator with state_dict / load_state_dict, "val": fixed list
+# of batches, "info": what the checkpoint records or None}, and "scores": None or a factory of a
+# per-batch callback for model.evaluate that adds metrics to validation. A new source is one
+# function and one entry in SOURCES (docs/method.md, 'Adding a stage-1 source').
 
-def run_ppt(args, out, ctx, dist):
-    source = SOURCES[args.ppt_source](args)
-    vocab = args.ppt_vocab_size or source.vocab_size
-    config = flags.model_config(args, vocab, head_bias=True)
-    with torch.device("meta"):         # the model's shape, for the memory plan (allocates nothing)
-        shape = GPT(config)
-    hp = flags.stage_config(args, "ppt")
-    hp.micro_batch, memory = plan_micro_batch(args, "ppt", hp, shape, dist)
-    train, val = source.batches(hp.micro_batch, dist["device"], dist["rank"], dist["world"])
-    torch.manual_seed(args.seed)
-    model = GPT(config).to(dist["device"])
-    ckpt.start_run(out, args, "ppt", dist)
-    extra = {"vocab": {"kind": source.kind, "size": vocab}, "nca": source.info}
-    return Stage(args, "ppt", out, model, train, val, hp, memory, ctx, dist, extra,
-                 scores=source.scores).run()
+def nca_source(cfg):
+    """Trajectories of random NCA rules (nca.py): a bank of rules inside the complexity band,
+    filtered once and cached; held-out rules for validation."""
+    gen = from_flags(nca.NCAConfig, cfg, seq_len=cfg.seq_len,
+                     max_vocab=cfg.ppt_vocab_size or PPT_VOCAB)
+    band = nca.band_from_args(cfg)
+
+    def batches(micro, device, rank, world):
+        n_train = cfg.train_num_rules
+        # Rank 0 filters and caches the bank while the other ranks wait; then they read the cache
+        # (or fail as rank 0 did: it reaches the barrier either way).
+        try:
+            if world > 1 and rank > 0:
+                torch.distributed.barrier()
+            bank = nca.filter_rules(gen, band, n_train + cfg.val_num_rules, seed=cfg.rule_seed,
+                                    device=device, progress=rank == 0)
+        finally:
+            if world > 1 and rank == 0:
+                torch.distributed.barrier()
+        train_bank = nca.RuleBank(bank.seeds[:n_train], bank.scores[:n_train], bank.band)
+        val_seeds = bank.seeds[n_train:]
+        return {"train": nca.NCABatches(gen, train_bank, micro, device, seed=cfg.seed,
+                                        mode=cfg.nca_epoch_mode, rank=rank, world_size=world,
+                                        mask_delimiters=cfg.mask_delimiters),
+                "val": nca.val_batches(gen, val_seeds, cfg.ppt_val_seqs, micro, device,
+                                       mask_delimiters=cfg.mask_delimiters),
+                "info": {"config": asdict(gen), "val_seeds": [int(s) for s in val_seeds],
+                         "mask_delimiters": cfg.mask_delimiters}}
+    return {"kind": "nca", "vocab_size": gen.vocab_size, "config": (gen, band),
+            "batches": batches, "scores": lambda: nca.GridAccuracy(gen)}
 
 
-def run_lang(args, out, ctx, dist):
-    data_dir = flags.lang_data(args)
-    vocab = flags.lang_vocab(args, data_dir)
-    torch.manual_seed(args.seed)
-    model = lang_model(args, vocab, dist["device"])
-    hp = flags.stage_config(args, "lang")
-    hp.micro_batch, memory = plan_micro_batch(args, "lang", hp, model, dist)
-    hp.tokens = hp.tokens or len(load_tokens(data_dir, "train")) // hp.batch_tokens \
-        * hp.batch_tokens
-    train = TextBatches(data_dir, "train", args.seq_len, hp.micro_batch, dist["device"],
-                        args.seed, dist["rank"])
-    val = text_val_batches(data_dir, args.seq_len, args.eval_tokens, hp.micro_batch,
-                           dist["device"])
-    ckpt.start_run(out, args, "lang", dist)
-    extra = {"vocab": {"kind": load_meta(data_dir).get("tokenizer", "gpt2"), "size": vocab}}
-    return Stage(args, "lang", out, model, train, val, hp, memory, ctx, dist, extra,
-                 probe=probe_vocab(extra["vocab"])).run()
+def dyck_source(cfg):
+    """k-Dyck bracket strings (dyck.py), generated on the fly; validation from its own stream."""
+    gen = from_flags(dyck.DyckConfig, cfg, seq_len=cfg.seq_len,
+                     max_vocab=cfg.ppt_vocab_size or PPT_VOCAB)
+
+    def batches(micro, device, rank, world):
+        return {"train": dyck.DyckBatches(gen, micro, device, seed=cfg.seed, rank=rank,
+                                          world_size=world),
+                "val": dyck.val_batches(gen, cfg.ppt_val_seqs, micro, device, seed=cfg.seed),
+                "info": None}
+    return {"kind": "dyck", "vocab_size": gen.vocab_size, "config": gen, "batches": batches,
+            "scores": None}
 
 
-def lang_model(args, vocab_size, device):
+def text_source(cfg):
+    """Natural text from a prepared folder (--ppt_data, e.g. C4): the text baseline."""
+    meta = load_meta(cfg.ppt_data)
+
+    def batches(micro, device, rank, world):
+        return {"train": TextBatches(cfg.ppt_data, "train", cfg.seq_len, micro, device,
+                                     cfg.seed, rank),
+                "val": text_val_batches(cfg.ppt_data, cfg.seq_len, cfg.ppt_val_seqs * cfg.seq_len,
+                                        micro, device),
+                "info": None}
+    return {"kind": meta.get("tokenizer", "gpt2"), "vocab_size": meta["vocab_size"],
+            "config": Path(cfg.ppt_data), "batches": batches, "scores": None}
+
+
+SOURCES = {"nca": nca_source, "dyck": dyck_source, "text": text_source}
+
+
+class TextBatches:
+    """Random windows of a prepared token file (nanoGPT get_batch). The window starts of batch i
+    are drawn from a generator seeded by (seed, rank, i), so the position i is the whole state."""
+
+    def __init__(self, data_dir, split, seq_len, batch_size, device, seed=0, rank=0):
+        self.data_dir, self.split, self.T, self.B = data_dir, split, seq_len, batch_size
+        self.device, self.seed, self.rank, self.count = device, seed, rank, 0
+
+    def state_dict(self):
+        return {"count": self.count}
+
+    def load_state_dict(self, d):
+        self.count = d["count"]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        data = load_tokens(self.data_dir, self.split)       # a fresh memmap each batch (nanoGPT)
+        rng = np.random.default_rng([self.seed, self.rank, self.count])
+        ix = rng.integers(0, len(data) - self.T - 1, self.B)
+        w = torch.from_numpy(np.stack([data[i:i + self.T + 1] for i in ix]).astype(np.int64))
+        self.count += 1
+        if str(self.device).startswith("cuda"):
+            w = w.pin_memory().to(self.device, non_blocking=True)
+        else:
+            w = w.to(self.device)
+        return w[:, :-1], w[:, 1:]
+
+
+def text_val_batches(data_dir, seq_len, eval_tokens, batch_size, device):
+    """The fixed validation windows eval.py scores (data.common.eval_windows), as batches."""
+    w = torch.from_numpy(eval_windows(load_tokens(data_dir, "val"), seq_len, eval_tokens))
+    w = w.to(device)
+    return list(zip(w[:, :-1].split(batch_size), w[:, 1:].split(batch_size)))
+
+
+# -----------------------------------------------------------------------------------------------
+# main: check everything (guard.py), then stage 1 and / or stage 2
+
+@cli
+def main(argv=None):
+    args = parse_args(argv)
+    dist = setup_distributed(args.device)
+    source = SOURCES[args.ppt_source](args) \
+        if args.stage in ("ppt", "both") and args.ppt_tokens else None
+    # cfg: the flags with what the checks resolved (arm, dtype, micro-batches, the shape an
+    # --init_from imposes); plan: what runs (stages, folders, vocabularies, steps, memory).
+    with guard.train_run(args, given_flags(argv), source, dist) as (cfg, plan):
+        if dist["device"].startswith("cuda"):   # TF32 for the model's float32 matmuls (NCA
+            torch.set_float32_matmul_precision("high")   # generation stays exact regardless)
+        ctx, _ = autocast(cfg.dtype, dist["device"])
+        if dist["rank"] == 0:
+            print(json.dumps(vars(cfg), default=str))
+        result = {}
+        if "ppt" in plan.stages:
+            result["ppt"] = run_ppt(cfg, plan, source, ctx)
+        if "lang" in plan.stages:       # with --stage both, from stage 1's checkpoint
+            result["lang"] = run_lang(argparse.Namespace(**{**vars(cfg),
+                                                            "init_from": plan.init_from}),
+                                      plan, ctx)
+        return result
+
+
+def run_ppt(cfg, plan, source, ctx):
+    """Stage 1: a fresh model (with the official stage-1 head bias) on the source's batches."""
+    dist = plan.dist
+    data = source["batches"](cfg.ppt_micro_batch, dist["device"], dist["rank"], dist["world"])
+    torch.manual_seed(cfg.seed)
+    model = GPT(model_config(cfg, plan.vocab["ppt"], head_bias=True)).to(dist["device"])
+    record = {"vocab": {"kind": source["kind"], "size": plan.vocab["ppt"]}, "nca": data["info"]}
+    return train("ppt", model, data, cfg, plan, ctx, record, scores=source["scores"])
+
+
+def run_lang(cfg, plan, ctx):
+    """Stage 2: the transferred (or scratch) model on random windows of the corpus."""
+    device, folder = plan.dist["device"], plan.lang_data
+    torch.manual_seed(cfg.seed)
+    model = lang_model(cfg, plan, device)
+    data = {"train": TextBatches(folder, "train", cfg.seq_len, cfg.micro_batch, device, cfg.seed,
+                                 plan.dist["rank"]),
+            "val": text_val_batches(folder, cfg.seq_len, cfg.eval_tokens, cfg.micro_batch, device)}
+    vocab = {"kind": load_meta(folder).get("tokenizer", "gpt2"), "size": plan.vocab["lang"]}
+    return train("lang", model, data, cfg, plan, ctx, {"vocab": vocab}, probe=probe_vocab(vocab))
+
+
+def lang_model(cfg, plan, device):
     """The stage-2 model (docs/method.md, 'Transfer'): the body of --init_from, or the scratch
     baseline's fresh body. Both get the same freshly initialized embeddings and head
     (reset_vocab, drawn right after re-seeding with --seed), so the arms of a seed differ only in
     the body; the data order and dropout stream that follow are the same too."""
-    if args.init_from:                                      # built on the CPU, then moved
-        model = ckpt.build_model(ckpt.load(args.init_from), "cpu", block_size=args.seq_len,
-                                 attn_dropout=args.attn_dropout)   # RoPE: no learned positions
+    vocab_size = plan.vocab["lang"]
+    if cfg.init_from:                                       # built on the CPU, then moved
+        model = model_from_checkpoint(load_checkpoint(cfg.init_from), "cpu",
+                                      block_size=cfg.seq_len, attn_dropout=cfg.attn_dropout)
     else:
-        model = GPT(flags.model_config(args, vocab_size, head_bias=False))
-    torch.manual_seed(args.seed)             # whatever the body's initialization consumed
-    if not args.keep_embeddings:
-        model.reset_vocab(vocab_size, args.embed_init)
+        model = GPT(model_config(cfg, vocab_size, head_bias=False))
+    torch.manual_seed(cfg.seed)             # whatever the body's initialization consumed
+    if not cfg.keep_embeddings:
+        model.reset_vocab(vocab_size, cfg.embed_init)
     elif model.config.head_bias:                            # language heads have no bias
         model.lm_head.bias, model.config.head_bias = None, False
-    for kind in flags.kinds(args.reinit):
-        model.reinit_modules(kind, flags.layer_range(args.reinit_layers, model.config.n_layer))
-    for kind in flags.kinds(args.freeze):
-        model.freeze_modules(kind, flags.layer_range(args.freeze_layers, model.config.n_layer))
+    for kind, layers in plan.reinit:
+        model.reinit_modules(kind, layers)
+    for kind, layers in plan.freeze:
+        model.freeze_modules(kind, layers)
     return model.to(device)
+
+
+def setup_distributed(device):
+    """Rank, world size and this process's device (under torchrun: one GPU per process)."""
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    device = default_device(device)
+    if world > 1:
+        if device.startswith("cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        atexit.register(torch.distributed.destroy_process_group)
+    return {"rank": rank, "world": world, "device": device}
 
 
 # -----------------------------------------------------------------------------------------------
 # The training loop, shared by both stages
 
-class Stage:
-    """One stage of training. Read run() first: validate and checkpoint on schedule, then one
-    optimizer step (gradient accumulation over micro-batches), then a log line."""
-
-    def __init__(self, args, stage, out, model, train_iter, val, hp, memory, ctx, dist, extra,
-                 scores=None, probe=None):
-        self.args, self.stage, self.out, self.raw, self.train_iter = args, stage, out, model, \
-            train_iter
-        self.val, self.hp, self.memory, self.ctx, self.extra = val, hp, memory, ctx, extra
-        self.scores, self.probe = scores, probe
-        self.rank, self.world, self.device = dist["rank"], dist["world"], dist["device"]
-        self.master = self.rank == 0
-        self.accum = hp.batch_tokens // (hp.micro_batch * args.seq_len * self.world)
-        steps = hp.tokens // hp.batch_tokens      # at least 1: flags.check_batch
-        self.steps = min(steps, args.max_iters) if args.max_iters else steps
-        self.cuda = str(self.device).startswith("cuda")
-        self.optimizer = model.configure_optimizers(hp.weight_decay, hp.lr, (0.9, 0.999), 1e-8,
-                                                    "cuda" if self.cuda else "cpu",
-                                                    decay_all=hp.decay_all)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.scaler = torch.amp.GradScaler("cuda" if self.cuda else "cpu",
-                                           enabled=(args.dtype == "float16"))
-        self.wrap_model()
-        self.metrics_path = out / "metrics.jsonl"
-        self.first_batch_hash, self.rates = None, []
-
-    def wrap_model(self):
-        """DDP first, then compile: the compiled graph is split at DDP's gradient buckets, so
-        their all-reduce overlaps the backward pass (a compiled model inside DDP is one opaque
-        backward). Validation runs the compiled model without DDP."""
-        self.model = self.ddp = self.eval_model = self.raw
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            self.model = self.ddp = DDP(self.raw, device_ids=[self.device] if self.cuda else None,
-                                        gradient_as_bucket_view=True)
-        if self.args.compile:
-            torch.compiler.reset()  # after stage 1, stage 2's shapes would compile as dynamic
-            self.model = torch.compile(self.model)
-            self.eval_model = torch.compile(self.raw) if self.world > 1 else self.model
-
-    def run(self):
-        """Returns the final validation metrics."""
-        step = self.resume()                  # None for a fresh run
-        resumed, step = step is not None, step or 0
-        resumed_at, last_val = step, None
-        if self.world > 1:   # the init above is the same on every rank; dropout masks must differ
-            seed = np.random.SeedSequence([self.args.seed, step, self.rank]).generate_state(1)[0]
-            torch.manual_seed(int(seed))
-        self.rng_at_start = float(torch.get_rng_state().double().sum())
-        self.announce(step)
-        self.bar = progress_bar(self.steps, self.stage, unit="step", disable=not self.master,
-                                initial=step, dynamic_ncols=True)
-        ckpt_every = self.hp.ckpt_interval or self.hp.eval_interval
-        self.t_last, self.last_logged, self.paused = time.perf_counter(), step, 0.0
-        self.model.train()
-        while True:
-            t_pause = time.perf_counter()
-            due = step % self.hp.eval_interval == 0 or step == self.steps
-            if due and not (resumed and step == resumed_at):       # validated before the stop
-                last_val = self.validate(step)
-            if (step % ckpt_every == 0 or step == self.steps) and not (step == resumed_at > 0):
-                self.checkpoint(step)
-            self.paused += time.perf_counter() - t_pause  # not part of the throughput windows
-            if step == self.steps:
-                break
-            step += 1
-            self.train_step(step, resumed_at)
-        self.bar.close()
-        self.finish()
-        return last_val
-
-    def resume(self):
-        """With --resume and a checkpoint in the folder, restore the model, optimizer, data
-        position and random state; returns the step to continue from (None: a fresh run)."""
-        path = self.out / "ckpt.pt"
-        if not (self.args.resume and path.exists()):
-            if self.args.resume and self.master:
-                print(f"--resume: no checkpoint in {self.out}, starting {self.stage} from scratch")
-            return None
-        ck = ckpt.load(path, self.device)
-        if ck["step"] > self.steps:
-            raise UserError(f"--resume: {path} is at step {ck['step']}, past the {self.steps} "
-                            "steps of this command: resume with the budget in config.json")
-        self.raw.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.train_iter.load_state_dict(ck["data"])
-        torch.set_rng_state(ck["rng"]["torch"].cpu())
-        if self.cuda and ck["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ck["rng"]["cuda"].cpu())
-        if self.master:                               # the checkpoint loaded: now it is this run
-            ckpt.write_config(self.out, vars(self.args) | {"stage": self.stage})
-            ckpt.truncate_metrics(self.metrics_path, ck["step"])
-            print(f"resumed {self.stage} at step {ck['step']}")
-        return ck["step"]
-
-    def announce(self, step):
-        self.flops, self.peak = self.raw.flops_per_token(self.args.seq_len), peak_flops(self.device)
-        hp, cfg = self.hp, self.raw.config
-        if self.master:
-            print(f"{self.stage}: {self.steps} steps of {hp.batch_tokens:,} tokens ({self.accum} "
-                  f"micro-steps of {hp.micro_batch} x {self.args.seq_len} x {self.world} "
-                  f"processes), {self.raw.num_params():,} body parameters, vocabulary "
-                  f"{cfg.vocab_size:,}"
-                  + (f"; MFU against {self.peak / 1e12:.0f} TFLOP/s" if self.peak else ""))
-        if step == 0:
-            self.log({"kind": "info", "step": 0, "tokens": 0, "micro_batch": hp.micro_batch,
-                      "accum": self.accum, "world": self.world,
-                      "mem_estimate_gb": self.memory["total"] / 2**30})
-
-    def log(self, rec):
-        if self.master:
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-
-    def validate(self, step):
-        """Validation loss (and the source's own metrics: NCA accuracy beside the copy baseline;
-        in stage 2 the copy probe), logged and returned."""
-        scores = self.scores() if self.scores else None
-        val = {"val_loss": evaluate(self.eval_model, self.val, self.ctx, each=scores)["loss"]}
-        val |= scores.result() if scores else {}
-        if self.probe:
-            p = copy_probe(self.raw, self.probe, self.args.seq_len // 2,
-                           batch_size=self.hp.micro_batch, device=self.device, ctx=self.ctx)
-            val |= {f"probe_{k}": v for k, v in p.items()}
-        rec = {"kind": "val", "step": step, "tokens": step * self.hp.batch_tokens, **val}
-        self.log(rec)
-        if self.master:
-            self.bar.write(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                    for k, v in rec.items()))
-        if not math.isfinite(val["val_loss"]):
-            self.bar.close()
-            raise UserError(f"validation loss is {val['val_loss']} at step {step} of "
-                            f"{self.stage}: lower the learning rate or use --dtype float32")
-        return val
-
-    def checkpoint(self, step):
-        if not self.master:
-            return
-        ckpt.save({"model": self.raw.state_dict(), "optimizer": self.optimizer.state_dict(),
-                   "model_args": asdict(self.raw.config), "step": step,
-                   "tokens": step * self.hp.batch_tokens,
-                   "config": vars(self.args) | {"stage": self.stage}, "stage": self.stage,
-                   "vocab": self.extra["vocab"], "nca": self.extra.get("nca"),
-                   "data": self.train_iter.state_dict(),
-                   "rng": {"torch": torch.get_rng_state(),
-                           "cuda": torch.cuda.get_rng_state(self.device) if self.cuda else None}},
-                  self.out / "ckpt.pt")
-
-    def train_step(self, step, resumed_at):
-        """One optimizer step to `step` (micro-batches accumulated, gradients synced on the
-        last), and a log line every --log_interval steps."""
-        lr = lr_at(step - 1, self.steps, self.hp.lr, self.hp.warmup_frac, self.hp.schedule)
-        for group in self.optimizer.param_groups:
+def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
+    """Train `model` for one stage (nanoGPT's loop): validate and checkpoint on schedule, one
+    optimizer step accumulated over micro-batches, a log line. Returns the last validation."""
+    hp, out, steps, batches = stage_hp(cfg, stage), plan.out[stage], plan.steps[stage], data["train"]
+    rank, world, device = plan.dist["rank"], plan.dist["world"], plan.dist["device"]
+    master, cuda = rank == 0, device.startswith("cuda")
+    accum = hp.batch_tokens // (hp.micro_batch * cfg.seq_len * world)
+    model.loss_chunk = cfg.loss_chunk
+    optimizer = model.configure_optimizers(hp.weight_decay, hp.lr, (cfg.adam_beta1,
+                                           cfg.adam_beta2), cfg.adam_eps,
+                                           "cuda" if cuda else "cpu", decay_all=hp.decay_all)
+    params = [p for p in model.parameters() if p.requires_grad]
+    scaler = torch.amp.GradScaler("cuda" if cuda else "cpu", enabled=cfg.dtype == "float16")
+    fwd, val_model = wrap_model(model, cfg.compile, plan.dist)
+    start_run_dir(out, cfg, stage, plan.dist)
+    step = resume(out, stage, model, optimizer, batches, cfg, plan.dist) if cfg.resume else None
+    resumed, step = step is not None, step or 0
+    resumed_at, last_val, rates, first_batch = step, None, [], None
+    if world > 1:       # the init above is the same on every rank; dropout masks must differ
+        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, step, rank]).generate_state(1)[0]))
+    rng_at_start = float(torch.get_rng_state().double().sum())
+    log = Log(stage, out / "metrics.jsonl", master, model, cfg.seq_len, device, world, step)
+    log.start(steps, hp, accum, plan.memory[stage])
+    ckpt_every = hp.ckpt_interval or hp.eval_interval
+    model.train()
+    while True:
+        t_pause = time.perf_counter()
+        if (step % hp.eval_interval == 0 or step == steps) and not (resumed and step == resumed_at):
+            last_val = validate(step, val_model, model, data["val"], hp, cfg, ctx, log, scores,
+                                probe)
+        if (step % ckpt_every == 0 or step == steps) and not (step == resumed_at > 0) and master:
+            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "model_args": asdict(model.config), "step": step,
+                             "tokens": step * hp.batch_tokens, "stage": stage,
+                             "config": vars(cfg) | {"stage": stage}, **record,
+                             "data": batches.state_dict(),
+                             "rng": {"torch": torch.get_rng_state(), "cuda":
+                                     torch.cuda.get_rng_state(device) if cuda else None}},
+                            out / "ckpt.pt")
+        log.paused += time.perf_counter() - t_pause        # not part of the throughput windows
+        if step == steps:
+            break
+        step += 1
+        lr = lr_at(step - 1, steps, hp.lr, hp.warmup_frac, hp.schedule)
+        for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = torch.zeros((), device=self.device)
-        log_now = step % self.args.log_interval == 0 or step == self.steps
-        for micro_step in range(self.accum):
-            x, y = next(self.train_iter)
-            if self.first_batch_hash is None:
-                self.first_batch_hash = int(x.long().sum()) * 1_000_003 + int((x[:, :8] * 31).sum())
-            sync = contextlib.nullcontext() if self.world == 1 or micro_step == self.accum - 1 \
-                else self.ddp.no_sync()
-            with sync, self.ctx:
-                _, loss = self.model(x, y)
-                loss = loss / self.accum
-            self.scaler.scale(loss).backward()
+        loss_sum = torch.zeros((), device=device)
+        log_now = step % cfg.log_interval == 0 or step == steps
+        for micro_step in range(accum):
+            x, y = next(batches)
+            if first_batch is None:
+                first_batch = int(x.long().sum()) * 1_000_003 + int((x[:, :8] * 31).sum())
+            sync = contextlib.nullcontext() if world == 1 or micro_step == accum - 1 \
+                else fwd.no_sync()
+            with sync, ctx:
+                _, loss = fwd(x, y)
+                loss = loss / accum
+            scaler.scale(loss).backward()
             loss_sum += loss.detach()
-        self.scaler.unscale_(self.optimizer)
+        scaler.unscale_(optimizer)
         norm = None
-        if self.hp.grad_clip:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, self.hp.grad_clip)
+        if hp.grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
         elif log_now:                           # no clipping: the norm only for the log line
             norm = torch.linalg.vector_norm(torch.stack(
-                [torch.linalg.vector_norm(p.grad) for p in self.params if p.grad is not None]))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.bar.update(1)
+                [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]))
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        log.bar.update(1)
         if log_now:
-            self.log_train(step, resumed_at, loss_sum, lr, float(norm))
-
-    def log_train(self, step, resumed_at, loss_sum, lr, norm):
-        if self.world > 1:
-            torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
-        loss = loss_sum.item()                                   # syncs the device
-        now = time.perf_counter()
-        dt = (now - self.t_last - self.paused) / (step - self.last_logged)
-        self.t_last, self.last_logged, self.paused = now, step, 0.0
-        mem = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.cuda else None
-        tok_s = self.hp.batch_tokens / dt
-        mfu = self.flops * tok_s / self.world / self.peak if self.peak else None
-        if step > resumed_at + 2 * self.args.log_interval:      # skip warm-up / compile steps
-            self.rates.append(tok_s)
-        if not math.isfinite(loss):
-            self.bar.close()
-            raise UserError(f"loss is {loss} at step {step} of {self.stage}: lower the "
-                            "learning rate, clip gradients, or use --dtype float32")
-        self.log({"kind": "train", "step": step, "tokens": step * self.hp.batch_tokens,
-                  "loss": loss, "lr": lr, "grad_norm": norm, "ms": dt * 1000, "tok_s": tok_s,
-                  "mfu": mfu, "mem_gb": mem})
-        if self.master:
-            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
-            self.bar.write(f"step {step} loss {loss:.4f} lr {lr:.2e} grad_norm {norm:.3f} "
-                           f"{dt * 1000:.0f} ms {tok_s:,.0f} tok/s"
-                           + (f" mfu {100 * mfu:.1f}%" if mfu is not None else "")
-                           + (f" peak memory {mem:.1f} GiB" if mem is not None else ""))
-
-    def finish(self):
-        if self.master and self.rates:
-            print(f"{self.stage}: mean {np.mean(self.rates):,.0f} tok/s after warm-up")
-        if self.args.debug_ranks:
-            wsum = sum(float(p.detach().double().sum()) for p in self.raw.parameters())
-            (self.out / f"rank{self.rank}.json").write_text(json.dumps(
-                {"rank": self.rank, "first_batch": self.first_batch_hash, "weights": wsum,
-                 "dropout_rng": self.rng_at_start, "micro_batch": self.hp.micro_batch,
-                 "accum": self.accum}))
+            tok_s = log.train_line(step, loss_sum, lr, float(norm), hp.batch_tokens)
+            if step > resumed_at + 2 * cfg.log_interval:      # skip warm-up / compile steps
+                rates.append(tok_s)
+    log.bar.close()
+    if master and rates:
+        print(f"{stage}: mean {np.mean(rates):,.0f} tok/s after warm-up")
+    if cfg.debug_ranks:
+        wsum = sum(float(p.detach().double().sum()) for p in model.parameters())
+        (out / f"rank{rank}.json").write_text(json.dumps(
+            {"rank": rank, "first_batch": first_batch, "weights": wsum,
+             "dropout_rng": rng_at_start, "micro_batch": hp.micro_batch, "accum": accum}))
+    return last_val
 
 
 def lr_at(step, steps, peak, warmup_frac, schedule):
@@ -376,8 +524,99 @@ def lr_at(step, steps, peak, warmup_frac, schedule):
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
 
 
+def validate(step, val_model, model, val, hp, cfg, ctx, log, scores, probe):
+    """Validation loss (and the source's own metrics: NCA accuracy beside the copy baseline;
+    in stage 2 the copy probe), logged and returned."""
+    each = scores() if scores else None
+    res = {"val_loss": evaluate(val_model, val, ctx, each=each)["loss"]}
+    res |= each.result() if each else {}
+    if probe:
+        p = copy_probe(model, probe, cfg.seq_len // 2, batch_size=hp.micro_batch,
+                       device=next(model.parameters()).device, ctx=ctx)
+        res |= {f"probe_{k}": v for k, v in p.items()}
+    log.val_line(step, step * hp.batch_tokens, res)
+    return res
+
+
+def wrap_model(model, compile, dist):
+    """(model to train, model to validate). DDP first, then compile: the compiled graph is split
+    at DDP's gradient buckets, so their all-reduce overlaps the backward pass (a compiled model
+    inside DDP is one opaque backward). Validation runs the compiled model without DDP."""
+    fwd = model
+    if dist["world"] > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        cuda = dist["device"].startswith("cuda")
+        fwd = DDP(model, device_ids=[dist["device"]] if cuda else None,
+                  gradient_as_bucket_view=True)
+    if not compile:
+        return fwd, model
+    torch.compiler.reset()  # after stage 1, stage 2's shapes would compile as dynamic
+    return torch.compile(fwd), torch.compile(model) if dist["world"] > 1 else torch.compile(fwd)
+
+
+def start_run_dir(out, cfg, stage, dist):
+    """Create the run folder now that everything it needs has been checked: with --overwrite the
+    old run's files go, and config.json is written (when resuming, only once the checkpoint has
+    loaded: resume())."""
+    if dist["rank"] == 0:
+        if cfg.overwrite and not cfg.resume:
+            for f in guard.RUN_FILES:
+                (out / f).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        if not (cfg.resume and (out / "ckpt.pt").exists()):
+            if cfg.resume:                    # lines of an attempt that left no checkpoint
+                (out / "metrics.jsonl").unlink(missing_ok=True)
+            write_config(out, vars(cfg) | {"stage": stage})
+    if dist["world"] > 1:
+        torch.distributed.barrier()
+
+
+def resume(out, stage, model, optimizer, batches, cfg, dist):
+    """Restore the model, optimizer, data position and random state of out/ckpt.pt (guard.py
+    checked it fits this command); the step to continue from, or None for a fresh run."""
+    path = out / "ckpt.pt"
+    if not path.exists():
+        if dist["rank"] == 0:
+            print(f"--resume: no checkpoint in {out}, starting {stage} from scratch")
+        return None
+    ck = load_checkpoint(path, dist["device"])
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    batches.load_state_dict(ck["data"])
+    torch.set_rng_state(ck["rng"]["torch"].cpu())
+    if dist["device"].startswith("cuda") and ck["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(ck["rng"]["cuda"].cpu())
+    if dist["rank"] == 0:                             # the checkpoint loaded: now it is this run
+        write_config(out, vars(cfg) | {"stage": stage})
+        truncate_metrics(out / "metrics.jsonl", ck["step"])
+        print(f"resumed {stage} at step {ck['step']}")
+    return ck["step"]
+
+
+def write_config(out, config):
+    atomic_write(Path(out) / "config.json", json.dumps(config, indent=2, default=str))
+
+
+def truncate_metrics(path, step):
+    """Drop the metrics.jsonl lines written after `step` (the checkpoint a run resumes from)."""
+    if Path(path).exists():
+        lines = Path(path).read_text().splitlines()
+        if lines and not lines[-1].endswith("}"):      # half a line, written as the run was killed
+            lines.pop()
+        keep = [line for line in lines if line and json.loads(line)["step"] <= step]
+        atomic_write(path, "".join(line + "\n" for line in keep))
+
+
 # -----------------------------------------------------------------------------------------------
-# Devices and memory
+# Logging: one line per log step (loss, lr, grad norm, ms, tok/s, MFU, peak memory), the same
+# numbers in metrics.jsonl
+
+# Dense bf16 peak per GPU; the first name found in the device's name wins. The PCIe and NVL cards
+# run slower clocks (and the PCIe H100 fewer SMs) than the SXM parts of the same name.
+PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12), ("GH200", 989e12),
+              ("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
+              ("4090", 165e12), ("A10", 125e12)]
+
 
 def peak_flops(device):
     if not str(device).startswith("cuda"):
@@ -386,60 +625,74 @@ def peak_flops(device):
     return next((v for k, v in PEAK_FLOPS if k in name), None)
 
 
-def device_memory(device, world):
-    """Bytes of memory one process may use: the GPU's, or the machine's RAM over the processes."""
-    if str(device).startswith("cuda"):
-        return torch.cuda.get_device_properties(device).total_memory
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // world
-    except (AttributeError, ValueError, OSError):           # no sysconf (Windows): assume 16 GiB
-        return 16 * 2**30 // world
+class Log:
+    """metrics.jsonl and the console. Throughput is measured over the steps since the last line,
+    with validation and checkpoint time (`paused`) left out."""
 
+    def __init__(self, stage, path, master, model, seq_len, device, world, step):
+        self.stage, self.path, self.master, self.model = stage, path, master, model
+        self.flops, self.peak = model.flops_per_token(seq_len), peak_flops(device)
+        self.seq_len, self.device, self.world = seq_len, device, world
+        self.t_last, self.last_step, self.paused = time.perf_counter(), step, 0.0
+        self.bar = None
 
-def plan_micro_batch(args, stage, hp, model, dist):
-    """The micro-batch (sequences per forward pass) and its memory estimate: hp.micro_batch, or
-    for 0 the largest that divides each process's share of the batch and whose estimate
-    (GPT.memory_estimate) fits in 90% of the memory less 2 GiB (CUDA context, workspaces,
-    allocator fragmentation)."""
-    T, world = args.seq_len, dist["world"]
-    seqs = hp.batch_tokens // (T * world)                   # sequences per process and step
-    act = 4 if args.dtype == "float32" else 2
-    memory = args.memory_gb * 2**30 if args.memory_gb else device_memory(dist["device"], world)
-    usable = 0.9 * memory - 2 * 2**30
-    micro = hp.micro_batch
-    if micro == 0:
-        fits = [m for m in range(1, seqs + 1)
-                if seqs % m == 0 and model.memory_estimate(m, T, act)["total"] <= usable]
-        if not fits:
-            need = model.memory_estimate(1, T, act)["total"]
-            raise UserError(f"{stage}: one sequence of {T} tokens needs about {need / 2**30:.1f} "
-                            f"GiB by the estimate, more than the {max(usable, 0) / 2**30:.1f} "
-                            f"GiB usable of {memory / 2**30:.1f} GiB: use a smaller --size or "
-                            "--seq_len (or set --memory_gb)")
-        micro = fits[-1]
-    elif seqs % micro:
-        raise UserError(f"--{flags.stage_flag(stage, 'micro_batch')} {micro} does not divide "
-                        f"the {seqs} sequences of {T} tokens each of the {world} processes gets "
-                        f"per step: use a divisor of {seqs}, or 0 to choose one")
-    est = model.memory_estimate(micro, T, act)
-    if dist["rank"] == 0:
-        parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in est.items() if k != "total")
-        print(f"{stage}: micro-batch {micro} x {T} tokens, {seqs // micro} accumulation "
-              f"steps x {world} processes; memory estimate {est['total'] / 2**30:.1f} GiB of "
-              f"{usable / 2**30:.1f} GiB usable per process (GiB: {parts})")
-    return micro, est
+    def write(self, rec):
+        if self.master:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
 
+    def start(self, steps, hp, accum, memory):
+        m = self.model
+        if self.master:
+            print(f"{self.stage}: {steps} steps of {hp.batch_tokens:,} tokens ({accum} "
+                  f"micro-steps of {hp.micro_batch} x {self.seq_len} x {self.world} processes), "
+                  f"{m.num_params():,} body parameters, vocabulary {m.config.vocab_size:,}"
+                  + (f"; MFU against {self.peak / 1e12:.0f} TFLOP/s" if self.peak else ""))
+        if self.last_step == 0:
+            self.write({"kind": "info", "step": 0, "tokens": 0, "micro_batch": hp.micro_batch,
+                        "accum": accum, "world": self.world,
+                        "mem_estimate_gb": memory["total"] / 2**30})
+        self.bar = progress_bar(steps, self.stage, unit="step", disable=not self.master,
+                                initial=self.last_step, dynamic_ncols=True)
 
-def setup_distributed(args, rank, world):
-    device = default_device(args.device)
-    if world > 1:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if device.startswith("cuda"):
-            device = f"cuda:{local}"
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda")
-                                             else "gloo")
-    return {"rank": rank, "world": world, "device": device}
+    def val_line(self, step, tokens, res):
+        rec = {"kind": "val", "step": step, "tokens": tokens, **res}
+        self.write(rec)
+        if self.master:
+            self.bar.write(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                    for k, v in rec.items()))
+        self.finite(res["val_loss"], "validation loss", step, "lower the learning rate or use "
+                    "--dtype float32")
+
+    def train_line(self, step, loss_sum, lr, norm, batch_tokens):
+        if self.world > 1:
+            torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
+        loss = loss_sum.item()                                   # syncs the device
+        now = time.perf_counter()
+        dt = (now - self.t_last - self.paused) / (step - self.last_step)
+        self.t_last, self.last_step, self.paused = now, step, 0.0
+        cuda = self.device.startswith("cuda")
+        mem = torch.cuda.max_memory_allocated(self.device) / 2**30 if cuda else None
+        tok_s = batch_tokens / dt
+        mfu = self.flops * tok_s / self.world / self.peak if self.peak else None
+        self.finite(loss, "loss", step, "lower the learning rate, clip gradients, or use --dtype "
+                    "float32")
+        self.write({"kind": "train", "step": step, "tokens": step * batch_tokens, "loss": loss,
+                    "lr": lr, "grad_norm": norm, "ms": dt * 1000, "tok_s": tok_s, "mfu": mfu,
+                    "mem_gb": mem})
+        if self.master:
+            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
+            self.bar.write(f"step {step} loss {loss:.4f} lr {lr:.2e} grad_norm {norm:.3f} "
+                           f"{dt * 1000:.0f} ms {tok_s:,.0f} tok/s"
+                           + (f" mfu {100 * mfu:.1f}%" if mfu is not None else "")
+                           + (f" peak memory {mem:.1f} GiB" if mem is not None else ""))
+        return tok_s
+
+    def finite(self, value, what, step, fix):
+        """A NaN or infinite loss ends the run with one line (the last checkpoint stays)."""
+        if not math.isfinite(value):
+            self.bar.close()
+            raise UserError(f"{what} is {value} at step {step} of {self.stage}: {fix}")
 
 
 if __name__ == "__main__":

@@ -27,8 +27,13 @@ def cli(main):
     def wrapped(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
+        except (UserError, torch.cuda.OutOfMemoryError) as e:
+            if isinstance(e, torch.cuda.OutOfMemoryError):
+                e = ("out of GPU memory: pass a smaller --micro_batch / --ppt_micro_batch (or a "
+                     "smaller --memory_gb for the automatic choice)")
+            rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 \
+                else None
+            print(("" if rank is None else f"[rank {rank}] ") + f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
     return wrapped
 
@@ -59,8 +64,9 @@ def add_flags(parser, cls, title=None):
             action = argparse.BooleanOptionalAction if m["negatable"] else "store_true"
             group.add_argument(name, action=action, default=f.default, help=m["help"])
         else:
+            choices = m["choices"]() if callable(m["choices"]) else m["choices"]  # defined later
             group.add_argument(name, type=m["type"] or kind, default=f.default, help=m["help"],
-                               choices=m["choices"])
+                               choices=choices)
     return group
 
 

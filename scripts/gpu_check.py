@@ -33,11 +33,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import ckpt  # noqa: E402
+import guard  # noqa: E402
 import nca  # noqa: E402
-import sources  # noqa: E402
 import train  # noqa: E402
-from model import GPT, config_for  # noqa: E402
+from model import GPT, config_for, load_checkpoint, model_from_checkpoint  # noqa: E402
 from util import atomic_write  # noqa: E402
 
 TARGETS = {"nca_tokens_per_s": 500e6, "nca_share": 0.03, "stage2_mfu": 0.40}
@@ -164,7 +163,7 @@ def nca_share(device, run_dir, stage1):
 
 
 def bf16_vs_fp32(device, ckpt_path, batch):
-    model = ckpt.build_model(ckpt.load(ckpt_path, device), device).eval()
+    model = model_from_checkpoint(load_checkpoint(ckpt_path, device), device).eval()
     x, y = batch
     with torch.no_grad():
         with nca.full_precision():                                        # no TF32 either
@@ -206,7 +205,7 @@ def check(device, size, work):
     peak = train.peak_flops(device)
     res["device"] = {"name": torch.cuda.get_device_name(device) if device.startswith("cuda")
                      else "cpu", "torch": torch.__version__, "peak_flops": peak,
-                     "memory_gb": train.device_memory(device, 1) / 2**30, "size": size}
+                     "memory_gb": guard.device_memory(device, 1) / 2**30, "size": size}
 
     def step(name, fn):
         print(f"== {name}", flush=True)
@@ -229,12 +228,12 @@ def check(device, size, work):
 
     def losses():
         out = {}
-        ck1 = ckpt.load(work / "ppt" / "ckpt.pt")
+        ck1 = load_checkpoint(work / "ppt" / "ckpt.pt")
         cfg1 = nca.NCAConfig(**ck1["nca"]["config"])
         out["stage1"] = bf16_vs_fp32(device, work / "ppt" / "ckpt.pt", nca.val_batches(
             cfg1, ck1["nca"]["val_seeds"], 8, 8, device)[0])
-        seq_len = ckpt.load(work / "lang" / "ckpt.pt")["model_args"]["block_size"]
-        out["stage2"] = bf16_vs_fp32(device, work / "lang" / "ckpt.pt", sources.text_val_batches(
+        seq_len = load_checkpoint(work / "lang" / "ckpt.pt")["model_args"]["block_size"]
+        out["stage2"] = bf16_vs_fp32(device, work / "lang" / "ckpt.pt", train.text_val_batches(
             data, seq_len, 8 * seq_len, 8, device)[0])
         out["ok"] = all(v["rel_diff"] < 0.01 for v in out.values())
         return out

@@ -23,6 +23,9 @@ import eval as ev
 import nca
 import train
 from conftest import ROOT, make_domain
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import nca_tools  # noqa: E402
 from data import build, common
 
 MODEL = ["--size", "tiny", "--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--seq_len", "80",
@@ -147,7 +150,7 @@ def never_called():
     raise AssertionError("a refused prepare.py must not read any document")
 
 
-MAINS = {"train": train.main, "eval": ev.main, "nca": nca.main,
+MAINS = {"train": train.main, "eval": ev.main, "nca": nca_tools.main,
          "prepare": lambda argv: build.prepare_main("web", "test", never_called, {}, argv)}
 
 
@@ -173,7 +176,7 @@ def test_bad_input(world, case, script, argv, expect, capsys):
 SUBPROCESS_CASES = [  # the same refusals as a user sees them: a real process, its exit status
     ("train.py", lang(data="meta_null"), "holds null"),
     ("eval.py", ["{w}/eval_bad_config", "--domains", "", "--out", "{new}"], "config.json is not valid JSON"),
-    ("nca.py", ["--stats", "--num_rules", "0"], "--num_rules must be at least 1"),
+    ("scripts/nca_tools.py", ["--stats", "--num_rules", "0"], "--num_rules must be at least 1"),
 ]
 
 
@@ -191,8 +194,8 @@ def test_bad_input_in_a_real_process(world, script, argv, expect):
 # ---------------------------------------------------------------- the run-folder lock
 
 HOLDER = """
-import sys, ckpt
-ckpt.lock_run_dir(sys.argv[1])
+import sys, guard
+guard.lock_run_dir(sys.argv[1])
 print("locked", flush=True)
 sys.stdin.read()
 """

@@ -3,6 +3,8 @@ import pytest
 import torch
 
 import dyck
+import guard
+from util import UserError, add_flags, from_flags
 
 SMALL = dict(k=3, max_depth=4, seq_len=255)
 CONFIGS = [
@@ -161,18 +163,18 @@ def test_seed_and_rank():
     (dict(seq_len=0), "seq_len"),
 ])
 def test_bad_config(kw, msg):
-    with pytest.raises(ValueError, match=msg):
-        dyck.DyckConfig(**kw)
+    with pytest.raises(UserError, match=msg):
+        guard.check_dyck(dyck.DyckConfig(**kw))
 
 
 def test_args_round_trip():
     import argparse
     ap = argparse.ArgumentParser()
-    dyck.add_dyck_args(ap)
-    cfg = dyck.config_from_args(ap.parse_args(["--dyck_k", "8", "--dyck_shuffle"]), seq_len=64)
+    add_flags(ap, dyck.DyckConfig)
+    cfg = from_flags(dyck.DyckConfig, ap.parse_args(["--dyck_k", "8", "--dyck_shuffle"]), seq_len=64)
     assert (cfg.k, cfg.shuffle, cfg.max_depth, cfg.seq_len, cfg.vocab_size) == (8, True, 16, 64, 16)
     assert cfg.string_cap == 65
-    assert dyck.config_from_args(ap.parse_args([])) == dyck.DyckConfig()   # one set of defaults
+    assert from_flags(dyck.DyckConfig, ap.parse_args([])) == dyck.DyckConfig()   # one set of defaults
 
 
 def test_cli_sample_and_one_line_errors(capsys):

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import eval as ev
+import guard
 import report
 import nca
 from conftest import make_domain
@@ -252,9 +253,9 @@ def test_nca_checkpoint_is_refused_on_language_and_evaluated_on_rules(fake, caps
 
 
 def test_language_refusal():
-    assert ev.language_refusal({"vocab": {"kind": "gpt2"}, "model_args": {"vocab_size": 64000}}) is None
-    assert "10,002" in ev.language_refusal({"vocab": {"kind": "gpt2"}, "model_args": {"vocab_size": 10002}})
-    assert "'nca'" in ev.language_refusal({"vocab": {"kind": "nca"}, "model_args": {"vocab_size": 64000}})
+    assert guard.language_refusal({"vocab": {"kind": "gpt2"}, "model_args": {"vocab_size": 64000}}) is None
+    assert "10,002" in guard.language_refusal({"vocab": {"kind": "gpt2"}, "model_args": {"vocab_size": 10002}})
+    assert "'nca'" in guard.language_refusal({"vocab": {"kind": "nca"}, "model_args": {"vocab_size": 64000}})
 
 
 def test_nca_eval_directly():
@@ -354,7 +355,7 @@ def test_summary_pairs_each_seed_with_its_scratch_run():
                "init_from": None if arm == "scratch" else "x/ckpt.pt"}
         metrics = [{"kind": "val", "step": i, "tokens": 100 * i, "val_loss": l}
                    for i, l in enumerate(losses)]
-        r = ev.Run(Path(f"{arm}{seed}"), Path("ckpt.pt"), cfg, metrics)
+        r = report.Run(Path(f"{arm}{seed}"), Path("ckpt.pt"), cfg, metrics)
         return r, {"arm": arm, "label": f"{arm}{seed}", "ppl": {"web": math.exp(losses[-1])}}
     pairs = [run("scratch", 0, [5, 4, 3]), run("scratch", 1, [5, 4, 2]),
              run("nca", 0, [5, 3, 2.5]), run("nca", 1, [5, 4.5, 2.5])]

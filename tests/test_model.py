@@ -10,6 +10,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+import guard
 from model import GPT, SIZES, GPTConfig, apply_rotary, config_for, rope_cache
 
 
@@ -23,7 +24,7 @@ def test_config_for_and_mlp_width():
     cfg = config_for("paper", vocab_size=50257)
     assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size) == (24, 32, 2048, 50257)
     assert set(SIZES) >= {"tiny", "mini", "small", "medium", "paper"}
-    with pytest.raises(ValueError):
+    with pytest.raises(KeyError):             # train.py's --size choices refuse it first
         config_for("huge")
     m = small_model()
     assert m.blocks[0].mlp.gate.weight.shape == (4 * 64, 64)  # None -> 4·d, the paper's width
@@ -195,11 +196,16 @@ def test_freeze_modules_freezes_exactly_the_named_tensors(kind):
 
 
 def test_bad_kind_or_layer_raises():
-    m = small_model()
-    with pytest.raises(ValueError):
-        m.reinit_modules("embed")
-    with pytest.raises(ValueError):
-        m.freeze_modules("attn", [3])
+    """The guard refuses a bad module kind or layer range in one line; the model asserts."""
+    import guard
+    from util import UserError
+    with pytest.raises(UserError, match="unknown module kind 'embed'"):
+        guard.kinds("attn,embed")
+    with pytest.raises(UserError, match="outside the model's 2 layers"):
+        guard.layer_range("0:3", 2)
+    assert guard.layer_range("1:2", 2) == range(1, 2) and guard.kinds("attn,ln") == ["attn", "ln"]
+    with pytest.raises(AssertionError):
+        small_model().reinit_modules("embed")
 
 
 def test_optimizer_groups():
@@ -332,7 +338,7 @@ def test_generate():
 
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
 def test_memory_estimate_covers_what_training_allocates(dtype):
-    """GPT.memory_estimate (the micro-batch planner's model) against the bytes one training
+    """guard.memory_estimate (the micro-batch planner's model) against the bytes one training
     micro-step allocates on CPU: an upper bound, and not a loose one."""
     torch.manual_seed(0)
     m = GPT(GPTConfig(block_size=128, vocab_size=1000, n_layer=2, n_head=4, n_embd=128,
@@ -342,7 +348,7 @@ def test_memory_estimate_covers_what_training_allocates(dtype):
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
             _, loss = m(idx, idx)
         loss.backward()
-    est = m.memory_estimate(4, 128, act_bytes=2 if dtype else 4)
+    est = guard.memory_estimate(m, 4, 128, act_bytes=2 if dtype else 4)
     bound = est["gradients"] + est["activations"] + est["loss"] + est["autocast_copies"]
     assert 0.7 * bound < mem.peak <= bound, (mem.peak, bound)
-    assert est["total"] > bound and m.memory_estimate(8, 128)["total"] > est["total"]
+    assert est["total"] > bound and guard.memory_estimate(m, 8, 128)["total"] > est["total"]

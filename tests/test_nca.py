@@ -1,14 +1,19 @@
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+import guard
 import nca
 import util
-from conftest import FIXTURES
+from conftest import FIXTURES, ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import nca_tools  # noqa: E402  (pictures, stats, benchmark)
 
 CFG = nca.NCAConfig()
 FIXTURE = FIXTURES / "official_nca.npz"
@@ -93,9 +98,9 @@ def test_band_distribution_matches_official(official):
 
 def test_printed_official_statistics_are_the_fixtures(official):
     b = official["band_stats"]
-    assert round(float(np.median(b)), 4) == nca.OFFICIAL_STATS["median"]
-    assert (b > 0.5).mean() == nca.OFFICIAL_STATS["above 0.5"]
-    assert ((b > 0.3) & (b < 0.4)).mean() == nca.OFFICIAL_STATS["0.3-0.4"]
+    assert round(float(np.median(b)), 4) == nca_tools.OFFICIAL_STATS["median"]
+    assert (b > 0.5).mean() == nca_tools.OFFICIAL_STATS["above 0.5"]
+    assert ((b > 0.3) & (b < 0.4)).mean() == nca_tools.OFFICIAL_STATS["0.3-0.4"]
 
 
 def test_fraction_above_half_is_46_percent():
@@ -194,10 +199,12 @@ def test_tokenizer_layout_and_round_trip():
 
 
 def test_bad_tokenizer_settings_are_rejected_clearly():
-    with pytest.raises(ValueError, match="not divisible"):
-        nca.NCAConfig(grid=12, patch=5)
-    with pytest.raises(ValueError, match="more than the model vocabulary"):
-        nca.NCAConfig(num_colors=10, patch=3)
+    with pytest.raises(util.UserError, match="not divisible"):
+        guard.check_nca(nca.NCAConfig(grid=12, patch=5), (0.5, 1.0))
+    with pytest.raises(util.UserError, match="more than the model vocabulary"):
+        guard.check_nca(nca.NCAConfig(num_colors=10, patch=3), (0.5, 1.0))
+    with pytest.raises(util.UserError, match="empty complexity band"):
+        guard.check_nca(nca.NCAConfig(), (0.5, 0.5))
 
 
 def test_label_mask_positions():
@@ -272,23 +279,26 @@ def test_grid_accuracy_of_perfect_and_copy_predictors():
 def test_flags_default_to_the_config_and_round_trip():
     import argparse
     ap = argparse.ArgumentParser()
-    nca.add_nca_args(ap)
-    assert nca.config_from_args(ap.parse_args([])) == nca.NCAConfig()     # one set of defaults
+    util.add_flags(ap, nca.NCAConfig)
+    util.add_flags(ap, nca.BandFlags)
+    assert util.from_flags(nca.NCAConfig, ap.parse_args([])) == nca.NCAConfig()  # one default
+    assert nca.band_from_args(ap.parse_args([])) == (0.5, 1.0)
+    assert nca.band_from_args(ap.parse_args(["--band", "code"])) == nca.BANDS["code"]
     args = ap.parse_args(["--grid", "8", "--num_colors", "4", "--temperature", "0", "--init",
                           "uniform", "--dT", "2"])
-    cfg = nca.config_from_args(args, seq_len=64, max_vocab=300)
+    cfg = util.from_flags(nca.NCAConfig, args, seq_len=64, max_vocab=300)
     assert (cfg.grid, cfg.num_colors, cfg.temperature, cfg.init, cfg.dT) == (8, 4, 0.0, "uniform", 2)
     assert (cfg.seq_len, cfg.max_vocab, cfg.vocab_size) == (64, 300, 258)
 
 
 def test_cli_stats_and_preview(tmp_path, capsys):
     out = tmp_path / "s.json"
-    nca.main(["--stats", "--num_rules", "64", "--out", str(out)])
+    nca_tools.main(["--stats", "--num_rules", "64", "--out", str(out)])
     text = capsys.readouterr().out
     assert "band" in text and "p50" in text
     assert len(json.loads(out.read_text())) == 64
     pytest.importorskip("PIL")
-    nca.main(["--preview", str(tmp_path / "p.png"), "--preview_rules", "1",
+    nca_tools.main(["--preview", str(tmp_path / "p.png"), "--preview_rules", "1",
               "--preview_frames", "2"])
     assert (tmp_path / "p.png").stat().st_size > 100
 

@@ -2,19 +2,20 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-import flags
+import guard
 import nca
-import sources
 import train
 from conftest import ROOT, make_domain
-from model import GPT, PPT_VOCAB
-from util import UserError
+from model import GPT, PPT_VOCAB, model_config
+from util import UserError, from_flags
 
-train_args = flags.parse_args
+train_args = train.parse_args
+CPU = {"rank": 0, "world": 1, "device": "cpu"}
 
 # A very small model and budgets: each run takes a second or two on CPU.
 MODEL = ["--size", "tiny", "--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--seq_len", "80",
@@ -45,8 +46,14 @@ def lines(path):
 
 
 def run_args(out, domain, *extra):
-    return train_args(MODEL + LANG + ["--stage", "lang", "--data_dir", str(domain),
-                                            "--out_dir", str(out), *extra])
+    return MODEL + LANG + ["--stage", "lang", "--data_dir", str(domain), "--out_dir", str(out),
+                           *extra]
+
+
+def lang_model(argv):
+    """The stage-2 model of a command, built as main() builds it: after guard.train_run."""
+    with guard.train_run(train_args(argv), train.given_flags(argv), None, CPU) as (cfg, plan):
+        return train.lang_model(cfg, plan, "cpu")
 
 
 def test_two_stage_run_writes_everything(two_stage):
@@ -74,7 +81,7 @@ def test_transfer_keeps_every_body_tensor(two_stage, domain, tmp_path):
     for init, std in (("paper", 1.0), ("normal", 0.02)):
         args = run_args(tmp_path, domain, "--init_from", str(two_stage / "ppt" / "ckpt.pt"),
                         "--embed_init", init)
-        model = train.lang_model(args, 50257, "cpu")
+        model = lang_model(args)
         sd = model.state_dict()
         body = [k for k in ck["model"] if not k.startswith(("wte", "lm_head"))]
         assert body and all(torch.equal(sd[k], ck["model"][k]) for k in body)
@@ -91,23 +98,22 @@ def test_ablation_flags_change_exactly_their_tensors(two_stage, domain, tmp_path
              ("--reinit", "mlp"): ".mlp.",
              ("--reinit", "ln", "--reinit_layers", "1:2"): "blocks.1.norm"}
     for extra, changed in cases.items():
-        sd = train.lang_model(run_args(tmp_path, domain, *init, *extra), 50257, "cpu").state_dict()
+        sd = lang_model(run_args(tmp_path, domain, *init, *extra)).state_dict()
         for k, v in ck.items():
             if k.startswith(("wte", "lm_head")):
                 continue
-            assert torch.equal(sd[k], v) != (changed in k), (flags, k)
-    model = train.lang_model(run_args(tmp_path, domain, *init, "--freeze", "attn,ln",
-                                      "--freeze_layers", "0:1"), 50257, "cpu")
+            assert torch.equal(sd[k], v) != (changed in k), (extra, k)
+    model = lang_model(run_args(tmp_path, domain, *init, "--freeze", "attn,ln",
+                                "--freeze_layers", "0:1"))
     frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
     assert frozen == {f"blocks.0.{m}.weight" for m in ("attn.q", "attn.k", "attn.v", "attn.o",
                                                        "norm1", "norm2")}
     with pytest.raises(UserError, match="outside the model"):
-        train.lang_model(run_args(tmp_path, domain, *init, "--reinit", "mlp",
-                                  "--reinit_layers", "0:9"), 50257, "cpu")
+        lang_model(run_args(tmp_path, domain, *init, "--reinit", "mlp", "--reinit_layers", "0:9"))
 
 
 def test_scratch_arm_matches_the_nca_arm_embeddings(domain, tmp_path):
-    model = train.lang_model(run_args(tmp_path, domain), 50257, "cpu")
+    model = lang_model(run_args(tmp_path, domain))
     assert abs(model.wte.weight.std().item() - 1.0) < 0.1
     assert abs(model.blocks[0].attn.q.weight.std().item() - 0.02) < 0.004
 
@@ -152,8 +158,8 @@ def test_other_stage1_sources_run_and_transfer(source, domain, tmp_path):
     assert ppt["vocab"]["size"] == (50257 if source == "text" else 8)
     lang = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert lang["config"]["arm"] == source and lang["config"]["ppt_source"] == source
-    model = train.lang_model(run_args(tmp_path / "t", domain, "--init_from",
-                                      str(tmp_path / "ppt" / "ckpt.pt")), 50257, "cpu")
+    model = lang_model(run_args(tmp_path / "t", domain, "--init_from",
+                                str(tmp_path / "ppt" / "ckpt.pt")))
     sd = model.state_dict()
     body = [k for k in ppt["model"] if not k.startswith(("wte", "lm_head"))]
     assert all(torch.equal(sd[k], ppt["model"][k]) for k in body)      # kept
@@ -164,7 +170,7 @@ def test_other_stage1_sources_run_and_transfer(source, domain, tmp_path):
 def test_text_batches_are_windows_of_the_corpus(domain):
     from data.common import load_tokens
     data = torch.from_numpy(load_tokens(domain, "train").astype("int64"))
-    x, y = next(sources.TextBatches(domain, "train", 16, 4, "cpu", seed=3))
+    x, y = next(train.TextBatches(domain, "train", 16, 4, "cpu", seed=3))
     for xi, yi in zip(x, y):
         starts = [i for i in range(len(data) - 16) if torch.equal(data[i:i + 16], xi)]
         assert starts and torch.equal(data[starts[0] + 1:starts[0] + 17], yi)
@@ -174,17 +180,19 @@ def test_dyck_source_validates_on_its_own_split_and_honours_the_vocab_size():
     import dyck
     args = train_args(MODEL + PPT + ["--ppt_source", "dyck", "--dyck_k", "40000",
                                            "--ppt_vocab_size", "80000"])
-    source = sources.SOURCES["dyck"](args)                              # 80,000 > 64,000: fine
-    stream, val = source.batches(4, "cpu", 0, 1)
-    assert source.vocab_size == 80000
-    cfg = dyck.config_from_args(args, seq_len=args.seq_len, max_vocab=80000)
+    source = train.SOURCES["dyck"](args)                                # 80,000 > 64,000: fine
+    data = source["batches"](4, "cpu", 0, 1)
+    stream, val = data["train"], data["val"]
+    assert source["vocab_size"] == 80000
+    guard.check_dyck(source["config"])
+    cfg = from_flags(dyck.DyckConfig, args, seq_len=args.seq_len, max_vocab=80000)
     want = dyck.val_batches(cfg, 8, 4, "cpu", seed=0)
     assert len(val) == len(want) == 2
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(val, want))
     assert not torch.equal(next(stream)[0], val[0][0])                 # not the train stream
     small = train_args(MODEL + PPT + ["--ppt_source", "dyck", "--ppt_vocab_size", "100"])
-    with pytest.raises(ValueError, match="--ppt_vocab_size"):
-        sources.SOURCES["dyck"](small)
+    with pytest.raises(UserError, match="--ppt_vocab_size"):
+        guard.check_dyck(train.SOURCES["dyck"](small)["config"])
 
 
 def test_text_source_can_keep_its_embeddings(domain, tmp_path):
@@ -192,8 +200,7 @@ def test_text_source_can_keep_its_embeddings(domain, tmp_path):
                                    "--data_dir", str(domain)]
     train.main(common + ["--stage", "ppt", "--out_dir", str(tmp_path / "c4")])
     ck = str(tmp_path / "c4" / "ckpt.pt")
-    model = train.lang_model(run_args(tmp_path, domain, "--init_from", ck, "--keep_embeddings"),
-                             50257, "cpu")
+    model = lang_model(run_args(tmp_path, domain, "--init_from", ck, "--keep_embeddings"))
     assert torch.equal(model.wte.weight, torch.load(ck, weights_only=True)["model"]["wte.weight"])
 
 
@@ -250,7 +257,8 @@ def test_two_processes_run_the_gpu_presets_stage1_from_an_empty_rule_cache(tmp_p
             "--train_num_rules", "32", "--val_num_rules", "2", "--ppt_val_seqs", "2",
             "--rule_seed", str(10**6 + os.getpid()), "--out_dir", str(tmp_path), "--debug_ranks"]
     args = train_args(argv)
-    cfg = nca.config_from_args(args, seq_len=args.seq_len, max_vocab=args.ppt_vocab_size or PPT_VOCAB)
+    cfg = from_flags(nca.NCAConfig, args, seq_len=args.seq_len,
+                     max_vocab=args.ppt_vocab_size or PPT_VOCAB)
     bank = nca.bank_path(cfg, nca.band_from_args(args), 34, args.rule_seed)
     assert args.ppt_batch_tokens == 32768 and args.seq_len == 1024 and not bank.exists()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -269,26 +277,28 @@ def test_two_processes_run_the_gpu_presets_stage1_from_an_empty_rule_cache(tmp_p
 
 
 def plan(argv, stage="lang", vocab=50257, world=1):
+    """The micro-batch guard.plan_micro_batch picks for a command, its estimate, and the
+    sequences each process gets per step."""
     args = train_args(argv)
-    with torch.device("meta"):
-        model = GPT(flags.model_config(args, vocab, head_bias=stage == "ppt"))
-    hp = flags.stage_config(args, stage)
-    hp.micro_batch = 0
-    micro, est = train.plan_micro_batch(args, stage, hp, model,
-                                        {"rank": 0, "world": world, "device": "cpu"})
-    return micro, est, hp.batch_tokens // (args.seq_len * world)
+    config = model_config(args, vocab, head_bias=stage == "ppt")
+    p = SimpleNamespace(steps={}, memory={}, freeze=[], lang_tokens=args.lang_tokens or 1)
+    setattr(args, guard.stage_flag(stage, "micro_batch"), 0)
+    guard.plan_micro_batch(args, stage, config, {"rank": 0, "world": world, "device": "cpu"}, p)
+    batch = getattr(args, guard.stage_flag(stage, "batch_tokens"))
+    return getattr(args, guard.stage_flag(stage, "micro_batch")), p.memory[stage], \
+        batch // (args.seq_len * world)
 
 
 def test_micro_batch_plan_fits_memory_and_divides_the_batch():
     gpu = ["--preset", "gpu"]
     with torch.device("meta"):
-        small = GPT(flags.model_config(train_args(gpu), 50257, head_bias=False))
+        small = GPT(model_config(train_args(gpu), 50257, head_bias=False))
     usable = lambda gb: 0.9 * gb * 2**30 - 2 * 2**30
     # GPT-2 small, stage 2: the largest divisor of each process's sequences that fits
     for gb, world in ((79, 1), (139.5, 1), (79, 8), (20, 1)):
         micro, est, seqs = plan(gpu + ["--memory_gb", str(gb)], world=world)
         assert seqs % micro == 0 and est["total"] <= usable(gb)
-        assert all(small.memory_estimate(m, 1024)["total"] > usable(gb)
+        assert all(guard.memory_estimate(small, m, 1024)["total"] > usable(gb)
                    for m in range(micro + 1, seqs + 1) if seqs % m == 0)
     assert plan(gpu + ["--memory_gb", "20"])[0] < plan(gpu + ["--memory_gb", "79"])[0]
     # stage 1 of the gpu preset on 1, 2 and 8 processes: 32, 16 and 4 sequences each
@@ -310,13 +320,10 @@ def test_micro_batch_errors_are_one_line(domain, tmp_path, capsys):
     assert "not a multiple of --seq_len x processes = 80 x 1 = 80" in \
         fails(capsys, lang + ["--micro_batch", "0", "--batch_tokens", "100"])
     # the plan itself, for a micro-batch that passes the flag checks on another world size
-    args = train_args(lang + ["--micro_batch", "3"])
-    with torch.device("meta"):
-        model = GPT(flags.model_config(args, 50257, head_bias=False))
-    hp = flags.stage_config(args, "lang")
-    hp.micro_batch, hp.batch_tokens = 3, 320
+    args = train_args(lang + ["--micro_batch", "3", "--batch_tokens", "320"])
+    p = SimpleNamespace(steps={}, memory={}, freeze=[], lang_tokens=320)
     with pytest.raises(UserError, match="does not divide the 4 sequences"):
-        train.plan_micro_batch(args, "lang", hp, model, {"rank": 0, "world": 1, "device": "cpu"})
+        guard.plan_micro_batch(args, "lang", model_config(args, 50257, head_bias=False), CPU, p)
 
 
 def test_gpu_check_dry_run_writes_every_figure(tmp_path):
@@ -345,7 +352,7 @@ def test_arms_of_a_seed_are_paired(two_stage, domain, tmp_path):
         train.main(MODEL + LANG + ["--stage", "lang", "--data_dir", str(domain), "--out_dir",
                                    str(out), "--lr", "1e-30", "--max_iters", "1", *extra])
         outs[arm] = torch.load(out / "ckpt.pt", weights_only=True)["model"]
-        batches = sources.TextBatches(domain, "train", 80, 2, "cpu", seed=0)
+        batches = train.TextBatches(domain, "train", 80, 2, "cpu", seed=0)
         first[arm] = next(batches)
     a, b = outs["scratch"], outs["nca"]
     assert a.keys() == b.keys()
@@ -382,7 +389,8 @@ def test_byte_level_stage2_logs_probe(tmp_path):
 
 def test_cpu_preset_is_the_cpu_scale_setting():
     args = train_args(["--preset", "cpu", "--domain", "web_bytes"])
-    cfg = nca.config_from_args(args, seq_len=args.seq_len, max_vocab=args.ppt_vocab_size or PPT_VOCAB)
+    cfg = from_flags(nca.NCAConfig, args, seq_len=args.seq_len,
+                     max_vocab=args.ppt_vocab_size or PPT_VOCAB)
     assert (cfg.num_colors, cfg.grid, cfg.patch) == (4, 8, 2) and cfg.vocab_size == 258
     assert nca.band_from_args(args) == nca.BANDS["cpu-web"] and args.vocab_size == "auto"
     assert args.ppt_tokens % args.ppt_batch_tokens == 0 and args.lang_tokens % args.batch_tokens == 0
@@ -393,15 +401,15 @@ def test_checkpoint_helpers_refuse_and_heal(tmp_path):
     """A checkpoint whose weights do not fit its model_args is one UserError, not a torch
     traceback; metrics.jsonl cut mid-line by a kill is trimmed on resume; float16 autocast is
     refused for training off CUDA but allowed for evaluation."""
-    import ckpt
     import util
-    model = GPT(flags.model_config(train_args(MODEL), 64, head_bias=False))
+    from model import model_from_checkpoint
+    model = GPT(model_config(train_args(MODEL), 64, head_bias=False))
     ck = {"model": model.state_dict(), "model_args": {**model.config.__dict__, "n_layer": 3}}
     with pytest.raises(UserError, match="do not fit its model_args"):
-        ckpt.build_model(ck)
+        model_from_checkpoint(ck)
     m = tmp_path / "metrics.jsonl"
     m.write_text('{"step": 0}\n{"step": 4}\n{"step": 8}\n{"st')
-    ckpt.truncate_metrics(m, 4)
+    train.truncate_metrics(m, 4)
     assert m.read_text() == '{"step": 0}\n{"step": 4}\n'
     with pytest.raises(UserError, match="needs CUDA"):
         util.autocast("float16", "cpu")

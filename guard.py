@@ -1,0 +1,699 @@
+"""Every refusal, beside the road. The method files (nca.py, model.py, train.py, eval.py) assume
+what is checked here; each script calls one function of this module at the top of its main():
+
+  train_run(args, given, source, dist)  train.py: the flags, the stage-1 source, the corpus, an
+                                        --init_from or --resume checkpoint, the memory plan; then
+                                        the run folders are locked for the life of the run
+  eval_run(args)                        eval.py: the runs, their checkpoints, the data folders
+  check_nca(cfg, band), check_dyck(cfg) the generators' settings (train.py and the generator CLIs)
+
+Each is handed the objects it checks (the parsed flags, the built source, a model config),
+reads only metadata (meta.json, memory-mapped checkpoints), and raises util.UserError with one
+line that says what to change; util.cli prints it as the "error:" line. A refused command
+changes nothing on disk, so its corrected retry is not refused because of the first attempt.
+"""
+import argparse
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+import report
+from data.common import TOKENIZERS, load_meta, load_tokens, max_token, show
+from model import GPT, PPT_VOCAB, SIZES, GPTConfig, load_checkpoint, model_config
+from util import UserError, autocast, check_dtype, default_device
+
+RUN_FILES = ("config.json", "metrics.jsonl", "ckpt.pt")
+ARCH = ("n_layer", "n_head", "n_embd", "mlp_hidden")
+# Official language vocabulary per domain (docs/differences.md, 'Language vocabulary per domain').
+DOMAIN_VOCAB = {"web": TOKENIZERS["gpt2"][0], "c4": TOKENIZERS["gpt2"][0], "math": PPT_VOCAB,
+                "code": PPT_VOCAB}
+AT_LEAST = {"seq_len": 1, "log_interval": 1, "batch_tokens": 1, "micro_batch": 0,
+            "eval_interval": 1, "ppt_batch_tokens": 1, "ppt_micro_batch": 0,
+            "ppt_eval_interval": 1, "ppt_val_seqs": 1, "train_num_rules": 1, "val_num_rules": 1,
+            "n_layer": 1, "n_head": 1, "n_embd": 1, "mlp_hidden": 1, "ppt_tokens": 0,
+            "lang_tokens": 0, "max_iters": 0, "eval_tokens": 0, "ppt_vocab_size": 0,
+            "loss_chunk": 1}
+ZERO_MEANS = {"ppt_tokens": "no stage 1", "lang_tokens": "one epoch of train.bin",
+              "max_iters": "the token budget", "eval_tokens": "the whole val split",
+              "ppt_vocab_size": "the source's own size",
+              "micro_batch": "chosen from a memory estimate",
+              "ppt_micro_batch": "chosen from a memory estimate"}
+FLOAT_RULES = [(name, test, want) for names, test, want in (
+    (("lr", "ppt_lr"), lambda v: v > 0, "above 0"),
+    (("weight_decay", "ppt_weight_decay", "grad_clip", "ppt_grad_clip"), lambda v: v >= 0,
+     "at least 0"),
+    (("warmup_frac", "ppt_warmup_frac"), lambda v: 0 <= v <= 1, "from 0 to 1"),
+    (("attn_dropout",), lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    (("adam_beta1", "adam_beta2"), lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    (("adam_eps", "rope_theta", "norm_eps"), lambda v: v > 0, "above 0")) for name in names]
+
+
+# -----------------------------------------------------------------------------------------------
+# train.py
+
+@contextlib.contextmanager
+def train_run(args, given, source, dist):
+    """Check a train.py command before anything is built or written; yield (cfg, plan) with the
+    run folders locked. cfg is a copy of the flags with what the checks resolve: the arm label,
+    the autocast dtype, the micro-batches (0 = planned from memory), and with --init_from the
+    shape and source the checkpoint imposes. plan: the stages to run, their folders, vocabularies
+    and steps, the memory estimates, the re-init / freeze modules, the corpus."""
+    cfg, world = argparse.Namespace(**vars(args)), dist["world"]
+    check_flags(cfg, world, source)
+    out = Path(cfg.out_dir)
+    plan = SimpleNamespace(dist=dist, stages=stages(cfg, source), vocab={}, steps={}, memory={},
+                           out={"ppt": out / "ppt" if cfg.stage == "both" else out, "lang": out},
+                           lang_data=cfg.data_dir or f"data/{cfg.domain}", reinit=[], freeze=[])
+    models = {}
+    if source is not None:
+        models["ppt"] = check_source(cfg, source, world, plan)
+    if "lang" in plan.stages:
+        models["lang"] = check_lang(cfg, given, models.get("ppt"), plan)
+    if cfg.arm is None:
+        cfg.arm = cfg.ppt_source if source is not None or cfg.init_from else "scratch"
+    plan.init_from = cfg.init_from                       # where stage 2 starts from
+    if cfg.stage == "both" and cfg.resume and (out / "ckpt.pt").exists():
+        plan.stages = ["lang"]                              # stage 2 already started: 1 is done
+        ppt_ckpt = plan.out["ppt"] / "ckpt.pt"
+        plan.init_from = str(ppt_ckpt) if ppt_ckpt.exists() else None
+    elif "ppt" in plan.stages and "lang" in plan.stages:
+        plan.init_from = str(plan.out["ppt"] / "ckpt.pt")
+    _, cfg.dtype = autocast(cfg.dtype, dist["device"])
+    notes = [plan_micro_batch(cfg, stage, models[stage], dist, plan) for stage in plan.stages]
+    if cfg.resume:
+        check_resume(cfg, models, plan)
+    locks = []
+    try:
+        own_run_dirs([plan.out[s] for s in stages(cfg, source)], cfg, dist, locks)
+        if dist["rank"] == 0:
+            print("\n".join(notes))
+        yield cfg, plan
+    finally:
+        for lock in reversed(locks):
+            unlock_run_dir(*lock)
+
+
+def stages(cfg, source):
+    """The stages a command runs: stage 1 when it has a source (a token budget), stage 2 unless
+    --stage ppt."""
+    return (["ppt"] if source is not None else []) + (["lang"] if cfg.stage != "ppt" else [])
+
+
+def check_flags(cfg, world, source):
+    """Each flag on its own and in combination; nothing is read from disk."""
+    for name, lo in AT_LEAST.items():
+        v = getattr(cfg, name)
+        if v is not None and v < lo:
+            zero = f" (0 = {ZERO_MEANS[name]})" if name in ZERO_MEANS else ""
+            raise UserError(f"--{name} must be at least {lo}{zero}, got {v}")
+    for name, test, want in FLOAT_RULES:              # (a NaN fails every test)
+        if not test(getattr(cfg, name)):
+            raise UserError(f"--{name} must be {want}, got {getattr(cfg, name)}")
+    if cfg.resume and cfg.overwrite:
+        raise UserError("--resume continues the run in out_dir and --overwrite replaces it: "
+                        "pass one of them")
+    if cfg.stage == "ppt" and cfg.ppt_tokens == 0:
+        raise UserError("--stage ppt with --ppt_tokens 0 has nothing to train: give it a "
+                        "stage-1 token budget")
+    if cfg.init_from and cfg.stage != "lang":
+        raise UserError(f"--init_from is for --stage lang (--stage {cfg.stage} "
+                        + ("trains its own stage 1 and starts stage 2 from it)"
+                           if cfg.stage == "both" else "always starts from scratch)"))
+    check_stage2_flags(cfg)
+    for stage in stages(cfg, source):
+        check_batch(cfg, stage, world)
+    check_dtype(cfg.dtype, default_device(cfg.device))   # no CUDA call before ranks pick GPUs
+
+
+def check_stage2_flags(cfg):
+    stage2 = [f for f in ("reinit", "reinit_layers", "freeze", "freeze_layers",
+                          "keep_embeddings") if getattr(cfg, f)]
+    if cfg.stage == "ppt" and stage2:
+        raise UserError(f"--{stage2[0]} is a stage-2 flag, but --stage ppt has no stage 2")
+    for flag in ("reinit", "freeze"):
+        kinds(getattr(cfg, flag))
+        if getattr(cfg, f"{flag}_layers") and not getattr(cfg, flag):
+            raise UserError(f"--{flag}_layers {getattr(cfg, f'{flag}_layers')} needs --{flag} "
+                            "(which modules: attn, mlp, ln)")
+    if cfg.keep_embeddings:
+        if cfg.stage == "lang" and not cfg.init_from:
+            raise UserError("--keep_embeddings needs --init_from (a stage-1 text checkpoint)")
+        if cfg.stage == "both" and (cfg.ppt_source != "text" or not cfg.ppt_tokens):
+            raise UserError("--keep_embeddings keeps a stage-1 model's GPT-2 embeddings: it needs "
+                            "--ppt_source text and a stage 1 (--ppt_tokens > 0)")
+
+
+def stage_flag(stage, name):
+    """The flag of one stage's knob: stage 1's are --ppt_<name>, stage 2's plain."""
+    if name == "tokens":
+        return f"{stage}_tokens"
+    return f"ppt_{name}" if stage == "ppt" else name
+
+
+def check_batch(cfg, stage, world):
+    """The batch splits into micro-batches of whole sequences on every process, and the budget
+    holds at least one batch."""
+    batch, micro, tokens = (getattr(cfg, stage_flag(stage, k)) for k in
+                            ("batch_tokens", "micro_batch", "tokens"))
+    bflag, mflag = "--" + stage_flag(stage, "batch_tokens"), "--" + stage_flag(stage, "micro_batch")
+    per_step = max(micro, 1) * cfg.seq_len * world    # 0: plan_micro_batch picks one
+    if batch % per_step:
+        what = f"{mflag} x --seq_len x processes = {micro} x " if micro else \
+            "--seq_len x processes = "
+        raise UserError(f"{bflag} {batch:,} is not a multiple of {what}{cfg.seq_len} "
+                        f"x {world} = {per_step:,}: adjust the batch or the micro-batch")
+    if tokens and tokens < batch:
+        raise UserError(f"the {stage} token budget {tokens:,} is less than one batch of "
+                        f"{batch:,} ({bflag}): raise the budget or lower the batch")
+
+
+def kinds(text):
+    out = [k for k in text.split(",") if k]
+    for k in out:
+        if k not in ("attn", "mlp", "ln"):
+            raise UserError(f"unknown module kind {k!r} in --reinit/--freeze: use attn, mlp, ln")
+    return out
+
+
+def layer_range(text, n_layer):
+    if not text:
+        return None
+    try:
+        a, b = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise UserError(f"layer range {text!r} must look like a:b, e.g. 0:4") from None
+    if not 0 <= a < b <= n_layer:
+        raise UserError(f"layer range {text} is outside the model's {n_layer} layers")
+    return range(a, b)
+
+
+def check_model(config):
+    """A GPTConfig the model can be built from (a clear refusal instead of a shape error deep
+    inside torch)."""
+    for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "mlp_hidden"):
+        v = getattr(config, name)
+        if not (v is None and name == "mlp_hidden") and not (isinstance(v, int) and v >= 1):
+            raise UserError(f"{name} must be a whole number of at least 1, got {v!r}")
+    if config.n_embd % config.n_head or (config.n_embd // config.n_head) % 2:
+        raise UserError(f"n_embd {config.n_embd} must be n_head {config.n_head} times an even "
+                        "head size (RoPE rotates pairs of dimensions): change n_embd or n_head")
+    if not 0 <= config.attn_dropout < 1:
+        raise UserError(f"attn_dropout must be in [0, 1), got {config.attn_dropout}")
+    return config
+
+
+def check_source(cfg, source, world, plan):
+    """The stage-1 source's settings and its vocabulary against the model's; the stage-1 model
+    config."""
+    vocab = plan.vocab["ppt"] = cfg.ppt_vocab_size or source["vocab_size"]
+    if vocab < source["vocab_size"]:
+        raise UserError(f"--ppt_vocab_size {vocab} is smaller than the {cfg.ppt_source} "
+                        f"source's {source['vocab_size']} tokens")
+    config = source["config"]
+    if cfg.ppt_source == "nca":
+        check_nca(*config)
+        if cfg.train_num_rules < cfg.ppt_micro_batch * world:
+            raise UserError(f"--train_num_rules {cfg.train_num_rules} is fewer than one "
+                            f"micro-batch ({cfg.ppt_micro_batch} x {world} processes)")
+    elif cfg.ppt_source == "dyck":
+        check_dyck(config)
+    elif cfg.ppt_source == "text":                       # a prepared text folder
+        check_corpus(config, cfg.seq_len, vocab, "--ppt_vocab_size")
+    return check_model(model_config(cfg, vocab, head_bias=True))
+
+
+def check_nca(cfg, band):
+    """An NCAConfig (nca.py) and complexity band (lo, hi) the generator can run."""
+    if cfg.grid < 1 or cfg.patch < 1 or cfg.grid % cfg.patch:
+        raise UserError(f"--grid {cfg.grid} is not divisible by --patch {cfg.patch}: "
+                        "choose a patch size that divides the grid")
+    if cfg.num_colors < 2:
+        raise UserError(f"--num_colors must be at least 2, got {cfg.num_colors}")
+    if cfg.vocab_size > cfg.max_vocab:
+        raise UserError(f"--num_colors {cfg.num_colors} with --patch {cfg.patch} needs "
+                        f"{cfg.vocab_size:,} tokens (num_colors**(patch**2) + 2), more than "
+                        f"the model vocabulary {cfg.max_vocab:,}: use fewer colours or a "
+                        "smaller patch, or raise train.py's --ppt_vocab_size")
+    if cfg.temperature < 0:
+        raise UserError(f"--temperature must be >= 0 (0 = argmax), got {cfg.temperature}")
+    if cfg.dT < 1 or cfg.init_rollout_steps < 0 or cfg.filter_frames < 1:
+        raise UserError("--dT and --filter_frames must be >= 1, --init_rollout_steps >= 0")
+    if cfg.seq_len < 2 * cfg.grid_len:
+        raise UserError(f"--seq_len {cfg.seq_len} must hold at least two grids "
+                        f"({2 * cfg.grid_len} tokens)")
+    if not band[0] < band[1]:
+        raise UserError(f"empty complexity band ({band[0]}, {band[1]}): the threshold must be "
+                        "below the upper bound")
+    return cfg
+
+
+def check_dyck(cfg):
+    """A DyckConfig (dyck.py) the generator can run."""
+    if cfg.k < 1:
+        raise UserError(f"--dyck_k must be at least 1 bracket type, got {cfg.k}")
+    if cfg.vocab_size > cfg.max_vocab:
+        raise UserError(f"--dyck_k {cfg.k} needs {cfg.vocab_size:,} tokens (2k), more than the "
+                        f"model vocabulary {cfg.max_vocab:,}: use fewer bracket types or raise "
+                        "--ppt_vocab_size")
+    if cfg.max_depth < 1:
+        raise UserError(f"--dyck_max_depth must be at least 1, got {cfg.max_depth}")
+    if not 1 <= cfg.min_depth <= cfg.max_depth:
+        raise UserError(f"--dyck_min_depth must be between 1 and --dyck_max_depth "
+                        f"({cfg.max_depth}), got {cfg.min_depth}")
+    if not 0.0 <= cfg.p_open <= 1.0:
+        raise UserError(f"--dyck_p_open is a probability, got {cfg.p_open}")
+    if cfg.seq_len < 1:
+        raise UserError(f"--seq_len must be at least 1, got {cfg.seq_len}")
+    if cfg.max_length < 0:
+        raise UserError(f"--dyck_max_length must be >= 0 (0 = seq_len + 1), got {cfg.max_length}")
+    return cfg
+
+
+def lang_vocab(cfg, data_dir):
+    """Stage 2's vocabulary: the official one of the domain (auto), or --vocab_size."""
+    meta_vocab = load_meta(data_dir)["vocab_size"]
+    if cfg.vocab_size == "auto":
+        return max(DOMAIN_VOCAB.get(Path(data_dir).name, meta_vocab), meta_vocab)
+    if cfg.vocab_size < meta_vocab:
+        raise UserError(f"--vocab_size {cfg.vocab_size} cannot index {data_dir}'s {meta_vocab}"
+                        "-token vocabulary: use at least that")
+    return cfg.vocab_size
+
+
+def check_corpus(data_dir, seq_len, vocab, vocab_flag):
+    """A prepared folder a training stage reads: both splits hold a sequence, and every id
+    (meta.json's max_token) is below the model's vocabulary."""
+    for split, need in (("train", seq_len + 2), ("val", seq_len + 1)):
+        n = len(load_tokens(data_dir, split))
+        if n < need:
+            raise UserError(f"{data_dir}/{split}.bin has {n} tokens, fewer than one sequence "
+                            f"of {need}: lower --seq_len")
+    top = max_token(data_dir)
+    if top >= vocab:
+        raise UserError(f"{data_dir} holds token id {top:,}, outside the model's vocabulary of "
+                        f"{vocab:,}: raise {vocab_flag} above {top:,} or re-prepare the data")
+
+
+def check_lang(cfg, given, ppt_model, plan):
+    """The corpus, the --init_from checkpoint and the stage-2 vocabulary; the stage-2 model
+    config (with --init_from, in the checkpoint's shape)."""
+    data_dir = plan.lang_data
+    vocab = plan.vocab["lang"] = lang_vocab(cfg, data_dir)
+    check_corpus(data_dir, cfg.seq_len, vocab, "--vocab_size")
+    n_train = len(load_tokens(data_dir, "train"))
+    if not cfg.lang_tokens and n_train < cfg.batch_tokens:
+        raise UserError(f"{data_dir}/train.bin has {n_train:,} tokens, less than one batch "
+                        f"of {cfg.batch_tokens:,}: lower --batch_tokens or set --lang_tokens")
+    tokens = cfg.lang_tokens or n_train // cfg.batch_tokens * cfg.batch_tokens
+    plan.lang_tokens = tokens
+    if cfg.init_from:
+        ck = peek(cfg.init_from, "--init_from", ("model", "model_args", "stage", "config"))
+        if ck["stage"] != "ppt":
+            raise UserError(f"--init_from {cfg.init_from} is a {ck['stage']!r}-stage "
+                            "checkpoint; transfer needs a stage-1 (ppt) checkpoint")
+        adopt_checkpoint_shape(cfg, given, ck)
+        kind = (ck.get("vocab") or {}).get("kind")
+        if cfg.keep_embeddings and (kind != "gpt2" or ck["model_args"]["vocab_size"] != vocab):
+            raise UserError(f"--keep_embeddings needs a stage-1 model on GPT-2 tokens with "
+                            f"vocabulary {vocab}; {cfg.init_from} has {kind} tokens, "
+                            f"vocabulary {ck['model_args']['vocab_size']}")
+    elif cfg.keep_embeddings and ppt_model.vocab_size != vocab:
+        raise UserError(f"--keep_embeddings needs the same vocabulary in both stages: "
+                        f"--ppt_vocab_size gives {ppt_model.vocab_size}, stage 2 "
+                        f"{vocab} (set --ppt_vocab_size {vocab})")
+    config = check_model(model_config(cfg, vocab, head_bias=False))
+    for flag in ("reinit", "freeze"):
+        layers = layer_range(getattr(cfg, f"{flag}_layers"), config.n_layer)
+        setattr(plan, flag, [(k, layers) for k in kinds(getattr(cfg, flag))])
+    return config
+
+
+def adopt_checkpoint_shape(cfg, given, ck):
+    """--init_from decides the body's shape. An architecture flag given on the command line that
+    disagrees is refused, naming both values; the others are set from the checkpoint so that
+    config.json records the model that trains."""
+    have = {k: ck["model_args"].get(k) for k in ARCH}
+    have["mlp_hidden"] = have["mlp_hidden"] or 4 * have["n_embd"]
+    asked = {k: (SIZES[cfg.size][k], f"--size {cfg.size}") for k in ARCH[:3]
+             if "size" in given and k not in given}
+    asked.update({k: (getattr(cfg, k), f"--{k}") for k in ARCH if k in given})
+    for k, (v, flag) in asked.items():
+        if v != have[k]:
+            raise UserError(f"{flag} asks for {k} {v}, but --init_from {cfg.init_from} is a "
+                            f"model with {k} {have[k]}: drop the flag (the checkpoint sets the "
+                            "shape)")
+    for k in ARCH:
+        setattr(cfg, k, ck["model_args"].get(k))
+    cfg.size = next((n for n, v in SIZES.items()
+                     if all(v[k] == have[k] for k in ARCH[:3])), cfg.size)
+    source = ck["config"].get("ppt_source", cfg.ppt_source)
+    if "ppt_source" in given and cfg.ppt_source != source:
+        raise UserError(f"--ppt_source {cfg.ppt_source}, but --init_from {cfg.init_from} was "
+                        f"trained on {source}: drop the flag")
+    cfg.ppt_source = source
+
+
+def check_resume(cfg, models, plan):
+    """--resume continues a run only with the model, batch and budget it was trained with."""
+    if "lang" in models and (plan.out["lang"] / "ckpt.pt").exists():
+        stage = "lang"
+    elif "ppt" in models and (plan.out["ppt"] / "ckpt.pt").exists():
+        stage = "ppt"
+    else:
+        return
+    path = plan.out[stage] / "ckpt.pt"
+    ck = peek(path, "--resume:", ("model", "model_args", "stage", "config"))
+    if ck.get("stage") != stage:
+        raise UserError(f"{path} is a {ck.get('stage')!r}-stage checkpoint, not {stage!r}: "
+                        "check --out_dir and --stage")
+    fix = f"resume with the flags in {path.parent / 'config.json'} or use another --out_dir"
+    for k, want in asdict(models[stage]).items():
+        if ck["model_args"].get(k) != want:
+            raise UserError(f"--resume: {path} holds a model with {k} {ck['model_args'].get(k)}, "
+                            f"this command asks for {k} {want}: {fix}")
+    key = stage_flag(stage, "batch_tokens")
+    if ck["config"].get(key) != getattr(cfg, key):
+        raise UserError(f"--resume: {path} was trained with --{key} {ck['config'].get(key)}, "
+                        f"this command asks for {getattr(cfg, key)}: {fix}")
+    transfer = bool(plan.init_from) or "ppt" in models
+    if stage == "lang" and bool(ck["config"].get("init_from")) != transfer:
+        kind = lambda t: "a transfer from stage 1" if t else "a scratch run"
+        raise UserError(f"--resume: {path} is {kind(not transfer)}, this command asks for "
+                        f"{kind(transfer)}: {fix}")
+    if ck["step"] > plan.steps[stage]:
+        raise UserError(f"--resume: {path} is at step {ck['step']}, past the "
+                        f"{plan.steps[stage]} steps of this command: resume with the budget in "
+                        "config.json")
+
+
+def peek(path, what="checkpoint", need=("model", "model_args")):
+    """A train.py checkpoint, memory-mapped on the CPU (cheap), checked to hold `need` and a
+    usable model_args."""
+    if not Path(path).is_file():
+        raise UserError(f"checkpoint {path} not found")
+    ck = load_checkpoint(path, "cpu", mmap=True)
+    missing = [k for k in need if k not in ck] if isinstance(ck, dict) else ["model"]
+    if missing:
+        raise UserError(f"{what} {path} is not a train.py checkpoint (no {missing[0]})")
+    try:
+        check_model(GPTConfig(**ck["model_args"]))
+    except (TypeError, UserError) as e:
+        raise UserError(f"{what} {path} has unusable model_args: {e}") from None
+    return ck
+
+
+# -----------------------------------------------------------------------------------------------
+# Memory: the micro-batch plan
+
+def device_memory(device, world):
+    """Bytes of memory one process may use: the GPU's, or the machine's RAM over the processes."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // world
+    except (AttributeError, ValueError, OSError):           # no sysconf (Windows): assume 16 GiB
+        return 16 * 2**30 // world
+
+
+def memory_estimate(model, micro_batch, seq_len, act_bytes=2):
+    """Bytes one training process needs, by part, for micro-batches of micro_batch x seq_len
+    with activations of act_bytes (2 under bf16/fp16 autocast, 4 in float32), AdamW, and
+    flash / memory-efficient attention (no T x T matrix: CUDA). Per layer and token a block
+    keeps 4 float32 vectors of width d (residual stream into and out of its two RMSNorms) and
+    about 8·d + 4·h in the autocast dtype (h the MLP width: q, k, v, attention output and its
+    copy, norm outputs, gate, up, SiLU(gate), their product); checked against the memory
+    PyTorch allocates on CPU in tests/test_model.py. Training holds the activations, the
+    gradients and one loss chunk; validation holds a micro-batch of logits instead."""
+    cfg = model.config
+    d, h, V = cfg.n_embd, cfg.mlp_hidden or 4 * cfg.n_embd, cfg.vocab_size
+    n_all = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tokens = micro_batch * seq_len
+    per_layer = 16 * d + act_bytes * (8 * d + 4 * h)
+    chunk = min(model.loss_chunk, tokens)
+    est = {"weights": 4 * n_all,
+           "autocast_copies": 2 * n_all if act_bytes < 4 else 0,
+           "optimizer": 8 * n_train,
+           "gradients": 4 * n_train,
+           "activations": tokens * (cfg.n_layer * per_layer + 8 * d + act_bytes * d),
+           "loss": tokens * d * act_bytes + 4 * V * d + chunk * V * (8 + 2 * act_bytes),
+           "val_logits": tokens * V * act_bytes + min(tokens, model.loss_chunk) * V * 8}
+    train = est["gradients"] + est["activations"] + est["loss"]
+    est["total"] = est["weights"] + est["autocast_copies"] + est["optimizer"] + max(
+        train, est["val_logits"])
+    return est
+
+
+def plan_micro_batch(cfg, stage, config, dist, plan):
+    """The micro-batch (sequences per forward pass) of a stage, set in cfg, and its memory
+    estimate: the flag, or for 0 the largest that divides each process's share of the batch and
+    whose estimate (memory_estimate) fits in 90% of the memory less 2 GiB (CUDA context,
+    workspaces, allocator fragmentation). Also the stage's steps. Returns the line to print."""
+    T, world = cfg.seq_len, dist["world"]
+    batch = getattr(cfg, stage_flag(stage, "batch_tokens"))
+    tokens = plan.lang_tokens if stage == "lang" else cfg.ppt_tokens
+    steps = tokens // batch                              # at least 1: check_batch
+    plan.steps[stage] = min(steps, cfg.max_iters) if cfg.max_iters else steps
+    with torch.device("meta"):         # the model's shape (allocates nothing)
+        model = GPT(config)
+    model.loss_chunk = cfg.loss_chunk
+    for kind, layers in plan.freeze if stage == "lang" else []:
+        model.freeze_modules(kind, layers)
+    seqs = batch // (T * world)                             # sequences per process and step
+    act = 4 if cfg.dtype == "float32" else 2
+    memory = cfg.memory_gb * 2**30 if cfg.memory_gb else device_memory(dist["device"], world)
+    usable = 0.9 * memory - 2 * 2**30
+    name = stage_flag(stage, "micro_batch")
+    micro = getattr(cfg, name)
+    if micro == 0:
+        fits = [m for m in range(1, seqs + 1)
+                if seqs % m == 0 and memory_estimate(model, m, T, act)["total"] <= usable]
+        if not fits:
+            need = memory_estimate(model, 1, T, act)["total"]
+            raise UserError(f"{stage}: one sequence of {T} tokens needs about {need / 2**30:.1f} "
+                            f"GiB by the estimate, more than the {max(usable, 0) / 2**30:.1f} "
+                            f"GiB usable of {memory / 2**30:.1f} GiB: use a smaller --size or "
+                            "--seq_len (or set --memory_gb)")
+        micro = fits[-1]
+    elif seqs % micro:
+        raise UserError(f"--{name} {micro} does not divide the {seqs} sequences of {T} tokens "
+                        f"each of the {world} processes gets per step: use a divisor of {seqs}, "
+                        "or 0 to choose one")
+    setattr(cfg, name, micro)
+    est = plan.memory[stage] = memory_estimate(model, micro, T, act)
+    parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in est.items() if k != "total")
+    return (f"{stage}: micro-batch {micro} x {T} tokens, {seqs // micro} accumulation steps x "
+            f"{world} processes; memory estimate {est['total'] / 2**30:.1f} GiB of "
+            f"{usable / 2**30:.1f} GiB usable per process (GiB: {parts})")
+
+
+# -----------------------------------------------------------------------------------------------
+# Run folders: a running train.py owns its folder through <out_dir>/.lock
+
+def check_run_dir(out, resume, overwrite):
+    """Refuse to clobber a run unless --overwrite (or continue it with --resume)."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"--out_dir {out} is a file, not a folder: choose another --out_dir")
+    existing = [f for f in RUN_FILES if (Path(out) / f).exists()]
+    if existing and not (resume or overwrite):
+        raise UserError(f"{out} already holds a run ({', '.join(existing)}): pass --resume to "
+                        "continue it or --overwrite to replace it (or choose another --out_dir)")
+
+
+def lock_run_dir(out):
+    """Own a run folder for the life of the run: out/.lock, created exclusively, holds our pid
+    and host. A lock left by a process that no longer runs (same host) is stale and taken over;
+    a live one refuses this run, whatever --overwrite says. Returns (lock path, created out)."""
+    out = Path(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    path, host = out / ".lock", socket.gethostname()
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid, _, owner = path.read_text().strip().partition(" ")
+                pid = int(pid)
+            except (OSError, ValueError):     # vanished or half-written: look again
+                time.sleep(0.1)
+                continue
+            if owner == host and not _alive(pid):
+                print(f"note: {path} was left by process {pid}, which is no longer running: "
+                      "taking the folder over", file=sys.stderr)
+                path.unlink(missing_ok=True)
+                continue
+            raise UserError(f"{out} is in use by process {pid} on {owner} ({path}): wait for it "
+                            "to finish or choose another --out_dir (if that process is gone, "
+                            "delete the lock file)")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {host}\n")
+        return path, created
+    raise UserError(f"could not lock {out}: {path} keeps changing (another run starting?)")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:               # exists, owned by another user
+        return True
+    return True
+
+
+def unlock_run_dir(path, created):
+    """Remove our lock, and the folder if this run created it and left nothing in it."""
+    try:
+        if path.read_text().split()[0] == str(os.getpid()):
+            path.unlink()
+        if created:
+            path.parent.rmdir()
+    except OSError:
+        pass
+
+
+def own_run_dirs(run_dirs, cfg, dist, locks):
+    """Check that the run folders may be written, and (rank 0) lock them for the life of the
+    run, appending to `locks`; every rank stops if rank 0 must."""
+    for d in run_dirs:
+        check_run_dir(d, cfg.resume, cfg.overwrite)           # before anything is trained
+    refusal = None
+    if dist["rank"] == 0:
+        try:
+            for d in sorted(set(run_dirs), key=lambda d: len(d.parts)):
+                locks.append(lock_run_dir(d))
+            for d in run_dirs:                 # again, now that no one else can write
+                check_run_dir(d, cfg.resume, cfg.overwrite)
+        except UserError as e:
+            refusal = e
+    if not _all_ok(dist, refusal is None):
+        raise refusal or UserError(f"rank 0 could not take {cfg.out_dir}")
+
+
+def _all_ok(dist, ok):
+    """False on every rank when `ok` is False on any (so a refusal on rank 0 stops them all)."""
+    if dist["world"] == 1:
+        return ok
+    flag = torch.tensor([0.0 if ok else 1.0], device=dist["device"])
+    torch.distributed.all_reduce(flag)
+    return flag.item() == 0
+
+
+# -----------------------------------------------------------------------------------------------
+# eval.py
+
+def eval_run(args):
+    """Check an eval.py command before any model runs: the output folder, the runs (their
+    config, metrics and checkpoint metadata), the data folders, which run can read which domain
+    and the window length. Returns the plan: runs (labelled) and their baselines, each run's
+    checkpoint metadata (info) and refusals per domain, domains {name: (folder, meta)}, block,
+    out, device, autocast ctx and dtype."""
+    out = Path(args.out)
+    if (out / "eval.json").exists() and not args.overwrite:
+        raise UserError(f"{show(out / 'eval.json')} exists: pass --overwrite to replace it, "
+                        "or another --out")
+    if args.plot:
+        report.pyplot()  # fail now, not after the evaluation
+    for name in ("batch_size", "nca_val_seqs", "block_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    device = default_device(args.device)
+    ctx, dtype = autocast(args.dtype, device, training=False)
+    runs, baselines = gather_runs(args.runs, args.baseline)
+    info = [peek(r.ckpt) for r in runs]
+    root = Path(args.data_root) if args.data_root else Path(__file__).resolve().parent / "data"
+    folders = [root / d for d in args.domains.split(",") if d] + [Path(p) for p in args.extra_data]
+    names = [f.name for f in folders]
+    if len(set(names)) < len(names):
+        raise UserError(f"two eval domains share a folder name: {', '.join(names)}")
+    metas = {name: load_meta(folder) for name, folder in zip(names, folders)}
+    refusals = [{n: language_refusal(inf, m.get("tokenizer", "gpt2"), m["vocab_size"])
+                 for n, m in metas.items()} for inf in info]
+    lang = [i for i, ref in enumerate(refusals) if None in ref.values()]
+    block = args.block_size or min((info[i]["model_args"]["block_size"] for i in lang),
+                                   default=1024)
+    for i in lang:
+        if info[i]["model_args"]["block_size"] < block:
+            raise UserError(f"--block_size {block} is longer than the "
+                            f"{info[i]['model_args']['block_size']} of {runs[i].label}")
+    domains = {}
+    for name, folder in zip(names, folders):
+        scored = [i for i in lang if refusals[i][name] is None]
+        top = max_token(folder) if scored else None
+        for i in scored:
+            if info[i]["model_args"]["vocab_size"] <= top:
+                raise UserError(f"{show(folder)} holds token id {top:,}, outside the "
+                                f"{info[i]['model_args']['vocab_size']:,}-token vocabulary of "
+                                f"{runs[i].label}: evaluate it on other --domains")
+        if scored:
+            domains[name] = (folder, metas[name])
+    return SimpleNamespace(runs=runs, baselines=baselines, info=info, refusals=refusals,
+                           domains=domains, block=block, out=out, device=device, ctx=ctx,
+                           dtype=dtype)
+
+
+def gather_runs(paths, baseline_paths):
+    """The runs to score, labelled, and each one's baseline run."""
+    runs = [load_run(p) for p in paths]
+    explicit = []
+    for p in baseline_paths:  # a baseline not among the runs is evaluated too, as the first row
+        b = load_run(p)
+        same = [r for r in runs if r.folder.resolve() == b.folder.resolve()]
+        if not same:
+            runs.insert(0, b)
+        explicit.append(same[0] if same else b)
+    report.label_runs(runs)
+    return runs, report.assign_baselines(runs, explicit)
+
+
+def load_run(path):
+    """A run from its folder or its ckpt.pt: config.json (else the checkpoint's config) and the
+    lines of metrics.jsonl (none if absent; an unfinished last line of a live run is skipped)."""
+    path = Path(path)
+    folder, ck_path = (path.parent, path) if path.is_file() else (path, path / "ckpt.pt")
+    if not ck_path.is_file():
+        raise UserError(f"{show(ck_path)} is missing: pass a run folder of train.py or a ckpt.pt")
+    cfg_path = folder / "config.json"
+    if cfg_path.exists():
+        try:
+            config = json.loads(cfg_path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise UserError(f"{show(cfg_path)} is not valid JSON: delete it to use the config "
+                            "saved in the checkpoint") from None
+    else:
+        config = peek(ck_path).get("config")
+    if not isinstance(config, dict):
+        raise UserError(f"{show(cfg_path)} holds no run config (a JSON object written by train.py)")
+    metrics = []
+    m_path = folder / "metrics.jsonl"
+    lines = m_path.read_text().splitlines() if m_path.exists() else []
+    for i, line in enumerate(lines):
+        try:
+            metrics.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise UserError(f"{show(m_path)} line {i + 1} is not JSON") from None
+    return report.Run(folder, ck_path, config, metrics)
+
+
+def language_refusal(ck, tokenizer="gpt2", vocab=None):
+    """Why a checkpoint cannot be scored on token files of `tokenizer`, or None if it can. The
+    model must have the tokenizer's ids (a folder's own vocab_size, `vocab`, counts only for an
+    unknown tokenizer; ids beyond the model are checked against the folder's max_token)."""
+    kind = (ck.get("vocab") or {}).get("kind")
+    size = ck["model_args"].get("vocab_size", 0)
+    vocab = TOKENIZERS[tokenizer][0] if tokenizer in TOKENIZERS else vocab
+    if kind != tokenizer:
+        return f"its vocabulary is {kind!r}, not {tokenizer!r}"
+    if size < vocab:
+        return f"its model has {size:,} output classes, fewer than the {vocab:,} {tokenizer} ids"
+    return None

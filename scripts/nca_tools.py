@@ -1,0 +1,171 @@
+"""NCA tools that are not the method: pictures of trajectories, the gzip-ratio statistics of
+random rules beside the official implementation's, and the generation benchmark.
+
+  python scripts/nca_tools.py --preview docs/nca_preview.png --preview_rules 2   # or .gif
+  python scripts/nca_tools.py --stats --num_rules 2000 [--out scores.json]
+  python scripts/nca_tools.py --bench
+"""
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import guard  # noqa: E402
+import nca  # noqa: E402
+from util import (UserError, add_flags, atomic_write, cli, default_device, from_flags,  # noqa: E402
+                  script_parser)
+
+
+def palette(n):
+    base = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40],
+                     [148, 103, 189], [140, 86, 75], [227, 119, 194], [127, 127, 127],
+                     [188, 189, 34], [23, 190, 207]], dtype=np.uint8)
+    if n <= len(base):
+        return base[:n]
+    hue = np.arange(n) / n                                  # more colours: evenly spaced hues
+    rgb = np.stack([np.abs(hue * 6 - 3) - 1, 2 - np.abs(hue * 6 - 2), 2 - np.abs(hue * 6 - 4)], 1)
+    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def draw_preview(path, cfg, bands, rules_per_band=3, num_frames=8, seed=0, device="cpu",
+                 scale=4):
+    """Trajectories of a few rules from each band, side by side; PNG (frames left to right) or
+    GIF (frames over time). Needs Pillow for the text and the file formats."""
+    try:
+        from PIL import Image, ImageDraw
+    except ImportError:
+        raise UserError("--preview needs Pillow for PNG/GIF output: pip install pillow") from None
+    gif = str(path).lower().endswith(".gif")
+    pal = palette(cfg.num_colors)
+    panels = []
+    for name, band in bands:
+        bank = nca.filter_rules(cfg, band, rules_per_band, seed=seed, device=device, progress=False,
+                            cache=False)
+        rules = nca.make_rules(bank.seeds, cfg.num_colors, device)
+        frames = nca.rollout(rules, nca.stream_key(torch.as_tensor(bank.seeds), 11), cfg, num_frames)
+        panels.append((name, bank.scores, frames.cpu().numpy()))
+    cell, pad, head = cfg.grid * scale, 4, 14
+    cols_per_panel = 1 if gif else num_frames
+    pw = cols_per_panel * (cell + pad) + pad
+    ph = head + rules_per_band * (cell + head) + pad
+    images = []
+    for t in range(num_frames if gif else 1):
+        img = Image.new("RGB", (pw * len(panels), ph), "white")
+        d = ImageDraw.Draw(img)
+        for p, (name, scores, frames) in enumerate(panels):
+            x0 = p * pw
+            d.text((x0 + pad, 2), f"band {name}", fill="black")
+            for r in range(rules_per_band):
+                y0 = head + r * (cell + head)
+                d.text((x0 + pad, y0), f"gzip {scores[r]:.3f}", fill="black")
+                for c in range(cols_per_panel):
+                    f = t if gif else c
+                    px = pal[frames[r, f]].repeat(scale, 0).repeat(scale, 1)
+                    img.paste(Image.fromarray(px), (x0 + pad + c * (cell + pad), y0 + head - 2))
+        images.append(img)
+    atomic_write(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, loop=0,
+                                                  append_images=images[1:], duration=250)
+                 if gif else images[0].save(tmp, format="PNG"))
+
+
+# The official implementation's scores of 4000 random rules (band_stats in
+# tests/fixtures/official_nca.npz; a test checks these three numbers against it).
+OFFICIAL_STATS = {"median": 0.4840, "above 0.5": 0.45825, "0.3-0.4": 0.0955}
+
+
+def band_table(scores):
+    edges = [(-np.inf, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5), (0.5, np.inf)]
+    return {f"{lo}-{hi}".replace("-inf-", "<").replace("-inf", "+"): float(((scores > lo) &
+            (scores < hi)).mean()) for lo, hi in edges}
+
+
+def print_stats(scores):
+    q = np.percentile(scores, [0, 5, 25, 50, 75, 95, 100])
+    print(f"gzip ratio of {len(scores)} random rules")
+    print("percentiles  " + "  ".join(f"p{p}={v:.3f}" for p, v in zip([0, 5, 25, 50, 75, 95, 100], q)))
+    for k, v in band_table(scores).items():
+        print(f"band {k:>9}: {100 * v:5.1f}%")
+    print(f"official implementation, 4000 rules: median {OFFICIAL_STATS['median']:.4f}, "
+          f"{100 * OFFICIAL_STATS['above 0.5']:.1f}% above 0.5, "
+          f"{100 * OFFICIAL_STATS['0.3-0.4']:.2f}% in 0.3-0.4")
+
+
+def _sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench(cfg, device, seqs=8192, chunk=2048, rules=4096):
+    """Generation and filtering throughput on `device`; prints `name: value unit` lines."""
+    seeds = nca.seed_sequence(0, 0, chunk)
+    nca.make_sequences(seeds[:64], seeds[:64], cfg, device)                      # warm-up
+    _sync(device)
+    t0, done = time.perf_counter(), 0
+    while done < seqs:
+        nca.make_sequences(seeds, nca.stream_key(torch.arange(done, done + chunk), 12), cfg, device)
+        done += chunk
+    _sync(device)
+    dt = time.perf_counter() - t0
+    nca.score_rules(nca.seed_sequence(1, 0, 256), cfg, device)                     # warm-up
+    t1 = time.perf_counter()
+    sc = nca.score_rules(nca.seed_sequence(1, 0, rules), cfg, device, batch=min(rules, 2048))
+    _sync(device)
+    df = time.perf_counter() - t1
+    print(f"device: {device}")
+    print(f"sequences/s: {done / dt:.0f} seq/s")
+    print(f"tokens/s: {done * cfg.seq_len / dt / 1e6:.3f} Mtok/s")
+    print(f"filtered rules/s: {rules / df:.0f} rules/s")
+    print(f"accepted rules/s (band 0.5-1.0): {((sc > 0.5) & (sc < 1.0)).sum() / df:.0f} rules/s")
+
+
+@cli
+def main(argv=None):
+    ap = script_parser(__doc__)
+    add_flags(ap, nca.NCAConfig, "NCA generator (docs/method.md)")
+    add_flags(ap, nca.BandFlags, "NCA complexity band (docs/method.md, 'Complexity filter')")
+    ap.add_argument("--seq_len", type=int, default=nca.NCAConfig.seq_len,
+                    help="tokens per training sequence")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the rule stream")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    ap.add_argument("--stats", action="store_true",
+                    help="print the gzip-ratio distribution of --num_rules random rules")
+    ap.add_argument("--num_rules", type=int, default=1000, help="rules for --stats")
+    ap.add_argument("--out", default=None, help="with --stats: write the raw scores (JSON list)")
+    ap.add_argument("--preview", default=None, metavar="PATH",
+                    help="draw trajectories of rules from each band to PATH (.png or .gif; "
+                         "both need Pillow: pip install pillow)")
+    ap.add_argument("--preview_rules", type=int, default=3, help="rules per band in --preview")
+    ap.add_argument("--preview_frames", type=int, default=8, help="frames per rule in --preview")
+    ap.add_argument("--bench", action="store_true", help="print generation/filter throughput")
+    ap.add_argument("--bench_seqs", type=int, default=8192, help="sequences for --bench")
+    args = ap.parse_args(argv)
+    cfg = guard.check_nca(from_flags(nca.NCAConfig, args, seq_len=args.seq_len),
+                          nca.band_from_args(args))
+    device = default_device(args.device)
+    for name in ("num_rules", "preview_rules", "preview_frames", "bench_seqs"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if not (args.stats or args.preview or args.bench):
+        ap.print_help()
+        return
+    if args.stats:
+        scores = nca.score_rules(nca.seed_sequence(args.seed, 0, args.num_rules), cfg, device)
+        print_stats(scores)
+        if args.out:
+            atomic_write(args.out, json.dumps([round(float(s), 6) for s in scores]))
+            print(f"wrote {len(scores)} scores to {args.out}")
+    if args.preview:
+        bands = [(k, nca.BANDS[k]) for k in ("0.2-0.3", "0.3-0.4", "0.4-0.5", "0.5-1.0")]
+        draw_preview(args.preview, cfg, bands, args.preview_rules, args.preview_frames,
+                     args.seed, device)
+        print(f"wrote {args.preview}")
+    if args.bench:
+        bench(cfg, device, seqs=args.bench_seqs)
+
+
+if __name__ == "__main__":
+    main()
