@@ -28,7 +28,7 @@ import torch
 
 import ckpt
 import nca
-from data.common import (TOKENIZERS, DataError, eval_windows, load_meta, load_tokens, max_token,
+from data.common import (TOKENIZERS, eval_windows, load_meta, load_tokens, max_token,
                          probe_vocab, show, token_bytes)
 from model import copy_probe, evaluate
 from report import compare, plot_curves, pyplot, report_text, summarize
@@ -376,7 +376,7 @@ def main(argv=None):
     args = get_args(argv)
     try:
         return run(args)
-    except (DataError, UserError) as e:
+    except UserError as e:
         sys.exit(f"error: {e}")
 
 

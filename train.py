@@ -28,7 +28,7 @@ import torch
 
 import ckpt
 import flags
-from data.common import DataError, load_meta, load_tokens, probe_vocab
+from data.common import load_meta, load_tokens, probe_vocab
 from model import GPT, copy_probe, evaluate
 from sources import SOURCES, TextBatches, text_val_batches
 from util import UserError, autocast, default_device, progress_bar
@@ -69,7 +69,7 @@ def main(argv=None):
         if args.stage in ("lang", "both"):
             result["lang"] = run_lang(args, out, ctx, dist)
         return result
-    except (ValueError, DataError, torch.cuda.OutOfMemoryError) as e:
+    except (ValueError, UserError, torch.cuda.OutOfMemoryError) as e:
         rank = f"[rank {dist['rank']}] " if dist["world"] > 1 else ""
         if isinstance(e, torch.cuda.OutOfMemoryError):
             e = ("out of GPU memory: pass a smaller --micro_batch / --ppt_micro_batch (or a "
