@@ -175,7 +175,12 @@ class PlainProgress:
     def update(self, n=1):
         self.n += n
         if time.monotonic() - self.last >= self.interval:
-            self.write(f"{self.desc}: {self.n:,}/{self.total:,} {self.unit}{self.postfix}")
+            self.write(self.line())
+
+    def line(self):
+        # total=None (a count with no known end, like tqdm's) shows just the count
+        of = "" if self.total is None else f"/{self.total:,}"
+        return f"{self.desc}: {self.n:,}{of} {self.unit}{self.postfix}"
 
     def set_postfix(self, **kw):
         self.postfix = "".join(f" {k} {v}" for k, v in kw.items())
@@ -183,7 +188,7 @@ class PlainProgress:
     def close(self):
         if not self.closed:
             self.closed = True
-            self.write(f"{self.desc}: {self.n:,}/{self.total:,} {self.unit}{self.postfix}")
+            self.write(self.line())
 
     def __enter__(self):
         return self

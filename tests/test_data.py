@@ -17,11 +17,12 @@ import pytest
 
 from data import build, common, hub
 from data.build import TokenWriter, dedup_prefixes, split_documents, write_dataset
-from data.common import CACHE_DIR, EOT, ROOT, DataError, load_meta, load_tokens
+from data.common import CACHE_DIR, EOT, ROOT, load_meta, load_tokens
+from util import UserError
 
 needs_bpe = pytest.mark.skipif(not (CACHE_DIR / "gpt2.tiktoken").exists(),
-                               reason=".cache/gpt2.tiktoken absent: run python data/web/prepare.py first "
-                                      "(tests never download)")
+                               reason=".cache/gpt2.tiktoken absent: run python "
+                                      "data/web/prepare.py first (tests never download)")
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -51,7 +52,8 @@ def test_gpt2_special_and_vocab():
 def test_encode_documents_appends_eot():
     tokens = build.encode_documents(["Hello world", "hello world"])
     assert tokens.dtype == np.uint16 and tokens.tolist() == [15496, 995, EOT, 31373, 995, EOT]
-    assert np.array_equal(build.encode_documents(["Hello world", "hello world"], num_threads=1), tokens)
+    serial = build.encode_documents(["Hello world", "hello world"], num_threads=1)
+    assert np.array_equal(serial, tokens)
 
 
 # ---------------------------------------------------------------- documents and splits
@@ -64,7 +66,7 @@ def test_split_is_deterministic_disjoint_complete():
     assert split_documents(docs, 0.1, 1337) == (train, val)
     assert split_documents(docs, 0.1, 1338) != (train, val)
     assert len(split_documents(docs[:3], 0.001, 0)[1]) == 1  # val never empty
-    with pytest.raises(DataError):
+    with pytest.raises(UserError):
         split_documents(["only one"], 0.1, 0)
 
 
@@ -98,12 +100,13 @@ def test_uint16_round_trip(tmp_path):
     train = load_tokens(tmp_path, "train")
     assert train.dtype == np.uint16 and train.tolist() == [1, 2, EOT, 50255, EOT]
     assert load_tokens(tmp_path, "val").tolist() == [7, EOT]
-    assert meta["sha256"]["train"] == hashlib.sha256((tmp_path / "train.bin").read_bytes()).hexdigest()
+    train_bytes = (tmp_path / "train.bin").read_bytes()
+    assert meta["sha256"]["train"] == hashlib.sha256(train_bytes).hexdigest()
     assert not list(tmp_path.glob("*.tmp"))
 
 
 def one_line_error(fn, *args):
-    with pytest.raises(DataError) as e:
+    with pytest.raises(UserError) as e:
         fn(*args)
     msg = str(e.value)
     assert "\n" not in msg and "prepare.py" in msg, msg
@@ -129,7 +132,8 @@ def test_load_tokens_errors(tmp_path):
 def test_error_names_the_prepare_command(monkeypatch):
     monkeypatch.chdir(ROOT)
     assert common._fix_command(ROOT / "data" / "web") == "python data/web/prepare.py"
-    assert common._fix_command(ROOT / "out" / "web") == "python data/web/prepare.py --out_dir out/web"
+    assert common._fix_command(ROOT / "out" / "web") == \
+        "python data/web/prepare.py --out_dir out/web"
 
 
 @needs_bpe
@@ -171,16 +175,17 @@ def test_pip_download_errors_are_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "CACHE_DIR", tmp_path)
 
     def fail(cmd, **kw):
-        return subprocess.CompletedProcess(cmd, 1, "", "WARNING: retrying\nERROR: No matching distribution found\n")
+        return subprocess.CompletedProcess(
+            cmd, 1, "", "WARNING: retrying\nERROR: No matching distribution found\n")
     monkeypatch.setattr(common.subprocess, "run", fail)
-    with pytest.raises(DataError, match="pip download mpmath==1.3.0 failed: ERROR: No matching"):
+    with pytest.raises(UserError, match="pip download mpmath==1.3.0 failed: ERROR: No matching"):
         common.pip_download("mpmath")
 
     def wrong_file(cmd, **kw):
         (Path(cmd[cmd.index("-d") + 1]) / common.PINNED["mpmath"][1]).write_bytes(b"not the wheel")
         return subprocess.CompletedProcess(cmd, 0, "", "")
     monkeypatch.setattr(common.subprocess, "run", wrong_file)
-    with pytest.raises(DataError, match="sha256") as e:
+    with pytest.raises(UserError, match="sha256") as e:
         common.pip_download("mpmath")
     assert "\n" not in str(e.value) and not (tmp_path / "pip" / common.PINNED["mpmath"][1]).exists()
 
@@ -188,7 +193,8 @@ def test_pip_download_errors_are_one_line(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- fake Hugging Face Hub
 
 def shard(texts):
-    return gzip.compress("".join(json.dumps({"text": t, "url": "x"}) + "\n" for t in texts).encode())
+    lines = (json.dumps({"text": t, "url": "x"}) + "\n" for t in texts)
+    return gzip.compress("".join(lines).encode())
 
 
 class FakeHub(http.server.BaseHTTPRequestHandler):
@@ -224,7 +230,7 @@ class FakeHub(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
             if page * 2 + 2 < len(entries):  # two entries per page: exercises the Link header
                 self.send_header("Link", f'<{url.path}?recursive=true&page={page + 1}>; rel="next"')
-        elif parts[1] == "datasets":  # /datasets/{org}/{name}/resolve/{rev}/{path}: redirect like the Hub
+        elif parts[1] == "datasets":  # /datasets/{org}/{name}/resolve/...: redirect like the Hub
             self.send_response(302)
             self.send_header("Location", "/cdn/" + "/".join(parts[2:4] + parts[6:]))
             self.end_headers()
@@ -258,14 +264,19 @@ def fake_hub():
     FakeHub.lfs, FakeHub.faults, FakeHub.ranges = True, [], []
     FakeHub.files = {
         "allenai/c4": {
-            "en/c4-train.00000-of-00002.json.gz": shard([f"Train document {i}." for i in range(300)]),
-            "en/c4-train.00001-of-00002.json.gz": shard([f"More train text {i}." for i in range(300)]),
-            "en/c4-validation.00000-of-00001.json.gz": shard(["Validation one.", "Validation two."]),
+            "en/c4-train.00000-of-00002.json.gz":
+                shard([f"Train document {i}." for i in range(300)]),
+            "en/c4-train.00001-of-00002.json.gz":
+                shard([f"More train text {i}." for i in range(300)]),
+            "en/c4-validation.00000-of-00001.json.gz":
+                shard(["Validation one.", "Validation two."]),
             "en/README.md": b"not a shard"},
-        "fake/owt": {"data/train-00000-of-00001.json.gz": shard([f"Web page number {i}." for i in range(1000)])},
+        "fake/owt": {"data/train-00000-of-00001.json.gz":
+                     shard([f"Web page number {i}." for i in range(1000)])},
     }
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
@@ -273,7 +284,8 @@ def fake_hub():
 
 def test_hub_listing_and_resumed_download(fake_hub, tmp_path):
     files = hub.hf_list_files(fake_hub, "allenai/c4", "en/c4-train.*.json.gz")
-    assert [f["path"] for f in files] == ["en/c4-train.00000-of-00002.json.gz", "en/c4-train.00001-of-00002.json.gz"]
+    assert [f["path"] for f in files] == ["en/c4-train.00000-of-00002.json.gz",
+                                          "en/c4-train.00001-of-00002.json.gz"]
     data = FakeHub.files["allenai/c4"][files[0]["path"]]
     dest = tmp_path / "allenai__c4" / files[0]["path"]
     dest.parent.mkdir(parents=True)
@@ -285,28 +297,31 @@ def test_hub_listing_and_resumed_download(fake_hub, tmp_path):
     assert hub.hf_download(fake_hub, "allenai/c4", info, tmp_path).read_bytes() == \
         FakeHub.files["allenai/c4"][info["path"]]
     bad = {**files[1], "lfs": {"oid": "0" * 64, "size": files[1]["lfs"]["size"]}}
-    with pytest.raises(DataError, match="sha256"):
+    with pytest.raises(UserError, match="sha256"):
         hub.hf_download(fake_hub, "allenai/c4", bad, tmp_path)
-    with pytest.raises(DataError, match="no files matching"):
+    with pytest.raises(UserError, match="no files matching"):
         hub.hf_list_files(fake_hub, "allenai/c4", "en/nothing.*.json.gz")
 
 
 @needs_bpe
 def test_hub_prepare_official_val_split(fake_hub, tmp_path):
-    hf = {"train": ("allenai/c4", "en/c4-train.*.json.gz"), "val": ("allenai/c4", "en/c4-validation.*.json.gz"),
-          "column": "text", "licence": "test"}
+    hf = {"train": ("allenai/c4", "en/c4-train.*.json.gz"),
+          "val": ("allenai/c4", "en/c4-validation.*.json.gz"), "column": "text", "licence": "test"}
     meta = hub.prepare_hf(tmp_path, hf, fake_hub, "main", None, 0.0005, 2357, max_tokens=500)
     assert meta["documents"]["val"] == 2 and meta["tokens"]["val"] == len(build.encode_documents(
         ["Validation one.", "Validation two."]))
     assert 500 <= meta["tokens"]["train"] < 500 + 256 * 8  # stops after the batch that reaches it
-    assert [f["path"] for f in meta["files"]][-1] == "en/c4-train.00000-of-00002.json.gz"  # shard 2 untouched
+    # shard 2 untouched
+    assert [f["path"] for f in meta["files"]][-1] == "en/c4-train.00000-of-00002.json.gz"
     enc = common.gpt2_encoding()
-    assert enc.decode(load_tokens(tmp_path, "train")[:6].tolist()).startswith("Train document 0.<|endoftext|>")
+    first = enc.decode(load_tokens(tmp_path, "train")[:6].tolist())
+    assert first.startswith("Train document 0.<|endoftext|>")
 
 
 @needs_bpe
 def test_hub_prepare_held_out_split_and_failure_keeps_old_output(fake_hub, tmp_path):
-    hf = {"train": ("fake/owt", "*.json.gz"), "val": None, "column": "text", "licence": "test"}  # lists the root
+    # "*.json.gz" lists the root
+    hf = {"train": ("fake/owt", "*.json.gz"), "val": None, "column": "text", "licence": "test"}
     meta = hub.prepare_hf(tmp_path, hf, fake_hub, "main", None, 0.05, 2357, num_proc=2,
                           batch_docs=100)
     assert meta["documents"]["train"] + meta["documents"]["val"] == 1000
@@ -319,7 +334,7 @@ def test_hub_prepare_held_out_split_and_failure_keeps_old_output(fake_hub, tmp_p
     (tmp_path / "raw" / "fake__owt" / "data" / "train-00000-of-00001.json.gz").unlink()
     FakeHub.lfs = False
     hf_bad = {**hf, "train": ("fake/owt", "data/*.parquet")}
-    with pytest.raises(DataError):
+    with pytest.raises(UserError):
         hub.prepare_hf(tmp_path, hf_bad, fake_hub, "main", None, 0.05, 2357)
     assert {p.name: p.read_bytes() for p in tmp_path.glob("*.*")} == before
 
@@ -330,11 +345,13 @@ def test_prepare_script_cli_against_fake_hub(fake_hub, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "data" / "c4" / "prepare.py"), "--source", "hf",
                         "--endpoint", fake_hub, "--out_dir", str(out), "--max_tokens", "300",
                         "--num_proc", "1"],
-                       capture_output=True, text=True, timeout=60, env={**os.environ, "HF_TOKEN": ""})
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "HF_TOKEN": ""})
     assert r.returncode == 0, r.stderr
     assert load_meta(out)["documents"]["val"] == 2
     r = subprocess.run([sys.executable, str(ROOT / "data" / "c4" / "prepare.py"), "--source", "hf",
-                        "--endpoint", "http://127.0.0.1:9", "--out_dir", str(out), "--retries", "1"],
+                        "--endpoint", "http://127.0.0.1:9", "--out_dir", str(out),
+                        "--retries", "1"],
                        capture_output=True, text=True, timeout=60)
     last = r.stderr.strip().splitlines()[-1]  # (above it: the progress bar and the retry note)
     assert r.returncode == 1 and last.startswith("error: cannot fetch") and "retry: python" in last
@@ -371,14 +388,14 @@ def test_hub_gives_up_in_one_line(fake_hub, tmp_path, monkeypatch):
     monkeypatch.setattr(hub.time, "sleep", waits.append)
     info = hub.hf_list_files(fake_hub, "allenai/c4", "en/c4-train.*.json.gz")[0]
     FakeHub.faults = [("cdn", "drop")] * 3
-    with pytest.raises(DataError, match=r"cannot fetch allenai/c4/en/c4-train.* \(gave up after 3 "
+    with pytest.raises(UserError, match=r"cannot fetch allenai/c4/en/c4-train.* \(gave up after 3 "
                                         r"attempts\)$") as e:
         hub.hf_download(fake_hub, "allenai/c4", info, tmp_path, retries=2)
     assert "\n" not in str(e.value) and waits == [1, 2]
     part = tmp_path / "allenai__c4" / (info["path"] + ".part")
     assert 0 < part.stat().st_size < info["lfs"]["size"]       # kept: the next run resumes it
     FakeHub.faults = [("cdn", 404)]                             # not transient: no retry
-    with pytest.raises(DataError, match="HTTP 404"):
+    with pytest.raises(UserError, match="HTTP 404"):
         hub.hf_download(fake_hub, "allenai/c4", info, tmp_path)
     assert waits == [1, 2]
     assert hub.hf_download(fake_hub, "allenai/c4", info, tmp_path).read_bytes() == \
@@ -394,5 +411,5 @@ def test_parquet_reader(tmp_path):
 
 def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(DataError, match="needs pyarrow: pip install pyarrow"):
+    with pytest.raises(UserError, match="needs pyarrow: pip install pyarrow"):
         list(hub.iter_texts(tmp_path / "x.parquet", "text"))

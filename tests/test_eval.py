@@ -18,8 +18,9 @@ import guard
 import report
 import nca
 from conftest import make_domain
-from data.common import ROOT, DataError, eval_windows
+from data.common import ROOT, eval_windows
 from model import GPT, GPTConfig, config_for
+from util import UserError
 
 DOMAINS = ("web", "math", "code")
 
@@ -42,7 +43,7 @@ def test_eval_windows_layout():
     assert windows_of(tokens, 64, 0).shape[0] == 15  # 0: the whole split
     w = windows_of(np.arange(129, dtype=np.uint16), 64, 0)  # the last token is only a target
     assert w.shape == (2, 65) and w[-1, -1] == 128 and w[1, 0] == w[0, -1]
-    with pytest.raises(DataError, match="shorter than one window"):
+    with pytest.raises(UserError, match="shorter than one window"):
         windows_of(np.arange(64, dtype=np.uint16), 64, 0)
 
 

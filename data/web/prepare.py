@@ -1,6 +1,6 @@
 """Web text, the paper's OpenWebText domain.
 
-  python data/web/prepare.py                 # embedded: OWT excerpts + full OWT documents (~190K tokens)
+  python data/web/prepare.py         # embedded: OWT excerpts + full OWT documents (~190K tokens)
   python data/web/prepare.py --source hf     # full OpenWebText, ~9B tokens (needs pyarrow)
 
 Embedded source: the pinned PyPI wheel evals==3.0.1.post1 (downloaded, never installed), field "0"
@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from data.build import dedup_prefixes, prepare_main  # noqa: E402
+from data.build import dedup_prefixes  # noqa: E402
+from data.cli import prepare_main  # noqa: E402
 from data.common import pip_download, read_member  # noqa: E402
 
 OWT5 = ("evals/registry/data/schelling_point/owt_5.jsonl",
@@ -31,7 +32,8 @@ def samples(wheel, kind):
 
 def embedded():
     wheel = pip_download("evals")
-    excerpts = [json.loads(l)["0"] for l in read_member(wheel, *OWT5).decode().splitlines() if l.strip()]
+    lines = read_member(wheel, *OWT5).decode().splitlines()
+    excerpts = [json.loads(line)["0"] for line in lines if line.strip()]
     # one full document starts with one of the excerpts: keep only the full one
     docs = dedup_prefixes(samples(wheel, "openwebtext") + excerpts)
     return docs, {"sources": ["evals==3.0.1.post1 " + OWT5[0] + ' field "0"',
