@@ -214,18 +214,18 @@ def check_source(cfg, source, world, plan):
     """The stage-1 source's settings and its vocabulary against the model's; the stage-1 model
     config."""
     vocab = plan.vocab["ppt"] = cfg.ppt_vocab_size or source["vocab_size"]
-    if vocab < source["vocab_size"]:
-        raise UserError(f"--ppt_vocab_size {vocab} is smaller than the {cfg.ppt_source} "
-                        f"source's {source['vocab_size']} tokens")
     config = source["config"]
     if cfg.ppt_source == "nca":
         check_nca(*config)
-        if cfg.train_num_rules < cfg.ppt_micro_batch * world:
-            raise UserError(f"--train_num_rules {cfg.train_num_rules} is fewer than one "
-                            f"micro-batch ({cfg.ppt_micro_batch} x {world} processes)")
     elif cfg.ppt_source == "dyck":
         check_dyck(config)
-    elif cfg.ppt_source == "text":                       # a prepared text folder
+    if vocab < source["vocab_size"]:
+        raise UserError(f"--ppt_vocab_size {vocab} is smaller than the {cfg.ppt_source} "
+                        f"source's {source['vocab_size']} tokens")
+    if cfg.ppt_source == "nca" and cfg.train_num_rules < cfg.ppt_micro_batch * world:
+        raise UserError(f"--train_num_rules {cfg.train_num_rules} is fewer than one "
+                        f"micro-batch ({cfg.ppt_micro_batch} x {world} processes)")
+    if cfg.ppt_source == "text":                         # a prepared text folder
         check_corpus(config, cfg.seq_len, vocab, "--ppt_vocab_size")
     return check_model(model_config(cfg, vocab, head_bias=True))
 
@@ -383,7 +383,7 @@ def check_resume(cfg, models, plan):
     if ck["config"].get(key) != getattr(cfg, key):
         raise UserError(f"--resume: {path} was trained with --{key} {ck['config'].get(key)}, "
                         f"this command asks for {getattr(cfg, key)}: {fix}")
-    transfer = bool(plan.init_from) or "ppt" in models
+    transfer = bool(cfg.init_from) or "ppt" in models       # what the command asks for
     if stage == "lang" and bool(ck["config"].get("init_from")) != transfer:
         kind = lambda t: "a transfer from stage 1" if t else "a scratch run"
         raise UserError(f"--resume: {path} is {kind(not transfer)}, this command asks for "

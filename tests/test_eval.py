@@ -5,6 +5,7 @@ and an end-to-end run with train.py. CPU, seconds."""
 
 import json
 import math
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -269,25 +270,34 @@ def test_nca_eval_directly():
     assert abs(res["val_loss"] - math.log(NCA_CFG.vocab_size)) < 2
 
 
-def test_user_errors_are_one_line(fake, tmp_path):
+def refused(capsys, call, *args):
+    """The one error line a refused eval.py prints (exit status 2)."""
+    with pytest.raises(SystemExit) as e:
+        call(*args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_user_errors_are_one_line(fake, tmp_path, capsys):
     runs = fake / "runs"
-    with pytest.raises(SystemExit, match=r"error: .*missing\.bin|error: .*meta.json is missing"):
-        run_main(fake, str(runs / "scratch_web"), "--domains", "web,nowhere")
-    with pytest.raises(SystemExit, match="ckpt.pt is missing"):
-        run_main(fake, str(tmp_path))
+    assert re.search(r"error: .*missing\.bin|error: .*meta.json is missing",
+                     refused(capsys, run_main, fake, str(runs / "scratch_web"), "--domains",
+                             "web,nowhere"))
+    assert "ckpt.pt is missing" in refused(capsys, run_main, fake, str(tmp_path))
     (tmp_path / "eval.json").write_text("{}")
-    with pytest.raises(SystemExit, match="exists: pass --overwrite"):
-        ev.main([str(runs / "scratch_web"), "--out", str(tmp_path), "--data_root", str(fake / "data")])
+    assert "exists: pass --overwrite" in refused(capsys, ev.main, [
+        str(runs / "scratch_web"), "--out", str(tmp_path), "--data_root", str(fake / "data")])
     assert (tmp_path / "eval.json").read_text() == "{}"
 
 
-def test_plot(fake, tmp_path):
+def test_plot(fake, tmp_path, capsys):
     runs = [str(fake / "runs" / r) for r in ("scratch_web", "nca_web", "nca_web/ppt")]
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        with pytest.raises(SystemExit, match="pip install matplotlib"):
-            run_main(fake, *runs, "--plot", str(tmp_path / "c.png"))
+        assert "pip install matplotlib" in refused(capsys, run_main, fake, *runs, "--plot",
+                                                   str(tmp_path / "c.png"))
         return
     run_main(fake, *runs, "--domains", "web", "--plot", str(tmp_path / "c.png"), out="ev_plot")
     assert (tmp_path / "c.png").stat().st_size > 0

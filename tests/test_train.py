@@ -428,3 +428,20 @@ def test_resume_past_the_budget_is_refused(two_stage, domain, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --resume:") and "past the 2 steps" in err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_the_documented_new_source_runs(domain, tmp_path, monkeypatch):
+    """docs/method.md, 'Adding a stage-1 source': its example, executed as written, is one
+    function and one SOURCES entry, and runs as a stage 1 that transfers."""
+    text = (ROOT / "docs" / "method.md").read_text()
+    code = text.split("### Adding a stage-1 source")[1].split("```python\n")[1].split("```")[0]
+    namespace = vars(train).copy()
+    exec(code, namespace)
+    monkeypatch.setattr(train, "SOURCES", namespace["SOURCES"])
+    assert set(train.SOURCES) == {"nca", "dyck", "text", "random"}
+    train.main(MODEL + PPT + LANG + ["--ppt_source", "random", "--stage", "both", "--data_dir",
+                                     str(domain), "--out_dir", str(tmp_path), "--lang_tokens", "320"])
+    ppt = torch.load(tmp_path / "ppt" / "ckpt.pt", weights_only=True)
+    assert ppt["vocab"] == {"kind": "random", "size": 256} and ppt["step"] == 4
+    lang = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert lang["config"]["arm"] == "random"
