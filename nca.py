@@ -10,8 +10,7 @@ Read top to bottom:
   5. tokenizer      - 2x2 patches -> one token, plus start/end-of-grid delimiters
   6. gzip filter    - keep rules whose trajectories compress to a ratio inside a band
   7. batch stream   - (inputs, labels) for training, with the official masking
-  8. the command line - `python nca.py` prints the token layout and one trajectory; pictures,
-                      statistics and the benchmark are scripts/nca_tools.py
+Pictures, statistics, the benchmark and a printout of the token layout are scripts/nca_tools.py.
 """
 import contextlib
 import hashlib
@@ -19,7 +18,6 @@ import json
 import math
 import os
 import sys
-
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -30,8 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from model import PPT_VOCAB
-from util import (UserError, add_flags, atomic_write, cli, flag, from_flags, progress_bar,
-                  script_parser)
+from util import UserError, atomic_write, flag, progress_bar
 
 ROOT = Path(__file__).resolve().parent
 CACHE_DIR = ROOT / ".cache" / "rules"
@@ -712,35 +709,3 @@ class GridAccuracy:
     def result(self):
         """Means over grid positions, for the validation line."""
         return {k: float(v.mean()) / self.seqs for k, v in self.sums.items()}
-
-
-# -----------------------------------------------------------------------------------------------
-# The command line: a look at the token layout and one trajectory (pictures, statistics and the
-# benchmark are scripts/nca_tools.py)
-
-@cli
-def main(argv=None):
-    import guard
-    p = script_parser(__doc__)
-    add_flags(p, NCAConfig, "NCA generator (docs/method.md)")
-    p.add_argument("--seq_len", type=int, default=NCAConfig.seq_len,
-                   help="tokens per training sequence")
-    p.add_argument("--seed", type=int, default=0, help="seed of the rule and its trajectory")
-    args = p.parse_args(argv)
-    cfg = from_flags(NCAConfig, args, seq_len=args.seq_len)
-    guard.check_nca(cfg, (0.0, 1.0))
-    print(f"vocabulary {cfg.vocab_size:,} ({cfg.num_colors}^{cfg.patch ** 2} patch tokens + "
-          f"start {cfg.start_token} and end {cfg.end_token}), {cfg.grid_len} tokens per grid, "
-          f"{cfg.frames} grids per sequence of {cfg.seq_len}")
-    frames = rollout(make_rules([args.seed], cfg.num_colors), [args.seed], cfg, 2)[0]
-    tokens = tokenize(frames, cfg)
-    for f, grid in enumerate(frames):
-        print(f"frame {f} of rule {args.seed}, then its tokens:")
-        print("\n".join(" ".join(str(int(c)) for c in row) for row in grid))
-        print(" ".join(str(int(t)) for t in tokens[f * cfg.grid_len:(f + 1) * cfg.grid_len]))
-    print("pictures, statistics, benchmark: python scripts/nca_tools.py --preview PATH | --stats "
-          "| --bench")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,14 +1,18 @@
-"""Comparing evaluated runs (eval.py's second half): each run's change against its baseline and
+"""Presenting runs, off the method's road: train.py's log lines and metrics.jsonl (Log), and the
+comparison of evaluated runs (eval.py's second half): each run's change against its baseline and
 its convergence speedup, the over-seeds summary with confidence intervals, the eval.md tables and
 the validation-curve plot (docs/method.md, 'Evaluation' and 'Convergence speedup')."""
+import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from data.common import show
-from util import UserError
+from util import UserError, progress_bar
 
 
 # ---------------------------------------------------------------- runs, their labels and baselines
@@ -324,3 +328,90 @@ def plot_curves(runs, baselines, path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- the training log: one line per log
+# step (loss, lr, grad norm, ms, tok/s, MFU, peak memory), the same numbers in metrics.jsonl
+
+# Dense bf16 peak per GPU; the first name found in the device's name wins. The PCIe and NVL cards
+# run slower clocks (and the PCIe H100 fewer SMs) than the SXM parts of the same name.
+PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12), ("GH200", 989e12),
+              ("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
+              ("4090", 165e12), ("A10", 125e12)]
+
+
+def peak_flops(device):
+    if not str(device).startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS if k in name), None)
+
+
+class Log:
+    """metrics.jsonl and the console. Throughput is measured over the steps since the last line,
+    with validation and checkpoint time (`paused`) left out."""
+
+    def __init__(self, stage, path, master, model, seq_len, device, world, step):
+        self.stage, self.path, self.master, self.model = stage, path, master, model
+        self.flops, self.peak = model.flops_per_token(seq_len), peak_flops(device)
+        self.seq_len, self.device, self.world = seq_len, device, world
+        self.t_last, self.last_step, self.paused = time.perf_counter(), step, 0.0
+        self.bar = None
+
+    def write(self, rec):
+        if self.master:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def start(self, steps, hp, accum, memory):
+        m = self.model
+        if self.master:
+            print(f"{self.stage}: {steps} steps of {hp.batch_tokens:,} tokens ({accum} "
+                  f"micro-steps of {hp.micro_batch} x {self.seq_len} x {self.world} processes), "
+                  f"{m.num_params():,} body parameters, vocabulary {m.config.vocab_size:,}"
+                  + (f"; MFU against {self.peak / 1e12:.0f} TFLOP/s" if self.peak else ""))
+        if self.last_step == 0:
+            self.write({"kind": "info", "step": 0, "tokens": 0, "micro_batch": hp.micro_batch,
+                        "accum": accum, "world": self.world,
+                        "mem_estimate_gb": memory["total"] / 2**30})
+        self.bar = progress_bar(steps, self.stage, unit="step", disable=not self.master,
+                                initial=self.last_step, dynamic_ncols=True)
+
+    def val_line(self, step, tokens, res):
+        rec = {"kind": "val", "step": step, "tokens": tokens, **res}
+        self.write(rec)
+        if self.master:
+            self.bar.write(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                    for k, v in rec.items()))
+        self.finite(res["val_loss"], "validation loss", step, "lower the learning rate or use "
+                    "--dtype float32")
+
+    def train_line(self, step, loss_sum, lr, norm, batch_tokens):
+        if self.world > 1:
+            torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
+        loss = loss_sum.item()                                   # syncs the device
+        now = time.perf_counter()
+        dt = (now - self.t_last - self.paused) / (step - self.last_step)
+        self.t_last, self.last_step, self.paused = now, step, 0.0
+        cuda = self.device.startswith("cuda")
+        mem = torch.cuda.max_memory_allocated(self.device) / 2**30 if cuda else None
+        tok_s = batch_tokens / dt
+        mfu = self.flops * tok_s / self.world / self.peak if self.peak else None
+        self.finite(loss, "loss", step, "lower the learning rate, clip gradients, or use --dtype "
+                    "float32")
+        self.write({"kind": "train", "step": step, "tokens": step * batch_tokens, "loss": loss,
+                    "lr": lr, "grad_norm": norm, "ms": dt * 1000, "tok_s": tok_s, "mfu": mfu,
+                    "mem_gb": mem})
+        if self.master:
+            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
+            self.bar.write(f"step {step} loss {loss:.4f} lr {lr:.2e} grad_norm {norm:.3f} "
+                           f"{dt * 1000:.0f} ms {tok_s:,.0f} tok/s"
+                           + (f" mfu {100 * mfu:.1f}%" if mfu is not None else "")
+                           + (f" peak memory {mem:.1f} GiB" if mem is not None else ""))
+        return tok_s
+
+    def finite(self, value, what, step, fix):
+        """A NaN or infinite loss ends the run with one line (the last checkpoint stays)."""
+        if not math.isfinite(value):
+            self.bar.close()
+            raise UserError(f"{what} is {value} at step {step} of {self.stage}: {fix}")

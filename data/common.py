@@ -22,6 +22,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from util import UserError, atomic_write
 
@@ -284,3 +285,42 @@ def load_tokens(data_dir, split):
     if n == 0:
         raise UserError(f"{show(path)} is empty: run {fix}")
     return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+# ---------------------------------------------------------------- batches (train.py)
+
+class TextBatches:
+    """Random windows of a prepared token file (nanoGPT get_batch). The window starts of batch i
+    are drawn from a generator seeded by (seed, rank, i), so the position i is the whole state."""
+
+    def __init__(self, data_dir, split, seq_len, batch_size, device, seed=0, rank=0):
+        self.data_dir, self.split, self.T, self.B = data_dir, split, seq_len, batch_size
+        self.device, self.seed, self.rank, self.count = device, seed, rank, 0
+
+    def state_dict(self):
+        return {"count": self.count}
+
+    def load_state_dict(self, d):
+        self.count = d["count"]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        data = load_tokens(self.data_dir, self.split)       # a fresh memmap each batch (nanoGPT)
+        rng = np.random.default_rng([self.seed, self.rank, self.count])
+        ix = rng.integers(0, len(data) - self.T - 1, self.B)
+        w = torch.from_numpy(np.stack([data[i:i + self.T + 1] for i in ix]).astype(np.int64))
+        self.count += 1
+        if str(self.device).startswith("cuda"):
+            w = w.pin_memory().to(self.device, non_blocking=True)
+        else:
+            w = w.to(self.device)
+        return w[:, :-1], w[:, 1:]
+
+
+def text_val_batches(data_dir, seq_len, eval_tokens, batch_size, device):
+    """The fixed validation windows eval.py scores (data.common.eval_windows), as batches."""
+    w = torch.from_numpy(eval_windows(load_tokens(data_dir, "val"), seq_len, eval_tokens))
+    w = w.to(device)
+    return list(zip(w[:, :-1].split(batch_size), w[:, 1:].split(batch_size)))

@@ -34,8 +34,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import guard  # noqa: E402
+import report  # noqa: E402
 import nca  # noqa: E402
 import train  # noqa: E402
+from data.common import text_val_batches  # noqa: E402
 from model import GPT, config_for, load_checkpoint, model_from_checkpoint  # noqa: E402
 from util import atomic_write  # noqa: E402
 
@@ -202,7 +204,7 @@ def reproduce_hours(ppt_tok_s, lang_tok_s):
 
 def check(device, size, work):
     s, res, t0 = SIZES[size], {}, time.perf_counter()
-    peak = train.peak_flops(device)
+    peak = report.peak_flops(device)
     res["device"] = {"name": torch.cuda.get_device_name(device) if device.startswith("cuda")
                      else "cpu", "torch": torch.__version__, "peak_flops": peak,
                      "memory_gb": guard.device_memory(device, 1) / 2**30, "size": size}
@@ -233,7 +235,7 @@ def check(device, size, work):
         out["stage1"] = bf16_vs_fp32(device, work / "ppt" / "ckpt.pt", nca.val_batches(
             cfg1, ck1["nca"]["val_seeds"], 8, 8, device)[0])
         seq_len = load_checkpoint(work / "lang" / "ckpt.pt")["model_args"]["block_size"]
-        out["stage2"] = bf16_vs_fp32(device, work / "lang" / "ckpt.pt", train.text_val_batches(
+        out["stage2"] = bf16_vs_fp32(device, work / "lang" / "ckpt.pt", text_val_batches(
             data, seq_len, 8 * seq_len, 8, device)[0])
         out["ok"] = all(v["rel_diff"] < 0.01 for v in out.values())
         return out

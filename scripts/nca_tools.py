@@ -4,6 +4,7 @@ random rules beside the official implementation's, and the generation benchmark.
   python scripts/nca_tools.py --preview docs/nca_preview.png --preview_rules 2   # or .gif
   python scripts/nca_tools.py --stats --num_rules 2000 [--out scores.json]
   python scripts/nca_tools.py --bench
+  python scripts/nca_tools.py --show --num_colors 4 --grid 8   # token layout, one trajectory
 """
 import json
 import sys
@@ -122,6 +123,20 @@ def bench(cfg, device, seqs=8192, chunk=2048, rules=4096):
     print(f"accepted rules/s (band 0.5-1.0): {((sc > 0.5) & (sc < 1.0)).sum() / df:.0f} rules/s")
 
 
+def show(cfg, seed):
+    """The token layout of a generator setting and the first two frames of one rule's
+    trajectory as digit grids, each followed by its tokens."""
+    print(f"vocabulary {cfg.vocab_size:,} ({cfg.num_colors}^{cfg.patch ** 2} patch tokens + "
+          f"start {cfg.start_token} and end {cfg.end_token}), {cfg.grid_len} tokens per grid, "
+          f"{cfg.frames} grids per sequence of {cfg.seq_len}")
+    frames = nca.rollout(nca.make_rules([seed], cfg.num_colors), [seed], cfg, 2)[0]
+    tokens = nca.tokenize(frames, cfg)
+    for f, grid in enumerate(frames):
+        print(f"frame {f} of rule {seed}, then its tokens:")
+        print("\n".join(" ".join(str(int(c)) for c in row) for row in grid))
+        print(" ".join(str(int(t)) for t in tokens[f * cfg.grid_len:(f + 1) * cfg.grid_len]))
+
+
 @cli
 def main(argv=None):
     ap = script_parser(__doc__)
@@ -142,6 +157,8 @@ def main(argv=None):
     ap.add_argument("--preview_frames", type=int, default=8, help="frames per rule in --preview")
     ap.add_argument("--bench", action="store_true", help="print generation/filter throughput")
     ap.add_argument("--bench_seqs", type=int, default=8192, help="sequences for --bench")
+    ap.add_argument("--show", action="store_true",
+                    help="print the token layout and one rule's first two frames and tokens")
     args = ap.parse_args(argv)
     cfg = guard.check_nca(from_flags(nca.NCAConfig, args, seq_len=args.seq_len),
                           nca.band_from_args(args))
@@ -149,9 +166,11 @@ def main(argv=None):
     for name in ("num_rules", "preview_rules", "preview_frames", "bench_seqs"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if not (args.stats or args.preview or args.bench):
+    if not (args.stats or args.preview or args.bench or args.show):
         ap.print_help()
         return
+    if args.show:
+        show(cfg, args.seed)
     if args.stats:
         scores = nca.score_rules(nca.seed_sequence(args.seed, 0, args.num_rules), cfg, device)
         print_stats(scores)

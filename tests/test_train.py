@@ -11,6 +11,7 @@ import guard
 import nca
 import train
 from conftest import ROOT, make_domain
+from data.common import TextBatches
 from model import GPT, PPT_VOCAB, model_config
 from util import UserError, from_flags
 
@@ -170,7 +171,7 @@ def test_other_stage1_sources_run_and_transfer(source, domain, tmp_path):
 def test_text_batches_are_windows_of_the_corpus(domain):
     from data.common import load_tokens
     data = torch.from_numpy(load_tokens(domain, "train").astype("int64"))
-    x, y = next(train.TextBatches(domain, "train", 16, 4, "cpu", seed=3))
+    x, y = next(TextBatches(domain, "train", 16, 4, "cpu", seed=3))
     for xi, yi in zip(x, y):
         starts = [i for i in range(len(data) - 16) if torch.equal(data[i:i + 16], xi)]
         assert starts and torch.equal(data[starts[0] + 1:starts[0] + 17], yi)
@@ -352,7 +353,7 @@ def test_arms_of_a_seed_are_paired(two_stage, domain, tmp_path):
         train.main(MODEL + LANG + ["--stage", "lang", "--data_dir", str(domain), "--out_dir",
                                    str(out), "--lr", "1e-30", "--max_iters", "1", *extra])
         outs[arm] = torch.load(out / "ckpt.pt", weights_only=True)["model"]
-        batches = train.TextBatches(domain, "train", 80, 2, "cpu", seed=0)
+        batches = TextBatches(domain, "train", 80, 2, "cpu", seed=0)
         first[arm] = next(batches)
     a, b = outs["scratch"], outs["nca"]
     assert a.keys() == b.keys()
