@@ -234,7 +234,7 @@ def test_a_failed_run_leaves_no_lock_and_no_empty_folder(world, tmp_path, monkey
     argv = small_run(world, tmp_path / "run")
 
     def fails(*a, **k):                       # e.g. a rule filter that finds too few rules
-        raise train.UserError("stopped here")
+        raise UserError("stopped here")
     monkeypatch.setattr(train, "lang_model", fails)
     with pytest.raises(SystemExit):
         train.main(argv)
