@@ -29,6 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-out/stage1_search}
 SEEDS=${SEEDS:-0 1 2}
+mkdir -p "$OUT"
 if [ "${SMOKE:-0}" = 1 ]; then
   BUDGET=(--ppt_tokens 16384 --train_num_rules 64 --val_num_rules 8 --ppt_val_seqs 16
           --ppt_eval_interval 1); VAL=16
