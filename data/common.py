@@ -6,8 +6,9 @@ cached in .cache/, nothing third-party committed), gpt2_encoding() (the offline 
 and token_bytes() (bytes per token, for bits per byte).
 Reading: a prepared folder holds train.bin and val.bin (uint16 token ids, each document followed
 by its separator) and meta.json; train.py and eval.py read it with load_meta, load_tokens,
-max_token, check_corpus, eval_windows and probe_vocab. A problem raises util.UserError: one line
-saying what is wrong and what to run or change. Writing a folder is data/build.py's job.
+max_token, eval_windows, probe_vocab and, for training, TextBatches / text_val_batches. A
+problem raises util.UserError: one line saying what is wrong and what to run or change (whether
+a folder suits a model is guard.py's check). Writing a folder is data/build.py's job.
 """
 import base64
 import functools
@@ -181,20 +182,6 @@ def eval_windows(tokens, block_size, eval_tokens):
     n = n_max if eval_tokens <= 0 else min(n_max, max(1, eval_tokens // block_size))
     idx = np.arange(n)[:, None] * block_size + np.arange(block_size + 1)
     return np.asarray(tokens[:n * block_size + 1]).astype(np.int64)[idx]
-
-
-def check_corpus(data_dir, seq_len, vocab, vocab_flag):
-    """A prepared folder a training stage reads: both splits hold a sequence, and every id
-    (meta.json's max_token) is below the model's vocabulary."""
-    for split, need in (("train", seq_len + 2), ("val", seq_len + 1)):
-        n = len(load_tokens(data_dir, split))
-        if n < need:
-            raise UserError(f"{data_dir}/{split}.bin has {n} tokens, fewer than one sequence "
-                            f"of {need}: lower --seq_len")
-    top = max_token(data_dir)
-    if top >= vocab:
-        raise UserError(f"{data_dir} holds token id {top:,}, outside the model's vocabulary of "
-                        f"{vocab:,}: raise {vocab_flag} above {top:,} or re-prepare the data")
 
 
 def _fix_command(data_dir):
