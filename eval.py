@@ -26,9 +26,11 @@ import torch
 
 import guard
 import nca
+import probes
 from data.common import (TOKENIZERS, eval_windows, load_tokens, probe_vocab, show,
                          token_bytes)
-from model import copy_probe, evaluate, load_checkpoint, model_from_checkpoint
+from model import evaluate, load_checkpoint, model_from_checkpoint
+import report
 from report import compare, plot_curves, refusal_text, report_text, summarize
 from util import add_flags, atomic_write, cli, flag, progress_bar, script_parser
 
@@ -39,12 +41,13 @@ def perplexity(model, windows, batch_size=8, device="cpu", ctx=nullcontext(), de
     """exp(token-mean cross-entropy) of `model` on windows (N, T + 1): inputs w[:, :-1], targets
     w[:, 1:]. Token-mean rather than the official mean of per-batch means (docs/differences.md,
     'Windows and validation averaging'); the two differ only through a smaller last batch.
-    Returns {"loss", "ppl", "tokens"}."""
+    Returns {"loss", "ppl", "tokens", "in_context"} (probes.InContext on the same windows)."""
+    icl = probes.InContext(windows.shape[1] - 1)
     with progress_bar(len(windows) * (windows.shape[1] - 1), desc, unit="tok",
                       disable=desc is None, unit_scale=True, leave=False) as bar:
         r = evaluate(model, [(w[:, :-1], w[:, 1:]) for w in windows.split(batch_size)], ctx,
-                     device, each=lambda x, *_: bar.update(x.numel()))
-    return {**r, "ppl": math.exp(r["loss"])}
+                     device, each=lambda *a: (icl(*a), bar.update(a[0].numel())))
+    return {**r, "ppl": math.exp(r["loss"]), "in_context": icl.summary()}
 
 
 def ngram_baselines(train, windows, vocab_size):
@@ -115,6 +118,7 @@ class EvalFlags:
     out: str = flag("out/eval", "folder for eval.json and eval.md")
     overwrite: bool = flag(False, "replace an existing eval.json in --out")
     plot: str | None = flag(None, "draw the validation curves here (needs matplotlib)")
+    plot_heads: str | None = flag(None, "draw the attention-head scores here (needs matplotlib)")
 
 
 def get_args(argv=None):
@@ -138,11 +142,13 @@ def main(argv=None):
     args = get_args(argv)
     plan = guard.eval_run(args)          # every check, before any model runs
     print("config:", json.dumps(vars(args)))  # after the checks: a refusal prints one line only
-    domains, windows, nbytes = {}, {}, {}
+    domains, windows, nbytes, halves = {}, {}, {}, {}
     for name, (folder, meta) in plan.domains.items():
         domains[name], windows[name], nbytes[name] = domain_windows(folder, meta, plan.block,
                                                                     args.eval_tokens)
-    results = [score_run(r, info, refusals, windows, nbytes, plan, args)
+        symbols = probe_vocab({"kind": meta.get("tokenizer", "gpt2"), "size": meta["vocab_size"]})
+        halves[name] = probes.copy_halves(folder, plan.block, symbols)
+    results = [score_run(r, info, refusals, windows, nbytes, halves, plan, args)
                for r, info, refusals in zip(plan.runs, plan.info, plan.refusals)]
     compare(plan.runs, results, plan.baselines)
     summary = summarize(plan.runs, results)
@@ -156,6 +162,9 @@ def main(argv=None):
     if args.plot:
         plot_curves(plan.runs, plan.baselines, args.plot)
         print(f"wrote {args.plot}")
+    if args.plot_heads:
+        report.plot_heads(results, args.plot_heads)
+        print(f"wrote {args.plot_heads}")
     return report
 
 
@@ -174,16 +183,18 @@ def domain_windows(folder, meta, block, eval_tokens):
              if known else {}}, w, nb)
 
 
-def score_run(r, inf, refusals, windows, nbytes, plan, args):
-    """One run's row: loss, bits per byte and perplexity on each domain it can read and the copy
-    probe; a stage-1 NCA run also (or instead) on its held-out rules."""
+def score_run(r, inf, refusals, windows, nbytes, halves, plan, args):
+    """One run's row: loss, bits per byte, perplexity, the in-context score and the copy probes
+    on each domain it can read, and its attention-head scores; a stage-1 NCA run also (or
+    instead) on its held-out rules."""
     c, device, ctx = r.config, plan.device, plan.ctx
     res = {"label": r.label, "path": show(r.folder), "ckpt": show(r.ckpt), "arm": c.get("arm"),
            "stage": r.stage, "domain": r.domain, "ppt_source": c.get("ppt_source"),
            "init_from": c.get("init_from"), "seed": c.get("seed"),
            "trained_on": r.domain if r.stage == "lang" else f"{c.get('ppt_source')} (stage 1)",
            "step": inf.get("step"), "tokens": inf.get("tokens"), "vocab": inf.get("vocab"),
-           "ppl": {}, "loss": {}, "bpb": {}, "probe": None, "nca": None,
+           "ppl": {}, "loss": {}, "bpb": {}, "in_context": {}, "probes": {}, "heads": None,
+           "nca": None,
            "refused": refusal_text(refusals)}
     is_lang = None in refusals.values()
     is_nca = (inf.get("vocab") or {}).get("kind") == "nca" and inf.get("nca") is not None
@@ -197,14 +208,20 @@ def score_run(r, inf, refusals, windows, nbytes, plan, args):
         if refusals[name] is None:
             p = perplexity(model, w, args.batch_size, device, ctx, desc=f"{r.label} {name}")
             res["ppl"][name], res["loss"][name] = p["ppl"], p["loss"]
+            res["in_context"][name] = p["in_context"]
             if nbytes[name]:
                 res["bpb"][name] = bits_per_byte(p["loss"], w, nbytes[name])
-    if is_lang:
-        res["probe"] = copy_probe(model, probe_vocab(inf["vocab"]), plan.block // 2,
-                                  batch_size=args.batch_size, device=device, ctx=ctx)
+            res["probes"][name] = probes.copy_probes(model, halves[name], args.batch_size,
+                                                     device, ctx)
     if is_nca:
         res["nca"] = nca_eval(model, inf["nca"], args.nca_val_seqs, args.batch_size, device, ctx,
                               desc=f"{r.label} nca")
+        cfg = nca.NCAConfig(**inf["nca"]["config"])      # repeated random patch tokens
+        heads_on = torch.randint(0, cfg.start_token, (8, model.config.block_size // 2),
+                                 generator=torch.Generator().manual_seed(0))
+    else:
+        heads_on = halves[report.probe_domain(res)]["frequent"][:8]
+    res["heads"] = probes.head_scores(model, heads_on, device)
     return res
 
 

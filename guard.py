@@ -601,7 +601,7 @@ def eval_run(args):
     if (out / "eval.json").exists() and not args.overwrite:
         raise UserError(f"{show(out / 'eval.json')} exists: pass --overwrite to replace it, "
                         "or another --out")
-    if args.plot:
+    if args.plot or args.plot_heads:
         report.pyplot()  # fail now, not after the evaluation
     for name in ("batch_size", "nca_val_seqs", "block_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:

@@ -685,11 +685,34 @@ def copy_accuracy(inputs, labels, cfg):
     return ok.float().mean(-1).sum(0), ok.all(-1).float().sum(0)
 
 
+def lookup_predictions(inputs, cfg):
+    """The model-free in-context predictor (docs/method.md, 'Lookup baseline'): position i
+    predicts the token that followed the most recent earlier occurrence of the longest context
+    inputs[i-k+1..i] (k >= 1) seen before in the same sequence; with no earlier occurrence of
+    inputs[i], the token one grid back (the copy predictor). A model that infers rules in
+    context should beat it."""
+    B, T = inputs.shape
+    x = inputs.long()
+    match = torch.zeros(B, T, dtype=torch.int32, device=x.device)   # match[j]: suffix length
+    pred = torch.cat([x[:, :1].expand(B, cfg.grid_len - 1), x], 1)[:, :T].clone()  # fallback
+    for i in range(1, T):       # match[j] = length of the common suffix of x[..i] and x[..j]
+        same = (x[:, :i] == x[:, i:i + 1]).int()
+        match = torch.cat([torch.zeros_like(match[:, :1]), match[:, :i - 1]], 1) * same \
+            + same if i > 1 else same
+        best = match.max(1).values
+        last = i - 1 - match.flip(1).int().argmax(1)                 # most recent longest
+        found = best > 0
+        pred[found, i] = x[found, (last + 1)[found]]
+    return pred
+
+
 class GridAccuracy:
     """In-context accuracy by grid position, accumulated over validation batches (a callback
     for model.evaluate): the model's (grid_accuracy) beside the 'each grid is a copy of the
-    previous one' predictor's (copy_accuracy), which rule learning must beat."""
-    keys = ("token_acc", "grid_acc", "copy_token_acc", "copy_grid_acc")
+    previous one' predictor's (copy_accuracy) and the lookup predictor's (lookup_predictions),
+    which rule learning must beat."""
+    keys = ("token_acc", "grid_acc", "copy_token_acc", "copy_grid_acc", "lookup_token_acc",
+            "lookup_grid_acc")
 
     def __init__(self, cfg):
         self.cfg, self.seqs = cfg, 0
@@ -697,7 +720,8 @@ class GridAccuracy:
                      for k in self.keys}
 
     def __call__(self, x, y, nll, pred):
-        accs = grid_accuracy(pred, y, self.cfg) + copy_accuracy(x, y, self.cfg)
+        accs = grid_accuracy(pred, y, self.cfg) + copy_accuracy(x, y, self.cfg) \
+            + grid_accuracy(lookup_predictions(x, self.cfg), y, self.cfg)
         for k, v in zip(self.keys, accs):
             self.sums[k] += v.double().cpu()
         self.seqs += len(x)

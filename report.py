@@ -181,7 +181,10 @@ def summarize(runs, results):
                 missed += 1
             else:
                 speed.append(sp)
-        gains = [res["probe"]["gain"] for _, res in members if res.get("probe")]
+        probe = lambda name: [res["probes"][domain][name]["gain"] for _, res in members
+                              if domain in res.get("probes", {})]
+        icl = [res["in_context"][domain]["score"] for _, res in members
+               if domain in res.get("in_context", {})]
         rows.append({"domain": domain, "arm": arm, "seeds": [r.config.get("seed") for r, _ in members],
                      "ppl": mean_ci(own("ppl")), "ppl_all": own("ppl"),
                      "loss": mean_ci(own("loss")), "bpb": mean_ci(own("bpb")),
@@ -189,7 +192,9 @@ def summarize(runs, results):
                      "dloss": mean_ci(diffs["loss"]), "dloss_all": diffs["loss"],
                      "dbpb": mean_ci(diffs["bpb"]), "dbpb_all": diffs["bpb"],
                      "speedup": mean_ci(speed), "speedup_all": speed, "not_reached": missed,
-                     "probe_gain": mean_ci(gains), "probe_gain_all": gains})
+                     "probe_gain": mean_ci(probe("frequent")), "probe_gain_all": probe("frequent"),
+                     "text_gain": mean_ci(probe("text")), "text_gain_all": probe("text"),
+                     "icl": mean_ci(icl), "icl_all": icl})
     return rows
 
 
@@ -199,8 +204,9 @@ def format_summary(rows):
             return "-"
         return f"{m:{spec}}" + ("" if h is None else f" ± {h:{spec.lstrip('+')}}")
     out = ["| domain | arm | seeds | loss (nats/token) | bits/byte | Δ loss vs scratch | "
-           "Δ bits/byte vs scratch | Δ ppl | speedup per seed | copy-probe gain |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "Δ bits/byte vs scratch | Δ ppl | speedup per seed | copy gain: text | "
+           "copy gain: frequent | in-context score |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         paired = r["change_pct"][0] is not None
         sp = ", ".join(f"{x:.2f}x" for x in r["speedup_all"]) or "-"
@@ -210,7 +216,8 @@ def format_summary(rows):
                    f"{fmt(*r['bpb'], '.4f')} | {fmt(*r['dloss'], '+.4f')} | "
                    f"{fmt(*r['dbpb'], '+.4f')} | "
                    f"{fmt(*r['change_pct'], '+.2f') + '%' if paired else '-'} | "
-                   f"{sp if paired else '-'} | {fmt(*r['probe_gain'], '.3f')} |")
+                   f"{sp if paired else '-'} | {fmt(*r['text_gain'], '+.3f')} | "
+                   f"{fmt(*r['probe_gain'], '+.3f')} | {fmt(*r['icl'], '+.3f')} |")
     return "\n".join(out)
 
 
@@ -229,9 +236,13 @@ def report_text(results, domains, block, summary=()):
                  "for the baseline run to reach its final val loss ÷ tokens for this run "
                  "(docs/method.md, 'Convergence speedup'). The "
                  "unigram and bigram rows predict each token from counts on the train split; a "
-                 "model that is not below them has not learned the language. Copy probe: loss on "
-                 "the first → second copy of a repeated random token sequence (in-context "
-                 "copying; a larger drop is better)."]
+                 "model that is not below them has not learned the language. Copy gains (nats, ± "
+                 "standard error over 16 sequences; 0 = no copying): loss on the first minus the "
+                 "second copy of a validation passage repeated (text) and of a random sequence of "
+                 "the 64 most frequent training symbols repeated (frequent), in the run's own "
+                 "domain. In-context score: mean loss at positions [T/2, T) minus [T/16, T/8) of "
+                 "the same windows (negative = later tokens profit from context; 0 = none). "
+                 "docs/method.md, 'Probes of in-context copying'."]
     text += [f"\n{format_nca(res)}" for res in results if res["nca"]]
     if summary:
         text += ["", "Over seeds, each run paired with the scratch run of its domain and seed: "
@@ -266,19 +277,33 @@ def format_table(results, domains):
     """Markdown table: one row per evaluated run, then the unigram and bigram baselines; one
     column per eval domain (loss, bits per byte, perplexity, the change vs the baseline run and,
     in the run's own training domain, the convergence speedup) and the copy probe."""
-    head = ["run", "trained on", "tokens", *domains, "copy probe"]
+    head = ["run", "trained on", "tokens", *domains, "copy gain: text · frequent",
+            "in-context score"]
     rows = [[r["label"], r["trained_on"], _human(r["tokens"] or 0), *(_cell(r, d) for d in domains),
-             f"{r['probe']['first']:.2f} → {r['probe']['second']:.2f}" if r["probe"] else "-"]
-            for r in results if r["ppl"]]
+             *_probe_cells(r)] for r in results if r["ppl"]]
     for kind in ("unigram", "bigram"):
         rows.append([kind, "train-split counts", "-",
                      *(f"{v['baselines'][kind]:.3f}"
                        + (f" · {v['baselines_bpb'][kind]:.3f} bpb" if v["baselines_bpb"] else "")
                        + f" · ppl {math.exp(v['baselines'][kind]):.2f}" for v in domains.values()),
-                     "-"])
+                     "0", "0"])
     width = [max(len(x) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, width)) + " |"
     return "\n".join([line(head), line(["-" * w for w in width]), *map(line, rows)])
+
+
+def probe_domain(res):
+    """The domain whose probes stand for a run: its own training domain if scored there."""
+    return res["domain"] if res["domain"] in res["probes"] else next(iter(res["probes"]), None)
+
+
+def _probe_cells(r):
+    d = probe_domain(r)
+    if d is None:
+        return ["-", "-"]
+    p, icl = r["probes"][d], r["in_context"][d]
+    gain = lambda x: f"{x['gain']:+.3f} ± {x['gain_se']:.3f}"
+    return [f"{gain(p['text'])} · {gain(p['frequent'])}", f"{icl['score']:+.3f} ± {icl['se']:.3f}"]
 
 
 def format_nca(r):
@@ -286,11 +311,14 @@ def format_nca(r):
     n = r["nca"]
     out = [f"{r['label']}: NCA validation loss {n['val_loss']:.4f} on {n['num_seqs']} sequences "
            "of held-out rules; grid g is predicted with g grids in context",
-           "", "| grid | token acc | grid acc | copy token acc | copy grid acc |",
-           "| ---: | ---: | ---: | ---: | ---: |"]
+           "", "| grid | token acc | grid acc | copy token acc | copy grid acc | "
+           "lookup token acc | lookup grid acc |",
+           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for i, g in enumerate(n["grid"]):
         out.append(f"| {g} | {n['token_acc'][i]:.4f} | {n['grid_acc'][i]:.4f} | "
-                   f"{n['copy_token_acc'][i]:.4f} | {n['copy_grid_acc'][i]:.4f} |")
+                   f"{n['copy_token_acc'][i]:.4f} | {n['copy_grid_acc'][i]:.4f} | "
+                   + (f"{n['lookup_token_acc'][i]:.4f} | {n['lookup_grid_acc'][i]:.4f} |"
+                      if "lookup_token_acc" in n else "- | - |"))
     return "\n".join(out)
 
 
@@ -415,3 +443,25 @@ class Log:
         if not math.isfinite(value):
             self.bar.close()
             raise UserError(f"{what} is {value} at step {step} of {self.stage}: {fix}")
+
+
+def plot_heads(results, path):
+    """Attention-head scores of every evaluated run as heatmaps (layers x heads): induction score
+    on top, previous-token score below, one column per run; the colour scale is shared per row."""
+    plt = pyplot()
+    rows = [res for res in results if res.get("heads")]
+    if not rows:
+        raise UserError("no run has head scores: nothing to plot")
+    fig, axes = plt.subplots(2, len(rows), figsize=(2.6 * len(rows) + 1, 5), squeeze=False)
+    for row, key in enumerate(("induction", "previous_token")):
+        top = max(max(map(max, res["heads"][key])) for res in rows)
+        for ax, res in zip(axes[row], rows):
+            im = ax.imshow(np.array(res["heads"][key]), vmin=0, vmax=top, cmap="viridis",
+                           aspect="auto")
+            chance = res["heads"][f"chance_{key}"]
+            ax.set(title=f"{res['label']}\n{key.replace('_', ' ')} (chance {chance:.2f})",
+                   xlabel="head", ylabel="layer")
+            ax.title.set_fontsize(8)
+        fig.colorbar(im, ax=list(axes[row]), shrink=0.8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)

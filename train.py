@@ -37,7 +37,8 @@ import dyck
 import guard
 import nca
 from data.common import TextBatches, load_meta, probe_vocab, text_val_batches
-from model import GPT, PPT_VOCAB, SIZES, GPTConfig, copy_probe, evaluate, model_config
+import probes
+from model import GPT, PPT_VOCAB, SIZES, GPTConfig, evaluate, model_config
 from model import load_checkpoint, model_from_checkpoint, save_checkpoint
 from report import Log
 from util import (add_flags, atomic_write, autocast, cli, default_device, flag, from_flags,
@@ -350,7 +351,9 @@ def run_lang(cfg, plan, ctx):
                                  plan.dist["rank"]),
             "val": text_val_batches(folder, cfg.seq_len, cfg.eval_tokens, cfg.micro_batch, device)}
     vocab = {"kind": load_meta(folder).get("tokenizer", "gpt2"), "size": plan.vocab["lang"]}
-    return train("lang", model, data, cfg, plan, ctx, {"vocab": vocab}, probe=probe_vocab(vocab))
+    halves = probes.copy_halves(folder, cfg.seq_len, probe_vocab(vocab))   # the copy probes
+    return train("lang", model, data, cfg, plan, ctx, {"vocab": vocab},
+                 scores=lambda: probes.InContext(cfg.seq_len), probe=halves)
 
 
 def lang_model(cfg, plan, device):
@@ -489,15 +492,15 @@ def lr_at(step, steps, peak, warmup_frac, schedule):
 
 
 def validate(step, val_model, model, val, hp, cfg, ctx, log, scores, probe):
-    """Validation loss (and the source's own metrics: NCA accuracy beside the copy baseline;
-    in stage 2 the copy probe), logged and returned."""
+    """Validation loss and the stage's own measures (stage 1 NCA: accuracy beside the copy and
+    lookup baselines; stage 2: the in-context score and the copy probes), logged and returned."""
     each = scores() if scores else None
     res = {"val_loss": evaluate(val_model, val, ctx, each=each)["loss"]}
     res |= each.result() if each else {}
-    if probe:
-        p = copy_probe(model, probe, cfg.seq_len // 2, batch_size=hp.micro_batch,
-                       device=next(model.parameters()).device, ctx=ctx)
-        res |= {f"probe_{k}": v for k, v in p.items()}
+    if probe is not None:
+        device = next(model.parameters()).device
+        for name, p in probes.copy_probes(model, probe, hp.micro_batch, device, ctx).items():
+            res |= {f"copy_{name}_{k}": p[k] for k in ("first", "second", "gain", "gain_se")}
     log.val_line(step, step * hp.batch_tokens, res)
     return res
 

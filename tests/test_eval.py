@@ -195,11 +195,12 @@ def test_table_json_and_markdown(fake, capsys):
     printed = capsys.readouterr().out
     md = (fake / "ev" / "eval.md").read_text()
     header = md.splitlines()[0]
-    assert [c.strip() for c in header.strip("|").split("|")][-4:] == [*DOMAINS, "copy probe"]
+    assert [c.strip() for c in header.strip("|").split("|")][-5:] == [
+        *DOMAINS, "copy gain: text · frequent", "in-context score"]
     rows = [line for line in md.splitlines()[2:] if line.startswith("| ")]
     assert len(rows) == 4 and "scratch (scratch_web)" in rows[0] and "nca (nca_web)" in rows[1]
     assert rows[2].startswith("| unigram") and rows[3].startswith("| bigram")
-    assert "Lower is better" in md and "→" in rows[0]
+    assert "Lower is better" in md and " ± " in rows[0].split("|")[-3]
     assert md.strip() in printed  # the printed table is eval.md
 
     saved = json.loads((fake / "ev" / "eval.json").read_text())
@@ -246,9 +247,12 @@ def test_nca_checkpoint_is_refused_on_language_and_evaluated_on_rules(fake, caps
     G = len(nca.grid_positions(NCA_CFG))
     n = ppt["nca"]
     assert n["grid"] == list(range(1, G + 1)) and n["num_seqs"] == 8 and math.isfinite(n["val_loss"])
-    for k in ("token_acc", "grid_acc", "copy_token_acc", "copy_grid_acc"):
+    for k in ("token_acc", "grid_acc", "copy_token_acc", "copy_grid_acc", "lookup_token_acc",
+              "lookup_grid_acc"):
         assert len(n[k]) == G and all(0 <= a <= 1 for a in n[k])
-    assert "| grid | token acc | grid acc | copy token acc | copy grid acc |" in out
+    assert "| grid | token acc | grid acc | copy token acc | copy grid acc | lookup token acc |" \
+        in out
+    assert len(ppt["heads"]["induction"]) >= 1            # attention-head scores, stage 1 too
     # the language table holds only the language run
     md = (fake / "ev_nca" / "eval.md").read_text()
     assert sum(line.startswith("| scratch") or line.startswith("| nca") for line in md.splitlines()) == 1
@@ -337,27 +341,22 @@ def test_ngram_baselines_and_bits_per_byte():
     assert ev.bits_per_byte(math.log(2), w, 2 * w[:, 1:].numel()) == pytest.approx(0.5)
 
 
-class _InductionOracle(torch.nn.Module):
-    """Predicts x[t - L + 1] once the sequence repeats (a perfect induction head), else uniform."""
-
-    def __init__(self, vocab, L):
-        super().__init__()
-        self.vocab, self.L = vocab, L
-
-    def forward(self, x):
-        logits = torch.zeros(*x.shape, self.vocab)
-        t = torch.arange(self.L, x.shape[1])
-        logits[:, t] = 50 * torch.nn.functional.one_hot(x[:, t - self.L + 1], self.vocab).float()
-        return logits, None
-
-
-def test_copy_probe_measures_in_context_copying():
-    p = ev.copy_probe(_InductionOracle(50, 16), 50, 16, num_seqs=4, batch_size=3)
-    assert p["first"] == pytest.approx(math.log(50)) and p["second"] < 1e-6
-    assert p["gain"] == pytest.approx(p["first"] - p["second"])
-    model = GPT(config_for("tiny", vocab_size=50, block_size=32, n_layer=1, n_embd=16, n_head=2))
-    q = ev.copy_probe(model, 50, 16, num_seqs=4)                # untrained: no copying
-    assert abs(q["gain"]) < 0.05 and abs(q["first"] - math.log(50)) < 0.5
+def test_eval_json_holds_probes_and_head_scores(fake):
+    """Every language run gets the three copy probes and the in-context score per domain, each
+    with its chance level and standard error, and its attention-head scores."""
+    report = run_main(fake, str(fake / "runs" / "scratch_web"), "--domains", "web", out="ev_p")
+    r = report["runs"][0]
+    for name in ("text", "frequent", "uniform"):
+        p = r["probes"]["web"][name]
+        assert p["gain"] == pytest.approx(p["first"] - p["second"]) and p["chance_gain"] == 0
+        assert p["gain_se"] is not None and p["n"] >= 2
+    icl = r["in_context"]["web"]
+    assert icl["chance"] == 0 and icl["se"] is not None and icl["late"] == [32, 64]
+    heads = r["heads"]
+    n_layer = torch.load(fake / "runs" / "scratch_web" / "ckpt.pt",
+                         weights_only=True)["model_args"]["n_layer"]
+    assert len(heads["induction"]) == len(heads["previous_token"]) == n_layer
+    assert 0 < heads["chance_induction"] < 1
 
 
 def test_summary_pairs_each_seed_with_its_scratch_run():

@@ -384,8 +384,12 @@ def test_byte_level_stage2_logs_probe(tmp_path):
     ck = torch.load(out / "ckpt.pt", weights_only=True)
     assert ck["vocab"] == {"kind": "bytes", "size": 257} and ck["model_args"]["vocab_size"] == 257
     val = [r for r in lines(out / "metrics.jsonl") if r["kind"] == "val"]
-    assert len(val) == 3 and all({"probe_first", "probe_second", "probe_gain"} <= set(r) for r in val)
-    assert all(r["probe_first"] - r["probe_second"] == pytest.approx(r["probe_gain"]) for r in val)
+    keys = {f"copy_{p}_{k}" for p in ("text", "frequent", "uniform")
+            for k in ("first", "second", "gain", "gain_se")} | {"icl_score", "icl_se"}
+    assert len(val) == 3 and all(keys <= set(r) for r in val)
+    for p in ("text", "frequent", "uniform"):
+        assert all(r[f"copy_{p}_first"] - r[f"copy_{p}_second"] ==
+                   pytest.approx(r[f"copy_{p}_gain"]) for r in val)
 
 
 def test_cpu_preset_is_the_cpu_scale_setting():
