@@ -346,6 +346,7 @@ class GPT(nn.Module):
                               {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
         # Fused AdamW: one kernel per step on CUDA, and on CPU too (PyTorch >= 2.4), where the
         # untied 50,257-row embedding and head make the optimizer a visible share of a tiny run.
+        # Elsewhere (Apple MPS) the default implementation: no fused kernel is asked for.
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps,
                                  fused=device_type in ("cuda", "cpu") or None)
 

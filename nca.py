@@ -160,6 +160,17 @@ def uniform(key, counter, dtype=torch.float64):
     return (bits.to(dtype) + 0.5) * 2.0 ** -53
 
 
+# Devices without float64 (Apple MPS): the draws above and the sampler's cumulative sums are
+# float64, so NCA data for a model there is generated on the CPU, exactly, and moved over.
+NO_FLOAT64 = ("mps",)
+
+
+def generation_device(device):
+    """Where NCA data for a model on `device` is generated: that device if it has float64,
+    else the CPU."""
+    return "cpu" if str(device).split(":")[0] in NO_FLOAT64 else device
+
+
 def seed_sequence(seed, start, count):
     """Non-negative 63-bit integer seeds #start..#start+count-1 of a stream (rule candidates)."""
     c = torch.arange(start, start + count, dtype=torch.int64)
@@ -479,7 +490,7 @@ def score_rules(seeds, cfg, device="cpu", batch=2048):
     """gzip scores of rules, each on one filter trajectory: frames s_10..s_19 from an initial grid
     of its own (not the one used for training; docs/differences.md, 'Filter trajectory')."""
     seeds = torch.as_tensor(seeds, dtype=torch.int64).reshape(-1)
-    out = []
+    out, device = [], generation_device(device)
     for i in range(0, len(seeds), batch):
         s = seeds[i:i + batch]
         frames = _split(device, lambda s: rollout(make_rules(s, cfg.num_colors, device),
@@ -558,17 +569,20 @@ def make_sequences(rule_seeds, traj_seeds, cfg, device="cpu", mask_delimiters=Fa
     (B, seq_len). As the official NCADataset: the labels of the first grid are ignored (37
     positions for the default sequence), delimiter tokens ARE trained unless mask_delimiters
     (docs/differences.md, 'Trained delimiters'). rule_params: the rules' parameters if already
-    sampled (sample_rules(rule_seeds)), e.g. rows of a bank kept on the device."""
+    sampled (sample_rules(rule_seeds)), e.g. rows of a bank kept on the device. Generated on
+    generation_device(device), returned on `device`."""
     rule_seeds = torch.as_tensor(rule_seeds, dtype=torch.int64).reshape(-1)
+    gen = generation_device(device)
 
     def part(i, traj_seeds):
         rows = None if rule_params is None else \
-            {k: v[i.to(v.device)] for k, v in rule_params.items()}
-        rules = make_rules(rule_seeds[i], cfg.num_colors, device, params=rows)
+            {k: v[i.to(v.device)].to(gen) for k, v in rule_params.items()}
+        rules = make_rules(rule_seeds[i], cfg.num_colors, gen, params=rows)
         tok = tokenize(rollout(rules, traj_seeds, cfg, cfg.frames), cfg)
         return inputs_and_labels(tok, cfg, mask_delimiters)                # (B, F * grid_len)
-    return _split(device, part, torch.arange(len(rule_seeds)),
+    x, y = _split(gen, part, torch.arange(len(rule_seeds)),
                   torch.as_tensor(traj_seeds, dtype=torch.int64).reshape(-1))
+    return x.to(device), y.to(device)
 
 
 def inputs_and_labels(tok, cfg, mask_delimiters=False):
@@ -627,13 +641,14 @@ class NCABatches:
             self._rules = torch.as_tensor(self._epoch_rules(), dtype=torch.int64)
             self._order = torch.randperm(len(self._rules), generator=g)[self.rank::self.world]
             if self._params is None or self.mode == "fresh_rules":   # once per bank, not per chunk
-                self._params = sample_rules(self._rules, self.cfg.num_colors, self.device)
+                self._params = sample_rules(self._rules, self.cfg.num_colors,
+                                            generation_device(self.device))
         n = min(self.chunk * self.B, self.per_epoch() - self.index)
         pos = self._order[self.index:self.index + n]
         traj = stream_key(pos, 6, self.seed, self.epoch)      # one trajectory per (epoch, rule)
-        on_device = pos.to(self.device)
+        rows = pos.to(generation_device(self.device))
         x, y = make_sequences(self._rules[pos], traj, self.cfg, self.device, self.mask_delimiters,
-                              rule_params={k: v[on_device] for k, v in self._params.items()})
+                              rule_params={k: v[rows] for k, v in self._params.items()})
         self._buffer = list(zip(x.split(self.B), y.split(self.B)))
 
     def __iter__(self):

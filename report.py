@@ -4,6 +4,7 @@ its convergence speedup, the over-seeds summary with confidence intervals, the e
 the validation-curve plot (docs/method.md, 'Evaluation' and 'Convergence speedup')."""
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -375,6 +376,13 @@ def peak_flops(device):
     return next((v for k, v in PEAK_FLOPS if k in name), None)
 
 
+def compiled_graphs():
+    """Graphs torch.compile has built in this process so far (all stages), or None when nothing
+    was compiled: a number that grows between two log lines of a run means a recompile."""
+    dynamo = sys.modules.get("torch._dynamo.utils")        # not imported: nothing was compiled
+    return int(dynamo.counters["stats"]["unique_graphs"]) if dynamo else None
+
+
 class Log:
     """metrics.jsonl and the console. Throughput is measured over the steps since the last line,
     with validation and checkpoint time (`paused`) left out."""
@@ -429,7 +437,7 @@ class Log:
                     "float32")
         self.write({"kind": "train", "step": step, "tokens": step * batch_tokens, "loss": loss,
                     "lr": lr, "grad_norm": norm, "ms": dt * 1000, "tok_s": tok_s, "mfu": mfu,
-                    "mem_gb": mem})
+                    "mem_gb": mem, "graphs": compiled_graphs()})
         if self.master:
             self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
             self.bar.write(f"step {step} loss {loss:.4f} lr {lr:.2e} grad_norm {norm:.3f} "

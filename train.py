@@ -405,7 +405,7 @@ def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
     model.loss_chunk = cfg.loss_chunk
     optimizer = model.configure_optimizers(hp.weight_decay, hp.lr, (cfg.adam_beta1,
                                            cfg.adam_beta2), cfg.adam_eps,
-                                           "cuda" if cuda else "cpu", decay_all=hp.decay_all)
+                                           device.split(":")[0], decay_all=hp.decay_all)
     params = [p for p in model.parameters() if p.requires_grad]
     scaler = torch.amp.GradScaler("cuda" if cuda else "cpu", enabled=cfg.dtype == "float16")
     fwd, val_model = wrap_model(model, cfg.compile, plan.dist)
@@ -508,7 +508,10 @@ def validate(step, val_model, model, val, hp, cfg, ctx, log, scores, probe):
 def wrap_model(model, compile, dist):
     """(model to train, model to validate). DDP first, then compile: the compiled graph is split
     at DDP's gradient buckets, so their all-reduce overlaps the backward pass (a compiled model
-    inside DDP is one opaque backward). Validation runs the compiled model without DDP."""
+    inside DDP is one opaque backward). Validation runs the compiled model without DDP.
+    dynamic=False: validation batches (another batch size, no targets) compile graphs of their
+    own, so the training step keeps the static-shape graph it would have alone; with automatic
+    dynamic shapes a second batch size would recompile it with a symbolic batch dimension."""
     fwd = model
     if dist["world"] > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -518,7 +521,8 @@ def wrap_model(model, compile, dist):
     if not compile:
         return fwd, model
     torch.compiler.reset()  # after stage 1, stage 2's shapes would compile as dynamic
-    return torch.compile(fwd), torch.compile(model) if dist["world"] > 1 else torch.compile(fwd)
+    compiled = torch.compile(fwd, dynamic=False)
+    return compiled, torch.compile(model, dynamic=False) if dist["world"] > 1 else compiled
 
 
 def start_run_dir(out, cfg, stage, dist):

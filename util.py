@@ -12,7 +12,14 @@ import typing
 from dataclasses import field, fields
 from pathlib import Path
 
-import torch
+# The one refusal that cannot wait for guard.py: every module imports this one before it defines
+# anything written for Python 3.10 (`int | None` fields): an older Python stops here, in one line.
+if sys.version_info < (3, 10):
+    print("error: Python 3.10 or newer is needed, this is Python "
+          f"{sys.version_info[0]}.{sys.version_info[1]}", file=sys.stderr)
+    raise SystemExit(2)
+
+import torch  # noqa: E402
 
 
 class UserError(ValueError):

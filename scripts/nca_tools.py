@@ -46,7 +46,7 @@ def draw_preview(path, cfg, bands, rules_per_band=3, num_frames=8, seed=0, devic
     for name, band in bands:
         bank = nca.filter_rules(cfg, band, rules_per_band, seed=seed, device=device, progress=False,
                             cache=False)
-        rules = nca.make_rules(bank.seeds, cfg.num_colors, device)
+        rules = nca.make_rules(bank.seeds, cfg.num_colors, nca.generation_device(device))
         frames = nca.rollout(rules, nca.stream_key(torch.as_tensor(bank.seeds), 11), cfg, num_frames)
         panels.append((name, bank.scores, frames.cpu().numpy()))
     cell, pad, head = cfg.grid * scale, 4, 14

@@ -328,17 +328,22 @@ def test_micro_batch_errors_are_one_line(domain, tmp_path, capsys):
 
 
 def test_gpu_check_dry_run_writes_every_figure(tmp_path):
-    """DEVICE=cpu bash scripts/gpu_check.sh, in-process: every step at toy size."""
+    """DEVICE=cpu bash scripts/gpu_check.sh, in-process: every step at toy size (without compile
+    here: tests/test_device.py compiles)."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import gpu_check
-    res = gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "cpu.json")])
+    res = gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "cpu.json"), "--no-compile"])
     assert json.loads((tmp_path / "cpu.json").read_text()) == json.loads(json.dumps(res))
-    assert set(res) == {"device", "nca_generation", "bit_identity", "stage1", "nca_share",
-                        "lang_data", "stage2", "bf16_vs_fp32", "targets", "reproduce_hours",
+    assert set(res) == {"device", "steps", "running", "nca_generation", "bit_identity", "stage1",
+                        "nca_share", "stage2", "bf16_vs_fp32", "targets", "reproduce_hours",
                         "wall_s"}
+    assert res["steps"]["compile_vs_eager"] == {"status": "skipped", "why": "--no-compile"}
+    assert all(s["status"] == "ok" for n, s in res["steps"].items() if n != "compile_vs_eager")
     assert res["bit_identity"]["identical"] and res["bit_identity"]["rules"] >= 64
+    assert res["bit_identity"]["trajectories_differing"] == 0 and res["bit_identity"]["ok"]
     for stage in ("stage1", "stage2"):
         assert res[stage]["tokens_per_s"] > 0 and res[stage]["steps_measured"] >= 1
+        assert res[stage]["graph"] == {"compiled": False, "shape": [4, 256], "dynamic": None}
     assert 0 < res["nca_share"]["share"] < 1 and res["bf16_vs_fp32"]["ok"]
     assert all(t["met"] is None for t in res["targets"].values())   # targets are for a GPU
 
