@@ -94,9 +94,11 @@ def to_folder(ck, out):
 # ---------------------------------------------------------------- import
 
 def is_state_dict(obj):
-    """A plain dict of tensors (a Llama-layout state dict), not a train.py checkpoint."""
+    """A plain dict of tensors in a Llama layout (some tensor of a decoder layer), not a
+    train.py checkpoint (whose tensors are under "model")."""
     return isinstance(obj, dict) and "model" not in obj and bool(obj) and all(
-        isinstance(v, torch.Tensor) for v in obj.values())
+        isinstance(v, torch.Tensor) for v in obj.values()) and any(
+        re.search(r"(^|\.)layers\.\d+\.(self_attn|mlp)\.", k) for k in obj)
 
 
 def read(path, device="cpu"):
