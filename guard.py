@@ -6,6 +6,8 @@ what is checked here; each script calls one function of this module at the top o
                                         the run folders are locked for the life of the run
   eval_run(args)                        eval.py: the runs, their checkpoints, the data folders
   check_nca(cfg, band), check_dyck(cfg) the generators' settings (train.py and the generator CLIs)
+  rerun_defaults(path, parser)          train.py --config: a run's recorded flags, as defaults
+  sample_run(args), check_export(args)  sample.py and scripts/export_hf.py
 
 Each is handed the objects it checks (the parsed flags, the built source, a model config),
 reads only metadata (meta.json, memory-mapped checkpoints), and raises util.UserError with one

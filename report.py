@@ -1,7 +1,9 @@
 """Presenting runs, off the method's road: train.py's log lines and metrics.jsonl (Log), and the
 comparison of evaluated runs (eval.py's second half): each run's change against its baseline and
 its convergence speedup, the over-seeds summary with confidence intervals, the eval.md tables and
-the validation-curve plot (docs/method.md, 'Evaluation' and 'Convergence speedup')."""
+the validation-curve plot (docs/method.md, 'Evaluation' and 'Convergence speedup'); optional wandb
+tracking (beside metrics.jsonl), the provenance of config.json and eval.json, and the NCA
+pictures and accuracy table of sample.py."""
 import json
 import math
 import platform

@@ -293,6 +293,9 @@ def test_a_rerun_from_config_json_reproduces_the_run(lang_run, tmp_path):
     strip = lambda rec: {k: v for k, v in rec.items() if k not in ("ms", "tok_s", "mfu")}
     assert [strip(r) for r in lines(out / "metrics.jsonl")] == \
         [strip(r) for r in lines(lang_run / "metrics.jsonl")]
+    train.main(["--config", str(out / "config.json"), "--resume"])   # the run itself: done
+    assert [strip(r) for r in lines(out / "metrics.jsonl")] == \
+        [strip(r) for r in lines(lang_run / "metrics.jsonl")]
 
 
 def test_flags_given_after_config_win(lang_run):
