@@ -31,7 +31,8 @@ from data.common import (TOKENIZERS, eval_windows, load_tokens, probe_vocab, sho
                          token_bytes)
 from model import evaluate, load_checkpoint, model_from_checkpoint
 import report
-from report import compare, plot_curves, refusal_text, report_text, summarize
+from report import (compare, plot_curves, provenance, provenance_line, refusal_text, report_text,
+                    summarize)
 from util import add_flags, atomic_write, cli, flag, progress_bar, script_parser
 
 
@@ -153,8 +154,10 @@ def main(argv=None):
     compare(plan.runs, results, plan.baselines)
     summary = summarize(plan.runs, results)
     report = {"eval_tokens": args.eval_tokens, "block_size": plan.block, "device": plan.device,
-              "dtype": plan.dtype, "domains": domains, "runs": results, "summary": summary}
-    text = report_text(results, domains, plan.block, summary)
+              "dtype": plan.dtype, "domains": domains, "runs": results, "summary": summary,
+              "provenance": provenance("eval.py", argv, plan.device)}
+    text = report_text(results, domains, plan.block, summary) + "\n\n" + provenance_line(
+        report["provenance"])
     print(text)
     atomic_write(plan.out / "eval.json", json.dumps(report, indent=2) + "\n")
     atomic_write(plan.out / "eval.md", text + "\n")

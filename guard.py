@@ -6,6 +6,8 @@ what is checked here; each script calls one function of this module at the top o
                                         the run folders are locked for the life of the run
   eval_run(args)                        eval.py: the runs, their checkpoints, the data folders
   check_nca(cfg, band), check_dyck(cfg) the generators' settings (train.py and the generator CLIs)
+  rerun_defaults(path, parser)          train.py --config: a run's recorded flags, as defaults
+  sample_run(args), check_export(args)  sample.py and scripts/export_hf.py
 
 Each is handed the objects it checks (the parsed flags, the built source, a model config),
 reads only metadata (meta.json, memory-mapped checkpoints), and raises util.UserError with one
@@ -101,6 +103,61 @@ def train_run(args, given, source, dist):
             unlock_run_dir(*lock)
 
 
+# train.py --config: not how the run trains but what this command does with its folder
+NOT_RERUN = ("config", "resume", "overwrite")
+
+
+def rerun_defaults(path, parser):
+    """train.py --config RUN/config.json (or RUN): the flags the run was started with
+    ("flags" in config.json; a record without it: its top-level keys), each checked against
+    the flag it sets, as parser defaults. A key that is no flag is refused."""
+    file = Path(path) / "config.json" if Path(path).is_dir() else Path(path)
+    try:
+        record = json.loads(file.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        why = "no such file" if isinstance(e, FileNotFoundError) else type(e).__name__
+        raise UserError(f"--config {path}: cannot read it as train.py's JSON record ({why})") \
+            from None
+    flags = record.get("flags", record) if isinstance(record, dict) else None
+    if not isinstance(flags, dict):
+        raise UserError(f"--config {path} holds no flags (a JSON object written by train.py)")
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    # keys a record holds besides flags (older records keep them at the top level)
+    extra = ("flags", "provenance") if "flags" not in record else ()
+    unknown = [k for k in flags if k not in actions and k not in extra]
+    if unknown:
+        raise UserError(f"--config {path}: {unknown[0]!r} is not a train.py flag (a record of "
+                        "another version? remove the key)")
+    return {k: recorded_value(actions[k], v, path) for k, v in flags.items()
+            if k in actions and k not in NOT_RERUN}
+
+
+def recorded_value(action, value, path):
+    """A flag's value from a JSON record, as the flag itself would accept it."""
+    name, kind = "--" + action.dest, action.type
+    bad = f"--config {path}: {name} {value!r} is not "
+    if value is None:
+        if action.default is not None:
+            raise UserError(bad + "a value this flag takes (null)")
+        return None
+    if action.nargs == 0:                                      # a switch
+        if not isinstance(value, bool):
+            raise UserError(bad + "true or false")
+        return value
+    if isinstance(value, bool) or (kind is int and not isinstance(value, int)) or (
+            kind is float and not isinstance(value, (int, float))) or (
+            kind is str and not isinstance(value, str)):
+        raise UserError(bad + {int: "an integer", float: "a number"}.get(kind, "a string"))
+    if isinstance(value, str) and kind is not None:
+        try:
+            value = kind(value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            raise UserError(bad + "a value this flag takes") from None
+    if action.choices is not None and value not in action.choices:
+        raise UserError(bad + f"one of {', '.join(map(str, action.choices))}")
+    return value
+
+
 def stages(cfg, source):
     """The stages a command runs: stage 1 when it has a source (a token budget), stage 2 unless
     --stage ppt."""
@@ -128,6 +185,10 @@ def check_flags(cfg, world, source):
                         + ("trains its own stage 1 and starts stage 2 from it)"
                            if cfg.stage == "both" else "always starts from scratch)"))
     check_stage2_flags(cfg)
+    if cfg.wandb_run and not cfg.wandb_project:
+        raise UserError("--wandb_run names a run in a --wandb_project: give the project too")
+    if cfg.wandb_project:
+        report.wandb_module()                 # installed? (refused now, not after stage 1)
     for stage in stages(cfg, source):
         check_batch(cfg, stage, world)
     check_dtype(cfg.dtype, default_device(cfg.device))   # no CUDA call before ranks pick GPUs
@@ -374,7 +435,8 @@ def check_resume(cfg, models, plan):
     if ck.get("stage") != stage:
         raise UserError(f"{path} is a {ck.get('stage')!r}-stage checkpoint, not {stage!r}: "
                         "check --out_dir and --stage")
-    fix = f"resume with the flags in {path.parent / 'config.json'} or use another --out_dir"
+    fix = (f"resume with the run's own flags (--config {path.parent / 'config.json'} --resume) "
+           "or use another --out_dir")
     for k, want in asdict(models[stage]).items():
         if ck["model_args"].get(k) != want:
             raise UserError(f"--resume: {path} holds a model with {k} {ck['model_args'].get(k)}, "
@@ -395,9 +457,9 @@ def check_resume(cfg, models, plan):
 
 
 def peek(path, what="checkpoint", need=("model", "model_args")):
-    """A train.py checkpoint, memory-mapped on the CPU (cheap), checked to hold `need` and a
-    usable model_args."""
-    if not Path(path).is_file():
+    """A train.py checkpoint (or a Hugging Face Llama folder or state dict, read as one),
+    memory-mapped on the CPU (cheap), checked to hold `need` and a usable model_args."""
+    if not Path(path).exists():
         raise UserError(f"checkpoint {path} not found")
     ck = load_checkpoint(path, "cpu", mmap=True)
     missing = [k for k in need if k not in ck] if isinstance(ck, dict) else ["model"]
@@ -697,3 +759,92 @@ def language_refusal(ck, tokenizer="gpt2", vocab=None):
     if size < vocab:
         return f"its model has {size:,} output classes, fewer than the {vocab:,} {tokenizer} ids"
     return None
+
+
+# -----------------------------------------------------------------------------------------------
+# scripts/export_hf.py and sample.py
+
+def run_checkpoint(path, flag):
+    """The checkpoint a RUN argument names: a run folder's ckpt.pt, a checkpoint file, or a
+    Hugging Face Llama folder (hf.py)."""
+    path = Path(path)
+    if path.is_dir() and (path / "ckpt.pt").is_file():
+        return path / "ckpt.pt"
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UserError(f"{flag} {path} holds no ckpt.pt (nor a Hugging Face config.json): "
+                        "pass a run folder of train.py or a ckpt.pt")
+    return path
+
+
+def check_export(args):
+    """An export: a checkpoint LlamaForCausalLM can hold, and a folder it may write."""
+    ck_path = run_checkpoint(args.run, "RUN")
+    ck = peek(ck_path, "RUN")
+    if ck["model_args"].get("head_bias"):
+        raise UserError(f"{ck_path} is a stage-1 model whose output head has a bias, which "
+                        "LlamaForCausalLM has no place for: export a stage-2 (language) run")
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"OUT_DIR {out} is a file: choose a folder")
+    if (out / "config.json").exists() and not args.overwrite:
+        raise UserError(f"{out} already holds an export (config.json): pass --overwrite to "
+                        "replace it")
+    return ck_path
+
+
+def sample_run(args):
+    """Check a sample.py command before a model is built: the numbers, the checkpoint and what
+    it can show (text for a language model of a known tokenizer, rollouts for a stage-1 NCA
+    model that kept its held-out rules), the prompt, --out. Returns the plan."""
+    if args.init_from is None:
+        raise UserError("--init_from RUN is needed: a run folder of train.py, a ckpt.pt or a "
+                        "Hugging Face Llama folder")
+    for name in ("num_samples", "max_new_tokens", "num_rules", "context_grids"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if not args.temperature > 0:
+        raise UserError(f"--temperature must be above 0, got {args.temperature} (for the "
+                        "likeliest token every time: --top_k 1)")
+    if args.top_k < 0:
+        raise UserError(f"--top_k must be at least 0 (0 = all tokens), got {args.top_k}")
+    device = default_device(args.device)
+    path = run_checkpoint(args.init_from, "--init_from")
+    ck = peek(path, "--init_from")
+    kind = (ck.get("vocab") or {}).get("kind")
+    plan = SimpleNamespace(ckpt=path, kind=kind, device=device, prompt=None)
+    if kind == "nca":
+        check_rollouts(args, path, ck)
+        return plan
+    if kind not in TOKENIZERS:
+        raise UserError(f"{path} is a model of {kind!r} tokens: sample.py decodes GPT-2 and "
+                        "byte-level text and draws stage-1 NCA rollouts")
+    if args.out:
+        raise UserError(f"--out draws stage-1 NCA rollouts, and {path} is a language model: "
+                        "drop --out (its samples are printed)")
+    plan.prompt = args.start
+    if args.start.startswith("FILE:"):
+        try:
+            plan.prompt = Path(args.start[5:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"--start {args.start}: cannot read it as UTF-8 text "
+                            f"({type(e).__name__})") from None
+    return plan
+
+
+def check_rollouts(args, path, ck):
+    """A stage-1 NCA checkpoint's rollouts: its held-out rules, a context that leaves grids to
+    predict, a picture format and Pillow."""
+    info = ck.get("nca")
+    if not info or not info.get("val_seeds"):
+        raise UserError(f"{path} is an NCA model without its held-out rules: sample.py needs a "
+                        "stage-1 checkpoint of train.py")
+    gen = info["config"]
+    grid_len = (gen["grid"] // gen["patch"]) ** 2 + 2
+    grids = min(-(-gen["seq_len"] // grid_len), ck["model_args"]["block_size"] // grid_len)
+    if args.context_grids >= grids:
+        raise UserError(f"--context_grids {args.context_grids} leaves nothing to predict: the "
+                        f"model's context holds {grids} grids")
+    if args.out:
+        if Path(args.out).suffix.lower() not in (".png", ".gif"):
+            raise UserError(f"--out {args.out}: the picture is a .png or a .gif")
+        report.pillow()

@@ -15,6 +15,7 @@ other below.
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -374,12 +375,17 @@ def save_checkpoint(obj, path):
 
 
 def load_checkpoint(path, device="cpu", mmap=False):
-    """A checkpoint dict, tensors only (weights_only); mmap=True reads nothing until it is used."""
+    """A checkpoint dict, tensors only (weights_only); mmap=True reads nothing until it is used.
+    A Hugging Face Llama folder, or a plain Llama-layout state dict, is read as one (hf.py)."""
+    import hf                                   # imports this module: imported when used
+    if Path(path).is_dir():
+        return hf.read(path, device)
     try:
-        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+        ck = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as e:  # truncated file, not a checkpoint, unsafe pickle: one line, no trace
         raise UserError(f"cannot read checkpoint {path}: "
                         f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+    return hf.from_state_dict(ck, path) if hf.is_state_dict(ck) else ck
 
 
 def model_from_checkpoint(ck, device="cpu", **overrides):

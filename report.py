@@ -1,9 +1,14 @@
 """Presenting runs, off the method's road: train.py's log lines and metrics.jsonl (Log), and the
 comparison of evaluated runs (eval.py's second half): each run's change against its baseline and
 its convergence speedup, the over-seeds summary with confidence intervals, the eval.md tables and
-the validation-curve plot (docs/method.md, 'Evaluation' and 'Convergence speedup')."""
+the validation-curve plot (docs/method.md, 'Evaluation' and 'Convergence speedup'); optional wandb
+tracking (beside metrics.jsonl), the provenance of config.json and eval.json, and the NCA
+pictures and accuracy table of sample.py."""
 import json
 import math
+import platform
+import shlex
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -13,7 +18,7 @@ import numpy as np
 import torch
 
 from data.common import show
-from util import UserError, progress_bar
+from util import UserError, atomic_write, progress_bar
 
 
 # ---------------------------------------------------------------- runs, their labels and baselines
@@ -387,17 +392,28 @@ class Log:
     """metrics.jsonl and the console. Throughput is measured over the steps since the last line,
     with validation and checkpoint time (`paused`) left out."""
 
-    def __init__(self, stage, path, master, model, seq_len, device, world, step):
+    def __init__(self, stage, path, master, model, seq_len, device, world, step, track=None):
         self.stage, self.path, self.master, self.model = stage, path, master, model
         self.flops, self.peak = model.flops_per_token(seq_len), peak_flops(device)
         self.seq_len, self.device, self.world = seq_len, device, world
         self.t_last, self.last_step, self.paused = time.perf_counter(), step, 0.0
         self.bar = None
+        # wandb.init's arguments (tracking()): every line written below also goes there
+        self.run = wandb_module().init(**track) if track and master else None
 
     def write(self, rec):
         if self.master:
             with open(self.path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
+        if self.run is not None:          # its numbers; "kind" is in the key names already
+            self.run.log({k: v for k, v in rec.items() if k != "step"
+                          and isinstance(v, (int, float))}, step=rec["step"])
+
+    def close(self):
+        self.bar.close()
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
 
     def start(self, steps, hp, accum, memory):
         m = self.model
@@ -449,7 +465,7 @@ class Log:
     def finite(self, value, what, step, fix):
         """A NaN or infinite loss ends the run with one line (the last checkpoint stays)."""
         if not math.isfinite(value):
-            self.bar.close()
+            self.close()
             raise UserError(f"{what} is {value} at step {step} of {self.stage}: {fix}")
 
 
@@ -473,3 +489,178 @@ def plot_heads(results, path):
         fig.colorbar(im, ax=list(axes[row]), shrink=0.8)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- optional tracking (wandb)
+
+def wandb_module():
+    """wandb, imported only when asked for (it is optional)."""
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("--wandb_project needs wandb, which is optional: pip install wandb "
+                        "(or drop --wandb_project)") from None
+    return wandb
+
+
+def tracking(cfg, stage, out):
+    """wandb.init's arguments for one stage of a run (None without --wandb_project): one wandb
+    run per stage folder, grouped by the train.py command, its config the stage's flags."""
+    if not cfg.wandb_project:
+        return None
+    both = cfg.stage == "both"
+    name = cfg.wandb_run and (f"{cfg.wandb_run}-{stage}" if both else cfg.wandb_run)
+    return {"project": cfg.wandb_project, "name": name, "group": cfg.wandb_run or Path(
+        cfg.out_dir).name, "job_type": stage, "dir": str(out),
+            "config": json.loads(json.dumps(vars(cfg) | {"stage": stage}, default=str))}
+
+
+# ---------------------------------------------------------------- provenance
+
+def provenance(script, argv, device):
+    """Where a result comes from (config.json, eval.json, eval.md): the git commit, whether the
+    working tree differs from it, the PyTorch version, the device and the command line."""
+    def git(*args):
+        try:
+            r = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), *args],
+                               capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):        # no git, or it hangs
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+    commit = git("rev-parse", "HEAD")
+    argv = sys.argv[1:] if argv is None else argv
+    return {"git_commit": commit, "git_dirty": bool(git("status", "--porcelain")) if commit
+            else None, "torch": torch.__version__, "device": device_name(device),
+            "command": shlex.join(["python", script, *map(str, argv)])}
+
+
+def device_name(device):
+    device = str(device)
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    if device == "cpu":
+        try:
+            model = next(line.split(":", 1)[1].strip() for line in
+                         Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("model name"))
+        except (OSError, StopIteration):
+            model = platform.machine() or platform.processor()
+        return f"cpu ({model})" if model else "cpu"
+    return device
+
+
+def provenance_line(p):
+    """The eval.md footer."""
+    commit = "not a git checkout" if p["git_commit"] is None else \
+        f"git {p['git_commit'][:12]}" + (" (dirty: the working tree differs)" if p["git_dirty"]
+                                          else "")
+    return f"{commit} · torch {p['torch']} · {p['device']} · `{p['command']}`"
+
+
+# ---------------------------------------------------------------- NCA pictures (sample.py, nca_tools)
+
+def pillow():
+    """PIL's Image and ImageDraw; Pillow is optional."""
+    try:
+        from PIL import Image, ImageDraw
+    except ImportError:
+        raise UserError("drawing PNG or GIF needs Pillow, which is optional: pip install pillow") \
+            from None
+    return Image, ImageDraw
+
+
+def palette(n):
+    base = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40],
+                     [148, 103, 189], [140, 86, 75], [227, 119, 194], [127, 127, 127],
+                     [188, 189, 34], [23, 190, 207]], dtype=np.uint8)
+    if n <= len(base):
+        return base[:n]
+    hue = np.arange(n) / n                                  # more colours: evenly spaced hues
+    rgb = np.stack([np.abs(hue * 6 - 3) - 1, 2 - np.abs(hue * 6 - 2), 2 - np.abs(hue * 6 - 4)], 1)
+    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def rollout_table(cfg, true, forced, free, context):
+    """sample.py's accuracy table: per grid g, the share of patch tokens right (as token_acc in
+    metrics.jsonl) and of whole grids right, teacher-forced and free-running, beside copying the
+    previous true grid and repeating the last context grid. Returns (text, {column: [per grid]})."""
+    R, G, H, W = true.shape
+    p = cfg.patch
+
+    def right(pred, target):                    # (R, G, patches): every cell of a patch right
+        ok = (pred == target).view(R, -1, H // p, p, W // p, p)
+        return ok.all(5).all(3).flatten(2).float()
+    last = true[:, context - 1:context].expand_as(true)
+    cols = {"teacher-forced": right(forced, true), "free-running": right(free, true),
+            "copy previous": right(true[:, :-1], true[:, 1:]),
+            "repeat context": right(last, true)}
+    cols["copy previous"] = torch.cat([torch.zeros_like(cols["copy previous"][:, :1]),
+                                       cols["copy previous"]], 1)
+    first = {"teacher-forced": 1, "copy previous": 1, "free-running": context,
+             "repeat context": context}
+    acc = {k: [(float(v[:, g].mean()), float(v[:, g].all(-1).float().mean()))
+               if g >= first[k] else None for g in range(G)] for k, v in cols.items()}
+    lines = [f"{R} held-out rules, {G} grids each; the first {context} given. Each cell: share of "
+             "patch tokens right (share of whole grids right)",
+             f"{'grid':>4}  " + "  ".join(f"{k:>16}" for k in cols)]
+    for g in range(1, G):
+        cells = ("-" if a[g] is None else f"{a[g][0]:.3f} ({a[g][1]:.2f})" for a in acc.values())
+        lines.append(f"{g:>4}  " + "  ".join(f"{c:>16}" for c in cells))
+    mean = (np.mean([x[0] for x in a[context:]]) for a in acc.values())
+    lines.append(f"grids {context}-{G - 1}: " + ", ".join(f"{k} {m:.3f}" for k, m in
+                                                          zip(cols, mean)))
+    return "\n".join(lines), acc
+
+
+def draw_rollouts(path, true, forced, free, context, num_colors, labels, scale=6):
+    """True and predicted grids of a few rules, each wrong cell crossed out. PNG: per rule,
+    three rows (true; teacher-forced; free-running), grids left to right, the context grids
+    only in the first row. GIF: one frame per grid, the three side by side."""
+    Image, ImageDraw = pillow()
+    true, forced, free = (t.cpu().numpy() for t in (true, forced, free))
+    R, G, H, W = true.shape
+    pal, cell, pad, left, head = palette(num_colors), H * scale, 3, 96, 14
+    kinds = (("true", true, 0), ("teacher-forced", forced, 1), ("free-running", free, context))
+
+    def grid(img, a, truth, x, y):
+        img.paste(Image.fromarray(pal[a].repeat(scale, 0).repeat(scale, 1)), (x, y))
+        d = ImageDraw.Draw(img)
+        for i, j in zip(*np.nonzero(a != truth)):
+            x0, y0, x1, y1 = x + j * scale, y + i * scale, x + (j + 1) * scale - 1, \
+                y + (i + 1) * scale - 1
+            d.line([(x0, y0), (x1, y1)], fill="black")
+            d.line([(x1, y0), (x0, y1)], fill="black")
+    block, gif = head + 3 * (cell + pad), str(path).lower().endswith(".gif")
+    if not gif:
+        img = Image.new("RGB", (left + G * (cell + pad), head + R * block), "white")
+        d = ImageDraw.Draw(img)
+        d.text((4, 2), f"grid 0-{context - 1}: context", fill="black")
+        for g in range(G):
+            d.text((left + g * (cell + pad) + cell // 2 - 3, 2), str(g), fill="black")
+        for r in range(R):
+            y0 = head + r * block
+            d.text((left, y0 + 2), labels[r], fill="black")
+            for k, (name, grids, first) in enumerate(kinds):
+                y = y0 + head + k * (cell + pad)
+                d.text((4, y + cell // 2 - 5), name, fill="black")
+                for g in range(first, G):
+                    grid(img, grids[r, g], true[r, g], left + g * (cell + pad), y)
+        frames = [img]
+    else:
+        frames = []
+        for g in range(1, G):
+            img = Image.new("RGB", (left + 3 * (cell + pad), 2 * head + R * (cell + head)),
+                            "white")
+            d = ImageDraw.Draw(img)
+            d.text((4, 2), f"grid {g}" + (" (context)" if g < context else ""), fill="black")
+            for k, (name, grids, first) in enumerate(kinds):
+                d.text((left + k * (cell + pad), head), name.split("-")[0], fill="black")
+                for r in range(R):
+                    y = 2 * head + r * (cell + head)
+                    d.text((4, y + cell // 2 - 5), labels[r][-12:], fill="black")
+                    grid(img, grids[r, g] if g >= first else true[r, g], true[r, g],
+                         left + k * (cell + pad), y)
+            frames.append(img)
+    atomic_write(path, lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, loop=0,
+                                                  append_images=frames[1:], duration=400)
+                 if gif else frames[0].save(tmp, format="PNG"))

@@ -25,6 +25,7 @@ import contextlib
 import json
 import math
 import os
+import textwrap
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,9 +41,9 @@ from data.common import TextBatches, load_meta, probe_vocab, text_val_batches
 import probes
 from model import GPT, PPT_VOCAB, SIZES, GPTConfig, evaluate, model_config
 from model import load_checkpoint, model_from_checkpoint, save_checkpoint
-from report import Log
+from report import Log, provenance, tracking
 from util import (add_flags, atomic_write, autocast, cli, default_device, flag, from_flags,
-                  script_parser)
+                  one_line_errors, script_parser)
 
 # -----------------------------------------------------------------------------------------------
 # Knobs. Stage 1's optimization flags are --ppt_<name>, stage 2's the plain --<name>.
@@ -67,7 +68,11 @@ class RunFlags:
     stage: str = flag("both", "ppt = stage 1, lang = stage 2, both = 1 then 2",
                       choices=["ppt", "lang", "both"])
     preset: str | None = flag(None, "a set of defaults: cpu (tiny model, minutes) or gpu "
-                              "(GPT-2-small)", choices=lambda: sorted(PRESETS))
+                              "(GPT-2-small); their values are listed at the end, and "
+                              "--preset NAME --help shows them as the defaults",
+                              choices=lambda: sorted(PRESETS))
+    config: str | None = flag(None, "rerun from a run's record: the flags in RUN/config.json "
+                              "become the defaults; flags given here still win")
     out_dir: str = flag("out/run", "run folder")
     overwrite: bool = flag(False, "replace a run already in out_dir")
     resume: bool = flag(False, "continue the run in out_dir")
@@ -85,6 +90,10 @@ class RunFlags:
     max_iters: int = flag(0, "stop each stage after this many steps (0 = its token budget)")
     debug_ranks: bool = flag(False, "each process writes rank<r>.json (hash of its first batch "
                              "and of the final weights) to check data sharding and gradient sync")
+    wandb_project: str | None = flag(None, "also log every metrics.jsonl line to this Weights & "
+                                     "Biases project (needs wandb, optional)")
+    wandb_run: str | None = flag(None, "name of the wandb run (with --stage both: NAME-ppt and "
+                                 "NAME-lang); default: wandb's own")
 
 
 @dataclass
@@ -199,7 +208,8 @@ PRESETS = {
 
 
 def get_parser(doc=""):
-    p = script_parser(doc)
+    p = script_parser(doc, epilog=preset_text())
+    p.usage = "%(prog)s [--preset cpu|gpu] [--config RUN/config.json] [flags]"
     for cls in (RunFlags, ModelFlags, OptimFlags, Stage1Flags):
         add_flags(p, cls)
     add_flags(p, nca.NCAConfig, "NCA generator (docs/method.md)")
@@ -209,9 +219,27 @@ def get_parser(doc=""):
     return p
 
 
+def preset_text():
+    """The presets' values, for the end of --help."""
+    lines = ["presets (--preset NAME makes these the defaults; flags given still win):"]
+    for name, values in PRESETS.items():
+        flags = (f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}"
+                 for k, v in values.items())
+        lines.append(textwrap.fill(f"{name}: " + " ".join(flags), width=96, initial_indent="  ",
+                                   subsequent_indent="      "))
+    return "\n".join(lines)
+
+
 def parse_args(argv=None):
+    """The flags: the defaults written above, then a --config record's, then a --preset's (both
+    read before --help runs, so that --help shows them), then the command line."""
     p = get_parser(__doc__)
-    first, _ = p.parse_known_args(argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", choices=sorted(PRESETS))
+    pre.add_argument("--config")
+    first, _ = one_line_errors(pre).parse_known_args(argv)
+    if first.config:
+        p.set_defaults(**guard.rerun_defaults(first.config, p))
     if first.preset:
         p.set_defaults(**PRESETS[first.preset])
     return p.parse_args(argv)
@@ -320,6 +348,10 @@ def main(argv=None):
         if dist["device"].startswith("cuda"):   # TF32 for the model's float32 matmuls (NCA
             torch.set_float32_matmul_precision("high")   # generation stays exact regardless)
         ctx, _ = autocast(cfg.dtype, dist["device"])
+        # What config.json records beside the resolved flags: the command's own flags (what
+        # --config reads back) and where the run came from.
+        plan.record = {"flags": vars(args),
+                       "provenance": provenance("train.py", argv, dist["device"])}
         if dist["rank"] == 0:
             print(json.dumps(vars(cfg), default=str))
         result = {}
@@ -409,14 +441,15 @@ def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
     params = [p for p in model.parameters() if p.requires_grad]
     scaler = torch.amp.GradScaler("cuda" if cuda else "cpu", enabled=cfg.dtype == "float16")
     fwd, val_model = wrap_model(model, cfg.compile, plan.dist)
-    start_run_dir(out, cfg, stage, plan.dist)
-    step = resume(out, stage, model, optimizer, batches, cfg, plan.dist) if cfg.resume else None
+    start_run_dir(out, cfg, stage, plan)
+    step = resume(out, stage, model, optimizer, batches, cfg, plan) if cfg.resume else None
     resumed, step = step is not None, step or 0
     resumed_at, last_val, rates, first_batch = step, None, [], None
     if world > 1:       # the init above is the same on every rank; dropout masks must differ
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, step, rank]).generate_state(1)[0]))
     rng_at_start = float(torch.get_rng_state().double().sum())
-    log = Log(stage, out / "metrics.jsonl", master, model, cfg.seq_len, device, world, step)
+    log = Log(stage, out / "metrics.jsonl", master, model, cfg.seq_len, device, world, step,
+              track=tracking(cfg, stage, out))
     log.start(steps, hp, accum, plan.memory[stage])
     ckpt_every = hp.ckpt_interval or hp.eval_interval
     model.train()
@@ -469,7 +502,7 @@ def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
             tok_s = log.train_line(step, loss_sum, lr, float(norm), hp.batch_tokens)
             if step > resumed_at + 2 * cfg.log_interval:      # skip warm-up / compile steps
                 rates.append(tok_s)
-    log.bar.close()
+    log.close()
     if master and rates:
         print(f"{stage}: mean {np.mean(rates):,.0f} tok/s after warm-up")
     if cfg.debug_ranks:
@@ -525,10 +558,11 @@ def wrap_model(model, compile, dist):
     return compiled, torch.compile(model, dynamic=False) if dist["world"] > 1 else compiled
 
 
-def start_run_dir(out, cfg, stage, dist):
+def start_run_dir(out, cfg, stage, plan):
     """Create the run folder now that everything it needs has been checked: with --overwrite the
     old run's files go, and config.json is written (when resuming, only once the checkpoint has
     loaded: resume())."""
+    dist = plan.dist
     if dist["rank"] == 0:
         if cfg.overwrite and not cfg.resume:
             for f in guard.RUN_FILES:
@@ -537,15 +571,15 @@ def start_run_dir(out, cfg, stage, dist):
         if not (cfg.resume and (out / "ckpt.pt").exists()):
             if cfg.resume:                    # lines of an attempt that left no checkpoint
                 (out / "metrics.jsonl").unlink(missing_ok=True)
-            write_config(out, vars(cfg) | {"stage": stage})
+            write_config(out, vars(cfg) | {"stage": stage} | plan.record)
     if dist["world"] > 1:
         torch.distributed.barrier()
 
 
-def resume(out, stage, model, optimizer, batches, cfg, dist):
+def resume(out, stage, model, optimizer, batches, cfg, plan):
     """Restore the model, optimizer, data position and random state of out/ckpt.pt (guard.py
     checked it fits this command); the step to continue from, or None for a fresh run."""
-    path = out / "ckpt.pt"
+    path, dist = out / "ckpt.pt", plan.dist
     if not path.exists():
         if dist["rank"] == 0:
             print(f"--resume: no checkpoint in {out}, starting {stage} from scratch")
@@ -558,7 +592,7 @@ def resume(out, stage, model, optimizer, batches, cfg, dist):
     if dist["device"].startswith("cuda") and ck["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(ck["rng"]["cuda"].cpu())
     if dist["rank"] == 0:                             # the checkpoint loaded: now it is this run
-        write_config(out, vars(cfg) | {"stage": stage})
+        write_config(out, vars(cfg) | {"stage": stage} | plan.record)
         truncate_metrics(out / "metrics.jsonl", ck["step"])
         print(f"resumed {stage} at step {ck['step']}")
     return ck["step"]

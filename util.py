@@ -90,12 +90,25 @@ def one_line_errors(parser):
     return parser
 
 
-def script_parser(doc):
-    """The argument parser of a script whose module docstring is `doc`: its first paragraph as the
-    description, defaults shown in --help, and one-line errors."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help as the script's docstring lays it out (not re-wrapped, not cut after its first
+    paragraph), each flag's default shown once: not again when its help already says what the
+    default is, and not for switches or a default of None (the help says what None means)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        switch = action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)
+        if ("default" in text.lower() or switch
+                or action.default in (None, argparse.SUPPRESS) or action.default == []):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def script_parser(doc, epilog=None):
+    """The argument parser of a script whose module docstring is `doc`: the whole docstring as
+    the description, each default shown once (HelpFormatter), and one-line errors."""
     return one_line_errors(argparse.ArgumentParser(
-        description=doc.split("\n\n")[0].strip(),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+        description=doc.strip(), epilog=epilog, formatter_class=HelpFormatter))
 
 
 def atomic_write(path, data):

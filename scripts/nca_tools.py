@@ -17,29 +17,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import guard  # noqa: E402
 import nca  # noqa: E402
+from report import palette, pillow  # noqa: E402
 from util import (UserError, add_flags, atomic_write, cli, default_device, from_flags,  # noqa: E402
                   script_parser)
-
-
-def palette(n):
-    base = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40],
-                     [148, 103, 189], [140, 86, 75], [227, 119, 194], [127, 127, 127],
-                     [188, 189, 34], [23, 190, 207]], dtype=np.uint8)
-    if n <= len(base):
-        return base[:n]
-    hue = np.arange(n) / n                                  # more colours: evenly spaced hues
-    rgb = np.stack([np.abs(hue * 6 - 3) - 1, 2 - np.abs(hue * 6 - 2), 2 - np.abs(hue * 6 - 4)], 1)
-    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
 def draw_preview(path, cfg, bands, rules_per_band=3, num_frames=8, seed=0, device="cpu",
                  scale=4):
     """Trajectories of a few rules from each band, side by side; PNG (frames left to right) or
     GIF (frames over time). Needs Pillow for the text and the file formats."""
-    try:
-        from PIL import Image, ImageDraw
-    except ImportError:
-        raise UserError("--preview needs Pillow for PNG/GIF output: pip install pillow") from None
+    Image, ImageDraw = pillow()
     gif = str(path).lower().endswith(".gif")
     pal = palette(cfg.num_colors)
     panels = []
