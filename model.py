@@ -404,8 +404,7 @@ def model_from_checkpoint(ck, device="cpu", **overrides):
 
 
 # -----------------------------------------------------------------------------------------------
-# Evaluation: one loop for validation in train.py, perplexity and the NCA tables in eval.py, and
-# the copy probe
+# Evaluation: one loop for validation in train.py, perplexity, the NCA tables and the probes
 
 @torch.no_grad()
 def evaluate(model, batches, ctx=contextlib.nullcontext(), device=None, each=None):
@@ -431,25 +430,6 @@ def evaluate(model, batches, ctx=contextlib.nullcontext(), device=None, each=Non
     finally:
         model.train(was_training)
     return {"loss": total / max(count, 1), "tokens": count}
-
-
-def copy_probe(model, vocab_size, length, num_seqs=16, batch_size=8, device="cpu",
-               ctx=contextlib.nullcontext(), seed=0):
-    """In-context copying: the loss on the second copy of a repeated random token sequence
-    against the loss on the first. Random tokens cannot be predicted the first time; the second
-    time a model that can look back and copy (an induction head) predicts them well. The same
-    sequences (ids below vocab_size, from `seed`) for every model. Returns first, second, gain."""
-    half = torch.randint(0, vocab_size, (num_seqs, length),
-                         generator=torch.Generator().manual_seed(seed))
-    seqs = torch.cat([half, half], dim=1)
-    sums = [0.0, 0.0]
-
-    def each(x, y, nll, pred):
-        sums[0] += nll[:, :length - 1].sum().item()        # targets 1..L-1 of the first copy
-        sums[1] += nll[:, length:].sum().item()            # targets 1..L-1 of the second copy
-    evaluate(model, [(w[:, :-1], w[:, 1:]) for w in seqs.split(batch_size)], ctx, device, each)
-    first, second = (s / (num_seqs * (length - 1)) for s in sums)
-    return {"first": first, "second": second, "gain": first - second}
 
 
 if __name__ == "__main__":
