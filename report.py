@@ -330,6 +330,30 @@ def plot_curves(runs, baselines, path):
     plt.close(fig)
 
 
+# ---------------------------------------------------------------- the console of train.py
+
+def run_summary(cfg, plan):
+    """The one line train.py prints at start (the full configuration is config.json)."""
+    stages = " + ".join({"ppt": f"stage 1 ({cfg.ppt_source}, {plan.steps['ppt']:,} steps)",
+                         "lang": f"stage 2 ({show(plan.lang_data)}, {plan.steps['lang']:,} "
+                                 "steps)"}[s] for s in plan.stages)
+    folders = ", ".join(dict.fromkeys(show(plan.out[s]) for s in plan.stages))
+    return (f"train: {stages}; model {cfg.size}, seq_len {cfg.seq_len}; {plan.dist['device']} "
+            f"{cfg.dtype}, seed {cfg.seed}" + (f", preset {cfg.preset}" if cfg.preset else "")
+            + f" -> {folders} (every setting: config.json there)")
+
+
+def body_line(init_from, body, vocab_size):
+    """Where stage 2's body comes from, printed as it starts."""
+    if body is None:
+        return (f"lang: scratch: a freshly initialized body (no stage 1), new embeddings and "
+                f"head for {vocab_size:,} tokens")
+    src = body.get("config", {}).get("ppt_source", "?")
+    return (f"lang: body from {show(init_from)} (stage 1 on {src}, step {body.get('step')}, "
+            f"{body.get('tokens') or 0:,} tokens); new embeddings and head for {vocab_size:,} "
+            "tokens")
+
+
 # ---------------------------------------------------------------- the training log: one line per log
 # step (loss, lr, grad norm, ms, tok/s, MFU, peak memory), the same numbers in metrics.jsonl
 
@@ -367,7 +391,8 @@ class Log:
         m = self.model
         if self.master:
             print(f"{self.stage}: {steps} steps of {hp.batch_tokens:,} tokens ({accum} "
-                  f"micro-steps of {hp.micro_batch} x {self.seq_len} x {self.world} processes), "
+                  f"micro-step{'s' * (accum > 1)} of {hp.micro_batch} x {self.seq_len} x "
+                  f"{self.world} process{'es' * (self.world > 1)}), "
                   f"{m.num_params():,} body parameters, vocabulary {m.config.vocab_size:,}"
                   + (f"; MFU against {self.peak / 1e12:.0f} TFLOP/s" if self.peak else ""))
         if self.last_step == 0:
@@ -380,9 +405,9 @@ class Log:
     def val_line(self, step, tokens, res):
         rec = {"kind": "val", "step": step, "tokens": tokens, **res}
         self.write(rec)
-        if self.master:
-            self.bar.write(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                    for k, v in rec.items()))
+        if self.master:                     # "step N val_loss ...", like the training lines
+            self.bar.write(f"step {step} " + " ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()))
         self.finite(res["val_loss"], "validation loss", step, "lower the learning rate or use "
                     "--dtype float32")
 

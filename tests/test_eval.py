@@ -140,14 +140,17 @@ def test_speedup_reproduces_the_blog_numbers(steps, curves, arm, want):
 # ---------------------------------------------------------------- fake runs and domains
 
 def write_run(folder, arm, curve, stage="lang", domain="web", init_from=None, ppt_source=None,
-              model_cfg=None, vocab=("gpt2", 50257), nca_info=None, seed=0):
-    """A run folder in train.py's format: config.json, metrics.jsonl, ckpt.pt."""
+              model_cfg=None, vocab=("bytes", 257), nca_info=None, seed=0, eval_tokens=256):
+    """A run folder in train.py's format: config.json, metrics.jsonl, ckpt.pt. Byte-level by
+    default, so that no test needs the GPT-2 tokenizer file."""
     folder.mkdir(parents=True)
     torch.manual_seed(seed)
-    cfg = model_cfg or config_for("tiny", vocab_size=50257, block_size=64)
+    cfg = model_cfg or config_for("tiny", vocab_size=vocab[1], block_size=64)
     model = GPT(cfg)
     config = {"stage": stage, "arm": arm, "ppt_source": ppt_source, "domain": domain,
-              "data_dir": f"data/{domain}", "seed": seed, "init_from": init_from}
+              "data_dir": None, "seed": seed, "init_from": init_from}
+    if stage == "lang":
+        config["eval_tokens"] = eval_tokens
     (folder / "config.json").write_text(json.dumps(config))
     lines = []
     for tokens, loss in curve:
@@ -169,7 +172,7 @@ NCA_CFG = nca.NCAConfig(seq_len=128)
 def fake(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     for i, d in enumerate(DOMAINS):
-        make_domain(root / "data" / d, seed=i)
+        make_domain(root / "data" / d, seed=i, vocab=257, tokenizer="bytes")
     runs = root / "runs"
     base = [(1024, 6.0), (2048, 5.0), (3072, 4.0), (4096, 3.0)]
     write_run(runs / "scratch_web", "scratch", base, seed=0)
@@ -195,7 +198,9 @@ def test_table_json_and_markdown(fake, capsys):
     printed = capsys.readouterr().out
     md = (fake / "ev" / "eval.md").read_text()
     header = md.splitlines()[0]
-    assert [c.strip() for c in header.strip("|").split("|")][-4:] == [*DOMAINS, "copy probe"]
+    # no --domains: the runs' own training folder first, then the others of its tokenizer
+    assert [c.strip() for c in header.strip("|").split("|")][-4:] == ["web", "code", "math",
+                                                                       "copy probe"]
     rows = [line for line in md.splitlines()[2:] if line.startswith("| ")]
     assert len(rows) == 4 and "scratch (scratch_web)" in rows[0] and "nca (nca_web)" in rows[1]
     assert rows[2].startswith("| unigram") and rows[3].startswith("| bigram")
@@ -237,12 +242,15 @@ def test_not_reached_and_explicit_baseline(fake, tmp_path):
 def test_nca_checkpoint_is_refused_on_language_and_evaluated_on_rules(fake, capsys):
     runs = fake / "runs"
     report = run_main(fake, str(runs / "scratch_web"), str(runs / "nca_web" / "ppt"),
-                      str(runs / "dyck_ppt"), "--nca_val_seqs", "8", out="ev_nca")
+                      "--nca_val_seqs", "8", "--domains", ",".join(DOMAINS), out="ev_nca")
     out = capsys.readouterr().out
-    _, ppt, dyck = report["runs"]
+    _, ppt = report["runs"]
     assert "not evaluated on web, math, code" in out and "NCA validation rules instead" in out
     assert ppt["ppl"] == {} and "'nca'" in ppt["refused"]             # refused by vocabulary kind
-    assert dyck["ppl"] == {} and dyck["nca"] is None and "'dyck'" in dyck["refused"]
+    # a run that can be scored nowhere (a Dyck stage-1 model) is one error line, not an empty row
+    err = refused(capsys, run_main, fake, str(runs / "scratch_web"), str(runs / "dyck_ppt"))
+    assert "dyck (dyck_ppt) can be scored on no eval domain" in err and "'dyck'" in err
+    assert not (fake / "ev" / "eval.json").exists() or "dyck" not in (fake / "ev" / "eval.json").read_text()
     G = len(nca.grid_positions(NCA_CFG))
     n = ppt["nca"]
     assert n["grid"] == list(range(1, G + 1)) and n["num_seqs"] == 8 and math.isfinite(n["val_loss"])
