@@ -70,6 +70,7 @@ def train_run(args, given, source, dist):
     check_flags(cfg, world, source)
     out = Path(cfg.out_dir)
     plan = SimpleNamespace(dist=dist, stages=stages(cfg, source), vocab={}, steps={}, memory={},
+                           flops={},
                            out={"ppt": out / "ppt" if cfg.stage == "both" else out, "lang": out},
                            lang_data=cfg.data_dir or f"data/{cfg.domain}", reinit=[], freeze=[])
     models = {}
@@ -488,6 +489,7 @@ def plan_micro_batch(cfg, stage, config, dist, plan):
                         f"each of the {world} processes gets per step: use a divisor of {seqs}, "
                         "or 0 to choose one")
     setattr(cfg, name, micro)
+    plan.flops[stage] = plan.steps[stage] * batch * model.flops_per_token(T)   # for the ETA note
     est = plan.memory[stage] = memory_estimate(model, micro, T, act)
     parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in est.items() if k != "total")
     accum = seqs // micro

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from data.common import show
+import util
 from util import UserError, progress_bar
 
 
@@ -334,9 +335,9 @@ def plot_curves(runs, baselines, path):
 
 def run_summary(cfg, plan):
     """The one line train.py prints at start (the full configuration is config.json)."""
-    stages = " + ".join({"ppt": f"stage 1 ({cfg.ppt_source}, {plan.steps['ppt']:,} steps)",
-                         "lang": f"stage 2 ({show(plan.lang_data)}, {plan.steps['lang']:,} "
-                                 "steps)"}[s] for s in plan.stages)
+    what = {"ppt": lambda: cfg.ppt_source, "lang": lambda: show(plan.lang_data)}
+    stages = " + ".join(f"stage {1 if s == 'ppt' else 2} ({what[s]()}, {plan.steps[s]:,} steps)"
+                        for s in plan.stages)
     folders = ", ".join(dict.fromkeys(show(plan.out[s]) for s in plan.stages))
     return (f"train: {stages}; model {cfg.size}, seq_len {cfg.seq_len}; {plan.dist['device']} "
             f"{cfg.dtype}, seed {cfg.seed}" + (f", preset {cfg.preset}" if cfg.preset else "")
@@ -369,6 +370,49 @@ def peak_flops(device):
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_FLOPS if k in name), None)
+
+
+ASSUMED_MFU = 0.4     # the GPU target (README, 'Single-GPU reproduction')
+MATMUL_SHARE = 0.5    # training reaches about half of a plain matmul's rate (CPU, tiny model)
+
+
+def matmul_rate(device, n=1024, seconds=0.3):
+    """FLOP/s of float32 n x n matmuls on `device`, measured for about `seconds`."""
+    a = torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else lambda: None
+    a @ a
+    sync()
+    t0, k = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        a @ a
+        sync()
+        k += 1
+    return 2 * n ** 3 * k / (time.perf_counter() - t0)
+
+
+def long_run_note(cfg, plan, device, hour=3600.0):
+    """A line warning that the run is estimated to take more than an hour on `device` (training
+    FLOPs of the stages over an assumed or measured rate, NCA generation not counted), or
+    None. The rate is only measured when even a fast device would need the hour."""
+    flops = sum(plan.flops.values()) / plan.dist["world"]
+    peak = peak_flops(device)
+    fastest = 5e12 if str(device) == "cpu" else 2e15         # FLOP/s no such device exceeds
+    if flops / (ASSUMED_MFU * peak if peak else fastest) < hour:
+        return None
+    if peak:
+        rate = ASSUMED_MFU * peak
+        how = f"an assumed {ASSUMED_MFU:.0%} MFU of {peak / 1e12:.0f} TFLOP/s (not measured)"
+    else:
+        measured = matmul_rate(device)
+        rate = MATMUL_SHARE * measured
+        how = (f"{rate / 1e9:,.0f} GFLOP/s, assumed to be half the {measured / 1e9:,.0f} "
+               "GFLOP/s a float32 matmul measured here")
+    if flops / rate < hour:
+        return None
+    scale = "; the defaults are GPU scale: --preset cpu runs in minutes" \
+        if not str(device).startswith("cuda") and cfg.preset != "cpu" else ""
+    return (f"note: this run is estimated to take {util.duration(flops / rate)} on {device} "
+            f"({flops:.2e} training FLOPs per process at {how}){scale}")
 
 
 class Log:

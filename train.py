@@ -347,6 +347,9 @@ def main(argv=None):
         ctx, _ = autocast(cfg.dtype, dist["device"])
         if dist["rank"] == 0:
             print(report.run_summary(cfg, plan))
+            note = report.long_run_note(cfg, plan, dist["device"])
+            if note:
+                print(note, flush=True)
         result = {}
         if "ppt" in plan.stages:
             result["ppt"] = run_ppt(cfg, plan, source, ctx)
@@ -371,11 +374,11 @@ def run_ppt(cfg, plan, source, ctx):
 def run_lang(cfg, plan, ctx):
     """Stage 2: the transferred (or scratch) model on random windows of the corpus."""
     device, folder = plan.dist["device"], plan.lang_data
-    body = load_checkpoint(cfg.init_from) if cfg.init_from else None
+    body = load_checkpoint(cfg.init_from, mmap=True) if cfg.init_from else None  # what it records
     if plan.dist["rank"] == 0:
         print(report.body_line(cfg.init_from, body, plan.vocab["lang"]))
     torch.manual_seed(cfg.seed)
-    model = lang_model(cfg, plan, device, body)
+    model = lang_model(cfg, plan, device)
     data = {"train": TextBatches(folder, "train", cfg.seq_len, cfg.micro_batch, device, cfg.seed,
                                  plan.dist["rank"]),
             "val": text_val_batches(folder, cfg.seq_len, cfg.eval_tokens, cfg.micro_batch, device)}
@@ -384,16 +387,15 @@ def run_lang(cfg, plan, ctx):
     return train("lang", model, data, cfg, plan, ctx, record, probe=probe_vocab(vocab))
 
 
-def lang_model(cfg, plan, device, body=None):
+def lang_model(cfg, plan, device):
     """The stage-2 model (docs/method.md, 'Transfer'): the body of --init_from, or the scratch
     baseline's fresh body. Both get the same freshly initialized embeddings and head
     (reset_vocab, drawn right after re-seeding with --seed), so the arms of a seed differ only in
-    the body; the data order and dropout stream that follow are the same too. `body`: the
-    --init_from checkpoint (None: scratch)."""
+    the body; the data order and dropout stream that follow are the same too."""
     vocab_size = plan.vocab["lang"]
-    if body is not None:                                    # built on the CPU, then moved
-        model = model_from_checkpoint(body, "cpu", block_size=cfg.seq_len,
-                                      attn_dropout=cfg.attn_dropout)
+    if cfg.init_from:                                       # built on the CPU, then moved
+        model = model_from_checkpoint(load_checkpoint(cfg.init_from), "cpu",
+                                      block_size=cfg.seq_len, attn_dropout=cfg.attn_dropout)
     else:
         model = GPT(model_config(cfg, vocab_size, head_bias=False))
     torch.manual_seed(cfg.seed)             # whatever the body's initialization consumed

@@ -37,7 +37,7 @@ import guard  # noqa: E402
 import report  # noqa: E402
 import nca  # noqa: E402
 import train  # noqa: E402
-from data.common import text_val_batches  # noqa: E402
+from data.common import show, text_val_batches  # noqa: E402
 from model import GPT, config_for, load_checkpoint, model_from_checkpoint  # noqa: E402
 from util import atomic_write  # noqa: E402
 
@@ -221,7 +221,7 @@ def check(device, size, work):
                                      + s["ppt"], work / "ppt", device, log1))
     step("nca_share", lambda: nca_share(device, work / "ppt", res["stage1"]))
     data = ROOT / "data" / "web"
-    res["lang_data"] = str(data) if (data / "meta.json").exists() else "synthetic GPT-2 ids"
+    res["lang_data"] = show(data) if (data / "meta.json").exists() else "synthetic GPT-2 ids"
     if not (data / "meta.json").exists():
         data = synthetic_corpus(work / "web")
     step("stage2", lambda: run_stage(base + ["--stage", "lang", "--data_dir", str(data),
@@ -277,7 +277,7 @@ def main(argv=None):
     size = args.size or ("toy" if device == "cpu" else "full")
     out = Path(args.out or ROOT / "out" / "gpu_check" / f"{device.split(':')[0]}.json")
     if out.exists() and not args.overwrite:
-        raise SystemExit(f"error: {out} exists: pass --overwrite or another --out")
+        raise SystemExit(f"error: {show(out)} exists: pass --overwrite or another --out")
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as work:
         try:
             res = check(device, size, Path(work))
@@ -286,7 +286,7 @@ def main(argv=None):
     text = json.dumps(res, indent=2)
     print(text)
     atomic_write(out, text + "\n")
-    print(f"wrote {out} ({res['wall_s']:.0f} s)")
+    print(f"wrote {show(out)} ({res['wall_s']:.0f} s)")
     return res
 
 
