@@ -159,7 +159,8 @@ def main(argv=None):
     atomic_write(plan.out / "eval.md", text + "\n")
     print(f"wrote {show(plan.out / 'eval.json')} and {show(plan.out / 'eval.md')}")
     if args.plot:
-        plot_curves(plan.runs, plan.baselines, args.plot)
+        plot_curves(plan.runs, plan.baselines, args.plot,
+                    {d: v["baselines"]["bigram"] for d, v in domains.items()})
         print(f"wrote {args.plot}")
     return report
 
@@ -188,6 +189,7 @@ def score_run(r, inf, refusals, windows, nbytes, plan, args):
            "init_from": c.get("init_from"), "seed": c.get("seed"),
            "trained_on": r.domain if r.stage == "lang" else f"{c.get('ppt_source')} (stage 1)",
            "step": inf.get("step"), "tokens": inf.get("tokens"), "vocab": inf.get("vocab"),
+           "ppt_tokens": c.get("ppt_tokens") if r.stage == "lang" else None,
            "ppl": {}, "loss": {}, "bpb": {}, "probe": None, "nca": None,
            "refused": refusal_text(refusals)}
     is_lang = None in refusals.values()

@@ -494,7 +494,8 @@ def plan_micro_batch(cfg, stage, config, dist, plan):
     parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in est.items() if k != "total")
     accum = seqs // micro
     return (f"{stage}: micro-batch {micro} x {T} tokens, {accum} accumulation step"
-            f"{'s' * (accum > 1)} x {world} process{'es' * (world > 1)}; memory estimate {est['total'] / 2**30:.1f} GiB of "
+            f"{'s' * (accum > 1)} x {world} process{'es' * (world > 1)}; memory estimate "
+            f"{est['total'] / 2**30:.1f} GiB of "
             f"{usable / 2**30:.1f} GiB usable per process (GiB: {parts})")
 
 
@@ -599,7 +600,8 @@ def eval_run(args):
     config, metrics and checkpoint metadata), the data folders, which run can read which domain
     and the window length. Returns the plan: runs (labelled) and their baselines, each run's
     checkpoint metadata (info) and refusals per domain, domains {name: (folder, meta)}, block,
-    out, device, autocast ctx and dtype."""
+    out, device, autocast ctx and dtype, and eval_tokens. Without --domains / --eval_tokens they
+    follow the runs (eval_folders, eval_tokens)."""
     out = Path(args.out)
     if (out / "eval.json").exists() and not args.overwrite:
         raise UserError(f"{show(out / 'eval.json')} exists: pass --overwrite to replace it, "

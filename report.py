@@ -222,10 +222,12 @@ def report_text(results, domains, block, summary=()):
     if any(res["ppl"] for res in results):
         budget = ", ".join(f"{d} {v['tokens']:,}" for d, v in domains.items())
         text += [format_table(results, domains), "",
-                 f"Lower is better everywhere. Each cell: cross-entropy in nats per token of the "
-                 f"domain's own tokenizer, bits per byte of the underlying UTF-8 text (comparable "
-                 f"across tokenizers) and perplexity, on the first val tokens of each domain "
-                 f"({budget}; windows of {block + 1}, stride {block}). (+x%): perplexity change vs "
+                 f"Lower is better everywhere. Each cell: loss = cross-entropy in nats per token "
+                 f"of the domain's own tokenizer, bpb = bits per byte of the underlying UTF-8 text "
+                 f"(comparable across tokenizers), ppl = perplexity, on the first val tokens of "
+                 f"each domain ({budget}; windows of {block + 1}, stride {block}). Tokens: "
+                 "training tokens of the run's language stage, plus those of the stage 1 its body "
+                 "comes from (transfer arms). (+x%): perplexity change vs "
                  "the baseline run of the run's training domain; Nx: convergence speedup, tokens "
                  "for the baseline run to reach its final val loss ÷ tokens for this run "
                  "(docs/method.md, 'Convergence speedup'). The "
@@ -248,6 +250,14 @@ def _human(n):
     return str(n)
 
 
+def _tokens(r):
+    """Tokens a run trained on: its own, plus its body's stage 1 (a transfer arm)."""
+    own = _human(r["tokens"] or 0)
+    if r.get("ppt_tokens"):
+        return f"{own} + {_human(r['ppt_tokens'])}"
+    return own + (" + ? (not recorded)" if r.get("init_from") and r["stage"] == "lang" else "")
+
+
 def _cell(r, d):
     if d not in r["ppl"]:
         return "-"
@@ -259,7 +269,7 @@ def _cell(r, d):
     if d == r["domain"] and r["speedup_note"] != "n/a":
         notes.append(f"{r['speedup']:.2f}x" if r["speedup"] is not None else r["speedup_note"])
     bpb = f" · {r['bpb'][d]:.3f} bpb" if d in r["bpb"] else ""
-    return (f"{r['loss'][d]:.3f}{bpb} · ppl {r['ppl'][d]:.2f}"
+    return (f"{r['loss'][d]:.3f} nats{bpb} · ppl {r['ppl'][d]:.2f}"
             + (f" ({', '.join(notes)})" if notes else ""))
 
 
@@ -267,13 +277,14 @@ def format_table(results, domains):
     """Markdown table: one row per evaluated run, then the unigram and bigram baselines; one
     column per eval domain (loss, bits per byte, perplexity, the change vs the baseline run and,
     in the run's own training domain, the convergence speedup) and the copy probe."""
-    head = ["run", "trained on", "tokens", *domains, "copy probe"]
-    rows = [[r["label"], r["trained_on"], _human(r["tokens"] or 0), *(_cell(r, d) for d in domains),
+    head = ["run", "trained on", "tokens (stage 2 + stage 1)",
+            *(f"{d}: loss · bpb · ppl" for d in domains), "copy probe (nats/token)"]
+    rows = [[r["label"], r["trained_on"], _tokens(r), *(_cell(r, d) for d in domains),
              f"{r['probe']['first']:.2f} → {r['probe']['second']:.2f}" if r["probe"] else "-"]
             for r in results if r["ppl"]]
     for kind in ("unigram", "bigram"):
         rows.append([kind, "train-split counts", "-",
-                     *(f"{v['baselines'][kind]:.3f}"
+                     *(f"{v['baselines'][kind]:.3f} nats"
                        + (f" · {v['baselines_bpb'][kind]:.3f} bpb" if v["baselines_bpb"] else "")
                        + f" · ppl {math.exp(v['baselines'][kind]):.2f}" for v in domains.values()),
                      "-"])
@@ -287,6 +298,8 @@ def format_nca(r):
     n = r["nca"]
     out = [f"{r['label']}: NCA validation loss {n['val_loss']:.4f} on {n['num_seqs']} sequences "
            "of held-out rules; grid g is predicted with g grids in context",
+           f"(accuracies are shares of {n['num_seqs']} sequences: a grid accuracy moves in steps "
+           f"of 1/{n['num_seqs']}; 'copy' predicts each grid to be the previous one)",
            "", "| grid | token acc | grid acc | copy token acc | copy grid acc |",
            "| ---: | ---: | ---: | ---: | ---: |"]
     for i, g in enumerate(n["grid"]):
@@ -305,30 +318,51 @@ def pyplot():
     return plt
 
 
-def plot_curves(runs, baselines, path):
+def plot_curves(runs, baselines, path, bigram=None):
     """Validation loss against training tokens, one panel per training domain (stage-1 runs get
-    a panel per source); a dotted line at each domain baseline's final loss, the speedup target."""
+    a panel per source): a labelled line per run, a dotted line at each domain baseline's final
+    loss (the speedup target) and a dashed one at the domain's bigram loss (`bigram`: {folder
+    name: nats per token}). Step 0 (the untrained model, far above the rest) is left out, so
+    the y-range shows where the arms differ."""
     plt = pyplot()
+    bigram = bigram or {}
     panels = {}
     for r, b in zip(runs, baselines):
-        key = r.domain if r.stage == "lang" else f"stage 1: {r.config.get('ppt_source')}"
+        key = trained_name(r) if r.stage == "lang" else f"stage 1: {r.config.get('ppt_source')}"
         if val_curve(r.metrics):
             panels.setdefault(key, []).append((r, b))
     if not panels:
         raise UserError("no run has val lines in metrics.jsonl: nothing to plot")
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.6), squeeze=False)
     for ax, (key, items) in zip(axes[0], panels.items()):
+        ys = []
         for r, _ in items:
-            ax.plot(*zip(*val_curve(r.metrics)), marker=".", label=r.label)
+            points = [(t, v) for t, v in val_curve(r.metrics) if t > 0] or val_curve(r.metrics)
+            ax.plot(*zip(*points), marker=".", label=r.label)
+            ys += [v for _, v in points]
         base = items[0][1]
         if base is not None and val_curve(base.metrics) and items[0][0].stage == "lang":
-            ax.axhline(val_curve(base.metrics)[-1][1], ls=":", c="gray", lw=1)
-        ax.set(title=key, xlabel="training tokens", ylabel="validation loss")
+            target = val_curve(base.metrics)[-1][1]
+            ax.axhline(target, ls=":", c="gray", lw=1,
+                       label=f"{base.label} final loss {target:.3f} (speedup target)")
+        if key in bigram:
+            ax.axhline(bigram[key], ls="--", c="black", lw=1,
+                       label=f"bigram baseline {bigram[key]:.3f}")
+            ys.append(bigram[key])
+        lo, hi = min(ys), max(ys)
+        ax.set_ylim(lo - 0.05 * (hi - lo or 1), hi + 0.05 * (hi - lo or 1))
+        ax.set_title(key if key.startswith("stage 1") else f"stage 2 on {key}")
+        ax.set(xlabel="training tokens", ylabel="validation loss (nats per token)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def trained_name(run):
+    """The name of the folder a stage-2 run trained on (its eval-domain name)."""
+    return Path(run.config["data_dir"]).name if run.config.get("data_dir") else run.domain
 
 
 # ---------------------------------------------------------------- the console of train.py

@@ -18,7 +18,7 @@ import pytest
 import conftest
 from data import build, common, hub
 from data.build import TokenWriter, dedup_prefixes, split_documents, write_dataset
-from data.common import CACHE_DIR, EOT, ROOT, load_meta, load_tokens
+from data.common import EOT, ROOT, load_meta, load_tokens
 from util import UserError
 
 needs_bpe = conftest.needs_bpe()
