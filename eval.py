@@ -140,9 +140,10 @@ def main(argv=None):
     eval.json dict."""
     args = get_args(argv)
     plan = guard.eval_run(args)          # every check, before any model runs
-    print(f"evaluating {len(plan.runs)} run(s) on {', '.join(plan.domains) or 'NCA rules'}: "
-          f"{plan.eval_tokens:,} tokens per domain in windows of {plan.block + 1}, on "
-          f"{plan.device} ({plan.dtype})")       # after the checks: a refusal prints one line only
+    where = f"{', '.join(plan.domains)}: {plan.eval_tokens:,} tokens per domain in windows of " \
+        f"{plan.block + 1}" if plan.domains else f"held-out NCA rules: {args.nca_val_seqs} sequences"
+    print(f"evaluating {len(plan.runs)} run(s) on {where}, on {plan.device} ({plan.dtype})")
+    # (printed after the checks: a refusal prints one line only)
     domains, windows, nbytes = {}, {}, {}
     for name, (folder, meta) in plan.domains.items():
         domains[name], windows[name], nbytes[name] = domain_windows(folder, meta, plan.block,
