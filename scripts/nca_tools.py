@@ -36,10 +36,7 @@ def draw_preview(path, cfg, bands, rules_per_band=3, num_frames=8, seed=0, devic
                  scale=5):
     """Trajectories of a few rules from each band, the bands in a 2-column grid of panels; PNG
     (frames left to right) or GIF (frames over time). Needs Pillow for the text and the files."""
-    try:
-        from PIL import Image, ImageDraw, ImageFont
-    except ImportError:
-        raise UserError("--preview needs Pillow for PNG/GIF output: pip install pillow") from None
+    Image, ImageDraw, ImageFont = pillow()
     gif = str(path).lower().endswith(".gif")
     pal = palette(cfg.num_colors)
     panels = []
@@ -81,6 +78,15 @@ def draw_preview(path, cfg, bands, rules_per_band=3, num_frames=8, seed=0, devic
     atomic_write(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, loop=0,
                                                   append_images=images[1:], duration=250)
                  if gif else images[0].save(tmp, format="PNG"))
+
+
+def pillow():
+    """Pillow's Image, ImageDraw and ImageFont, or the one-line refusal (Pillow is optional)."""
+    try:
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError:
+        raise UserError("--preview needs Pillow for PNG/GIF output: pip install pillow") from None
+    return Image, ImageDraw, ImageFont
 
 
 def rule_labels(scores):
@@ -183,6 +189,8 @@ def main(argv=None):
     if not (args.stats or args.preview or args.bench or args.show):
         ap.print_help()
         return
+    if args.preview:
+        pillow()                                    # refused before anything else is printed
     if args.show:
         show(cfg, args.seed)
     if args.stats:

@@ -305,6 +305,15 @@ def test_cli_stats_and_preview(tmp_path, capsys):
     assert (tmp_path / "p.png").stat().st_size > 100
 
 
+def test_preview_without_pillow_is_one_error_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "PIL", None)                   # as if not installed
+    with pytest.raises(SystemExit) as e:
+        nca_tools.main(["--preview", str(tmp_path / "p.png"), "--stats", "--num_rules", "8"])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == "" and not (tmp_path / "p.png").exists()
+    assert err == "error: --preview needs Pillow for PNG/GIF output: pip install pillow\n"
+
+
 def test_progress_is_plain_lines_off_a_terminal(capsys, monkeypatch):
     import io
     monkeypatch.setattr(nca.sys, "stderr", io.StringIO())          # not a terminal
