@@ -282,7 +282,7 @@ def plan(argv, stage="lang", vocab=50257, world=1):
     sequences each process gets per step."""
     args = train_args(argv)
     config = model_config(args, vocab, head_bias=stage == "ppt")
-    p = SimpleNamespace(steps={}, memory={}, freeze=[], lang_tokens=args.lang_tokens or 1)
+    p = SimpleNamespace(steps={}, memory={}, flops={}, freeze=[], lang_tokens=args.lang_tokens or 1)
     setattr(args, guard.stage_flag(stage, "micro_batch"), 0)
     guard.plan_micro_batch(args, stage, config, {"rank": 0, "world": world, "device": "cpu"}, p)
     batch = getattr(args, guard.stage_flag(stage, "batch_tokens"))
