@@ -103,15 +103,18 @@ def nca_eval(model, nca_info, num_seqs=64, batch_size=8, device="cpu", ctx=nullc
 @dataclass
 class EvalFlags:
     """evaluation"""
-    domains: str = flag("web,math,code", "comma-separated prepared domains under --data_root "
-                        "('' for none)")
+    domains: str | None = flag(None, "comma-separated prepared domains under --data_root ('' "
+                               "for none; default: each run's own training folder, then the "
+                               "other folders prepared there with its tokenizer)")
     data_root: str | None = flag(None, "where the domain folders live (default: this "
                                  "repository's data/)")
-    eval_tokens: int = flag(262144, "predicted tokens per domain, capped by the val split "
-                            "(<= 0: the whole split)")
+    eval_tokens: int | None = flag(None, "predicted tokens per domain, capped by the val split "
+                                   "(<= 0: the whole split; default: the runs' own "
+                                   "--eval_tokens from config.json, else 262,144)")
     block_size: int | None = flag(None, "window length (None: the smallest block_size of the "
                                   "models, so all read the same windows)")
-    nca_val_seqs: int = flag(64, "sequences of held-out rules for stage-1 NCA runs")
+    nca_val_seqs: int = flag(512, "sequences of held-out rules for stage-1 NCA runs (grid "
+                             "accuracy moves in steps of 1 / this)")
     batch_size: int = flag(8, "sequences per forward pass")
     device: str = flag("auto", "auto, cpu, cuda, cuda:1, mps")
     dtype: str = flag("auto", "autocast dtype (auto: bfloat16 on CUDA when supported, else "
@@ -142,18 +145,21 @@ def main(argv=None):
     eval.json dict."""
     args = get_args(argv)
     plan = guard.eval_run(args)          # every check, before any model runs
-    print("config:", json.dumps(vars(args)))  # after the checks: a refusal prints one line only
+    where = f"{', '.join(plan.domains)}: {plan.eval_tokens:,} tokens per domain in windows of " \
+        f"{plan.block + 1}" if plan.domains else f"held-out NCA rules: {args.nca_val_seqs} sequences"
+    print(f"evaluating {len(plan.runs)} run(s) on {where}, on {plan.device} ({plan.dtype})")
+    # (printed after the checks: a refusal prints one line only)
     domains, windows, nbytes, halves = {}, {}, {}, {}
     for name, (folder, meta) in plan.domains.items():
         domains[name], windows[name], nbytes[name] = domain_windows(folder, meta, plan.block,
-                                                                    args.eval_tokens)
+                                                                    plan.eval_tokens)
         symbols = probe_vocab({"kind": meta.get("tokenizer", "gpt2"), "size": meta["vocab_size"]})
         halves[name] = probes.copy_halves(folder, plan.block, symbols)
     results = [score_run(r, info, refusals, windows, nbytes, halves, plan, args)
                for r, info, refusals in zip(plan.runs, plan.info, plan.refusals)]
     compare(plan.runs, results, plan.baselines)
     summary = summarize(plan.runs, results)
-    report = {"eval_tokens": args.eval_tokens, "block_size": plan.block, "device": plan.device,
+    report = {"eval_tokens": plan.eval_tokens, "block_size": plan.block, "device": plan.device,
               "dtype": plan.dtype, "domains": domains, "runs": results, "summary": summary,
               "provenance": provenance("eval.py", argv, plan.device)}
     text = report_text(results, domains, plan.block, summary) + "\n\n" + provenance_line(
@@ -163,7 +169,8 @@ def main(argv=None):
     atomic_write(plan.out / "eval.md", text + "\n")
     print(f"wrote {show(plan.out / 'eval.json')} and {show(plan.out / 'eval.md')}")
     if args.plot:
-        plot_curves(plan.runs, plan.baselines, args.plot)
+        plot_curves(plan.runs, plan.baselines, args.plot,
+                    {d: v["baselines"]["bigram"] for d, v in domains.items()})
         print(f"wrote {args.plot}")
     if args.plot_heads:
         report.plot_heads(results, args.plot_heads)
@@ -196,6 +203,7 @@ def score_run(r, inf, refusals, windows, nbytes, halves, plan, args):
            "init_from": c.get("init_from"), "seed": c.get("seed"),
            "trained_on": r.domain if r.stage == "lang" else f"{c.get('ppt_source')} (stage 1)",
            "step": inf.get("step"), "tokens": inf.get("tokens"), "vocab": inf.get("vocab"),
+           "ppt_tokens": c.get("ppt_tokens") if r.stage == "lang" else None,
            "ppl": {}, "loss": {}, "bpb": {}, "in_context": {}, "probes": {}, "heads": None,
            "nca": None,
            "refused": refusal_text(refusals)}

@@ -72,6 +72,7 @@ def train_run(args, given, source, dist):
     check_flags(cfg, world, source)
     out = Path(cfg.out_dir)
     plan = SimpleNamespace(dist=dist, stages=stages(cfg, source), vocab={}, steps={}, memory={},
+                           flops={},
                            out={"ppt": out / "ppt" if cfg.stage == "both" else out, "lang": out},
                            lang_data=cfg.data_dir or f"data/{cfg.domain}", reinit=[], freeze=[])
     models = {}
@@ -550,10 +551,13 @@ def plan_micro_batch(cfg, stage, config, dist, plan):
                         f"each of the {world} processes gets per step: use a divisor of {seqs}, "
                         "or 0 to choose one")
     setattr(cfg, name, micro)
+    plan.flops[stage] = plan.steps[stage] * batch * model.flops_per_token(T)   # for the ETA note
     est = plan.memory[stage] = memory_estimate(model, micro, T, act)
     parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in est.items() if k != "total")
-    return (f"{stage}: micro-batch {micro} x {T} tokens, {seqs // micro} accumulation steps x "
-            f"{world} processes; memory estimate {est['total'] / 2**30:.1f} GiB of "
+    accum = seqs // micro
+    return (f"{stage}: micro-batch {micro} x {T} tokens, {accum} accumulation step"
+            f"{'s' * (accum > 1)} x {world} process{'es' * (world > 1)}; memory estimate "
+            f"{est['total'] / 2**30:.1f} GiB of "
             f"{usable / 2**30:.1f} GiB usable per process (GiB: {parts})")
 
 
@@ -658,7 +662,8 @@ def eval_run(args):
     config, metrics and checkpoint metadata), the data folders, which run can read which domain
     and the window length. Returns the plan: runs (labelled) and their baselines, each run's
     checkpoint metadata (info) and refusals per domain, domains {name: (folder, meta)}, block,
-    out, device, autocast ctx and dtype."""
+    out, device, autocast ctx and dtype, and eval_tokens. Without --domains / --eval_tokens they
+    follow the runs (eval_folders, eval_tokens)."""
     out = Path(args.out)
     if (out / "eval.json").exists() and not args.overwrite:
         raise UserError(f"{show(out / 'eval.json')} exists: pass --overwrite to replace it, "
@@ -673,7 +678,7 @@ def eval_run(args):
     runs, baselines = gather_runs(args.runs, args.baseline)
     info = [peek(r.ckpt) for r in runs]
     root = Path(args.data_root) if args.data_root else Path(__file__).resolve().parent / "data"
-    folders = [root / d for d in args.domains.split(",") if d] + [Path(p) for p in args.extra_data]
+    folders = eval_folders(args.domains, args.extra_data, runs, root)
     names = [f.name for f in folders]
     if len(set(names)) < len(names):
         raise UserError(f"two eval domains share a folder name: {', '.join(names)}")
@@ -698,9 +703,60 @@ def eval_run(args):
                                 f"{runs[i].label}: evaluate it on other --domains")
         if scored:
             domains[name] = (folder, metas[name])
+    for r, inf, ref in zip(runs, info, refusals):
+        nca_rules = (inf.get("vocab") or {}).get("kind") == "nca" and inf.get("nca") is not None
+        if None not in ref.values() and not nca_rules:
+            why = report.refusal_text(ref) or "no eval domain was given"
+            raise UserError(f"{r.label} can be scored on no eval domain ({why}): give --domains "
+                            "or --extra_data a prepared folder its model reads, or leave it out")
     return SimpleNamespace(runs=runs, baselines=baselines, info=info, refusals=refusals,
                            domains=domains, block=block, out=out, device=device, ctx=ctx,
-                           dtype=dtype)
+                           dtype=dtype, eval_tokens=eval_tokens(args.eval_tokens, runs))
+
+
+def trained_folder(config, root):
+    """The prepared folder a run trained on (stage 2: data_dir, else <root>/<domain>; a stage-1
+    text run: ppt_data), or None (a synthetic stage-1 source)."""
+    if config.get("stage") == "lang":
+        return Path(config["data_dir"]) if config.get("data_dir") else \
+            root / str(config.get("domain"))
+    if config.get("ppt_source") == "text" and config.get("ppt_data"):
+        return Path(config["ppt_data"])
+    return None
+
+
+def eval_folders(domains, extra, runs, root):
+    """The folders to score on: --domains (under root) and --extra_data; without --domains, each
+    run's own training folder, then the other folders prepared under root with a tokenizer of
+    those (sorted by name)."""
+    if domains is not None:
+        return [root / d for d in domains.split(",") if d] + [Path(p) for p in extra]
+    own = []
+    for r in runs:
+        f = trained_folder(r.config, root)
+        if f is not None and f.resolve() not in [g.resolve() for g in own]:
+            own.append(f)
+    kinds = {load_meta(f).get("tokenizer", "gpt2") for f in own}
+    others = []
+    for meta_path in sorted(root.glob("*/meta.json")) if root.is_dir() else []:
+        f = meta_path.parent
+        if f.resolve() in [g.resolve() for g in own]:
+            continue
+        with contextlib.suppress(UserError):         # a broken unrelated folder is not scored
+            if load_meta(f).get("tokenizer", "gpt2") in kinds:
+                others.append(f)
+    return own + others + [Path(p) for p in extra]
+
+
+def eval_tokens(given, runs):
+    """--eval_tokens, or by default the runs' own (config.json's eval_tokens: the smallest when
+    they differ, 0 = the whole split counting as the largest), else 262,144."""
+    if given is not None:
+        return given
+    own = {r.config["eval_tokens"] for r in runs if isinstance(r.config.get("eval_tokens"), int)}
+    if not own:
+        return 262_144
+    return min(own, key=lambda n: (n <= 0, n))
 
 
 def gather_runs(paths, baseline_paths):

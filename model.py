@@ -200,7 +200,12 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        # On the meta device (a shape only: memory plan, parameter table) nothing is drawn:
+        # drawing there imports torch._dynamo, seconds for a model that holds no values.
+        meta = torch.get_default_device().type == "meta"
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd,
+                                _weight=torch.empty(config.vocab_size, config.n_embd) if meta
+                                else None)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = RMSNorm(config.n_embd, config.norm_eps)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.head_bias)
@@ -235,6 +240,8 @@ class GPT(nn.Module):
         Also (re)computes the RoPE tables, so `model.to_empty(device=...)` followed by
         `model.init_weights()` gives a working model after building it on the meta device.
         """
+        if self.wte.weight.is_meta:      # a shape only: nothing to draw (see __init__)
+            return
         for block in self.blocks:
             block.attn.apply(self._init_body)
             block.mlp.apply(self._init_body)
@@ -267,9 +274,12 @@ class GPT(nn.Module):
         assert embed_init in ("paper", "normal"), embed_init
         d = self.config.n_embd
         w = self.wte.weight
-        self.wte = nn.Embedding(vocab_size, d, device=w.device, dtype=w.dtype)
+        self.wte = nn.Embedding(vocab_size, d, device=w.device, dtype=w.dtype, _weight=torch.empty(
+            vocab_size, d, device=w.device, dtype=w.dtype) if w.is_meta else None)
         self.lm_head = nn.Linear(d, vocab_size, bias=head_bias, device=w.device, dtype=w.dtype)
-        if embed_init == "paper":
+        if w.is_meta:                                       # a shape only: nothing to draw
+            pass
+        elif embed_init == "paper":
             self.wte.reset_parameters()
             self.lm_head.reset_parameters()
         else:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from data.common import show
+import util
 from util import UserError, atomic_write, progress_bar
 
 
@@ -234,10 +235,12 @@ def report_text(results, domains, block, summary=()):
     if any(res["ppl"] for res in results):
         budget = ", ".join(f"{d} {v['tokens']:,}" for d, v in domains.items())
         text += [format_table(results, domains), "",
-                 f"Lower is better everywhere. Each cell: cross-entropy in nats per token of the "
-                 f"domain's own tokenizer, bits per byte of the underlying UTF-8 text (comparable "
-                 f"across tokenizers) and perplexity, on the first val tokens of each domain "
-                 f"({budget}; windows of {block + 1}, stride {block}). (+x%): perplexity change vs "
+                 f"Lower is better everywhere. Each cell: loss = cross-entropy in nats per token "
+                 f"of the domain's own tokenizer, bpb = bits per byte of the underlying UTF-8 text "
+                 f"(comparable across tokenizers), ppl = perplexity, on the first val tokens of "
+                 f"each domain ({budget}; windows of {block + 1}, stride {block}). Tokens: "
+                 "training tokens of the run's language stage, plus those of the stage 1 its body "
+                 "comes from (transfer arms). (+x%): perplexity change vs "
                  "the baseline run of the run's training domain; Nx: convergence speedup, tokens "
                  "for the baseline run to reach its final val loss ÷ tokens for this run "
                  "(docs/method.md, 'Convergence speedup'). The "
@@ -264,6 +267,14 @@ def _human(n):
     return str(n)
 
 
+def _tokens(r):
+    """Tokens a run trained on: its own, plus its body's stage 1 (a transfer arm)."""
+    own = _human(r["tokens"] or 0)
+    if r.get("ppt_tokens"):
+        return f"{own} + {_human(r['ppt_tokens'])}"
+    return own + (" + ? (not recorded)" if r.get("init_from") and r["stage"] == "lang" else "")
+
+
 def _cell(r, d):
     if d not in r["ppl"]:
         return "-"
@@ -275,7 +286,7 @@ def _cell(r, d):
     if d == r["domain"] and r["speedup_note"] != "n/a":
         notes.append(f"{r['speedup']:.2f}x" if r["speedup"] is not None else r["speedup_note"])
     bpb = f" · {r['bpb'][d]:.3f} bpb" if d in r["bpb"] else ""
-    return (f"{r['loss'][d]:.3f}{bpb} · ppl {r['ppl'][d]:.2f}"
+    return (f"{r['loss'][d]:.3f} nats{bpb} · ppl {r['ppl'][d]:.2f}"
             + (f" ({', '.join(notes)})" if notes else ""))
 
 
@@ -283,13 +294,14 @@ def format_table(results, domains):
     """Markdown table: one row per evaluated run, then the unigram and bigram baselines; one
     column per eval domain (loss, bits per byte, perplexity, the change vs the baseline run and,
     in the run's own training domain, the convergence speedup) and the copy probe."""
-    head = ["run", "trained on", "tokens", *domains, "copy gain: text · frequent",
-            "in-context score"]
-    rows = [[r["label"], r["trained_on"], _human(r["tokens"] or 0), *(_cell(r, d) for d in domains),
+    head = ["run", "trained on", "tokens (stage 2 + stage 1)",
+            *(f"{d}: loss · bpb · ppl" for d in domains), "copy gain (nats): text · frequent",
+            "in-context score (nats)"]
+    rows = [[r["label"], r["trained_on"], _tokens(r), *(_cell(r, d) for d in domains),
              *_probe_cells(r)] for r in results if r["ppl"]]
     for kind in ("unigram", "bigram"):
         rows.append([kind, "train-split counts", "-",
-                     *(f"{v['baselines'][kind]:.3f}"
+                     *(f"{v['baselines'][kind]:.3f} nats"
                        + (f" · {v['baselines_bpb'][kind]:.3f} bpb" if v["baselines_bpb"] else "")
                        + f" · ppl {math.exp(v['baselines'][kind]):.2f}" for v in domains.values()),
                      "0", "0"])
@@ -317,6 +329,9 @@ def format_nca(r):
     n = r["nca"]
     out = [f"{r['label']}: NCA validation loss {n['val_loss']:.4f} on {n['num_seqs']} sequences "
            "of held-out rules; grid g is predicted with g grids in context",
+           f"(accuracies are shares of {n['num_seqs']} sequences: a grid accuracy moves in steps "
+           f"of 1/{n['num_seqs']}; 'copy' predicts each grid to be the previous one, 'lookup' "
+           "what followed the longest matching context earlier in the sequence)",
            "", "| grid | token acc | grid acc | copy token acc | copy grid acc | "
            "lookup token acc | lookup grid acc |",
            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -338,30 +353,75 @@ def pyplot():
     return plt
 
 
-def plot_curves(runs, baselines, path):
+def plot_curves(runs, baselines, path, bigram=None):
     """Validation loss against training tokens, one panel per training domain (stage-1 runs get
-    a panel per source); a dotted line at each domain baseline's final loss, the speedup target."""
+    a panel per source): a labelled line per run, a dotted line at each domain baseline's final
+    loss (the speedup target) and a dashed one at the domain's bigram loss (`bigram`: {folder
+    name: nats per token}). Step 0 (the untrained model, far above the rest) is left out, so
+    the y-range shows where the arms differ."""
     plt = pyplot()
+    bigram = bigram or {}
     panels = {}
     for r, b in zip(runs, baselines):
-        key = r.domain if r.stage == "lang" else f"stage 1: {r.config.get('ppt_source')}"
+        key = trained_name(r) if r.stage == "lang" else f"stage 1: {r.config.get('ppt_source')}"
         if val_curve(r.metrics):
             panels.setdefault(key, []).append((r, b))
     if not panels:
         raise UserError("no run has val lines in metrics.jsonl: nothing to plot")
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.6), squeeze=False)
     for ax, (key, items) in zip(axes[0], panels.items()):
+        ys = []
         for r, _ in items:
-            ax.plot(*zip(*val_curve(r.metrics)), marker=".", label=r.label)
+            points = [(t, v) for t, v in val_curve(r.metrics) if t > 0] or val_curve(r.metrics)
+            ax.plot(*zip(*points), marker=".", label=r.label)
+            ys += [v for _, v in points]
         base = items[0][1]
         if base is not None and val_curve(base.metrics) and items[0][0].stage == "lang":
-            ax.axhline(val_curve(base.metrics)[-1][1], ls=":", c="gray", lw=1)
-        ax.set(title=key, xlabel="training tokens", ylabel="validation loss")
+            target = val_curve(base.metrics)[-1][1]
+            ax.axhline(target, ls=":", c="gray", lw=1,
+                       label=f"{base.label} final loss {target:.3f} (speedup target)")
+        if key in bigram:
+            ax.axhline(bigram[key], ls="--", c="black", lw=1,
+                       label=f"bigram baseline {bigram[key]:.3f}")
+            ys.append(bigram[key])
+        lo, hi = min(ys), max(ys)
+        ax.set_ylim(lo - 0.05 * (hi - lo or 1), hi + 0.05 * (hi - lo or 1))
+        ax.set_title(key if key.startswith("stage 1") else f"stage 2 on {key}")
+        ax.set(xlabel="training tokens", ylabel="validation loss (nats per token)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def trained_name(run):
+    """The name of the folder a stage-2 run trained on (its eval-domain name)."""
+    return Path(run.config["data_dir"]).name if run.config.get("data_dir") else run.domain
+
+
+# ---------------------------------------------------------------- the console of train.py
+
+def run_summary(cfg, plan):
+    """The one line train.py prints at start (the full configuration is config.json)."""
+    what = {"ppt": lambda: cfg.ppt_source, "lang": lambda: show(plan.lang_data)}
+    stages = " + ".join(f"stage {1 if s == 'ppt' else 2} ({what[s]()}, {plan.steps[s]:,} steps)"
+                        for s in plan.stages)
+    folders = ", ".join(dict.fromkeys(show(plan.out[s]) for s in plan.stages))
+    return (f"train: {stages}; model {cfg.size}, seq_len {cfg.seq_len}; {plan.dist['device']} "
+            f"{cfg.dtype}, seed {cfg.seed}" + (f", preset {cfg.preset}" if cfg.preset else "")
+            + f" -> {folders} (every setting: config.json there)")
+
+
+def body_line(init_from, body, vocab_size):
+    """Where stage 2's body comes from, printed as it starts."""
+    if body is None:
+        return (f"lang: scratch: a freshly initialized body (no stage 1), new embeddings and "
+                f"head for {vocab_size:,} tokens")
+    src = body.get("config", {}).get("ppt_source", "?")
+    return (f"lang: body from {show(init_from)} (stage 1 on {src}, step {body.get('step')}, "
+            f"{body.get('tokens') or 0:,} tokens); new embeddings and head for {vocab_size:,} "
+            "tokens")
 
 
 # ---------------------------------------------------------------- the training log: one line per log
@@ -386,6 +446,49 @@ def compiled_graphs():
     was compiled: a number that grows between two log lines of a run means a recompile."""
     dynamo = sys.modules.get("torch._dynamo.utils")        # not imported: nothing was compiled
     return int(dynamo.counters["stats"]["unique_graphs"]) if dynamo else None
+
+
+ASSUMED_MFU = 0.4     # the GPU target (README, 'Single-GPU reproduction')
+MATMUL_SHARE = 0.5    # training reaches about half of a plain matmul's rate (CPU, tiny model)
+
+
+def matmul_rate(device, n=1024, seconds=0.3):
+    """FLOP/s of float32 n x n matmuls on `device`, measured for about `seconds`."""
+    a = torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else lambda: None
+    a @ a
+    sync()
+    t0, k = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        a @ a
+        sync()
+        k += 1
+    return 2 * n ** 3 * k / (time.perf_counter() - t0)
+
+
+def long_run_note(cfg, plan, device, hour=3600.0):
+    """A line warning that the run is estimated to take more than an hour on `device` (training
+    FLOPs of the stages over an assumed or measured rate, NCA generation not counted), or
+    None. The rate is only measured when even a fast device would need the hour."""
+    flops = sum(plan.flops.values()) / plan.dist["world"]
+    peak = peak_flops(device)
+    fastest = 5e12 if str(device) == "cpu" else 2e15         # FLOP/s no such device exceeds
+    if flops / (ASSUMED_MFU * peak if peak else fastest) < hour:
+        return None
+    if peak:
+        rate = ASSUMED_MFU * peak
+        how = f"an assumed {ASSUMED_MFU:.0%} MFU of {peak / 1e12:.0f} TFLOP/s (not measured)"
+    else:
+        measured = matmul_rate(device)
+        rate = MATMUL_SHARE * measured
+        how = (f"{rate / 1e9:,.0f} GFLOP/s, assumed to be half the {measured / 1e9:,.0f} "
+               "GFLOP/s a float32 matmul measured here")
+    if flops / rate < hour:
+        return None
+    scale = "; the defaults are GPU scale: --preset cpu runs in minutes" \
+        if not str(device).startswith("cuda") and cfg.preset != "cpu" else ""
+    return (f"note: this run is estimated to take {util.duration(flops / rate)} on {device} "
+            f"({flops:.2e} training FLOPs per process at {how}){scale}")
 
 
 class Log:
@@ -419,7 +522,8 @@ class Log:
         m = self.model
         if self.master:
             print(f"{self.stage}: {steps} steps of {hp.batch_tokens:,} tokens ({accum} "
-                  f"micro-steps of {hp.micro_batch} x {self.seq_len} x {self.world} processes), "
+                  f"micro-step{'s' * (accum > 1)} of {hp.micro_batch} x {self.seq_len} x "
+                  f"{self.world} process{'es' * (self.world > 1)}), "
                   f"{m.num_params():,} body parameters, vocabulary {m.config.vocab_size:,}"
                   + (f"; MFU against {self.peak / 1e12:.0f} TFLOP/s" if self.peak else ""))
         if self.last_step == 0:
@@ -432,9 +536,9 @@ class Log:
     def val_line(self, step, tokens, res):
         rec = {"kind": "val", "step": step, "tokens": tokens, **res}
         self.write(rec)
-        if self.master:
-            self.bar.write(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                    for k, v in rec.items()))
+        if self.master:                     # "step N val_loss ...", like the training lines
+            self.bar.write(f"step {step} " + " ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()))
         self.finite(res["val_loss"], "validation loss", step, "lower the learning rate or use "
                     "--dtype float32")
 

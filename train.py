@@ -27,7 +27,7 @@ import math
 import os
 import textwrap
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -41,6 +41,7 @@ from data.common import TextBatches, load_meta, probe_vocab, text_val_batches
 import probes
 from model import GPT, PPT_VOCAB, SIZES, GPTConfig, evaluate, model_config
 from model import load_checkpoint, model_from_checkpoint, save_checkpoint
+import report
 from report import Log, provenance, tracking
 from util import (add_flags, atomic_write, autocast, cli, default_device, flag, from_flags,
                   one_line_errors, script_parser)
@@ -268,7 +269,8 @@ def stage_hp(cfg, stage):
 # rank, world) -> {"train": endless iterator with state_dict / load_state_dict, "val": fixed list
 # of batches, "info": what the checkpoint records or None}, and "scores": None or a factory of a
 # per-batch callback for model.evaluate that adds metrics to validation. A new source is one
-# function and one entry in SOURCES (docs/method.md, 'Adding a stage-1 source').
+# function and one entry in SOURCES (docs/method.md, 'Adding a stage-1 source'). Optional
+# "record": the source's own settings as config.json records them (what it applied: the band).
 
 def nca_source(cfg):
     """Trajectories of random NCA rules (nca.py): a bank of rules inside the complexity band,
@@ -298,8 +300,10 @@ def nca_source(cfg):
                                        mask_delimiters=cfg.mask_delimiters),
                 "info": {"config": asdict(gen), "val_seeds": [int(s) for s in val_seeds],
                          "mask_delimiters": cfg.mask_delimiters}}
+    applied = {"filter_rules_threshold": band[0], "filter_rules_upper_bound": band[1]}
     return {"kind": "nca", "vocab_size": gen.vocab_size, "config": (gen, band),
-            "batches": batches, "scores": lambda: nca.GridAccuracy(gen)}
+            "batches": batches, "scores": lambda: nca.GridAccuracy(gen),
+            "record": flag_values(cfg, nca.NCAConfig, nca.BandFlags) | applied}
 
 
 def dyck_source(cfg):
@@ -313,7 +317,7 @@ def dyck_source(cfg):
                 "val": dyck.val_batches(gen, cfg.ppt_val_seqs, micro, device, seed=cfg.seed),
                 "info": None}
     return {"kind": "dyck", "vocab_size": gen.vocab_size, "config": gen, "batches": batches,
-            "scores": None}
+            "scores": None, "record": flag_values(cfg, dyck.DyckConfig)}
 
 
 def text_source(cfg):
@@ -331,6 +335,28 @@ def text_source(cfg):
 
 
 SOURCES = {"nca": nca_source, "dyck": dyck_source, "text": text_source}
+
+
+def flag_values(cfg, *classes):
+    """{flag: value} of the flags that the flag() fields of `classes` define."""
+    return {name: getattr(cfg, name) for cls in classes for f in fields(cls)
+            if "help" in f.metadata for name in [f.metadata["name"] or f.name]}
+
+
+def run_record(cfg, stage, source=None, body=None):
+    """What a stage's config.json (and checkpoint) records: the flags that stage used, nothing
+    else. Stage 1: run, model, optimizer and stage-1 flags and its source's own settings (an NCA
+    band as the bounds applied). Stage 2: run, model, optimizer and stage-2 flags and, from the
+    body it starts from (`body`: the --init_from checkpoint), its stage-1 source and tokens; a
+    scratch run has none."""
+    rec = flag_values(cfg, RunFlags, ModelFlags, OptimFlags)
+    if stage == "ppt":
+        rec |= flag_values(cfg, Stage1Flags) | source.get("record", {})
+    else:
+        rec |= flag_values(cfg, Stage2Flags)
+        rec |= {"ppt_source": body["config"].get("ppt_source"),
+                "ppt_tokens": body.get("tokens")} if body else {}
+    return rec | {"stage": stage}
 
 
 # -----------------------------------------------------------------------------------------------
@@ -353,7 +379,10 @@ def main(argv=None):
         plan.record = {"flags": vars(args),
                        "provenance": provenance("train.py", argv, dist["device"])}
         if dist["rank"] == 0:
-            print(json.dumps(vars(cfg), default=str))
+            print(report.run_summary(cfg, plan))
+            note = report.long_run_note(cfg, plan, dist["device"])
+            if note:
+                print(note, flush=True)
         result = {}
         if "ppt" in plan.stages:
             result["ppt"] = run_ppt(cfg, plan, source, ctx)
@@ -370,21 +399,26 @@ def run_ppt(cfg, plan, source, ctx):
     data = source["batches"](cfg.ppt_micro_batch, dist["device"], dist["rank"], dist["world"])
     torch.manual_seed(cfg.seed)
     model = GPT(model_config(cfg, plan.vocab["ppt"], head_bias=True)).to(dist["device"])
-    record = {"vocab": {"kind": source["kind"], "size": plan.vocab["ppt"]}, "nca": data["info"]}
+    record = {"vocab": {"kind": source["kind"], "size": plan.vocab["ppt"]}, "nca": data["info"],
+              "config": run_record(cfg, "ppt", source)}
     return train("ppt", model, data, cfg, plan, ctx, record, scores=source["scores"])
 
 
 def run_lang(cfg, plan, ctx):
     """Stage 2: the transferred (or scratch) model on random windows of the corpus."""
     device, folder = plan.dist["device"], plan.lang_data
+    body = load_checkpoint(cfg.init_from, mmap=True) if cfg.init_from else None  # what it records
+    if plan.dist["rank"] == 0:
+        print(report.body_line(cfg.init_from, body, plan.vocab["lang"]))
     torch.manual_seed(cfg.seed)
     model = lang_model(cfg, plan, device)
     data = {"train": TextBatches(folder, "train", cfg.seq_len, cfg.micro_batch, device, cfg.seed,
                                  plan.dist["rank"]),
             "val": text_val_batches(folder, cfg.seq_len, cfg.eval_tokens, cfg.micro_batch, device)}
     vocab = {"kind": load_meta(folder).get("tokenizer", "gpt2"), "size": plan.vocab["lang"]}
+    record = {"vocab": vocab, "config": run_record(cfg, "lang", body=body)}
     halves = probes.copy_halves(folder, cfg.seq_len, probe_vocab(vocab))   # the copy probes
-    return train("lang", model, data, cfg, plan, ctx, {"vocab": vocab},
+    return train("lang", model, data, cfg, plan, ctx, record,
                  scores=lambda: probes.InContext(cfg.seq_len), probe=halves)
 
 
@@ -441,8 +475,9 @@ def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
     params = [p for p in model.parameters() if p.requires_grad]
     scaler = torch.amp.GradScaler("cuda" if cuda else "cpu", enabled=cfg.dtype == "float16")
     fwd, val_model = wrap_model(model, cfg.compile, plan.dist)
-    start_run_dir(out, cfg, stage, plan)
-    step = resume(out, stage, model, optimizer, batches, cfg, plan) if cfg.resume else None
+    start_run_dir(out, cfg, stage, plan, record["config"])
+    step = resume(out, stage, model, optimizer, batches, cfg, plan, record["config"]) \
+        if cfg.resume else None
     resumed, step = step is not None, step or 0
     resumed_at, last_val, rates, first_batch = step, None, [], None
     if world > 1:       # the init above is the same on every rank; dropout masks must differ
@@ -461,8 +496,7 @@ def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
         if (step % ckpt_every == 0 or step == steps) and not (step == resumed_at > 0) and master:
             save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "model_args": asdict(model.config), "step": step,
-                             "tokens": step * hp.batch_tokens, "stage": stage,
-                             "config": vars(cfg) | {"stage": stage}, **record,
+                             "tokens": step * hp.batch_tokens, "stage": stage, **record,
                              "data": batches.state_dict(),
                              "rng": {"torch": torch.get_rng_state(), "cuda":
                                      torch.cuda.get_rng_state(device) if cuda else None}},
@@ -558,7 +592,7 @@ def wrap_model(model, compile, dist):
     return compiled, torch.compile(model, dynamic=False) if dist["world"] > 1 else compiled
 
 
-def start_run_dir(out, cfg, stage, plan):
+def start_run_dir(out, cfg, stage, plan, config):
     """Create the run folder now that everything it needs has been checked: with --overwrite the
     old run's files go, and config.json is written (when resuming, only once the checkpoint has
     loaded: resume())."""
@@ -571,12 +605,12 @@ def start_run_dir(out, cfg, stage, plan):
         if not (cfg.resume and (out / "ckpt.pt").exists()):
             if cfg.resume:                    # lines of an attempt that left no checkpoint
                 (out / "metrics.jsonl").unlink(missing_ok=True)
-            write_config(out, vars(cfg) | {"stage": stage} | plan.record)
+            write_config(out, config | plan.record)
     if dist["world"] > 1:
         torch.distributed.barrier()
 
 
-def resume(out, stage, model, optimizer, batches, cfg, plan):
+def resume(out, stage, model, optimizer, batches, cfg, plan, config):
     """Restore the model, optimizer, data position and random state of out/ckpt.pt (guard.py
     checked it fits this command); the step to continue from, or None for a fresh run."""
     path, dist = out / "ckpt.pt", plan.dist
@@ -592,7 +626,7 @@ def resume(out, stage, model, optimizer, batches, cfg, plan):
     if dist["device"].startswith("cuda") and ck["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(ck["rng"]["cuda"].cpu())
     if dist["rank"] == 0:                             # the checkpoint loaded: now it is this run
-        write_config(out, vars(cfg) | {"stage": stage} | plan.record)
+        write_config(out, config | plan.record)
         truncate_metrics(out / "metrics.jsonl", ck["step"])
         print(f"resumed {stage} at step {ck['step']}")
     return ck["step"]

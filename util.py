@@ -179,14 +179,28 @@ def progress_bar(total, desc, unit="it", disable=False, **tqdm_kw):
     return PlainProgress(total, desc, unit, tqdm_kw.get("initial", 0))
 
 
+def duration(seconds):
+    """A duration as a person reads it: 45s, 3m12s, 2h05m."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 2 * 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
 class PlainProgress:
-    """The part of tqdm's interface used here, as plain lines on stdout: `desc: n/total unit`
-    when nothing else was printed for `interval` seconds, and once at the end."""
+    """The part of tqdm's interface used here, as plain lines on stdout: `desc: n/total unit,
+    elapsed, ETA` when nothing else was printed for `interval` seconds, and once at the end. The
+    ETA assumes the rate so far (since this bar started) holds."""
     interval = 30.0
 
     def __init__(self, total, desc, unit="it", initial=0):
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
         self.postfix, self.closed, self.last = "", False, time.monotonic()
+        self.start, self.initial = self.last, initial
 
     def write(self, line):
         print(line, flush=True)
@@ -200,7 +214,15 @@ class PlainProgress:
     def line(self):
         # total=None (a count with no known end, like tqdm's) shows just the count
         of = "" if self.total is None else f"/{self.total:,}"
-        return f"{self.desc}: {self.n:,}{of} {self.unit}{self.postfix}"
+        elapsed = time.monotonic() - self.start
+        done = self.n - self.initial
+        if self.total is None or self.n >= self.total:
+            eta = ""
+        elif done > 0:
+            eta = f", ETA {duration(elapsed * (self.total - self.n) / done)}"
+        else:
+            eta = ", ETA unknown"
+        return f"{self.desc}: {self.n:,}{of} {self.unit}{self.postfix}, {duration(elapsed)}{eta}"
 
     def set_postfix(self, **kw):
         self.postfix = "".join(f" {k} {v}" for k, v in kw.items())

@@ -96,7 +96,8 @@ def prepare_main(domain, doc, embedded, hf, argv=None):
     p = _parser(domain, doc, hf)
     args = p.parse_args(argv)
     _check_args(p, args, domain, hf)
-    shown = {k: ("***" if k == "hf_token" and v else v) for k, v in vars(args).items()}
+    shown = {k: ("***" if k == "hf_token" and v else show(v) if k == "out_dir" else v)
+             for k, v in vars(args).items()}
     print("config:", json.dumps(shown))
     t0 = time.time()
     created = not Path(args.out_dir).exists()

@@ -37,16 +37,18 @@ DTYPE = "uint16"
 TOKENIZERS = {"gpt2": (VOCAB_SIZE, EOT), "bytes": (257, 256)}
 BYTES_SUFFIX = "_bytes"  # data/web_bytes is the byte-level twin of data/web
 
-# Pinned PyPI files: name -> (version, file name, sha256); every download is checked.
+# Pinned PyPI files: name -> (version, file name, sha256, bytes); every download is checked.
 PINNED = {
     "openai-whisper": ("20250625", "openai_whisper-20250625.tar.gz",
-                       "37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96"),
+                       "37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96",
+                       803_191),
     "evals": ("3.0.1.post1", "evals-3.0.1.post1-py3-none-any.whl",
-              "0abcb2051303500784b1641a6e4f6b813ed43ad64f879a37d344a6774eb8eb78"),
+              "0abcb2051303500784b1641a6e4f6b813ed43ad64f879a37d344a6774eb8eb78", 46_322_659),
     "champ-dataset": ("1.0.0", "champ_dataset-1.0.0-py3-none-any.whl",
-                      "aa59df5ae28e2ec76a401a46faf3d6395920be8009a01ce451f7d5c131d82201"),
+                      "aa59df5ae28e2ec76a401a46faf3d6395920be8009a01ce451f7d5c131d82201",
+                      7_648_010),
     "mpmath": ("1.3.0", "mpmath-1.3.0-py3-none-any.whl",
-               "a0b2b9fe80bbcd81a6647ff13108738cfb482d481d826cc0e02f5b35e5c88d2c"),
+               "a0b2b9fe80bbcd81a6647ff13108738cfb482d481d826cc0e02f5b35e5c88d2c", 536_198),
 }
 GPT2_MEMBER = "openai_whisper-20250625/whisper/assets/gpt2.tiktoken"
 GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"  # = r50k_base
@@ -76,13 +78,15 @@ def sha256_file(path):
 def pip_download(name, timeout=600):
     """Path of the pinned PyPI file for `name` in .cache/pip/, downloaded (never installed) and
     sha256-checked. A verified cached copy is reused, so a second run needs no network."""
-    version, filename, sha = PINNED[name]
+    version, filename, sha, size = PINNED[name]
     dest = CACHE_DIR / "pip" / filename
     if dest.exists():
         if sha256_file(dest) == sha:
             return dest
         print(f"note: {show(dest)} fails its sha256 check: downloading it again", file=sys.stderr)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    print(f"downloading {filename} ({size / 1e6:.1f} MB, pinned {name}=={version}) from PyPI "
+          f"into {show(dest.parent)}/", flush=True)
     kind = ["--no-binary", ":all:"] if filename.endswith(".tar.gz") else ["--only-binary", ":all:"]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, f"{name}=={version}",
            "--timeout", "30", "--retries", "2", "--disable-pip-version-check", "--quiet"]

@@ -48,7 +48,7 @@ import guard  # noqa: E402
 import report  # noqa: E402
 import nca  # noqa: E402
 import train  # noqa: E402
-from data.common import text_val_batches  # noqa: E402
+from data.common import show, text_val_batches  # noqa: E402
 from model import GPT, config_for, load_checkpoint, model_from_checkpoint  # noqa: E402
 from util import atomic_write, autocast  # noqa: E402
 
@@ -461,7 +461,7 @@ def step_plan(device, size, work, compile):
         lang = data if real_data else synthetic_corpus(work / "web")
         return stage("stage2", ["--stage", "lang", "--data_dir", str(lang), "--eval_interval",
                                 "1000000"] + s["lang"], "lang", log2) | \
-            {"data": str(lang) if real_data else "synthetic GPT-2 ids"}
+            {"data": show(lang) if real_data else "synthetic GPT-2 ids"}
     dtypes = ["float32", "bfloat16"] if device.startswith("cuda") else ["float32"]
     return {
         "nca_generation": (lambda r: nca_generation(device, s["gen_batch"], s["gen_repeats"]), []),
@@ -557,20 +557,20 @@ def main(argv=None):
     size = args.size or ("toy" if device == "cpu" else "full")
     out = Path(args.out or ROOT / "out" / "gpu_check" / f"{device.split(':')[0]}.json")
     if out.exists() and not args.overwrite:
-        raise SystemExit(f"error: {out} exists: pass --overwrite or another --out")
+        raise SystemExit(f"error: {show(out)} exists: pass --overwrite or another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         with tempfile.TemporaryDirectory(prefix="gpu_check-") as work:
             res = check(device, size, Path(work), out, steps, args.compile, args.time_limit)
     except Killed as e:
-        print(f"{e}: {out} keeps every step finished before it", file=sys.stderr)
+        print(f"{e}: {show(out)} keeps every step finished before it", file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(json.dumps(res, indent=2))
     failed = [n for n, s in res["steps"].items() if s["status"] != "ok"]
-    print(f"wrote {out} ({res['wall_s']:.0f} s)" + (f"; not ok: {', '.join(failed)}"
+    print(f"wrote {show(out)} ({res['wall_s']:.0f} s)" + (f"; not ok: {', '.join(failed)}"
                                                     if failed else ""))
     return res
 

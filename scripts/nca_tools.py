@@ -17,47 +17,70 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import guard  # noqa: E402
 import nca  # noqa: E402
-from report import palette, pillow  # noqa: E402
+from report import palette  # noqa: E402
 from util import (UserError, add_flags, atomic_write, cli, default_device, from_flags,  # noqa: E402
                   script_parser)
 
 
 def draw_preview(path, cfg, bands, rules_per_band=3, num_frames=8, seed=0, device="cpu",
-                 scale=4):
-    """Trajectories of a few rules from each band, side by side; PNG (frames left to right) or
-    GIF (frames over time). Needs Pillow for the text and the file formats."""
-    Image, ImageDraw = pillow()
+                 scale=5):
+    """Trajectories of a few rules from each band, the bands in a 2-column grid of panels; PNG
+    (frames left to right) or GIF (frames over time). Needs Pillow for the text and the files."""
+    Image, ImageDraw, ImageFont = pillow()
     gif = str(path).lower().endswith(".gif")
     pal = palette(cfg.num_colors)
     panels = []
     for name, band in bands:
         bank = nca.filter_rules(cfg, band, rules_per_band, seed=seed, device=device, progress=False,
-                            cache=False)
+                                cache=False)
         rules = nca.make_rules(bank.seeds, cfg.num_colors, nca.generation_device(device))
         frames = nca.rollout(rules, nca.stream_key(torch.as_tensor(bank.seeds), 11), cfg, num_frames)
-        panels.append((name, bank.scores, frames.cpu().numpy()))
-    cell, pad, head = cfg.grid * scale, 4, 14
-    cols_per_panel = 1 if gif else num_frames
-    pw = cols_per_panel * (cell + pad) + pad
-    ph = head + rules_per_band * (cell + head) + pad
+        panels.append((f"band {name}: gzip ratio in ({band[0]}, {band[1]})", bank.scores,
+                       frames.cpu().numpy()))
+    try:
+        font = ImageFont.load_default(size=14)
+    except TypeError:                                       # Pillow < 10.1: the bitmap font
+        font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    texts = [t for title, scores, _ in panels for t in [title, *rule_labels(scores)]]
+    cell, pad, line = cfg.grid * scale, 6, 20
+    cols = 1 if gif else num_frames
+    pw = max(cols * (cell + pad) + pad, max(measure.textlength(t, font=font) for t in texts)
+             + 2 * pad)
+    pw = int(pw) + 3 * pad                                  # a gap between the two columns
+    ph = line + rules_per_band * (line + cell + pad) + 2 * pad
+    ncols = min(2, len(panels))
+    nrows = -(-len(panels) // ncols)
     images = []
     for t in range(num_frames if gif else 1):
-        img = Image.new("RGB", (pw * len(panels), ph), "white")
+        img = Image.new("RGB", (pw * ncols, ph * nrows), "white")
         d = ImageDraw.Draw(img)
-        for p, (name, scores, frames) in enumerate(panels):
-            x0 = p * pw
-            d.text((x0 + pad, 2), f"band {name}", fill="black")
-            for r in range(rules_per_band):
-                y0 = head + r * (cell + head)
-                d.text((x0 + pad, y0), f"gzip {scores[r]:.3f}", fill="black")
-                for c in range(cols_per_panel):
-                    f = t if gif else c
-                    px = pal[frames[r, f]].repeat(scale, 0).repeat(scale, 1)
-                    img.paste(Image.fromarray(px), (x0 + pad + c * (cell + pad), y0 + head - 2))
+        for p, (title, scores, frames) in enumerate(panels):
+            x0, y0 = (p % ncols) * pw + pad, (p // ncols) * ph + pad
+            d.text((x0, y0), title, fill="black", font=font)
+            for r, label in enumerate(rule_labels(scores)):
+                y = y0 + line + r * (line + cell + pad)
+                d.text((x0, y), label, fill="dimgray", font=font)
+                for c in range(cols):
+                    px = pal[frames[r, t if gif else c]].repeat(scale, 0).repeat(scale, 1)
+                    img.paste(Image.fromarray(px), (x0 + c * (cell + pad), y + line))
         images.append(img)
     atomic_write(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, loop=0,
                                                   append_images=images[1:], duration=250)
                  if gif else images[0].save(tmp, format="PNG"))
+
+
+def pillow():
+    """Pillow's Image, ImageDraw and ImageFont, or the one-line refusal (Pillow is optional)."""
+    try:
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError:
+        raise UserError("--preview needs Pillow for PNG/GIF output: pip install pillow") from None
+    return Image, ImageDraw, ImageFont
+
+
+def rule_labels(scores):
+    return [f"rule {i + 1}, gzip ratio {s:.3f}" for i, s in enumerate(scores)]
 
 
 # The official implementation's scores of 4000 random rules (band_stats in
@@ -156,6 +179,8 @@ def main(argv=None):
     if not (args.stats or args.preview or args.bench or args.show):
         ap.print_help()
         return
+    if args.preview:
+        pillow()                                    # refused before anything else is printed
     if args.show:
         show(cfg, args.seed)
     if args.stats:

@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import conftest
 from data import build, common, hub
 from data.build import TokenWriter, dedup_prefixes, split_documents, write_dataset
-from data.common import CACHE_DIR, EOT, ROOT, load_meta, load_tokens
+from data.common import EOT, ROOT, load_meta, load_tokens
 from util import UserError
 
-needs_bpe = pytest.mark.skipif(not (CACHE_DIR / "gpt2.tiktoken").exists(),
-                               reason=".cache/gpt2.tiktoken absent: run python "
-                                      "data/web/prepare.py first (tests never download)")
+needs_bpe = conftest.needs_bpe()
 
 
 # ---------------------------------------------------------------- tokenizer

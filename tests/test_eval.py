@@ -140,14 +140,17 @@ def test_speedup_reproduces_the_blog_numbers(steps, curves, arm, want):
 # ---------------------------------------------------------------- fake runs and domains
 
 def write_run(folder, arm, curve, stage="lang", domain="web", init_from=None, ppt_source=None,
-              model_cfg=None, vocab=("gpt2", 50257), nca_info=None, seed=0):
-    """A run folder in train.py's format: config.json, metrics.jsonl, ckpt.pt."""
+              model_cfg=None, vocab=("bytes", 257), nca_info=None, seed=0, eval_tokens=256):
+    """A run folder in train.py's format: config.json, metrics.jsonl, ckpt.pt. Byte-level by
+    default, so that no test needs the GPT-2 tokenizer file."""
     folder.mkdir(parents=True)
     torch.manual_seed(seed)
-    cfg = model_cfg or config_for("tiny", vocab_size=50257, block_size=64)
+    cfg = model_cfg or config_for("tiny", vocab_size=vocab[1], block_size=64)
     model = GPT(cfg)
     config = {"stage": stage, "arm": arm, "ppt_source": ppt_source, "domain": domain,
-              "data_dir": f"data/{domain}", "seed": seed, "init_from": init_from}
+              "data_dir": None, "seed": seed, "init_from": init_from}
+    if stage == "lang":
+        config["eval_tokens"] = eval_tokens
     (folder / "config.json").write_text(json.dumps(config))
     lines = []
     for tokens, loss in curve:
@@ -169,7 +172,7 @@ NCA_CFG = nca.NCAConfig(seq_len=128)
 def fake(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     for i, d in enumerate(DOMAINS):
-        make_domain(root / "data" / d, seed=i)
+        make_domain(root / "data" / d, seed=i, vocab=257, tokenizer="bytes")
     runs = root / "runs"
     base = [(1024, 6.0), (2048, 5.0), (3072, 4.0), (4096, 3.0)]
     write_run(runs / "scratch_web", "scratch", base, seed=0)
@@ -184,6 +187,10 @@ def fake(tmp_path_factory):
     return root
 
 
+def rows_of(md):
+    return [line for line in md.splitlines()[2:] if line.startswith("| ")]
+
+
 def run_main(fake, *args, out="ev"):
     return ev.main([*args, "--data_root", str(fake / "data"), "--eval_tokens", "256", "--device", "cpu",
                     "--out", str(fake / out), "--overwrite"])
@@ -195,8 +202,11 @@ def test_table_json_and_markdown(fake, capsys):
     printed = capsys.readouterr().out
     md = (fake / "ev" / "eval.md").read_text()
     header = md.splitlines()[0]
+    # no --domains: the runs' own training folder first, then the others of its tokenizer
     assert [c.strip() for c in header.strip("|").split("|")][-5:] == [
-        *DOMAINS, "copy gain: text · frequent", "in-context score"]
+        "web: loss · bpb · ppl", "code: loss · bpb · ppl", "math: loss · bpb · ppl",
+        "copy gain (nats): text · frequent", "in-context score (nats)"]   # every number: its unit
+    assert " nats · " in rows_of(md)[0] and " bpb · ppl " in rows_of(md)[0]
     rows = [line for line in md.splitlines()[2:] if line.startswith("| ")]
     assert len(rows) == 4 and "scratch (scratch_web)" in rows[0] and "nca (nca_web)" in rows[1]
     assert rows[2].startswith("| unigram") and rows[3].startswith("| bigram")
@@ -238,12 +248,14 @@ def test_not_reached_and_explicit_baseline(fake, tmp_path):
 def test_nca_checkpoint_is_refused_on_language_and_evaluated_on_rules(fake, capsys):
     runs = fake / "runs"
     report = run_main(fake, str(runs / "scratch_web"), str(runs / "nca_web" / "ppt"),
-                      str(runs / "dyck_ppt"), "--nca_val_seqs", "8", out="ev_nca")
+                      "--nca_val_seqs", "8", "--domains", ",".join(DOMAINS), out="ev_nca")
     out = capsys.readouterr().out
-    _, ppt, dyck = report["runs"]
+    _, ppt = report["runs"]
     assert "not evaluated on web, math, code" in out and "NCA validation rules instead" in out
     assert ppt["ppl"] == {} and "'nca'" in ppt["refused"]             # refused by vocabulary kind
-    assert dyck["ppl"] == {} and dyck["nca"] is None and "'dyck'" in dyck["refused"]
+    # a run that can be scored nowhere (a Dyck stage-1 model) is one error line, not an empty row
+    err = refused(capsys, run_main, fake, str(runs / "scratch_web"), str(runs / "dyck_ppt"))
+    assert "dyck (dyck_ppt) can be scored on no eval domain" in err and "'dyck'" in err
     G = len(nca.grid_positions(NCA_CFG))
     n = ppt["nca"]
     assert n["grid"] == list(range(1, G + 1)) and n["num_seqs"] == 8 and math.isfinite(n["val_loss"])
@@ -380,3 +392,20 @@ def test_summary_pairs_each_seed_with_its_scratch_run():
     m, h = report.mean_ci([1.0, 2.0, 3.0])
     assert m == 2.0 and h == pytest.approx(4.303 * 1.0 / math.sqrt(3))
     assert report.mean_ci([]) == (None, None) and report.mean_ci([5.0]) == (5.0, None)
+
+
+def test_eval_follows_the_runs(fake, tmp_path):
+    """No --domains, no --eval_tokens: each run's own training folder (data_dir, else
+    <data_root>/<domain>) and the other folders of its tokenizer; the runs' own eval_tokens."""
+    own = make_domain(tmp_path / "elsewhere" / "mine", seed=5, vocab=257, tokenizer="bytes")
+    make_domain(fake / "data" / "gpt2_only", seed=6)                     # another tokenizer
+    a = write_run(tmp_path / "a", "scratch", [(1024, 5.0)], eval_tokens=128)
+    config = json.loads((a / "config.json").read_text()) | {"data_dir": str(own)}
+    (a / "config.json").write_text(json.dumps(config))
+    b = write_run(tmp_path / "b", "scratch", [(1024, 5.0)], domain="math", seed=1, eval_tokens=0)
+    report = ev.main([str(a), str(b), "--data_root", str(fake / "data"), "--device", "cpu",
+                      "--out", str(tmp_path / "ev")])
+    assert list(report["domains"]) == ["mine", "math", "code", "web"]    # own first, no gpt2
+    assert report["eval_tokens"] == 128                                  # the smallest; 0 = all
+    assert all(d["windows"] == 2 for d in report["domains"].values())
+    assert guard.eval_tokens(None, []) == 262_144 and guard.eval_tokens(64, []) == 64

@@ -1,8 +1,10 @@
 import json
 import math
+import re
 import sys
 
 import numpy as np
+
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
@@ -303,6 +305,15 @@ def test_cli_stats_and_preview(tmp_path, capsys):
     assert (tmp_path / "p.png").stat().st_size > 100
 
 
+def test_preview_without_pillow_is_one_error_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "PIL", None)                   # as if not installed
+    with pytest.raises(SystemExit) as e:
+        nca_tools.main(["--preview", str(tmp_path / "p.png"), "--stats", "--num_rules", "8"])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == "" and not (tmp_path / "p.png").exists()
+    assert err == "error: --preview needs Pillow for PNG/GIF output: pip install pillow\n"
+
+
 def test_progress_is_plain_lines_off_a_terminal(capsys, monkeypatch):
     import io
     monkeypatch.setattr(nca.sys, "stderr", io.StringIO())          # not a terminal
@@ -315,9 +326,13 @@ def test_progress_is_plain_lines_off_a_terminal(capsys, monkeypatch):
     bar.close()
     bar.close()
     out = capsys.readouterr().out
-    assert out.splitlines() == ["work: 1/3 step", "step 1 loss 2.0", "work: 3/3 step",
-                                "work: 3/3 step"]
+    lines = [re.sub(r"\d+s\b", "Ns", line) for line in out.splitlines()]
+    # every line before the end carries the time so far and an ETA
+    assert lines == ["work: 1/3 step, Ns, ETA Ns", "step 1 loss 2.0", "work: 3/3 step, Ns",
+                     "work: 3/3 step, Ns"]
     assert "\r" not in out + nca.sys.stderr.getvalue()
+    assert util.duration(45) == "45s" and util.duration(192) == "3m12s"
+    assert util.duration(7500) == "2h05m"
 
 
 @pytest.mark.parametrize("knobs", [dict(num_colors=4), dict(grid=8, seq_len=256), dict(patch=1),

@@ -234,7 +234,7 @@ def test_logs_off_a_terminal_have_no_progress_bar(domain, tmp_path, capfd):
                                "--out_dir", str(tmp_path), "--lang_tokens", "640"])
     out, err = capfd.readouterr()
     assert "\r" not in out + err                                  # no carriage-return updates
-    steps = [l for l in out.splitlines() if l.startswith("step ")]
+    steps = [l for l in out.splitlines() if l.startswith("step ") and "val_loss" not in l]
     assert [l.split()[1] for l in steps] == ["1", "2"] and all("tok/s" in l for l in steps)
 
 
@@ -282,7 +282,7 @@ def plan(argv, stage="lang", vocab=50257, world=1):
     sequences each process gets per step."""
     args = train_args(argv)
     config = model_config(args, vocab, head_bias=stage == "ppt")
-    p = SimpleNamespace(steps={}, memory={}, freeze=[], lang_tokens=args.lang_tokens or 1)
+    p = SimpleNamespace(steps={}, memory={}, flops={}, freeze=[], lang_tokens=args.lang_tokens or 1)
     setattr(args, guard.stage_flag(stage, "micro_batch"), 0)
     guard.plan_micro_batch(args, stage, config, {"rank": 0, "world": world, "device": "cpu"}, p)
     batch = getattr(args, guard.stage_flag(stage, "batch_tokens"))
@@ -455,3 +455,39 @@ def test_the_documented_new_source_runs(domain, tmp_path, monkeypatch):
     assert ppt["vocab"] == {"kind": "random", "size": 256} and ppt["step"] == 4
     lang = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert lang["config"]["arm"] == "random"
+
+
+def test_records_say_what_ran(two_stage, domain, tmp_path, capsys):
+    """config.json (and the checkpoint's config) hold the flags of the stage that ran: stage 1
+    without stage-2 flags, the NCA band as the bounds applied; a transfer with its body's stage-1
+    source and tokens; a scratch run with no stage-1 source or budget. The console gets one
+    summary line, validation lines like the training lines, and where the body came from."""
+    ppt = json.loads((two_stage / "ppt" / "config.json").read_text())
+    assert ppt["stage"] == "ppt" and ppt["ppt_source"] == "nca" and ppt["num_colors"] == 10
+    assert not {"domain", "data_dir", "lang_tokens", "eval_tokens", "init_from", "lr"} & set(ppt)
+    assert (ppt["filter_rules_threshold"], ppt["filter_rules_upper_bound"]) == (0.5, 1.0)
+    assert torch.load(two_stage / "ppt" / "ckpt.pt", weights_only=True)["config"] == ppt
+    band = train.run_record(train_args(["--band", "cpu-web"]), "ppt",
+                            train.nca_source(train_args(["--band", "cpu-web"])))
+    assert band["band"] == "cpu-web" and (band["filter_rules_threshold"],
+                                          band["filter_rules_upper_bound"]) == nca.BANDS["cpu-web"]
+    lang = json.loads((two_stage / "config.json").read_text())
+    assert lang["ppt_source"] == "nca" and lang["ppt_tokens"] == 1280      # what stage 1 trained
+    assert not {"ppt_lr", "ppt_batch_tokens", "train_num_rules", "num_colors", "band"} & set(lang)
+    capsys.readouterr()
+    init = ["--init_from", str(two_stage / "ppt" / "ckpt.pt")]
+    for arm, extra in (("scratch", []), ("nca", init)):
+        train.main(MODEL + LANG + ["--stage", "lang", "--data_dir", str(domain), "--out_dir",
+                                   str(tmp_path / arm), "--max_iters", "1", *extra])
+    out = capsys.readouterr().out.splitlines()
+    scratch = json.loads((tmp_path / "scratch" / "config.json").read_text())
+    assert scratch["arm"] == "scratch" and not {"ppt_source", "ppt_tokens"} & set(scratch)
+    assert scratch["eval_tokens"] == 320 and scratch["stage"] == "lang"
+    assert json.loads((tmp_path / "nca" / "config.json").read_text())["ppt_tokens"] == 1280
+    assert sum(line.startswith("train: stage 2") for line in out) == 2
+    assert not any(line.startswith("{") for line in out)                  # no config dump
+    assert any(line.startswith("lang: scratch: a freshly initialized body") for line in out)
+    assert any(line.startswith("lang: body from") and "stage 1 on nca" in line and
+               "1,280 tokens" in line for line in out)
+    assert any(line.startswith("step 0 val_loss ") for line in out)
+    assert not any(line.startswith("kind ") or "1 micro-steps" in line for line in out)
