@@ -374,10 +374,10 @@ def main(argv=None):
         if dist["device"].startswith("cuda"):   # TF32 for the model's float32 matmuls (NCA
             torch.set_float32_matmul_precision("high")   # generation stays exact regardless)
         ctx, _ = autocast(cfg.dtype, dist["device"])
-        # What config.json records beside the resolved flags: the command's own flags (what
-        # --config reads back) and where the run came from.
-        plan.record = {"flags": vars(args),
-                       "provenance": provenance("train.py", argv, dist["device"])}
+        # What config.json (and each checkpoint) records beside the resolved flags: the command's
+        # own flags (what --config reads back) and where the run came from, as plain JSON values.
+        plan.record = json.loads(json.dumps({"flags": vars(args), "provenance": provenance(
+            "train.py", argv, dist["device"])}, default=str))
         if dist["rank"] == 0:
             print(report.run_summary(cfg, plan))
             note = report.long_run_note(cfg, plan, dist["device"])
@@ -400,7 +400,7 @@ def run_ppt(cfg, plan, source, ctx):
     torch.manual_seed(cfg.seed)
     model = GPT(model_config(cfg, plan.vocab["ppt"], head_bias=True)).to(dist["device"])
     record = {"vocab": {"kind": source["kind"], "size": plan.vocab["ppt"]}, "nca": data["info"],
-              "config": run_record(cfg, "ppt", source)}
+              "config": run_record(cfg, "ppt", source) | plan.record}
     return train("ppt", model, data, cfg, plan, ctx, record, scores=source["scores"])
 
 
@@ -416,7 +416,7 @@ def run_lang(cfg, plan, ctx):
                                  plan.dist["rank"]),
             "val": text_val_batches(folder, cfg.seq_len, cfg.eval_tokens, cfg.micro_batch, device)}
     vocab = {"kind": load_meta(folder).get("tokenizer", "gpt2"), "size": plan.vocab["lang"]}
-    record = {"vocab": vocab, "config": run_record(cfg, "lang", body=body)}
+    record = {"vocab": vocab, "config": run_record(cfg, "lang", body=body) | plan.record}
     halves = probes.copy_halves(folder, cfg.seq_len, probe_vocab(vocab))   # the copy probes
     return train("lang", model, data, cfg, plan, ctx, record,
                  scores=lambda: probes.InContext(cfg.seq_len), probe=halves)
@@ -605,7 +605,7 @@ def start_run_dir(out, cfg, stage, plan, config):
         if not (cfg.resume and (out / "ckpt.pt").exists()):
             if cfg.resume:                    # lines of an attempt that left no checkpoint
                 (out / "metrics.jsonl").unlink(missing_ok=True)
-            write_config(out, config | plan.record)
+            write_config(out, config)
     if dist["world"] > 1:
         torch.distributed.barrier()
 
@@ -626,7 +626,7 @@ def resume(out, stage, model, optimizer, batches, cfg, plan, config):
     if dist["device"].startswith("cuda") and ck["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(ck["rng"]["cuda"].cpu())
     if dist["rank"] == 0:                             # the checkpoint loaded: now it is this run
-        write_config(out, config | plan.record)
+        write_config(out, config)
         truncate_metrics(out / "metrics.jsonl", ck["step"])
         print(f"resumed {stage} at step {ck['step']}")
     return ck["step"]
