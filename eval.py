@@ -18,6 +18,8 @@ Speedup, summary over seeds, tables and plots: report.py.
 """
 import json
 import math
+import os
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -29,8 +31,9 @@ import nca
 from data.common import (TOKENIZERS, eval_windows, load_tokens, probe_vocab, show,
                          token_bytes)
 from model import copy_probe, evaluate, load_checkpoint, model_from_checkpoint
-from report import compare, plot_curves, refusal_text, report_text, summarize
-from util import add_flags, atomic_write, cli, flag, progress_bar, script_parser
+from report import (compare, eval_id_line, plot_curves, refusal_text, report_text, summarize,
+                    write_eval)
+from util import add_flags, cli, flag, progress_bar, script_parser, sweep_temporaries
 
 
 # ---------------------------------------------------------------- perplexity
@@ -146,12 +149,13 @@ def main(argv=None):
                for r, info, refusals in zip(plan.runs, plan.info, plan.refusals)]
     compare(plan.runs, results, plan.baselines)
     summary = summarize(plan.runs, results)
-    report = {"eval_tokens": args.eval_tokens, "block_size": plan.block, "device": plan.device,
+    report = {"id": f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+              "eval_tokens": args.eval_tokens, "block_size": plan.block, "device": plan.device,
               "dtype": plan.dtype, "domains": domains, "runs": results, "summary": summary}
-    text = report_text(results, domains, plan.block, summary)
+    text = report_text(results, domains, plan.block, summary) + "\n\n" + eval_id_line(report)
     print(text)
-    atomic_write(plan.out / "eval.json", json.dumps(report, indent=2) + "\n")
-    atomic_write(plan.out / "eval.md", text + "\n")
+    sweep_temporaries(plan.out)                 # what an interrupted earlier write left
+    write_eval(plan.out, report, text)
     print(f"wrote {show(plan.out / 'eval.json')} and {show(plan.out / 'eval.md')}")
     if args.plot:
         plot_curves(plan.runs, plan.baselines, args.plot)
