@@ -18,8 +18,8 @@ Speedup, summary over seeds, tables and plots: report.py.
 """
 import json
 import math
-import os
 import time
+import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -149,7 +149,7 @@ def main(argv=None):
                for r, info, refusals in zip(plan.runs, plan.info, plan.refusals)]
     compare(plan.runs, results, plan.baselines)
     summary = summarize(plan.runs, results)
-    report = {"id": f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+    report = {"id": f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}",
               "eval_tokens": args.eval_tokens, "block_size": plan.block, "device": plan.device,
               "dtype": plan.dtype, "domains": domains, "runs": results, "summary": summary}
     text = report_text(results, domains, plan.block, summary) + "\n\n" + eval_id_line(report)

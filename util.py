@@ -57,7 +57,7 @@ def rank_prefix():
 
 
 def _interrupted():
-    return "interrupted: nothing was written"
+    return "interrupted (every file is written whole or not at all)"
 
 
 # The line Ctrl-C prints; a training stage replaces it with one that knows its steps (report.Log).
@@ -73,6 +73,7 @@ PLAIN_ERRNO = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota i
                errno.EACCES: "permission denied (a read-only folder?)",
                errno.EPERM: "permission denied (a read-only folder?)",
                errno.ENOTDIR: "a part of the path is a file, not a folder",
+               errno.EEXIST: "a part of the path is a file, not a folder",   # from mkdir
                errno.EISDIR: "it is a folder, not a file"}
 TEMPORARY = re.compile(r"^(?P<stem>.+)\.(?P<pid>\d+)\.tmp(?P<suffix>\.[^.]*)?$")
 
@@ -129,7 +130,7 @@ def check_writable(path, flag, kind="folder"):
     probe = folder / f".probe.{os.getpid()}.tmp"
     try:
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as e:
         raise UserError(f"{flag} {shown(path)}: cannot write in {shown(folder)}: "
                         f"{os_reason(e)}: choose another {flag}") from None
@@ -234,7 +235,8 @@ def atomic_write(path, data):
             raise
         raise write_failure(path, e) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):       # (no folder to hold it: nothing to remove)
+            tmp.unlink(missing_ok=True)
 
 
 def default_device(name="auto"):

@@ -12,7 +12,8 @@ from pathlib import Path
 from data.build import prepare_embedded
 from data.common import BYTES_SUFFIX, ROOT, TOKENIZERS, show
 from data.hub import RETRIES, prepare_hf
-from util import PLAIN_ERRNO, UserError, check_writable, one_line_errors, write_failure
+from util import (PLAIN_ERRNO, UserError, check_writable, one_line_errors, sweep_temporaries,
+                  write_failure)
 
 
 def _parser(domain, doc, hf):
@@ -104,6 +105,9 @@ def prepare_main(domain, doc, embedded, hf, argv=None):
     print("config:", json.dumps(shown))
     t0 = time.time()
     created = not Path(args.out_dir).exists()
+    for name in sweep_temporaries(args.out_dir):     # token files of a killed earlier run
+        print(f"note: removed {show(Path(args.out_dir) / name)}, left by an interrupted write",
+              file=sys.stderr)
     try:
         meta = _prepare(args, domain, embedded, hf)
     except (UserError, OSError) as e:
