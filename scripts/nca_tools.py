@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import guard  # noqa: E402
 import nca  # noqa: E402
 from report import palette  # noqa: E402
-from util import (UserError, add_flags, atomic_write, check_writable, cli,  # noqa: E402
-                  default_device, from_flags, script_parser)
+from util import (UserError, add_flags, atomic_write, cli, default_device, from_flags,  # noqa: E402
+                  script_parser)
 
 
 def draw_preview(path, cfg, bands, rules_per_band=3, num_frames=8, seed=0, device="cpu",
@@ -179,9 +179,6 @@ def main(argv=None):
     if not (args.stats or args.preview or args.bench or args.show):
         ap.print_help()
         return
-    for name in ("out", "preview"):         # a bad output path fails now, not after the work
-        if getattr(args, name):
-            check_writable(getattr(args, name), f"--{name}", kind="file")
     if args.preview:
         pillow()                                    # refused before anything else is printed
     if args.show:
