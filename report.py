@@ -663,14 +663,15 @@ def provenance_line(p):
 
 # ---------------------------------------------------------------- NCA pictures (sample.py, nca_tools)
 
-def pillow():
-    """PIL's Image and ImageDraw; Pillow is optional."""
+def pillow(refusal="drawing PNG or GIF needs Pillow, which is optional: pip install "
+                    "pillow"):
+    """PIL's Image, ImageDraw and ImageFont; Pillow is optional, so without it the one-line
+    `refusal`."""
     try:
-        from PIL import Image, ImageDraw
+        from PIL import Image, ImageDraw, ImageFont
     except ImportError:
-        raise UserError("drawing PNG or GIF needs Pillow, which is optional: pip install pillow") \
-            from None
-    return Image, ImageDraw
+        raise UserError(refusal) from None
+    return Image, ImageDraw, ImageFont
 
 
 def palette(n):
@@ -720,7 +721,7 @@ def draw_rollouts(path, true, forced, free, context, num_colors, labels, scale=6
     """True and predicted grids of a few rules, each wrong cell crossed out. PNG: per rule,
     three rows (true; teacher-forced; free-running), grids left to right, the context grids
     only in the first row. GIF: one frame per grid, the three side by side."""
-    Image, ImageDraw = pillow()
+    Image, ImageDraw, _ = pillow()
     true, forced, free = (t.cpu().numpy() for t in (true, forced, free))
     R, G, H, W = true.shape
     pal, cell, pad, left, head = palette(num_colors), H * scale, 3, 96, 14

@@ -17,16 +17,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import guard  # noqa: E402
 import nca  # noqa: E402
-from report import palette  # noqa: E402
+from report import palette, pillow  # noqa: E402
 from util import (UserError, add_flags, atomic_write, cli, default_device, from_flags,  # noqa: E402
                   script_parser)
+
+
+PREVIEW_NEEDS_PILLOW = "--preview needs Pillow for PNG/GIF output: pip install pillow"
 
 
 def draw_preview(path, cfg, bands, rules_per_band=3, num_frames=8, seed=0, device="cpu",
                  scale=5):
     """Trajectories of a few rules from each band, the bands in a 2-column grid of panels; PNG
     (frames left to right) or GIF (frames over time). Needs Pillow for the text and the files."""
-    Image, ImageDraw, ImageFont = pillow()
+    Image, ImageDraw, ImageFont = pillow(PREVIEW_NEEDS_PILLOW)
     gif = str(path).lower().endswith(".gif")
     pal = palette(cfg.num_colors)
     panels = []
@@ -68,15 +71,6 @@ def draw_preview(path, cfg, bands, rules_per_band=3, num_frames=8, seed=0, devic
     atomic_write(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, loop=0,
                                                   append_images=images[1:], duration=250)
                  if gif else images[0].save(tmp, format="PNG"))
-
-
-def pillow():
-    """Pillow's Image, ImageDraw and ImageFont, or the one-line refusal (Pillow is optional)."""
-    try:
-        from PIL import Image, ImageDraw, ImageFont
-    except ImportError:
-        raise UserError("--preview needs Pillow for PNG/GIF output: pip install pillow") from None
-    return Image, ImageDraw, ImageFont
 
 
 def rule_labels(scores):
@@ -180,7 +174,7 @@ def main(argv=None):
         ap.print_help()
         return
     if args.preview:
-        pillow()                                    # refused before anything else is printed
+        pillow(PREVIEW_NEEDS_PILLOW)                # refused before anything else is printed
     if args.show:
         show(cfg, args.seed)
     if args.stats:
