@@ -156,6 +156,23 @@ def mean_ci(xs):
     return float(np.mean(xs)), float(t * np.std(xs, ddof=1) / math.sqrt(len(xs)))
 
 
+def sign_flip_p(diffs):
+    """Exact two-sided sign-flip (paired permutation) p-value of the mean of paired differences:
+    the share of the 2^n sign patterns whose |mean| is at least the observed one (n <= 20)."""
+    d = np.asarray(diffs, float)
+    if d.size == 0 or d.size > 20:
+        return None
+    signs = np.array(np.meshgrid(*[[-1.0, 1.0]] * d.size)).reshape(d.size, -1).T
+    return float(np.mean(np.abs(signs @ d) >= abs(d.sum()) - 1e-12))
+
+
+def paired(xs, ys):
+    """Paired difference xs - ys: (mean, 95% CI half-width, exact sign-flip p)."""
+    diffs = [x - y for x, y in zip(xs, ys)]
+    m, h = mean_ci(diffs)
+    return m, h, sign_flip_p(diffs)
+
+
 def summarize(runs, results):
     """Per (training domain, arm) over seeds, each run paired with the scratch run of the same
     domain and seed: own-domain loss, bits per byte and perplexity; the paired differences in

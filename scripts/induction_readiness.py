@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import guard  # noqa: E402
 from model import GPT, config_for, load_checkpoint, model_from_checkpoint  # noqa: E402
-from report import mean_ci  # noqa: E402
+from report import mean_ci, paired  # noqa: E402
 from util import UserError, atomic_write, cli, default_device, script_parser  # noqa: E402
 
 
@@ -153,6 +153,21 @@ def format_table(results, args):
         ci = f"{'>=' if censored else ''}{m:.0f}" + (f" ± {h:.0f}" if h is not None else "")
         lines.append(f"| {arm} | {per} | {ci} | "
                      f"{sum(r['steps'] is not None for r in rows)}/{len(rows)} |")
+    if "scratch" in results and len(results) > 1:
+        lines += ["", "Paired by seed against scratch (negative: fewer steps than scratch; a seed "
+                  "that never got there counts as --steps):", "",
+                  "| body - scratch | per seed | mean ± 95% CI | sign-flip p |",
+                  "| --- | --- | --- | --- |"]
+        base = [r["steps"] if r["steps"] is not None else args.steps for r in results["scratch"]]
+        for arm, rows in results.items():
+            steps = [r["steps"] if r["steps"] is not None else args.steps for r in rows]
+            if arm == "scratch" or len(steps) != len(base):
+                continue
+            m, h, pv = paired(steps, base)
+            per = ", ".join(f"{a - b:+d}" for a, b in zip(steps, base))
+            ci = f"{m:+.1f}" + (f" ± {h:.1f}" if h is not None else "")
+            lines.append(f"| {arm} | {per} | {ci} | "
+                         + (f"{pv:.3f} |" if pv is not None else "- |"))
     return "\n".join(lines)
 
 

@@ -147,3 +147,18 @@ def test_a_trained_copier_has_an_induction_head_and_a_fresh_body_none():
     chance = after["chance_induction"]
     assert max(map(max, after["induction"])) > 8 * chance
     assert max(map(max, before["induction"])) < 3 * chance
+
+
+def test_readiness_table_pairs_each_body_with_scratch_by_seed():
+    """The readiness table gives body - scratch per seed (a censored seed counts as --steps), the
+    mean with its 95% interval and the exact sign-flip p (5 seeds all one way: 2/32 = 0.0625)."""
+    from argparse import Namespace
+    from report import sign_flip_p
+    args = Namespace(symbols=64, length=32, steps=300, batch=32, lr=1e-3)
+    res = {"scratch": [{"steps": s} for s in (100, 120, None, 90, 110)],
+           "nca": [{"steps": s} for s in (60, 70, 80, 50, 100)]}
+    table = induction_readiness.format_table(res, args)
+    row = next(line for line in table.splitlines() if line.startswith("| nca | -"))
+    assert row == "| nca | -40, -50, -220, -40, -10 | -72.0 ± 104.4 | 0.062 |"
+    assert sign_flip_p([1, 2, 3, 4, 5]) == 0.0625 and sign_flip_p([1, -1]) == 1.0
+    assert sign_flip_p([]) is None
