@@ -16,8 +16,9 @@ Baseline. For each training domain, the --baseline run trained on it, else the f
 
 Speedup, summary over seeds, tables and plots: report.py.
 """
-import json
 import math
+import time
+import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -31,9 +32,9 @@ from data.common import (TOKENIZERS, eval_windows, load_tokens, probe_vocab, sho
                          token_bytes)
 from model import evaluate, load_checkpoint, model_from_checkpoint
 import report
-from report import (compare, plot_curves, provenance, provenance_line, refusal_text, report_text,
-                    summarize)
-from util import add_flags, atomic_write, cli, flag, progress_bar, script_parser
+from report import (compare, eval_id_line, plot_curves, provenance, provenance_line, refusal_text,
+                    report_text, summarize, write_eval)
+from util import add_flags, cli, flag, progress_bar, script_parser, sweep_temporaries
 
 
 # ---------------------------------------------------------------- perplexity
@@ -159,14 +160,15 @@ def main(argv=None):
                for r, info, refusals in zip(plan.runs, plan.info, plan.refusals)]
     compare(plan.runs, results, plan.baselines)
     summary = summarize(plan.runs, results)
-    report = {"eval_tokens": plan.eval_tokens, "block_size": plan.block, "device": plan.device,
+    report = {"id": f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}",
+              "eval_tokens": plan.eval_tokens, "block_size": plan.block, "device": plan.device,
               "dtype": plan.dtype, "domains": domains, "runs": results, "summary": summary,
               "provenance": provenance("eval.py", argv, plan.device)}
-    text = report_text(results, domains, plan.block, summary) + "\n\n" + provenance_line(
-        report["provenance"])
+    text = (report_text(results, domains, plan.block, summary) + "\n\n" + eval_id_line(report)
+            + "\n" + provenance_line(report["provenance"]))
     print(text)
-    atomic_write(plan.out / "eval.json", json.dumps(report, indent=2) + "\n")
-    atomic_write(plan.out / "eval.md", text + "\n")
+    sweep_temporaries(plan.out)                 # what an interrupted earlier write left
+    write_eval(plan.out, report, text)
     print(f"wrote {show(plan.out / 'eval.json')} and {show(plan.out / 'eval.md')}")
     if args.plot:
         plot_curves(plan.runs, plan.baselines, args.plot,

@@ -28,9 +28,10 @@ from types import SimpleNamespace
 import torch
 
 import report
-from data.common import TOKENIZERS, load_meta, load_tokens, max_token, show
+from data.common import TOKENIZERS, load_meta, load_tokens, max_token, scan_max_token, show
 from model import GPT, PPT_VOCAB, SIZES, GPTConfig, load_checkpoint, model_config
-from util import UserError, autocast, check_dtype, default_device
+from util import (UserError, autocast, check_dtype, check_writable, default_device, pid_alive,
+                  sweep_temporaries)
 
 RUN_FILES = ("config.json", "metrics.jsonl", "ckpt.pt")
 ARCH = ("n_layer", "n_head", "n_embd", "mlp_hidden")
@@ -70,6 +71,7 @@ def train_run(args, given, source, dist):
     and steps, the memory estimates, the re-init / freeze modules, the corpus."""
     cfg, world = argparse.Namespace(**vars(args)), dist["world"]
     check_flags(cfg, world, source)
+    check_writable(cfg.out_dir, "--out_dir")           # before anything is read or computed
     out = Path(cfg.out_dir)
     plan = SimpleNamespace(dist=dist, stages=stages(cfg, source), vocab={}, steps={}, memory={},
                            flops={},
@@ -92,7 +94,7 @@ def train_run(args, given, source, dist):
     _, cfg.dtype = autocast(cfg.dtype, dist["device"])
     notes = [plan_micro_batch(cfg, stage, models[stage], dist, plan) for stage in plan.stages]
     if cfg.resume:
-        check_resume(cfg, models, plan)
+        notes += check_resume(cfg, models, plan)
     locks = []
     try:
         own_run_dirs([plan.out[s] for s in stages(cfg, source)], cfg, dist, locks)
@@ -362,6 +364,21 @@ def check_corpus(data_dir, seq_len, vocab, vocab_flag):
     if top >= vocab:
         raise UserError(f"{data_dir} holds token id {top:,}, outside the model's vocabulary of "
                         f"{vocab:,}: raise {vocab_flag} above {top:,} or re-prepare the data")
+    for split in ("train", "val"):
+        check_token_file(data_dir, split, vocab, f"raise {vocab_flag} or re-prepare the data")
+
+
+def check_token_file(data_dir, split, vocab, fix):
+    """The ids actually in <split>.bin against the vocabulary, not only meta.json's max_token
+    (stale after a folder is re-tokenized by hand): a chunked max over the memory-mapped file,
+    seconds even for billions of tokens."""
+    top = scan_max_token(data_dir, split)
+    if top >= vocab:
+        recorded = load_meta(data_dir).get("max_token")
+        stale = f" (meta.json records max_token {recorded:,}: stale)" if recorded is not None \
+            and recorded < top else ""
+        raise UserError(f"{show(Path(data_dir) / (split + '.bin'))} holds token id {top:,}{stale}, "
+                        f"outside the vocabulary of {vocab:,}: {fix}")
 
 
 def check_lang(cfg, given, ppt_model, plan):
@@ -430,8 +447,9 @@ def check_resume(cfg, models, plan):
     elif "ppt" in models and (plan.out["ppt"] / "ckpt.pt").exists():
         stage = "ppt"
     else:
-        return
+        return []
     path = plan.out[stage] / "ckpt.pt"
+    check_metrics(plan.out[stage] / "metrics.jsonl")
     ck = peek(path, "--resume:", ("model", "model_args", "stage", "config"))
     if ck.get("stage") != stage:
         raise UserError(f"{path} is a {ck.get('stage')!r}-stage checkpoint, not {stage!r}: "
@@ -455,6 +473,26 @@ def check_resume(cfg, models, plan):
         raise UserError(f"--resume: {path} is at step {ck['step']}, past the "
                         f"{plan.steps[stage]} steps of this command: resume with the budget in "
                         "config.json")
+    if ck["step"] < plan.steps[stage]:
+        return []
+    plan.stages.remove(stage)               # finished: nothing to run, no file to touch
+    return [f"--resume: {stage} in {path.parent} is finished ({ck['step']} of "
+            f"{plan.steps[stage]} steps): nothing to do for it"]
+
+
+def check_metrics(path):
+    """Every line of a metrics.jsonl a resume will cut back is a record with a step: a broken
+    line in the middle is refused, naming it, before any file is rewritten (a half line at the
+    end is what a kill leaves, and is dropped)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    for i, line in enumerate(lines):
+        try:
+            ok = isinstance(json.loads(line)["step"], int)
+        except (ValueError, KeyError, TypeError):
+            ok = i == len(lines) - 1 and not line.endswith("}")
+        if not ok:
+            raise UserError(f"--resume: {path} line {i + 1} is not a metrics record "
+                            f"({line[:30]!r}): delete or repair that line, then resume again")
 
 
 def peek(path, what="checkpoint", need=("model", "model_args")):
@@ -574,46 +612,59 @@ def check_run_dir(out, resume, overwrite):
                         "continue it or --overwrite to replace it (or choose another --out_dir)")
 
 
+# An empty or unreadable lock older than this is what a crash (or a full disk) left between the
+# exclusive create and the pid write, which take microseconds: no run is starting, take it over.
+LOCK_GRACE_S = 5.0
+
+
 def lock_run_dir(out):
     """Own a run folder for the life of the run: out/.lock, created exclusively, holds our pid
-    and host. A lock left by a process that no longer runs (same host) is stale and taken over;
-    a live one refuses this run, whatever --overwrite says. Returns (lock path, created out)."""
+    and host. A lock left by a process that no longer runs (same host) is stale and taken over,
+    and so is an empty or unreadable one older than LOCK_GRACE_S; a live one refuses this run,
+    whatever --overwrite says. Returns (lock path, created out)."""
     out = Path(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     path, host = out / ".lock", socket.gethostname()
-    for _ in range(3):
+    for _ in range(int(LOCK_GRACE_S / 0.1) + 20):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                pid, _, owner = path.read_text().strip().partition(" ")
-                pid = int(pid)
-            except (OSError, ValueError):     # vanished or half-written: look again
+            owner = lock_owner(path)
+            if owner is None:                  # vanished, or (briefly) being written: look again
                 time.sleep(0.1)
                 continue
-            if owner == host and not _alive(pid):
-                print(f"note: {path} was left by process {pid}, which is no longer running: "
-                      "taking the folder over", file=sys.stderr)
+            pid, who = owner
+            if pid is None or (who == host and not pid_alive(pid)):
+                print(f"note: {path} was left by " + (f"process {pid}, which is no longer running"
+                      if pid else "a run that stopped while starting (the lock is empty or "
+                      "unreadable)") + ": taking the folder over", file=sys.stderr)
                 path.unlink(missing_ok=True)
                 continue
-            raise UserError(f"{out} is in use by process {pid} on {owner} ({path}): wait for it "
+            raise UserError(f"{out} is in use by process {pid} on {who} ({path}): wait for it "
                             "to finish or choose another --out_dir (if that process is gone, "
                             "delete the lock file)")
         with os.fdopen(fd, "w") as f:
             f.write(f"{os.getpid()} {host}\n")
         return path, created
-    raise UserError(f"could not lock {out}: {path} keeps changing (another run starting?)")
+    raise UserError(f"could not lock {out}: {path} was removed and re-created over and over: if "
+                    "no other run is starting there, delete it and run again")
 
 
-def _alive(pid):
+def lock_owner(path):
+    """(pid, host) of a lock; (None, None) for an empty or unreadable lock old enough that no
+    run is still writing it; None when it vanished or is too young to judge."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:               # exists, owned by another user
-        return True
-    return True
+        pid, _, owner = path.read_text().strip().partition(" ")
+        return int(pid), owner
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return (None, None) if age > LOCK_GRACE_S else None
 
 
 def unlock_run_dir(path, created):
@@ -639,6 +690,10 @@ def own_run_dirs(run_dirs, cfg, dist, locks):
                 locks.append(lock_run_dir(d))
             for d in run_dirs:                 # again, now that no one else can write
                 check_run_dir(d, cfg.resume, cfg.overwrite)
+            for d in run_dirs:                 # what an interrupted write (kill -9) left
+                for name in sweep_temporaries(d):
+                    print(f"note: removed {d / name}, left by an interrupted write",
+                          file=sys.stderr)
         except UserError as e:
             refusal = e
     if not _all_ok(dist, refusal is None):
@@ -664,10 +719,16 @@ def eval_run(args):
     checkpoint metadata (info) and refusals per domain, domains {name: (folder, meta)}, block,
     out, device, autocast ctx and dtype, and eval_tokens. Without --domains / --eval_tokens they
     follow the runs (eval_folders, eval_tokens)."""
+    check_writable(args.out, "--out")         # a bad --out fails now, not after the evaluation
+    for name in ("plot", "plot_heads"):
+        if getattr(args, name):
+            check_writable(getattr(args, name), f"--{name}", kind="file")
     out = Path(args.out)
     if (out / "eval.json").exists() and not args.overwrite:
+        why = report.eval_pair_mismatch(out)
         raise UserError(f"{show(out / 'eval.json')} exists: pass --overwrite to replace it, "
-                        "or another --out")
+                        "or another --out" + (f" (and note: {why}; a write was interrupted)"
+                                               if why else ""))
     if args.plot or args.plot_heads:
         report.pyplot()  # fail now, not after the evaluation
     for name in ("batch_size", "nca_val_seqs", "block_size"):
@@ -701,6 +762,10 @@ def eval_run(args):
                 raise UserError(f"{show(folder)} holds token id {top:,}, outside the "
                                 f"{info[i]['model_args']['vocab_size']:,}-token vocabulary of "
                                 f"{runs[i].label}: evaluate it on other --domains")
+        if scored:
+            check_token_file(folder, "val", min(info[i]["model_args"]["vocab_size"]
+                                                for i in scored),
+                             "re-prepare the folder or evaluate on other --domains")
         if scored:
             domains[name] = (folder, metas[name])
     for r, inf, ref in zip(runs, info, refusals):

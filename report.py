@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.common import show
 import util
-from util import UserError, atomic_write, progress_bar
+from data.common import show
+from util import UserError, atomic_write, progress_bar, write_failure
 
 
 # ---------------------------------------------------------------- runs, their labels and baselines
@@ -245,6 +245,35 @@ def format_summary(rows):
     return "\n".join(out)
 
 
+EVAL_ID = "eval id "           # a line of eval.md: "eval id <id> (...)", as eval.json's "id"
+
+
+def eval_id_line(result):
+    return f"{EVAL_ID}{result['id']} (eval.json in this folder holds the same id)"
+
+
+def write_eval(out, result, text):
+    """eval.md, then eval.json, each renamed into place, both carrying result["id"] (a line of
+    eval.md, above the provenance footer): eval.json, written last, is the record, and an eval.md whose id differs
+    from it (a kill between the two renames) is from another evaluation (eval_pair_mismatch)."""
+    atomic_write(Path(out) / "eval.md", text + "\n")
+    atomic_write(Path(out) / "eval.json", json.dumps(result, indent=2) + "\n")
+
+
+def eval_pair_mismatch(out):
+    """Why eval.md in `out` is not the one of its eval.json, or None if it is (or if there is no
+    pair to check: a file missing, or an eval.json from before ids were written)."""
+    try:
+        want = json.loads((Path(out) / "eval.json").read_text()).get("id")
+        lines = (Path(out) / "eval.md").read_text().splitlines()
+    except (OSError, ValueError, AttributeError):
+        return None
+    ids = [line[len(EVAL_ID):].split(" ")[0] for line in lines if line.startswith(EVAL_ID)]
+    have = ids[-1] if ids else None
+    return None if want is None or have == want else \
+        f"eval.md (id {have}) is not from the evaluation in eval.json (id {want})"
+
+
 def report_text(results, domains, block, summary=()):
     """eval.md: the language table with its n-gram baselines and a legend, then one NCA table per
     stage-1 NCA run, then the over-seeds summary."""
@@ -408,7 +437,7 @@ def plot_curves(runs, baselines, path, bigram=None):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
 
 
@@ -508,23 +537,50 @@ def long_run_note(cfg, plan, device, hour=3600.0):
             f"({flops:.2e} training FLOPs per process at {how}){scale}")
 
 
+# Dead training: this many consecutive log lines with a gradient norm of exactly 0, or a loss
+# within DEAD_TOL nats of ln(vocabulary) (the uniform guess; a fresh model starts about 0.15
+# above it and a learning one leaves it within steps), stop the run.
+DEAD_LINES, DEAD_TOL = 5, 1e-3
+
+
 class Log:
     """metrics.jsonl and the console. Throughput is measured over the steps since the last line,
-    with validation and checkpoint time (`paused`) left out."""
+    with validation and checkpoint time (`paused`) left out. It also follows the run for the two
+    ways it can end early: Ctrl-C (the step reached and the last one saved, `saved`, for the
+    line util.cli prints) and dead training (`healthy` is False from the first dead-looking
+    line on, so that no dead checkpoint replaces the last good one)."""
 
     def __init__(self, stage, path, master, model, seq_len, device, world, step, track=None):
         self.stage, self.path, self.master, self.model = stage, path, master, model
         self.flops, self.peak = model.flops_per_token(seq_len), peak_flops(device)
         self.seq_len, self.device, self.world = seq_len, device, world
         self.t_last, self.last_step, self.paused = time.perf_counter(), step, 0.0
-        self.bar = None
+        self.bar, self.step, self.saved, self.dead = None, step, step or None, 0
         # wandb.init's arguments (tracking()): every line written below also goes there
         self.run = wandb_module().init(**track) if track and master else None
 
+    @property
+    def healthy(self):
+        return self.dead == 0
+
+    def tick(self, step):
+        """One optimizer step done."""
+        self.step = step
+        self.bar.update(1)
+
+    def interrupted(self):
+        """The line Ctrl-C ends the run with (util.cli prints it)."""
+        then = f"--resume continues from step {self.saved}" if self.saved is not None else \
+            "no checkpoint yet: --resume starts it again"
+        return f"interrupted at step {self.step} of {self.stage}; {then}"
+
     def write(self, rec):
         if self.master:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            try:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+            except OSError as e:     # a half line at the end is dropped by --resume
+                raise write_failure(self.path, e) from None
         if self.run is not None:          # its numbers; "kind" is in the key names already
             self.run.log({k: v for k, v in rec.items() if k != "step"
                           and isinstance(v, (int, float))}, step=rec["step"])
@@ -537,6 +593,7 @@ class Log:
 
     def start(self, steps, hp, accum, memory):
         m = self.model
+        util.interrupt_line = self.interrupted
         if self.master:
             print(f"{self.stage}: {steps} steps of {hp.batch_tokens:,} tokens ({accum} "
                   f"micro-step{'s' * (accum > 1)} of {hp.micro_batch} x {self.seq_len} x "
@@ -572,6 +629,7 @@ class Log:
         mfu = self.flops * tok_s / self.world / self.peak if self.peak else None
         self.finite(loss, "loss", step, "lower the learning rate, clip gradients, or use --dtype "
                     "float32")
+        self.check_alive(step, loss, norm)
         self.write({"kind": "train", "step": step, "tokens": step * batch_tokens, "loss": loss,
                     "lr": lr, "grad_norm": norm, "ms": dt * 1000, "tok_s": tok_s, "mfu": mfu,
                     "mem_gb": mem, "graphs": compiled_graphs()})
@@ -582,6 +640,22 @@ class Log:
                            + (f" mfu {100 * mfu:.1f}%" if mfu is not None else "")
                            + (f" peak memory {mem:.1f} GiB" if mem is not None else ""))
         return tok_s
+
+    def check_alive(self, step, loss, norm):
+        """Stop a run that no longer learns: the gradient norm exactly 0, or the loss at the
+        uniform level ln(V), over DEAD_LINES consecutive log lines (a huge learning rate without
+        clipping gets there without ever producing a NaN, then spends its whole budget)."""
+        uniform = math.log(self.model.config.vocab_size)
+        self.dead = self.dead + 1 if norm == 0 or abs(loss - uniform) < DEAD_TOL else 0
+        if self.dead < DEAD_LINES:
+            return
+        self.bar.close()
+        kept = f"{show(self.path.parent / 'ckpt.pt')} keeps step {self.saved}, the last " \
+            "checkpoint before these lines" if self.saved is not None else "no checkpoint was kept"
+        raise UserError(f"training of {self.stage} is dead at step {step}: over the last "
+                        f"{DEAD_LINES} log lines the gradient norm was 0 or the loss sat at "
+                        f"ln({self.model.config.vocab_size:,}) = {uniform:.3f}, the uniform guess; "
+                        f"{kept}: lower the learning rate or clip gradients (--grad_clip)")
 
     def finite(self, value, what, step, fix):
         """A NaN or infinite loss ends the run with one line (the last checkpoint stays)."""

@@ -493,7 +493,8 @@ def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
         if (step % hp.eval_interval == 0 or step == steps) and not (resumed and step == resumed_at):
             last_val = validate(step, val_model, model, data["val"], hp, cfg, ctx, log, scores,
                                 probe)
-        if (step % ckpt_every == 0 or step == steps) and not (step == resumed_at > 0) and master:
+        save = (step % ckpt_every == 0 or step == steps) and not (step == resumed_at > 0)
+        if save and master and (log.healthy or step == steps):    # no dead checkpoint
             save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "model_args": asdict(model.config), "step": step,
                              "tokens": step * hp.batch_tokens, "stage": stage, **record,
@@ -501,6 +502,7 @@ def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
                              "rng": {"torch": torch.get_rng_state(), "cuda":
                                      torch.cuda.get_rng_state(device) if cuda else None}},
                             out / "ckpt.pt")
+            log.saved = step
         log.paused += time.perf_counter() - t_pause        # not part of the throughput windows
         if step == steps:
             break
@@ -531,7 +533,7 @@ def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        log.bar.update(1)
+        log.tick(step)
         if log_now:
             tok_s = log.train_line(step, loss_sum, lr, float(norm), hp.batch_tokens)
             if step > resumed_at + 2 * cfg.log_interval:      # skip warm-up / compile steps

@@ -3,8 +3,11 @@ error class and the one place it becomes an "error:" line, atomic file writes, t
 --dtype choices, and progress bars that stay readable in log files."""
 import argparse
 import contextlib
+import errno
 import functools
 import os
+import re
+import shutil
 import sys
 import time
 import types
@@ -29,20 +32,138 @@ class UserError(ValueError):
 
 def cli(main):
     """The one place a UserError becomes what the user sees: one line starting with "error:"
-    on stderr and exit status 2, without a traceback. Every script's main() is wrapped in it."""
+    on stderr and exit status 2, without a traceback. Every script's main() is wrapped in it. A
+    write that fails outside atomic_write (an append to metrics.jsonl, a mkdir) is one such line
+    too, and Ctrl-C is one line (what a running stage reports: interrupt_line) and status 130."""
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
+        global interrupt_line
         try:
             return main(*args, **kwargs)
-        except (UserError, torch.cuda.OutOfMemoryError) as e:
+        except (UserError, torch.cuda.OutOfMemoryError, OSError) as e:
+            if isinstance(e, OSError) and e.errno not in PLAIN_ERRNO:
+                raise                                    # not the user's to fix: a bug
             if isinstance(e, torch.cuda.OutOfMemoryError):
                 e = ("out of GPU memory: pass a smaller --micro_batch / --ppt_micro_batch (or a "
                      "smaller --memory_gb for the automatic choice)")
-            rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 \
-                else None
-            print(("" if rank is None else f"[rank {rank}] ") + f"error: {e}", file=sys.stderr)
+            elif isinstance(e, OSError):
+                e = (f"{shown(e.filename)}: " if e.filename else "") + os_reason(e)
+            print(rank_prefix() + f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print(rank_prefix() + interrupt_line(), file=sys.stderr)
+            raise SystemExit(130) from None
+        finally:
+            interrupt_line = _interrupted
     return wrapped
+
+
+def rank_prefix():
+    return f"[rank {os.environ.get('RANK', '0')}] " \
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+
+
+def _interrupted():
+    return "interrupted (every file is written whole or not at all)"
+
+
+# The line Ctrl-C prints; a training stage replaces it with one that knows its steps (report.Log).
+interrupt_line = _interrupted
+
+
+# -----------------------------------------------------------------------------------------------
+# Writing files: outputs checked before the work, atomic writes, failures in plain words
+
+PLAIN_ERRNO = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+               errno.EFBIG: "file too large (a file-size limit: see ulimit -f)",
+               errno.EROFS: "the file system is read-only",
+               errno.EACCES: "permission denied (a read-only folder?)",
+               errno.EPERM: "permission denied (a read-only folder?)",
+               errno.ENOTDIR: "a part of the path is a file, not a folder",
+               errno.EEXIST: "a part of the path is a file, not a folder",   # from mkdir
+               errno.EISDIR: "it is a folder, not a file"}
+TEMPORARY = re.compile(r"^(?P<stem>.+)\.(?P<pid>\d+)\.tmp(?P<suffix>\.[^.]*)?$")
+
+
+def shown(path):
+    """A path as text that can always be printed (bytes that are not UTF-8 as \\xNN)."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace") if path is not None \
+        else "a file"
+
+
+def os_reason(e):
+    """Why a write failed, in plain words."""
+    return PLAIN_ERRNO.get(e.errno, e.strerror or type(e).__name__)
+
+
+def write_failure(path, e):
+    """A UserError for a failed write of `path`: its cause in plain words, and that the file
+    already there (if any) is unchanged. torch.save reports a short write only as an
+    "unexpected pos" RuntimeError, without its cause: the free space and the file-size limit
+    tell which it was."""
+    if isinstance(e, OSError):
+        why = os_reason(e)
+    else:
+        import resource
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        free = shutil.disk_usage(Path(path).parent).free
+        why = "the disk is full" if free < 64 * 2**20 else \
+            PLAIN_ERRNO[errno.EFBIG] if limit != resource.RLIM_INFINITY else \
+            "the write stopped short (disk full or a file-size limit?)"
+    kept = f"; {shown(path)} is unchanged" if Path(path).exists() else ""
+    return UserError(f"cannot write {shown(path)}: {why}{kept}")
+
+
+def check_writable(path, flag, kind="folder"):
+    """Refuse an output path before any work fills it: its name must be UTF-8 (a checkpoint in a
+    folder whose name is not cannot be memory-mapped back), it must be a `kind` ("folder" or
+    "file") or not exist yet, and the folder it is (or will be created in) must take a file: a
+    probe is written there and removed. Creates nothing."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{flag} {shown(path)} is not valid UTF-8: choose a name in UTF-8 (runs "
+                        "there could not be resumed or evaluated)") from None
+    path = Path(path)
+    if path.exists() and path.is_dir() != (kind == "folder"):
+        what = "a folder" if path.is_dir() else "a file"
+        raise UserError(f"{flag} {shown(path)} is {what}, not a {kind}: choose another {flag}")
+    folder = path if kind == "folder" else path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent                          # where mkdir will create the first one
+    if not folder.is_dir():
+        raise UserError(f"{flag} {shown(path)}: {shown(folder)} is a file, not a folder: choose "
+                        f"another {flag}")
+    probe = folder / f".probe.{os.getpid()}.tmp"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        probe.unlink(missing_ok=True)
+    except OSError as e:
+        raise UserError(f"{flag} {shown(path)}: cannot write in {shown(folder)}: "
+                        f"{os_reason(e)}: choose another {flag}") from None
+
+
+def pid_alive(pid):
+    """Whether process `pid` runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:               # exists, owned by another user
+        return True
+    return True
+
+
+def sweep_temporaries(folder):
+    """Remove what interrupted atomic writes left in `folder` (temporary names of processes that
+    no longer run); returns the names removed."""
+    gone = []
+    for p in Path(folder).iterdir() if Path(folder).is_dir() else []:
+        m = TEMPORARY.match(p.name)
+        if m and p.is_file() and int(m["pid"]) != os.getpid() and not pid_alive(int(m["pid"])):
+            p.unlink(missing_ok=True)
+            gone.append(p.name)
+    return gone
 
 
 # -----------------------------------------------------------------------------------------------
@@ -114,11 +235,13 @@ def script_parser(doc, epilog=None):
 def atomic_write(path, data):
     """Write `data` (str, bytes, or a function that writes to the path it is given) to a
     temporary name beside `path`, then rename it into place: a crash never leaves half a file,
-    and concurrent writers (each with its own temporary name) never mix their bytes."""
+    and concurrent writers (each with its own temporary name) never mix their bytes. A failed
+    write (disk full, file too large, read-only) is a UserError that names the path and the
+    cause, and leaves the file already there unchanged."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(data, str):
             tmp.write_text(data)
         elif isinstance(data, bytes):
@@ -126,8 +249,14 @@ def atomic_write(path, data):
         else:
             data(tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "unexpected pos" not in str(e) \
+                and "inline_container" not in str(e):
+            raise
+        raise write_failure(path, e) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):       # (no folder to hold it: nothing to remove)
+            tmp.unlink(missing_ok=True)
 
 
 def default_device(name="auto"):

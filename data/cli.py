@@ -12,7 +12,8 @@ from pathlib import Path
 from data.build import prepare_embedded
 from data.common import BYTES_SUFFIX, ROOT, TOKENIZERS, show
 from data.hub import RETRIES, prepare_hf
-from util import UserError, one_line_errors
+from util import (PLAIN_ERRNO, UserError, check_writable, one_line_errors, sweep_temporaries,
+                  write_failure)
 
 
 def _parser(domain, doc, hf):
@@ -96,14 +97,25 @@ def prepare_main(domain, doc, embedded, hf, argv=None):
     p = _parser(domain, doc, hf)
     args = p.parse_args(argv)
     _check_args(p, args, domain, hf)
+    try:
+        check_writable(args.out_dir, "--out_dir")   # before any download or tokenization
+    except UserError as e:
+        sys.exit(f"error: {e}")
     shown = {k: ("***" if k == "hf_token" and v else show(v) if k == "out_dir" else v)
              for k, v in vars(args).items()}
     print("config:", json.dumps(shown))
     t0 = time.time()
     created = not Path(args.out_dir).exists()
+    for name in sweep_temporaries(args.out_dir):     # token files of a killed earlier run
+        print(f"note: removed {show(Path(args.out_dir) / name)}, left by an interrupted write",
+              file=sys.stderr)
     try:
         meta = _prepare(args, domain, embedded, hf)
-    except UserError as e:
+    except (UserError, OSError) as e:
+        if isinstance(e, OSError):                       # e.g. the disk filled while writing
+            if e.errno not in PLAIN_ERRNO:
+                raise
+            e = write_failure(e.filename or args.out_dir, e)
         if created and Path(args.out_dir).exists() and not any(Path(args.out_dir).iterdir()):
             Path(args.out_dir).rmdir()  # a failed first run leaves no empty folder behind
         script = show(sys.argv[0]) if argv is None else f"data/{domain}/prepare.py"

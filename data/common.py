@@ -258,6 +258,13 @@ def max_token(data_dir):
     return max(int(load_tokens(data_dir, s).max()) for s in meta["tokens"])
 
 
+def scan_max_token(data_dir, split, chunk=1 << 26):
+    """The largest id actually in <split>.bin: a max over the memory-mapped file in chunks of
+    128 MB (numpy reads them at memory speed, so billions of tokens take seconds)."""
+    tokens = load_tokens(data_dir, split)
+    return max(int(tokens[i:i + chunk].max()) for i in range(0, len(tokens), chunk))
+
+
 def load_tokens(data_dir, split):
     """The `split` tokens ("train" or "val") of a prepared folder as a read-only uint16 memmap,
     after checking the file against meta.json. Cheap enough to call per batch (nanoGPT style)."""

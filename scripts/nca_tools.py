@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import guard  # noqa: E402
 import nca  # noqa: E402
 from report import palette, pillow  # noqa: E402
-from util import (UserError, add_flags, atomic_write, cli, default_device, from_flags,  # noqa: E402
-                  script_parser)
+from util import (UserError, add_flags, atomic_write, check_writable, cli,  # noqa: E402
+                  default_device, from_flags, script_parser)
 
 
 PREVIEW_NEEDS_PILLOW = "--preview needs Pillow for PNG/GIF output: pip install pillow"
@@ -173,6 +173,9 @@ def main(argv=None):
     if not (args.stats or args.preview or args.bench or args.show):
         ap.print_help()
         return
+    for name in ("out", "preview"):         # a bad output path fails now, not after the work
+        if getattr(args, name):
+            check_writable(getattr(args, name), f"--{name}", kind="file")
     if args.preview:
         pillow(PREVIEW_NEEDS_PILLOW)                # refused before anything else is printed
     if args.show:

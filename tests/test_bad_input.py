@@ -9,6 +9,7 @@ arm label and the shape recorded after --init_from, self-healing caches and meta
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -90,6 +91,15 @@ def world(tmp_path_factory):
     (locked / ".lock").write_text(f"{os.getpid()} {socket.gethostname()}\n")
     (w / "eval_out").mkdir()
     (w / "eval_out" / "eval.json").write_text("{}")
+    stale = make_domain(w / "stale_max_token")     # ids changed by hand after prepare.py: the
+    for split in ("train", "val"):                  # max_token in meta.json is stale
+        ids = np.fromfile(stale / f"{split}.bin", dtype=np.uint16)
+        ids[10] = 60000
+        ids.tofile(stale / f"{split}.bin")
+    broken = w / "run_bad_metrics"                  # a run with a garbage metrics line mid-file
+    shutil.copytree(run, broken)
+    lines = (broken / "metrics.jsonl").read_text().splitlines()
+    (broken / "metrics.jsonl").write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
     return w
 
 
@@ -178,6 +188,8 @@ SUBPROCESS_CASES = [  # the same refusals as a user sees them: a real process, i
     ("train.py", lang(data="meta_null"), "holds null"),
     ("eval.py", ["{w}/eval_bad_config", "--domains", "", "--out", "{new}"], "config.json is not valid JSON"),
     ("scripts/nca_tools.py", ["--stats", "--num_rules", "0"], "--num_rules must be at least 1"),
+    ("train.py", lang("--out_dir", "{w}/not-utf8-\udcff"), "is not valid UTF-8"),  # bytes b"\xff"
+    ("eval.py", ["{w}/run", "--out", "{w}/garbage.pt"], "is a file, not a folder"),
 ]
 
 
@@ -267,15 +279,18 @@ def test_arm_is_scratch_without_a_stage_1(world, tmp_path):
     assert not (out / "ppt").exists()
 
 
-def test_resume_at_step_0_logs_step_0_once(world, tmp_path, monkeypatch):
+def test_resume_at_step_0_logs_step_0_once(world, tmp_path, monkeypatch, capsys):
     argv = small_run(world, tmp_path / "r")
 
     def crash(*a, **k):                       # dies in step 1, after the step-0 checkpoint
         raise KeyboardInterrupt
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as e:
         train.main(argv)
     monkeypatch.undo()
+    assert e.value.code == 130
+    assert capsys.readouterr().err == ("interrupted at step 0 of lang; --resume continues from "
+                                       "step 0\n")
     assert torch.load(tmp_path / "r" / "ckpt.pt", weights_only=True)["step"] == 0
     assert not (tmp_path / "r" / ".lock").exists()
     train.main(argv + ["--resume"])

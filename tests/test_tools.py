@@ -2,7 +2,8 @@
 unseen NCA rules), the Hugging Face Llama export and import, reruns from config.json (--config),
 --help, provenance, and optional wandb tracking. Every model here is tiny and built or trained
 in the test; transformers, safetensors, Pillow and wandb are optional (the tests that need them
-skip without them; wandb is replaced by a fake module)."""
+skip without them; wandb is replaced by a fake module, and run for real in offline mode when
+installed)."""
 import importlib.util
 import json
 import re
@@ -401,6 +402,24 @@ def test_wandb_gets_every_metrics_line(domain, tmp_path, monkeypatch):
     want = [(r["step"], {k: v for k, v in r.items() if k != "step" and
                          isinstance(v, (int, float))}) for r in lines(out / "metrics.jsonl")]
     assert run.logged == want and any("val_loss" in d for _, d in run.logged)
+
+
+def test_real_wandb_offline_records_every_metrics_value(domain, tmp_path, monkeypatch):
+    """With wandb installed (CI installs it as a test dependency), an offline run: the values of
+    every metrics.jsonl line reach wandb's own run file (checked by their JSON text, as wandb
+    stores them), under the run's name."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "tracked"
+    train.main(MODEL + LANG + ["--data_dir", str(domain), "--out_dir", str(out),
+                               "--wandb_project", "nca", "--wandb_run", "tiny-offline"])
+    (record,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    data = record.read_bytes()
+    values = [v for r in lines(out / "metrics.jsonl") for k, v in r.items()
+              if isinstance(v, float)]
+    assert values and all(json.dumps(v).encode() in data for v in values)
+    assert b"tiny-offline" in data and b"val_loss" in data
 
 
 def test_tracking_flags_are_checked_up_front(domain, tmp_path, monkeypatch, capsys):

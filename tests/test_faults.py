@@ -1,0 +1,341 @@
+"""Faults, in the style of test_bad_input.py: a write that fails (disk full, a file-size limit, a
+read-only folder), Ctrl-C, a lock left empty, a finished run resumed, training that dies, litter of
+interrupted writes, eval.json and eval.md out of step. Each exits as documented with one line and
+no traceback, and the files that must survive are hashed before and after.
+
+Disk full and read-only are simulated by monkeypatching (a real read-only folder needs a non-root
+user: chmod is skipped as root), the file-size limit by resource.setrlimit(RLIMIT_FSIZE) in a real
+process (Python ignores SIGXFSZ, so the write fails with EFBIG), Ctrl-C by SIGINT to a real one."""
+import errno
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import eval as ev
+import guard
+import report
+import train
+import util
+from conftest import ROOT, make_domain
+from test_bad_input import LANG, MODEL, snapshot
+from util import UserError
+
+DEAD_PID = 99_999_999                          # above any pid_max: no such process
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A byte-level corpus (257 classes: cheap heads) and a finished one-step run on it (stage 2
+    only: fast)."""
+    w = tmp_path_factory.mktemp("faults")
+    make_domain(w / "small", vocab=256, tokenizer="bytes")
+    train.main(run_argv(w, w / "done"))
+    return w
+
+
+def run_argv(w, out, *extra, tokens=320):
+    return MODEL + LANG + ["--stage", "lang", "--data_dir", str(w / "small"), "--vocab_size", "257",
+                           "--out_dir", str(out), "--lang_tokens", str(tokens), *extra]
+
+
+def copy_run(small, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    for f in ("config.json", "metrics.jsonl", "ckpt.pt"):
+        (out / f).write_bytes((small / "done" / f).read_bytes())
+    return out
+
+
+def one_error_line(err, expect):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], err
+    assert "Traceback" not in err
+
+
+def digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- writes that fail
+
+def test_file_size_limit_while_saving_a_checkpoint(small, tmp_path):
+    """A real process under ulimit -f: the checkpoint write stops short (torch's "unexpected
+    pos"); one line says "file too large", the previous checkpoint and nothing else is left."""
+    out = copy_run(small, tmp_path)
+    before = digest(out / "ckpt.pt")
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000));"
+            f"sys.argv[1:] = {run_argv(small, out, '--resume', tokens=960)!r};"
+            "import runpy; runpy.run_path('train.py', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2, r.stderr
+    one_error_line(r.stderr, f"cannot write {out / 'ckpt.pt'}: file too large")
+    assert "is unchanged" in r.stderr
+    assert digest(out / "ckpt.pt") == before
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt.pt", "config.json", "metrics.jsonl"]
+
+
+@pytest.mark.parametrize("fault", ["ENOSPC", "torch"])
+def test_disk_full_while_saving_a_checkpoint(small, tmp_path, monkeypatch, capsys, fault):
+    out = copy_run(small, tmp_path)
+    before = digest(out / "ckpt.pt")
+    real_save = torch.save
+
+    def full(obj, path, *a, **k):                  # writes part of the file, then fails
+        Path(path).write_bytes(b"\0" * 100)
+        if fault == "ENOSPC":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(util.shutil, "disk_usage", lambda p: SimpleNamespace(free=0))
+    with pytest.raises(SystemExit) as e:
+        train.main(run_argv(small, out, "--resume", tokens=960))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert e.value.code == 2
+    one_error_line(capsys.readouterr().err, f"cannot write {out / 'ckpt.pt'}: the disk is full; ")
+    assert digest(out / "ckpt.pt") == before
+    assert not list(out.glob("*.tmp*"))
+
+
+def test_disk_full_while_appending_a_metrics_line(small, tmp_path, monkeypatch, capsys):
+    def full(self, rec):
+        raise util.write_failure(self.path, OSError(errno.ENOSPC, "No space left on device"))
+    monkeypatch.setattr(report.Log, "write", full)
+    with pytest.raises(SystemExit):
+        train.main(run_argv(small, tmp_path / "r"))
+    one_error_line(capsys.readouterr().err, "metrics.jsonl: the disk is full")
+
+
+def test_os_errors_in_plain_words_through_cli(capsys):
+    @util.cli
+    def main(code):
+        raise OSError(code, os.strerror(code), "/runs/x")
+    for code, words in ((errno.EROFS, "the file system is read-only"),
+                        (errno.ENOTDIR, "a part of the path is a file, not a folder")):
+        with pytest.raises(SystemExit) as e:
+            main(code)
+        assert e.value.code == 2
+        assert capsys.readouterr().err == f"error: /runs/x: {words}\n"
+    with pytest.raises(ConnectionResetError):       # not a user's fault: a traceback stays
+        main(errno.ECONNRESET)
+
+
+def test_atomic_write_failures_name_the_path_and_the_cause(tmp_path):
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(UserError, match=r"cannot write .*f/x.json: a part of the path is a file"):
+        util.atomic_write(tmp_path / "f" / "x.json", "{}")
+    (tmp_path / "keep.json").write_text("old")
+
+    def refuse(tmp):
+        raise OSError(errno.EROFS, "Read-only file system")
+    with pytest.raises(UserError, match=r"keep.json: the file system is read-only; .* unchanged"):
+        util.atomic_write(tmp_path / "keep.json", refuse)
+    assert (tmp_path / "keep.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "keep.json"]
+
+
+# ---------------------------------------------------------------- outputs checked up front
+
+def test_read_only_out_dir_is_refused_before_anything_runs(small, tmp_path, monkeypatch, capsys):
+    real_open = os.open
+
+    def read_only(path, *a, **k):
+        if Path(path).name.startswith(".probe."):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *a, **k)
+    monkeypatch.setattr(util.os, "open", read_only)
+    built = []
+    monkeypatch.setattr(train, "lang_model", lambda *a: built.append(1))
+    with pytest.raises(SystemExit):
+        train.main(run_argv(small, tmp_path / "ro" / "run"))
+    one_error_line(capsys.readouterr().err, f"cannot write in {tmp_path}: the file system is "
+                   "read-only: choose another --out_dir")
+    assert not built and not (tmp_path / "ro").exists()
+
+
+def test_read_only_folder_with_chmod(small, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as root: chmod does not make a folder read-only")
+        for main, argv in ((train.main, run_argv(small, ro / "run")),
+                           (ev.main, [str(small / "done"), "--domains", "", "--out", str(ro)])):
+            with pytest.raises(SystemExit):
+                main(argv)
+            one_error_line(capsys.readouterr().err, "permission denied")
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+def test_ctrl_c_is_one_line_naming_the_step_to_resume_from(small, tmp_path):
+    out = tmp_path / "run"
+    argv = run_argv(small, out, "--ckpt_interval", "4", "--eval_interval", "1000", tokens=320 * 400)
+    p = subprocess.Popen([sys.executable, "-u", "train.py", *argv], cwd=ROOT, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for line in p.stdout:
+            if line.startswith("step 6 "):
+                break
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err
+    m = re.fullmatch(r"interrupted at step (\d+) of lang; --resume continues from step (\d+)\n",
+                     err)
+    assert m, err
+    step, saved = int(m[1]), int(m[2])
+    assert step >= 6 and saved == step // 4 * 4
+    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == saved
+    assert not (out / ".lock").exists() and not list(out.glob("*.tmp*"))
+
+
+# ---------------------------------------------------------------- refusals and resumes change nothing
+
+def test_resuming_a_finished_run_changes_no_file(small, tmp_path, capsys):
+    out = copy_run(small, tmp_path)
+    before = snapshot(out)
+    train.main(run_argv(small, out, "--resume"))
+    assert "lang in " in capsys.readouterr().out
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe not a pid"])
+def test_an_old_empty_or_garbled_lock_is_taken_over(small, tmp_path, capsys, content):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_bytes(content)      # what a crash between create and write leaves
+    old = time.time() - 60
+    os.utime(out / ".lock", (old, old))
+    train.main(run_argv(small, out))
+    err = capsys.readouterr().err
+    assert "stopped while starting (the lock is empty or unreadable): taking the folder over" in err
+    assert "keeps changing" not in err
+    assert (out / "ckpt.pt").exists() and not (out / ".lock").exists()
+
+
+def test_a_fresh_empty_lock_is_given_time_then_taken_over(small, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(guard, "LOCK_GRACE_S", 0.5)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text("")
+    t0 = time.time()
+    train.main(run_argv(small, out))
+    assert time.time() - t0 > 0.5
+    assert "taking the folder over" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- dead training
+
+def test_dead_training_stops_and_keeps_the_checkpoint_from_before(small, tmp_path, monkeypatch,
+                                                                    capsys):
+    """The gradient norm exactly 0 at every step from step 1 (as a huge learning rate without
+    clipping gives): the run stops after report.DEAD_LINES log lines, with step 0's checkpoint."""
+    out = tmp_path / "dead"
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, c: torch.zeros(()))
+    with pytest.raises(SystemExit) as e:
+        train.main(run_argv(small, out, "--eval_interval", "2", tokens=320 * 20))
+    assert e.value.code == 2
+    one_error_line(capsys.readouterr().err, f"training of lang is dead at step "
+                   f"{report.DEAD_LINES}: over the last {report.DEAD_LINES} log lines the gradient "
+                   "norm was 0")
+    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 0
+    assert not (out / ".lock").exists()
+
+
+def test_a_loss_stuck_at_the_uniform_level_is_dead_and_a_learning_one_is_not():
+    from model import GPT, GPTConfig
+    model = GPT(GPTConfig(block_size=8, vocab_size=512, n_layer=1, n_head=1, n_embd=8))
+    log = report.Log("lang", Path("unused"), False, model, 8, "cpu", 1, 0)
+    log.bar = util.PlainProgress(10, "lang")
+    uniform = float(torch.log(torch.tensor(512.0)))
+    for step in range(1, 20):                      # near ln(V), but learning: never dead
+        log.check_alive(step, uniform + 0.2 - 0.01 * step, 1.0)
+    assert log.healthy
+    for step in range(1, report.DEAD_LINES):
+        log.check_alive(step, uniform + 1e-5, 0.3)
+    assert not log.healthy
+    with pytest.raises(UserError, match="the loss sat at ln\\(512\\) = 6.238, the uniform guess"):
+        log.check_alive(report.DEAD_LINES, uniform, 0.3)
+
+
+# ---------------------------------------------------------------- nothing left behind
+
+def test_temporaries_of_an_interrupted_write_are_removed_by_the_next_run(small, tmp_path, capsys):
+    out = copy_run(small, tmp_path)
+    litter = [out / f"ckpt.{DEAD_PID}.tmp.pt", out / f"config.{DEAD_PID}.tmp.json"]
+    for p in litter:
+        p.write_bytes(b"\0" * 1000)                 # what kill -9 inside a write leaves
+    mine = out / f"notes.{os.getpid()}.tmp.txt"     # a live process's temporary stays
+    mine.write_text("x")
+    train.main(run_argv(small, out, "--resume", tokens=640))
+    assert not any(p.exists() for p in litter) and mine.exists()
+    assert f"removed {litter[0]}, left by an interrupted write" in capsys.readouterr().err
+
+
+def test_eval_json_and_md_belong_together(small, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "ev"
+    out.mkdir()
+    (out / f"eval.{DEAD_PID}.tmp.json").write_text("{")
+    argv = [str(small / "done"), "--domains", "", "--extra_data", str(small / "small"),
+            "--eval_tokens", "160", "--out", str(out)]
+    first = ev.main(argv)
+    assert sorted(p.name for p in out.iterdir()) == ["eval.json", "eval.md"]
+    md = (out / "eval.md").read_text()
+    assert f"eval id {first['id']} (eval.json in this folder holds the same id)" in md.splitlines()
+    assert report.eval_pair_mismatch(out) is None
+    real = report.atomic_write
+
+    def killed_before_json(path, data):           # a kill between the two renames
+        if Path(path).name == "eval.json":
+            raise KeyboardInterrupt
+        real(path, data)
+    monkeypatch.setattr(report, "atomic_write", killed_before_json)
+    with pytest.raises(SystemExit):
+        ev.main(argv + ["--overwrite"])
+    monkeypatch.undo()
+    assert json.loads((out / "eval.json").read_text())["id"] == first["id"]
+    assert "is not from the evaluation in eval.json" in report.eval_pair_mismatch(out)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        ev.main(argv)
+    one_error_line(capsys.readouterr().err, "exists: pass --overwrite to replace it, or another "
+                   "--out (and note: eval.md (id ")
+
+
+def test_prepare_on_a_full_disk_keeps_the_old_folder_and_sweeps_litter(tmp_path, monkeypatch,
+                                                                        capsys):
+    from data import build, cli
+    docs = [f"document {i} " * 20 for i in range(40)]
+    argv = ["--out_dir", str(tmp_path / "web")]
+    cli.prepare_main("web", "test", lambda: (docs, {}), {}, argv)
+    before = snapshot(tmp_path / "web")
+    litter = tmp_path / "web" / f"train.bin.{DEAD_PID}.tmp"       # a killed run's token file
+    litter.write_bytes(b"\0" * 1000)
+    real_write = build.TokenWriter.write
+
+    def full(self, tokens, n_docs):
+        real_write(self, tokens[:10], 0)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(build.TokenWriter, "write", full)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.prepare_main("web", "test", lambda: (docs, {}), {}, argv)
+    assert str(e.value.code).startswith(f"error: cannot write {tmp_path / 'web'}: the disk is full")
+    assert "Traceback" not in capsys.readouterr().err
+    assert snapshot(tmp_path / "web") == before                  # litter gone, the rest intact
