@@ -17,12 +17,9 @@ Baseline. For each training domain, the --baseline run trained on it, else the f
 Speedup, summary over seeds, tables and plots: report.py.
 """
 import math
-import time
-import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 import guard
@@ -32,9 +29,8 @@ from data.common import (TOKENIZERS, eval_windows, load_tokens, probe_vocab, sho
                          token_bytes)
 from model import evaluate, load_checkpoint, model_from_checkpoint
 import report
-from report import (compare, eval_id_line, plot_curves, provenance, provenance_line, refusal_text,
-                    report_text, summarize, write_eval)
-from util import add_flags, cli, flag, progress_bar, script_parser, sweep_temporaries
+from report import compare, plot_curves, run_row, summarize, write_eval
+from util import add_flags, cli, flag, progress_bar, script_parser
 
 
 # ---------------------------------------------------------------- perplexity
@@ -52,28 +48,6 @@ def perplexity(model, windows, batch_size=8, device="cpu", ctx=nullcontext(), de
     return {**r, "ppl": math.exp(r["loss"]), "in_context": icl.summary()}
 
 
-def ngram_baselines(train, windows, vocab_size):
-    """Cross-entropy (nats/token) of the window targets under unigram and bigram models counted
-    on the train split: what a model has to beat to have learned more than token frequencies
-    and pairs. Unigram: add-alpha counts; bigram: counts with the unigram as a Dirichlet prior,
-    p(b | a) = (c(a, b) + k p(b)) / (c(a) + k). alpha and k are the best of a small grid on these
-    windows, which flatters the baselines a little: beating them is a conservative claim."""
-    train = np.asarray(train, dtype=np.int64)
-    x, y = (windows[:, :-1].reshape(-1).numpy(), windows[:, 1:].reshape(-1).numpy())
-    counts = np.bincount(train, minlength=vocab_size).astype(np.float64)
-    uni = {a: -np.log((counts[y] + a) / (len(train) + a * vocab_size)).mean()
-           for a in (0.01, 0.1, 1.0)}
-    alpha = min(uni, key=uni.get)
-    p_uni = (counts + alpha) / (len(train) + alpha * vocab_size)
-    pairs, pair_counts = np.unique(train[:-1] * vocab_size + train[1:], return_counts=True)
-    q = x * vocab_size + y
-    at = np.minimum(np.searchsorted(pairs, q), len(pairs) - 1)
-    c_ab = np.where(pairs[at] == q, pair_counts[at], 0)
-    c_a = np.bincount(train[:-1], minlength=vocab_size)[x]
-    bi = {k: -np.log((c_ab + k * p_uni[y]) / (c_a + k)).mean() for k in (0.1, 1.0, 10.0, 100.0)}
-    return {"unigram": float(uni[alpha]), "bigram": float(min(bi.values()))}
-
-
 def bits_per_byte(loss, windows, nbytes):
     """Token-mean loss (nats) over the window targets -> bits per UTF-8 byte of their text."""
     return loss * windows[:, 1:].numel() / math.log(2) / nbytes
@@ -85,18 +59,18 @@ def nca_eval(model, nca_info, num_seqs=64, batch_size=8, device="cpu", ctx=nullc
              desc=None):
     """A stage-1 NCA checkpoint on its held-out rules: validation loss over the supervised labels
     and in-context accuracy by grid position, beside the 'copy the previous grid' predictor
-    (nca.GridAccuracy). Lists are indexed by grid g = 1..G: grid g is predicted with g
+    (probes.GridAccuracy). Lists are indexed by grid g = 1..G: grid g is predicted with g
     earlier grids in context (grid 0 is the unscored prompt). token_acc = share of its patch
     tokens right under teacher forcing; grid_acc = whole grid right (= greedy decoding)."""
     cfg = nca.NCAConfig(**nca_info["config"])
     batches = nca.val_batches(cfg, nca_info["val_seeds"], num_seqs, batch_size, device,
                               mask_delimiters=nca_info.get("mask_delimiters", False))
-    acc = nca.GridAccuracy(cfg)
+    acc = probes.GridAccuracy(cfg)
     with progress_bar(len(batches), desc, unit="batch", disable=desc is None, leave=False) as bar:
         loss = evaluate(model, batches, ctx, device,
                         each=lambda *a: (acc(*a), bar.update(1)))["loss"]
-    return {"val_loss": loss, "num_seqs": acc.seqs, "grid": list(range(1, len(acc.sums["token_acc"]) + 1)),
-            **acc.by_grid()}
+    grids = list(range(1, len(acc.sums["token_acc"]) + 1))
+    return {"val_loss": loss, "num_seqs": acc.seqs, "grid": grids, **acc.by_grid()}
 
 
 # ---------------------------------------------------------------- command line
@@ -146,8 +120,9 @@ def main(argv=None):
     eval.json dict."""
     args = get_args(argv)
     plan = guard.eval_run(args)          # every check, before any model runs
-    where = f"{', '.join(plan.domains)}: {plan.eval_tokens:,} tokens per domain in windows of " \
-        f"{plan.block + 1}" if plan.domains else f"held-out NCA rules: {args.nca_val_seqs} sequences"
+    where = (f"{', '.join(plan.domains)}: {plan.eval_tokens:,} tokens per domain in windows of "
+             f"{plan.block + 1}" if plan.domains
+             else f"held-out NCA rules: {args.nca_val_seqs} sequences")
     print(f"evaluating {len(plan.runs)} run(s) on {where}, on {plan.device} ({plan.dtype})")
     # (printed after the checks: a refusal prints one line only)
     domains, windows, nbytes, halves = {}, {}, {}, {}
@@ -160,16 +135,7 @@ def main(argv=None):
                for r, info, refusals in zip(plan.runs, plan.info, plan.refusals)]
     compare(plan.runs, results, plan.baselines)
     summary = summarize(plan.runs, results)
-    report = {"id": f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}",
-              "eval_tokens": plan.eval_tokens, "block_size": plan.block, "device": plan.device,
-              "dtype": plan.dtype, "domains": domains, "runs": results, "summary": summary,
-              "provenance": provenance("eval.py", argv, plan.device)}
-    text = (report_text(results, domains, plan.block, summary) + "\n\n" + eval_id_line(report)
-            + "\n" + provenance_line(report["provenance"]))
-    print(text)
-    sweep_temporaries(plan.out)                 # what an interrupted earlier write left
-    write_eval(plan.out, report, text)
-    print(f"wrote {show(plan.out / 'eval.json')} and {show(plan.out / 'eval.md')}")
+    result = write_eval(plan, results, domains, summary, argv)    # eval.json and eval.md
     if args.plot:
         plot_curves(plan.runs, plan.baselines, args.plot,
                     {d: v["baselines"]["bigram"] for d, v in domains.items()})
@@ -177,7 +143,7 @@ def main(argv=None):
     if args.plot_heads:
         report.plot_heads(results, args.plot_heads)
         print(f"wrote {args.plot_heads}")
-    return report
+    return result
 
 
 def domain_windows(folder, meta, block, eval_tokens):
@@ -188,7 +154,7 @@ def domain_windows(folder, meta, block, eval_tokens):
     tokenizer = meta.get("tokenizer", "gpt2")
     known = tokenizer in TOKENIZERS           # bits per byte need the token -> text map
     nb = int(token_bytes(tokenizer)[w[:, 1:].numpy()].sum()) if known else None
-    base = ngram_baselines(load_tokens(folder, "train"), w, meta["vocab_size"])
+    base = probes.ngram_baselines(load_tokens(folder, "train"), w, meta["vocab_size"])
     return ({"path": show(folder), "tokenizer": tokenizer, "val_tokens": len(val),
              "windows": len(w), "tokens": len(w) * block, "bytes": nb, "baselines": base,
              "baselines_bpb": {k: bits_per_byte(v, w, nb) for k, v in base.items()}
@@ -199,16 +165,8 @@ def score_run(r, inf, refusals, windows, nbytes, halves, plan, args):
     """One run's row: loss, bits per byte, perplexity, the in-context score and the copy probes
     on each domain it can read, and its attention-head scores; a stage-1 NCA run also (or
     instead) on its held-out rules."""
-    c, device, ctx = r.config, plan.device, plan.ctx
-    res = {"label": r.label, "path": show(r.folder), "ckpt": show(r.ckpt), "arm": c.get("arm"),
-           "stage": r.stage, "domain": r.domain, "ppt_source": c.get("ppt_source"),
-           "init_from": c.get("init_from"), "seed": c.get("seed"),
-           "trained_on": r.domain if r.stage == "lang" else f"{c.get('ppt_source')} (stage 1)",
-           "step": inf.get("step"), "tokens": inf.get("tokens"), "vocab": inf.get("vocab"),
-           "ppt_tokens": c.get("ppt_tokens") if r.stage == "lang" else None,
-           "ppl": {}, "loss": {}, "bpb": {}, "in_context": {}, "probes": {}, "heads": None,
-           "nca": None,
-           "refused": refusal_text(refusals)}
+    device, ctx = plan.device, plan.ctx
+    res = run_row(r, inf, refusals)             # what the run is; its scores are filled in below
     is_lang = None in refusals.values()
     is_nca = (inf.get("vocab") or {}).get("kind") == "nca" and inf.get("nca") is not None
     if res["refused"]:

@@ -33,7 +33,7 @@ from model import GPT, PPT_VOCAB, SIZES, GPTConfig, load_checkpoint, model_confi
 from util import (UserError, autocast, check_dtype, check_writable, default_device, pid_alive,
                   sweep_temporaries)
 
-RUN_FILES = ("config.json", "metrics.jsonl", "ckpt.pt")
+RUN_FILES = report.RUN_FILES
 ARCH = ("n_layer", "n_head", "n_embd", "mlp_hidden")
 # Official language vocabulary per domain (docs/differences.md, 'Language vocabulary per domain').
 DOMAIN_VOCAB = {"web": TOKENIZERS["gpt2"][0], "c4": TOKENIZERS["gpt2"][0], "math": PPT_VOCAB,
@@ -712,13 +712,9 @@ def _all_ok(dist, ok):
 # -----------------------------------------------------------------------------------------------
 # eval.py
 
-def eval_run(args):
-    """Check an eval.py command before any model runs: the output folder, the runs (their
-    config, metrics and checkpoint metadata), the data folders, which run can read which domain
-    and the window length. Returns the plan: runs (labelled) and their baselines, each run's
-    checkpoint metadata (info) and refusals per domain, domains {name: (folder, meta)}, block,
-    out, device, autocast ctx and dtype, and eval_tokens. Without --domains / --eval_tokens they
-    follow the runs (eval_folders, eval_tokens)."""
+def check_eval_outputs(args):
+    """eval.py's outputs, before any work: --out (and the pictures) writable, an existing
+    eval.json replaced only with --overwrite, matplotlib present if a picture is asked for."""
     check_writable(args.out, "--out")         # a bad --out fails now, not after the evaluation
     for name in ("plot", "plot_heads"):
         if getattr(args, name):
@@ -731,6 +727,17 @@ def eval_run(args):
                                                if why else ""))
     if args.plot or args.plot_heads:
         report.pyplot()  # fail now, not after the evaluation
+    return out
+
+
+def eval_run(args):
+    """Check an eval.py command before any model runs: the output folder, the runs (their
+    config, metrics and checkpoint metadata), the data folders, which run can read which domain
+    and the window length. Returns the plan: runs (labelled) and their baselines, each run's
+    checkpoint metadata (info) and refusals per domain, domains {name: (folder, meta)}, block,
+    out, device, autocast ctx and dtype, and eval_tokens. Without --domains / --eval_tokens they
+    follow the runs (eval_folders, eval_tokens)."""
+    out = check_eval_outputs(args)
     for name in ("batch_size", "nca_val_seqs", "block_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from util import UserError, atomic_write
+from util import UserError, atomic_write, chunked_cross_entropy
 
 PPT_VOCAB = 64000  # the official stage-1 vocabulary (10,002 NCA symbols fit with room to spare)
 
@@ -133,7 +133,8 @@ class MLP(nn.Module):
         self.down = nn.Linear(hidden, config.n_embd, bias=False)
 
     def forward(self, x):
-        g, u = F.linear(x, torch.cat((self.gate.weight, self.up.weight))).chunk(2, dim=-1)  # one matmul
+        gate_up = torch.cat((self.gate.weight, self.up.weight))            # one matmul for both
+        g, u = F.linear(x, gate_up).chunk(2, dim=-1)
         return self.down(F.silu(g) * u)
 
 
@@ -149,51 +150,6 @@ class Block(nn.Module):
         x = x + self.attn(self.norm1(x), cos, sin)
         x = x + self.mlp(self.norm2(x))
         return x
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of head(h) = h @ W.T + b against targets, chunk rows at a time. Each
-    chunk's logit gradient (softmax - onehot) is turned into the gradients of h, W and b at once
-    and the chunk's logits are freed: the backward matmuls move into the forward pass (same
-    FLOPs), and no more than chunk x V logits are ever held."""
-
-    @staticmethod
-    def forward(ctx, h, weight, bias, targets, chunk):
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
-        grad_h, grad_w = [], torch.zeros_like(weight, dtype=torch.float32)
-        grad_b = None if bias is None else torch.zeros_like(bias, dtype=torch.float32)
-        for hc, yc in zip(h.split(chunk), targets.split(chunk)):
-            logits = F.linear(hc, weight, bias).float()  # autocast applies in here too
-            lse = logits.logsumexp(-1, keepdim=True)
-            keep = (yc != -100).unsqueeze(1)
-            yc = yc.clamp(min=0).unsqueeze(1)
-            total = total + ((lse - logits.gather(1, yc)) * keep).sum()
-            # d total / d logits = softmax - onehot, written over the logits
-            g = logits.sub_(lse).exp_().scatter_add_(1, yc, -keep.float()).mul_(keep)
-            grad_h.append(g @ weight)
-            grad_w += g.t() @ hc
-            if grad_b is not None:
-                grad_b += g.sum(0)
-        ctx.save_for_backward(torch.cat(grad_h), grad_w, grad_b)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_total):
-        grad_h, grad_w, grad_b = ctx.saved_tensors
-        return (grad_h * grad_total, grad_w * grad_total,
-                None if grad_b is None else grad_b * grad_total, None, None)
-
-
-def chunked_cross_entropy(h, head, targets, chunk):
-    """Mean cross-entropy of head(h) over targets != -100, chunk rows of logits at a time
-    (F.cross_entropy semantics; the full (rows, V) logits are never materialized)."""
-    h, targets = h.flatten(0, -2), targets.flatten()
-    if torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad):
-        total = _LinearCrossEntropy.apply(h, head.weight, head.bias, targets, chunk)
-    else:
-        total = sum(F.cross_entropy(head(hc).float(), yc, ignore_index=-100, reduction="sum")
-                    for hc, yc in zip(h.split(chunk), targets.split(chunk)))
-    return total / (targets != -100).sum()
 
 
 class GPT(nn.Module):

@@ -12,14 +12,11 @@ Read top to bottom:
   7. batch stream   - (inputs, labels) for training, with the official masking
 Pictures, statistics, the benchmark and a printout of the token layout are scripts/nca_tools.py.
 """
-import contextlib
 import hashlib
 import json
 import math
-import os
 import sys
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from model import PPT_VOCAB
-from util import UserError, atomic_write, flag, progress_bar
+from util import (UserError, atomic_write, flag, full_precision, progress_bar,
+                  split_over_threads, thread_pool)
 
 ROOT = Path(__file__).resolve().parent
 CACHE_DIR = ROOT / ".cache" / "rules"
@@ -177,32 +175,6 @@ def seed_sequence(seed, start, count):
     return _srl(mix64(stream_key(seed, 7) + c * _GAMMA), 1)
 
 
-@contextlib.contextmanager
-def full_precision():
-    """float32 matmuls at full precision inside NCA generation, whatever the caller set globally
-    (train.py allows TF32 for the model). At T = 1e-4 a logit error of 1e-3 (TF32, or bf16
-    matmuls on CPU) changes which cells are near a tie, so most trajectories and some gzip scores
-    would depend on the device and on those settings. The caller's settings are restored."""
-    per_backend = [b for b in (torch.backends.cuda.matmul,
-                               getattr(torch.backends.mkldnn, "matmul", None))
-                   if hasattr(b, "fp32_precision")]
-    if per_backend:     # PyTorch >= 2.9: the settings its kernels read (the old API is not touched)
-        saved = [b.fp32_precision for b in per_backend]
-        for b in per_backend:
-            b.fp32_precision = "ieee"
-    else:
-        saved = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        if per_backend:
-            for b, v in zip(per_backend, saved):
-                b.fp32_precision = v
-        else:
-            torch.set_float32_matmul_precision(saved)
-
-
 # -----------------------------------------------------------------------------------------------
 # 3. Rules (docs/method.md, 'NCA rule' and 'Rule initialization')
 #
@@ -298,11 +270,13 @@ class RuleBatch:
         n = self.n
         if getattr(self, "_hw", None) != (H, W):                  # index tables, built once
             dev = state.device
-            rows, cols = torch.arange(-1, H + 1, device=dev) % H, torch.arange(-1, W + 1, device=dev) % W
+            rows = torch.arange(-1, H + 1, device=dev) % H
+            cols = torch.arange(-1, W + 1, device=dev) % W
             self._pad = (rows[:, None] * W + cols[None, :]).reshape(-1)   # circular padding
-            group = torch.tensor([0, n * n, 2 * n * n, 3 * n * n, 3 * n * n + n, 3 * n * n + 2 * n],
-                                 device=dev)                      # where each of the 6 tables starts
-            self._offset = (torch.arange(R, device=dev)[:, None] * self.rows + group).int().view(R, 1, 1, 6)
+            n2 = n * n                                   # where each of the 6 tables starts
+            group = torch.tensor([0, n2, 2 * n2, 3 * n2, 3 * n2 + n, 3 * n2 + 2 * n], device=dev)
+            first = torch.arange(R, device=dev)[:, None] * self.rows
+            self._offset = (first + group).int().view(R, 1, 1, 6)
             self._hw = (H, W)
         s = state.reshape(R, H * W)[:, self._pad].int().view(R, H + 2, W + 2)
         pair = s[:, :, :W] + n * s[:, :, 1:W + 1]                  # (left, middle) colour pair
@@ -318,7 +292,8 @@ def make_rules(seeds=None, num_colors=10, device="cpu", params=None):
     """The rules of integer `seeds`, ready for rollouts: `.logits(state)` maps (R, H, W) grids to
     (R, n, H, W) logits, grid r by rule r, and `.n` / `.device` say the colours and the device.
     params: their parameters if already sampled (rows of sample_rules(seeds), e.g. a bank kept on
-    the device) or converted from the official code's (tests/test_nca.py); seeds are then not used."""
+    the device) or converted from the official code's (tests/test_nca.py); seeds are then not
+    used."""
     return RuleBatch(sample_rules(seeds, num_colors, device) if params is None else params)
 
 
@@ -403,30 +378,6 @@ def rollout(rules, traj_seeds, cfg, num_frames, start=None, dense=None):
     return torch.stack(frames, dim=1)                                        # (R, F, H, W)
 
 
-_POOL = None
-
-
-def _pool():
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-    return _POOL
-
-
-def _split(device, fn, *seeds):
-    """fn(*seeds) on CPU in one thread per core, each on a slice of the batch. The ops are small
-    (a grid is 144 cells), so one Python thread leaves cores idle; torch releases the GIL inside
-    ops, and trajectories are independent, so the result is the same as one call."""
-    n = len(seeds[0])
-    workers = os.cpu_count() or 1
-    if str(device) != "cpu" or workers == 1 or n < 128:
-        return fn(*seeds)
-    parts = [torch.tensor_split(s, workers) for s in seeds]
-    out = list(_pool().map(fn, *parts))
-    if isinstance(out[0], tuple):
-        return tuple(torch.cat(o) for o in zip(*out))
-    return torch.cat(out)
-
 
 # -----------------------------------------------------------------------------------------------
 # 5. Tokenizer (docs/method.md, 'Tokenizer'): a patch is a base-n number read row-major, least
@@ -481,7 +432,7 @@ def gzip_scores(frames, cfg):
     """Scores of (R, F, H, W) frames, one per rule, compressed in parallel threads (zlib releases
     the GIL)."""
     tok = tokenize(frames, cfg, delimiters=False).cpu().numpy()
-    return np.fromiter(_pool().map(gzip_ratio, tok, chunksize=64), dtype=np.float64,
+    return np.fromiter(thread_pool().map(gzip_ratio, tok, chunksize=64), dtype=np.float64,
                        count=len(tok))
 
 
@@ -493,7 +444,7 @@ def score_rules(seeds, cfg, device="cpu", batch=2048):
     out, device = [], generation_device(device)
     for i in range(0, len(seeds), batch):
         s = seeds[i:i + batch]
-        frames = _split(device, lambda s: rollout(make_rules(s, cfg.num_colors, device),
+        frames = split_over_threads(device, lambda s: rollout(make_rules(s, cfg.num_colors, device),
                                                   stream_key(s, 4), cfg, cfg.filter_frames), s)
         out.append(gzip_scores(frames, cfg))
     return np.concatenate(out) if out else np.zeros(0)
@@ -580,7 +531,7 @@ def make_sequences(rule_seeds, traj_seeds, cfg, device="cpu", mask_delimiters=Fa
         rules = make_rules(rule_seeds[i], cfg.num_colors, gen, params=rows)
         tok = tokenize(rollout(rules, traj_seeds, cfg, cfg.frames), cfg)
         return inputs_and_labels(tok, cfg, mask_delimiters)                # (B, F * grid_len)
-    x, y = _split(gen, part, torch.arange(len(rule_seeds)),
+    x, y = split_over_threads(gen, part, torch.arange(len(rule_seeds)),
                   torch.as_tensor(traj_seeds, dtype=torch.int64).reshape(-1))
     return x.to(device), y.to(device)
 
@@ -614,7 +565,8 @@ class NCABatches:
         assert mode in ("fixed_rules", "fresh_rules"), mode
         assert len(bank.seeds) >= batch_size * world_size, "fewer rules than one batch"
         self.cfg, self.bank, self.B, self.device, self.seed = cfg, bank, batch_size, device, seed
-        self.mode, self.mask_delimiters, self.rank, self.world = mode, mask_delimiters, rank, world_size
+        self.mode, self.mask_delimiters = mode, mask_delimiters
+        self.rank, self.world = rank, world_size
         self.chunk = chunk_batches or (64 if str(device).startswith("cuda") else 4)
         self.epoch, self.index, self.progress = 0, 0, progress
         self._rules, self._params, self._order, self._buffer = None, None, None, []
@@ -672,79 +624,3 @@ def val_batches(cfg, rule_seeds, num_seqs, batch_size, device="cpu", seed=0,
     x, y = make_sequences(rules[idx % len(rules)], stream_key(idx, 10, seed), cfg, device,
                           mask_delimiters)
     return list(zip(x.split(batch_size), y.split(batch_size)))
-
-
-def grid_positions(cfg):
-    """Label positions of the patch tokens of each complete grid after the first:
-    (G, patches) index tensor, row g-1 = grid g. Position i predicts token i + 1."""
-    P, GL, L = cfg.patches, cfg.grid_len, cfg.seq_len
-    rows = [g * GL + torch.arange(P) for g in range(1, cfg.frames) if g * GL + P <= L]
-    return torch.stack(rows)
-
-
-def grid_accuracy(pred, labels, cfg):
-    """In-context accuracy by grid position. pred: (B, L) argmax next-token predictions under
-    teacher forcing. A whole grid is predicted correctly by greedy decoding exactly when every
-    one of its teacher-forced patch predictions is right (the first error makes greedy decoding
-    diverge), so one forward pass gives the official greedy next-grid accuracy.
-    Returns (token_correct, grid_correct) per grid position, summed over the batch."""
-    pos = grid_positions(cfg).to(pred.device)
-    ok = (pred[:, pos] == labels[:, pos])                                   # (B, G, P)
-    return ok.float().mean(-1).sum(0), ok.all(-1).float().sum(0)
-
-
-def copy_accuracy(inputs, labels, cfg):
-    """The same accuracies for the trivial predictor 'each grid is a copy of the previous one'."""
-    pos = grid_positions(cfg).to(inputs.device)
-    ok = inputs[:, pos - cfg.grid_len + 1] == labels[:, pos]
-    return ok.float().mean(-1).sum(0), ok.all(-1).float().sum(0)
-
-
-def lookup_predictions(inputs, cfg):
-    """The model-free in-context predictor (docs/method.md, 'Lookup baseline'): position i
-    predicts the token that followed the most recent earlier occurrence of the longest context
-    inputs[i-k+1..i] (k >= 1) seen before in the same sequence; with no earlier occurrence of
-    inputs[i], the token one grid back (the copy predictor). A model that infers rules in
-    context should beat it."""
-    B, T = inputs.shape
-    x = inputs.long()
-    match = torch.zeros(B, T, dtype=torch.int32, device=x.device)   # match[j]: suffix length
-    pred = torch.cat([x[:, :1].expand(B, cfg.grid_len - 1), x], 1)[:, :T].clone()  # fallback
-    for i in range(1, T):       # match[j] = length of the common suffix of x[..i] and x[..j]
-        same = (x[:, :i] == x[:, i:i + 1]).int()
-        match = torch.cat([torch.zeros_like(match[:, :1]), match[:, :i - 1]], 1) * same \
-            + same if i > 1 else same
-        best = match.max(1).values
-        last = i - 1 - match.flip(1).int().argmax(1)                 # most recent longest
-        found = best > 0
-        pred[found, i] = x[found, (last + 1)[found]]
-    return pred
-
-
-class GridAccuracy:
-    """In-context accuracy by grid position, accumulated over validation batches (a callback
-    for model.evaluate): the model's (grid_accuracy) beside the 'each grid is a copy of the
-    previous one' predictor's (copy_accuracy) and the lookup predictor's (lookup_predictions),
-    which rule learning must beat."""
-    keys = ("token_acc", "grid_acc", "copy_token_acc", "copy_grid_acc", "lookup_token_acc",
-            "lookup_grid_acc")
-
-    def __init__(self, cfg):
-        self.cfg, self.seqs = cfg, 0
-        self.sums = {k: torch.zeros(len(grid_positions(cfg)), dtype=torch.float64)
-                     for k in self.keys}
-
-    def __call__(self, x, y, nll, pred):
-        accs = grid_accuracy(pred, y, self.cfg) + copy_accuracy(x, y, self.cfg) \
-            + grid_accuracy(lookup_predictions(x, self.cfg), y, self.cfg)
-        for k, v in zip(self.keys, accs):
-            self.sums[k] += v.double().cpu()
-        self.seqs += len(x)
-
-    def by_grid(self):
-        """Per grid position g = 1..G (grid g is predicted with g grids in context)."""
-        return {k: (v / self.seqs).tolist() for k, v in self.sums.items()}
-
-    def result(self):
-        """Means over grid positions, for the validation line."""
-        return {k: float(v.mean()) / self.seqs for k, v in self.sums.items()}

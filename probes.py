@@ -15,6 +15,9 @@ In-context score (Olsson et al. 2022): on the ordinary validation windows, the m
 positions [T/2, T) minus that at [T/16, T/8); negative when later tokens profit from the longer
 context. Head scores: for every layer and head, attention to the previous token and the
 induction score (attention from a second-copy token to the token after its first occurrence).
+Stage 1 (NCA): accuracy by grid position of the model beside two model-free predictors, copying
+the previous grid and the lookup of the same sequence (GridAccuracy, docs/method.md, 'Lookup
+baseline').
 """
 import contextlib
 import math
@@ -77,6 +80,28 @@ def copy_probes(model, halves, batch_size=8, device="cpu", ctx=contextlib.nullco
 
 def standard_error(x):
     return float(x.std() / math.sqrt(len(x))) if len(x) > 1 else None
+
+
+def ngram_baselines(train, windows, vocab_size):
+    """Cross-entropy (nats/token) of the window targets under unigram and bigram models counted
+    on the train split: what a model has to beat to have learned more than token frequencies
+    and pairs. Unigram: add-alpha counts; bigram: counts with the unigram as a Dirichlet prior,
+    p(b | a) = (c(a, b) + k p(b)) / (c(a) + k). alpha and k are the best of a small grid on these
+    windows, which flatters the baselines a little: beating them is a conservative claim."""
+    train = np.asarray(train, dtype=np.int64)
+    x, y = (windows[:, :-1].reshape(-1).numpy(), windows[:, 1:].reshape(-1).numpy())
+    counts = np.bincount(train, minlength=vocab_size).astype(np.float64)
+    uni = {a: -np.log((counts[y] + a) / (len(train) + a * vocab_size)).mean()
+           for a in (0.01, 0.1, 1.0)}
+    alpha = min(uni, key=uni.get)
+    p_uni = (counts + alpha) / (len(train) + alpha * vocab_size)
+    pairs, pair_counts = np.unique(train[:-1] * vocab_size + train[1:], return_counts=True)
+    q = x * vocab_size + y
+    at = np.minimum(np.searchsorted(pairs, q), len(pairs) - 1)
+    c_ab = np.where(pairs[at] == q, pair_counts[at], 0)
+    c_a = np.bincount(train[:-1], minlength=vocab_size)[x]
+    bi = {k: -np.log((c_ab + k * p_uni[y]) / (c_a + k)).mean() for k in (0.1, 1.0, 10.0, 100.0)}
+    return {"unigram": float(uni[alpha]), "bigram": float(min(bi.values()))}
 
 
 class InContext:
@@ -145,3 +170,82 @@ def head_scores(model, halves, device="cpu"):
     return {"previous_token": prev, "induction": induction,
             "chance_previous_token": float((1.0 / (i + 1)).mean()),
             "chance_induction": float((1.0 / (L + j + 1)).mean())}
+
+
+# -----------------------------------------------------------------------------------------------
+# Stage 1: what the model learned about the rules, against model-free predictors
+
+def grid_positions(cfg):
+    """Label positions of the patch tokens of each complete grid after the first:
+    (G, patches) index tensor, row g-1 = grid g. Position i predicts token i + 1."""
+    P, GL, L = cfg.patches, cfg.grid_len, cfg.seq_len
+    rows = [g * GL + torch.arange(P) for g in range(1, cfg.frames) if g * GL + P <= L]
+    return torch.stack(rows)
+
+
+def grid_accuracy(pred, labels, cfg):
+    """In-context accuracy by grid position. pred: (B, L) argmax next-token predictions under
+    teacher forcing. A whole grid is predicted correctly by greedy decoding exactly when every
+    one of its teacher-forced patch predictions is right (the first error makes greedy decoding
+    diverge), so one forward pass gives the official greedy next-grid accuracy.
+    Returns (token_correct, grid_correct) per grid position, summed over the batch."""
+    pos = grid_positions(cfg).to(pred.device)
+    ok = (pred[:, pos] == labels[:, pos])                                   # (B, G, P)
+    return ok.float().mean(-1).sum(0), ok.all(-1).float().sum(0)
+
+
+def copy_accuracy(inputs, labels, cfg):
+    """The same accuracies for the trivial predictor 'each grid is a copy of the previous one'."""
+    pos = grid_positions(cfg).to(inputs.device)
+    ok = inputs[:, pos - cfg.grid_len + 1] == labels[:, pos]
+    return ok.float().mean(-1).sum(0), ok.all(-1).float().sum(0)
+
+
+def lookup_predictions(inputs, cfg):
+    """The model-free in-context predictor (docs/method.md, 'Lookup baseline'): position i
+    predicts the token that followed the most recent earlier occurrence of the longest context
+    inputs[i-k+1..i] (k >= 1) seen before in the same sequence; with no earlier occurrence of
+    inputs[i], the token one grid back (the copy predictor). A model that infers rules in
+    context should beat it."""
+    B, T = inputs.shape
+    x = inputs.long()
+    match = torch.zeros(B, T, dtype=torch.int32, device=x.device)   # match[j]: suffix length
+    pred = torch.cat([x[:, :1].expand(B, cfg.grid_len - 1), x], 1)[:, :T].clone()  # fallback
+    for i in range(1, T):       # match[j] = length of the common suffix of x[..i] and x[..j]
+        same = (x[:, :i] == x[:, i:i + 1]).int()
+        match = torch.cat([torch.zeros_like(match[:, :1]), match[:, :i - 1]], 1) * same \
+            + same if i > 1 else same
+        best = match.max(1).values
+        last = i - 1 - match.flip(1).int().argmax(1)                 # most recent longest
+        found = best > 0
+        pred[found, i] = x[found, (last + 1)[found]]
+    return pred
+
+
+class GridAccuracy:
+    """In-context accuracy by grid position, accumulated over validation batches (a callback
+    for model.evaluate): the model's (grid_accuracy) beside the 'each grid is a copy of the
+    previous one' predictor's (copy_accuracy) and the lookup predictor's (lookup_predictions),
+    which rule learning must beat."""
+    keys = ("token_acc", "grid_acc", "copy_token_acc", "copy_grid_acc", "lookup_token_acc",
+            "lookup_grid_acc")
+
+    def __init__(self, cfg):
+        self.cfg, self.seqs = cfg, 0
+        self.sums = {k: torch.zeros(len(grid_positions(cfg)), dtype=torch.float64)
+                     for k in self.keys}
+
+    def __call__(self, x, y, nll, pred):
+        accs = grid_accuracy(pred, y, self.cfg) + copy_accuracy(x, y, self.cfg) \
+            + grid_accuracy(lookup_predictions(x, self.cfg), y, self.cfg)
+        for k, v in zip(self.keys, accs):
+            self.sums[k] += v.double().cpu()
+        self.seqs += len(x)
+
+    def by_grid(self):
+        """Per grid position g = 1..G (grid g is predicted with g grids in context)."""
+        return {k: (v / self.seqs).tolist() for k, v in self.sums.items()}
+
+    def result(self):
+        """Means over grid positions, for the validation line."""
+        return {k: float(v.mean()) / self.seqs for k, v in self.sums.items()}

@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ import torch
 import util
 from data.common import show
 from util import UserError, atomic_write, progress_bar, write_failure
+
+RUN_FILES = ("config.json", "metrics.jsonl", "ckpt.pt")     # what a run folder holds
 
 
 # ---------------------------------------------------------------- runs, their labels and baselines
@@ -77,7 +80,6 @@ def assign_baselines(runs, explicit=()):
     for r in [*explicit, *(r for r in runs if r.is_scratch)]:
         base.setdefault(r.domain, r)
     return [base.get(r.domain) for r in runs]
-
 
 
 # ---------------------------------------------------------------- convergence speedup
@@ -209,7 +211,8 @@ def summarize(runs, results):
                               if domain in res.get("probes", {})]
         icl = [res["in_context"][domain]["score"] for _, res in members
                if domain in res.get("in_context", {})]
-        rows.append({"domain": domain, "arm": arm, "seeds": [r.config.get("seed") for r, _ in members],
+        seeds = [r.config.get("seed") for r, _ in members]
+        rows.append({"domain": domain, "arm": arm, "seeds": seeds,
                      "ppl": mean_ci(own("ppl")), "ppl_all": own("ppl"),
                      "loss": mean_ci(own("loss")), "bpb": mean_ci(own("bpb")),
                      "change_pct": mean_ci(change), "change_all": change,
@@ -252,12 +255,38 @@ def eval_id_line(result):
     return f"{EVAL_ID}{result['id']} (eval.json in this folder holds the same id)"
 
 
-def write_eval(out, result, text):
-    """eval.md, then eval.json, each renamed into place, both carrying result["id"] (a line of
-    eval.md, above the provenance footer): eval.json, written last, is the record, and an eval.md whose id differs
-    from it (a kill between the two renames) is from another evaluation (eval_pair_mismatch)."""
-    atomic_write(Path(out) / "eval.md", text + "\n")
-    atomic_write(Path(out) / "eval.json", json.dumps(result, indent=2) + "\n")
+def write_eval(plan, results, domains, summary, argv):
+    """The evaluation's record: printed, then eval.md, then eval.json, each renamed into place in
+    plan.out, both carrying one id (a line of eval.md, above the provenance footer): eval.json,
+    written last, is the record, and an eval.md whose id differs from it (a kill between the
+    two renames) is from another evaluation (eval_pair_mismatch). Returns eval.json's dict."""
+    result = {"id": f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}",
+              "eval_tokens": plan.eval_tokens, "block_size": plan.block, "device": plan.device,
+              "dtype": plan.dtype, "domains": domains, "runs": results, "summary": summary,
+              "provenance": provenance("eval.py", argv, plan.device)}
+    text = (report_text(results, domains, plan.block, summary) + "\n\n" + eval_id_line(result)
+            + "\n" + provenance_line(result["provenance"]))
+    print(text)
+    util.sweep_temporaries(plan.out)                 # what an interrupted earlier write left
+    atomic_write(Path(plan.out) / "eval.md", text + "\n")
+    atomic_write(Path(plan.out) / "eval.json", json.dumps(result, indent=2) + "\n")
+    print(f"wrote {show(Path(plan.out) / 'eval.json')} and {show(Path(plan.out) / 'eval.md')}")
+    return result
+
+
+def run_row(r, inf, refusals):
+    """The start of one run's row in eval.json: what the run is (label, stage, arm, source, seed,
+    tokens), empty score tables for eval.py to fill, and why it was refused where it was."""
+    c = r.config
+    return {"label": r.label, "path": show(r.folder), "ckpt": show(r.ckpt), "arm": c.get("arm"),
+            "stage": r.stage, "domain": r.domain, "ppt_source": c.get("ppt_source"),
+            "init_from": c.get("init_from"), "seed": c.get("seed"),
+            "trained_on": r.domain if r.stage == "lang" else f"{c.get('ppt_source')} (stage 1)",
+            "step": inf.get("step"), "tokens": inf.get("tokens"), "vocab": inf.get("vocab"),
+            "ppt_tokens": c.get("ppt_tokens") if r.stage == "lang" else None,
+            "ppl": {}, "loss": {}, "bpb": {}, "in_context": {}, "probes": {}, "heads": None,
+            "nca": None, "refused": refusal_text(refusals)}
+
 
 
 def eval_pair_mismatch(out):
@@ -393,7 +422,8 @@ def pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise UserError("--plot needs matplotlib, which is optional: pip install matplotlib") from None
+        raise UserError("--plot needs matplotlib, which is optional: "
+                        "pip install matplotlib") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
@@ -470,8 +500,8 @@ def body_line(init_from, body, vocab_size):
             "tokens")
 
 
-# ---------------------------------------------------------------- the training log: one line per log
-# step (loss, lr, grad norm, ms, tok/s, MFU, peak memory), the same numbers in metrics.jsonl
+# ---------------------------------------------------------------- the training log: one line per
+# log step (loss, lr, grad norm, ms, tok/s, MFU, peak memory), the same numbers in metrics.jsonl
 
 # Dense bf16 peak per GPU; the first name found in the device's name wins. The PCIe and NVL cards
 # run slower clocks (and the PCIe H100 fewer SMs) than the SXM parts of the same name.
@@ -752,7 +782,7 @@ def provenance_line(p):
     return f"{commit} · torch {p['torch']} · {p['device']} · `{p['command']}`"
 
 
-# ---------------------------------------------------------------- NCA pictures (sample.py, nca_tools)
+# ---------------------------------------------------------- NCA pictures (sample.py, nca_tools)
 
 def pillow(refusal="drawing PNG or GIF needs Pillow, which is optional: pip install "
                     "pillow"):
@@ -860,3 +890,35 @@ def draw_rollouts(path, true, forced, free, context, num_colors, labels, scale=6
     atomic_write(path, lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, loop=0,
                                                   append_images=frames[1:], duration=400)
                  if gif else frames[0].save(tmp, format="PNG"))
+
+
+def start_run_dir(out, cfg, stage, plan, config):
+    """Create the run folder now that everything it needs has been checked: with --overwrite the
+    old run's files go, and config.json is written (when resuming, only once the checkpoint has
+    loaded: resume())."""
+    dist = plan.dist
+    if dist["rank"] == 0:
+        if cfg.overwrite and not cfg.resume:
+            for f in RUN_FILES:
+                (out / f).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        if not (cfg.resume and (out / "ckpt.pt").exists()):
+            if cfg.resume:                    # lines of an attempt that left no checkpoint
+                (out / "metrics.jsonl").unlink(missing_ok=True)
+            write_config(out, config)
+    if dist["world"] > 1:
+        torch.distributed.barrier()
+
+
+def write_config(out, config):
+    atomic_write(Path(out) / "config.json", json.dumps(config, indent=2, default=str))
+
+
+def truncate_metrics(path, step):
+    """Drop the metrics.jsonl lines written after `step` (the checkpoint a run resumes from)."""
+    if Path(path).exists():
+        lines = Path(path).read_text().splitlines()
+        if lines and not lines[-1].endswith("}"):      # half a line, written as the run was killed
+            lines.pop()
+        keep = [line for line in lines if line and json.loads(line)["step"] <= step]
+        atomic_write(path, "".join(line + "\n" for line in keep))

@@ -20,14 +20,11 @@ A run folder holds config.json, metrics.jsonl and ckpt.pt; with --stage both, st
 <out_dir>/ppt/.
 """
 import argparse
-import atexit
 import contextlib
 import json
 import math
-import os
-import textwrap
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,9 +39,10 @@ import probes
 from model import GPT, PPT_VOCAB, SIZES, GPTConfig, evaluate, model_config
 from model import load_checkpoint, model_from_checkpoint, save_checkpoint
 import report
-from report import Log, provenance, tracking
-from util import (add_flags, atomic_write, autocast, cli, default_device, flag, from_flags,
-                  one_line_errors, script_parser)
+from report import Log, provenance, start_run_dir, tracking, truncate_metrics, write_config
+import util
+from util import (add_flags, autocast, cli, flag, flag_values, from_flags, parse_with_presets,
+                  preset_text, script_parser, setup_distributed, wrap_model)
 
 # -----------------------------------------------------------------------------------------------
 # Knobs. Stage 1's optimization flags are --ppt_<name>, stage 2's the plain --<name>.
@@ -87,7 +85,8 @@ class RunFlags:
                          negatable=True)
     log_interval: int = flag(10, "steps between log lines")
     memory_gb: float = flag(0, "memory per process that an automatic micro-batch must fit in, "
-                            "GiB (0 = the whole GPU, or this machine's RAM shared by the processes)")
+                            "GiB (0 = the whole GPU, or this machine's RAM shared by the "
+                            "processes)")
     max_iters: int = flag(0, "stop each stage after this many steps (0 = its token budget)")
     debug_ranks: bool = flag(False, "each process writes rank<r>.json (hash of its first batch "
                              "and of the final weights) to check data sharding and gradient sync")
@@ -209,7 +208,7 @@ PRESETS = {
 
 
 def get_parser(doc=""):
-    p = script_parser(doc, epilog=preset_text())
+    p = script_parser(doc, epilog=preset_text(PRESETS))
     p.usage = "%(prog)s [--preset cpu|gpu] [--config RUN/config.json] [flags]"
     for cls in (RunFlags, ModelFlags, OptimFlags, Stage1Flags):
         add_flags(p, cls)
@@ -220,38 +219,12 @@ def get_parser(doc=""):
     return p
 
 
-def preset_text():
-    """The presets' values, for the end of --help."""
-    lines = ["presets (--preset NAME makes these the defaults; flags given still win):"]
-    for name, values in PRESETS.items():
-        flags = (f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}"
-                 for k, v in values.items())
-        lines.append(textwrap.fill(f"{name}: " + " ".join(flags), width=96, initial_indent="  ",
-                                   subsequent_indent="      "))
-    return "\n".join(lines)
-
-
 def parse_args(argv=None):
-    """The flags: the defaults written above, then a --config record's, then a --preset's (both
-    read before --help runs, so that --help shows them), then the command line."""
-    p = get_parser(__doc__)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", choices=sorted(PRESETS))
-    pre.add_argument("--config")
-    first, _ = one_line_errors(pre).parse_known_args(argv)
-    if first.config:
-        p.set_defaults(**guard.rerun_defaults(first.config, p))
-    if first.preset:
-        p.set_defaults(**PRESETS[first.preset])
-    return p.parse_args(argv)
+    return parse_with_presets(get_parser(__doc__), argv, PRESETS, guard.rerun_defaults)
 
 
 def given_flags(argv=None):
-    """The destinations set on the command line itself, not by a default or a --preset."""
-    p = get_parser()
-    for action in p._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(p.parse_known_args(argv)[0]))
+    return util.given_flags(get_parser(), argv)
 
 
 def stage_hp(cfg, stage):
@@ -302,7 +275,7 @@ def nca_source(cfg):
                          "mask_delimiters": cfg.mask_delimiters}}
     applied = {"filter_rules_threshold": band[0], "filter_rules_upper_bound": band[1]}
     return {"kind": "nca", "vocab_size": gen.vocab_size, "config": (gen, band),
-            "batches": batches, "scores": lambda: nca.GridAccuracy(gen),
+            "batches": batches, "scores": lambda: probes.GridAccuracy(gen),
             "record": flag_values(cfg, nca.NCAConfig, nca.BandFlags) | applied}
 
 
@@ -335,12 +308,6 @@ def text_source(cfg):
 
 
 SOURCES = {"nca": nca_source, "dyck": dyck_source, "text": text_source}
-
-
-def flag_values(cfg, *classes):
-    """{flag: value} of the flags that the flag() fields of `classes` define."""
-    return {name: getattr(cfg, name) for cls in classes for f in fields(cls)
-            if "help" in f.metadata for name in [f.metadata["name"] or f.name]}
 
 
 def run_record(cfg, stage, source=None, body=None):
@@ -445,32 +412,20 @@ def lang_model(cfg, plan, device):
     return model.to(device)
 
 
-def setup_distributed(device):
-    """Rank, world size and this process's device (under torchrun: one GPU per process)."""
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    device = default_device(device)
-    if world > 1:
-        if device.startswith("cuda"):
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        atexit.register(torch.distributed.destroy_process_group)
-    return {"rank": rank, "world": world, "device": device}
-
-
 # -----------------------------------------------------------------------------------------------
 # The training loop, shared by both stages
 
 def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
     """Train `model` for one stage (nanoGPT's loop): validate and checkpoint on schedule, one
     optimizer step accumulated over micro-batches, a log line. Returns the last validation."""
-    hp, out, steps, batches = stage_hp(cfg, stage), plan.out[stage], plan.steps[stage], data["train"]
+    hp, out, steps = stage_hp(cfg, stage), plan.out[stage], plan.steps[stage]
+    batches = data["train"]
     rank, world, device = plan.dist["rank"], plan.dist["world"], plan.dist["device"]
     master, cuda = rank == 0, device.startswith("cuda")
     accum = hp.batch_tokens // (hp.micro_batch * cfg.seq_len * world)
     model.loss_chunk = cfg.loss_chunk
-    optimizer = model.configure_optimizers(hp.weight_decay, hp.lr, (cfg.adam_beta1,
-                                           cfg.adam_beta2), cfg.adam_eps,
+    betas = (cfg.adam_beta1, cfg.adam_beta2)
+    optimizer = model.configure_optimizers(hp.weight_decay, hp.lr, betas, cfg.adam_eps,
                                            device.split(":")[0], decay_all=hp.decay_all)
     params = [p for p in model.parameters() if p.requires_grad]
     scaler = torch.amp.GradScaler("cuda" if cuda else "cpu", enabled=cfg.dtype == "float16")
@@ -574,44 +529,6 @@ def validate(step, val_model, model, val, hp, cfg, ctx, log, scores, probe):
     return res
 
 
-def wrap_model(model, compile, dist):
-    """(model to train, model to validate). DDP first, then compile: the compiled graph is split
-    at DDP's gradient buckets, so their all-reduce overlaps the backward pass (a compiled model
-    inside DDP is one opaque backward). Validation runs the compiled model without DDP.
-    dynamic=False: validation batches (another batch size, no targets) compile graphs of their
-    own, so the training step keeps the static-shape graph it would have alone; with automatic
-    dynamic shapes a second batch size would recompile it with a symbolic batch dimension."""
-    fwd = model
-    if dist["world"] > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        cuda = dist["device"].startswith("cuda")
-        fwd = DDP(model, device_ids=[dist["device"]] if cuda else None,
-                  gradient_as_bucket_view=True)
-    if not compile:
-        return fwd, model
-    torch.compiler.reset()  # after stage 1, stage 2's shapes would compile as dynamic
-    compiled = torch.compile(fwd, dynamic=False)
-    return compiled, torch.compile(model, dynamic=False) if dist["world"] > 1 else compiled
-
-
-def start_run_dir(out, cfg, stage, plan, config):
-    """Create the run folder now that everything it needs has been checked: with --overwrite the
-    old run's files go, and config.json is written (when resuming, only once the checkpoint has
-    loaded: resume())."""
-    dist = plan.dist
-    if dist["rank"] == 0:
-        if cfg.overwrite and not cfg.resume:
-            for f in guard.RUN_FILES:
-                (out / f).unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
-        if not (cfg.resume and (out / "ckpt.pt").exists()):
-            if cfg.resume:                    # lines of an attempt that left no checkpoint
-                (out / "metrics.jsonl").unlink(missing_ok=True)
-            write_config(out, config)
-    if dist["world"] > 1:
-        torch.distributed.barrier()
-
-
 def resume(out, stage, model, optimizer, batches, cfg, plan, config):
     """Restore the model, optimizer, data position and random state of out/ckpt.pt (guard.py
     checked it fits this command); the step to continue from, or None for a fresh run."""
@@ -632,20 +549,6 @@ def resume(out, stage, model, optimizer, batches, cfg, plan, config):
         truncate_metrics(out / "metrics.jsonl", ck["step"])
         print(f"resumed {stage} at step {ck['step']}")
     return ck["step"]
-
-
-def write_config(out, config):
-    atomic_write(Path(out) / "config.json", json.dumps(config, indent=2, default=str))
-
-
-def truncate_metrics(path, step):
-    """Drop the metrics.jsonl lines written after `step` (the checkpoint a run resumes from)."""
-    if Path(path).exists():
-        lines = Path(path).read_text().splitlines()
-        if lines and not lines[-1].endswith("}"):      # half a line, written as the run was killed
-            lines.pop()
-        keep = [line for line in lines if line and json.loads(line)["step"] <= step]
-        atomic_write(path, "".join(line + "\n" for line in keep))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 error class and the one place it becomes an "error:" line, atomic file writes, the --device and
 --dtype choices, and progress bars that stay readable in log files."""
 import argparse
+import atexit
 import contextlib
 import errno
 import functools
@@ -9,9 +10,11 @@ import os
 import re
 import shutil
 import sys
+import textwrap
 import time
 import types
 import typing
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import field, fields
 from pathlib import Path
 
@@ -23,6 +26,7 @@ if sys.version_info < (3, 10):
     raise SystemExit(2)
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 
 class UserError(ValueError):
@@ -205,6 +209,12 @@ def from_flags(cls, args, **extra):
                   if "help" in f.metadata}, **extra)
 
 
+def flag_values(cfg, *classes):
+    """{flag: value} of the flags that the flag() fields of `classes` define."""
+    return {name: getattr(cfg, name) for cls in classes for f in fields(cls)
+            if "help" in f.metadata for name in [f.metadata["name"] or f.name]}
+
+
 def one_line_errors(parser):
     """Make argparse report a bad flag as one "error:" line (not its usage block); status 2."""
     parser.error = lambda message: parser.exit(2, f"error: {message} (see --help)\n")
@@ -230,6 +240,39 @@ def script_parser(doc, epilog=None):
     the description, each default shown once (HelpFormatter), and one-line errors."""
     return one_line_errors(argparse.ArgumentParser(
         description=doc.strip(), epilog=epilog, formatter_class=HelpFormatter))
+
+
+def preset_text(presets):
+    """The presets' values, for the end of --help."""
+    lines = ["presets (--preset NAME makes these the defaults; flags given still win):"]
+    for name, values in presets.items():
+        flags = (f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}"
+                 for k, v in values.items())
+        lines.append(textwrap.fill(f"{name}: " + " ".join(flags), width=96, initial_indent="  ",
+                                   subsequent_indent="      "))
+    return "\n".join(lines)
+
+
+def parse_with_presets(parser, argv, presets, rerun_defaults):
+    """The flags: the parser's defaults, then those of a --config record (rerun_defaults(path,
+    parser)), then a --preset's (both read before --help runs, so that --help shows them), then
+    the command line."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", choices=sorted(presets))
+    pre.add_argument("--config")
+    first, _ = one_line_errors(pre).parse_known_args(argv)
+    if first.config:
+        parser.set_defaults(**rerun_defaults(first.config, parser))
+    if first.preset:
+        parser.set_defaults(**presets[first.preset])
+    return parser.parse_args(argv)
+
+
+def given_flags(parser, argv=None):
+    """The destinations set on the command line itself, not by a default or a --preset."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_known_args(argv)[0]))
 
 
 def atomic_write(path, data):
@@ -279,6 +322,39 @@ def default_device(name="auto"):
     return name
 
 
+def setup_distributed(device):
+    """Rank, world size and this process's device (under torchrun: one GPU per process)."""
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    device = default_device(device)
+    if world > 1:
+        if device.startswith("cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        atexit.register(torch.distributed.destroy_process_group)
+    return {"rank": rank, "world": world, "device": device}
+
+
+def wrap_model(model, compile, dist):
+    """(model to train, model to validate). DDP first, then compile: the compiled graph is split
+    at DDP's gradient buckets, so their all-reduce overlaps the backward pass (a compiled model
+    inside DDP is one opaque backward). Validation runs the compiled model without DDP.
+    dynamic=False: validation batches (another batch size, no targets) compile graphs of their
+    own, so the training step keeps the static-shape graph it would have alone; with automatic
+    dynamic shapes a second batch size would recompile it with a symbolic batch dimension."""
+    fwd = model
+    if dist["world"] > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        cuda = dist["device"].startswith("cuda")
+        fwd = DDP(model, device_ids=[dist["device"]] if cuda else None,
+                  gradient_as_bucket_view=True)
+    if not compile:
+        return fwd, model
+    torch.compiler.reset()  # after stage 1, stage 2's shapes would compile as dynamic
+    compiled = torch.compile(fwd, dynamic=False)
+    return compiled, torch.compile(model, dynamic=False) if dist["world"] > 1 else compiled
+
+
 def check_dtype(dtype, device):
     """Training in float16 needs CUDA (its loss scaler). Touches no device."""
     if dtype == "float16" and not str(device).startswith("cuda"):
@@ -297,6 +373,58 @@ def autocast(dtype, device, training=True):
     if dtype == "float32":
         return contextlib.nullcontext(), dtype
     return torch.autocast(device_type, dtype=getattr(torch, dtype)), dtype
+
+
+@contextlib.contextmanager
+def full_precision():
+    """float32 matmuls at full precision inside NCA generation, whatever the caller set globally
+    (train.py allows TF32 for the model). At T = 1e-4 a logit error of 1e-3 (TF32, or bf16
+    matmuls on CPU) changes which cells are near a tie, so most trajectories and some gzip scores
+    would depend on the device and on those settings. The caller's settings are restored."""
+    per_backend = [b for b in (torch.backends.cuda.matmul,
+                               getattr(torch.backends.mkldnn, "matmul", None))
+                   if hasattr(b, "fp32_precision")]
+    if per_backend:     # PyTorch >= 2.9: the settings its kernels read (the old API is not touched)
+        saved = [b.fp32_precision for b in per_backend]
+        for b in per_backend:
+            b.fp32_precision = "ieee"
+    else:
+        saved = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        if per_backend:
+            for b, v in zip(per_backend, saved):
+                b.fp32_precision = v
+        else:
+            torch.set_float32_matmul_precision(saved)
+
+
+_POOL = None
+
+
+def thread_pool():
+    """One thread per core, made once (NCA rollouts and gzip scores run their slices there)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    return _POOL
+
+
+def split_over_threads(device, fn, *seeds):
+    """fn(*seeds) on CPU in one thread per core, each on a slice of the batch. The ops are small
+    (a grid is 144 cells), so one Python thread leaves cores idle; torch releases the GIL inside
+    ops, and trajectories are independent, so the result is the same as one call."""
+    n = len(seeds[0])
+    workers = os.cpu_count() or 1
+    if str(device) != "cpu" or workers == 1 or n < 128:
+        return fn(*seeds)
+    parts = [torch.tensor_split(s, workers) for s in seeds]
+    out = list(thread_pool().map(fn, *parts))
+    if isinstance(out[0], tuple):
+        return tuple(torch.cat(o) for o in zip(*out))
+    return torch.cat(out)
 
 
 def progress_bar(total, desc, unit="it", disable=False, **tqdm_kw):
@@ -366,3 +494,48 @@ class PlainProgress:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of head(h) = h @ W.T + b against targets, chunk rows at a time. Each
+    chunk's logit gradient (softmax - onehot) is turned into the gradients of h, W and b at once
+    and the chunk's logits are freed: the backward matmuls move into the forward pass (same
+    FLOPs), and no more than chunk x V logits are ever held."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, targets, chunk):
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_h, grad_w = [], torch.zeros_like(weight, dtype=torch.float32)
+        grad_b = None if bias is None else torch.zeros_like(bias, dtype=torch.float32)
+        for hc, yc in zip(h.split(chunk), targets.split(chunk)):
+            logits = F.linear(hc, weight, bias).float()  # autocast applies in here too
+            lse = logits.logsumexp(-1, keepdim=True)
+            keep = (yc != -100).unsqueeze(1)
+            yc = yc.clamp(min=0).unsqueeze(1)
+            total = total + ((lse - logits.gather(1, yc)) * keep).sum()
+            # d total / d logits = softmax - onehot, written over the logits
+            g = logits.sub_(lse).exp_().scatter_add_(1, yc, -keep.float()).mul_(keep)
+            grad_h.append(g @ weight)
+            grad_w += g.t() @ hc
+            if grad_b is not None:
+                grad_b += g.sum(0)
+        ctx.save_for_backward(torch.cat(grad_h), grad_w, grad_b)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        return (grad_h * grad_total, grad_w * grad_total,
+                None if grad_b is None else grad_b * grad_total, None, None)
+
+
+def chunked_cross_entropy(h, head, targets, chunk):
+    """Mean cross-entropy of head(h) over targets != -100, chunk rows of logits at a time
+    (F.cross_entropy semantics; the full (rows, V) logits are never materialized)."""
+    h, targets = h.flatten(0, -2), targets.flatten()
+    if torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad):
+        total = _LinearCrossEntropy.apply(h, head.weight, head.bias, targets, chunk)
+    else:
+        total = sum(F.cross_entropy(head(hc).float(), yc, ignore_index=-100, reduction="sum")
+                    for hc, yc in zip(h.split(chunk), targets.split(chunk)))
+    return total / (targets != -100).sum()

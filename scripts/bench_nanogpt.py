@@ -56,7 +56,8 @@ def main():
     # Each model with its own optimizer setup: ours from configure_optimizers (fused AdamW where
     # the device supports it), nanoGPT's as its configure_optimizers builds it on this device.
     device_type = "cuda" if args.device.startswith("cuda") else "cpu"
-    runs = {"ours": (ours, ours.configure_optimizers(0.0, 1e-4, (0.9, 0.95), device_type=device_type), []),
+    ours_opt = ours.configure_optimizers(0.0, 1e-4, (0.9, 0.95), device_type=device_type)
+    runs = {"ours": (ours, ours_opt, []),
             "nanogpt": (theirs, torch.optim.AdamW(theirs.parameters(), lr=1e-4, betas=(0.9, 0.95),
                                                   fused=device_type == "cuda"), [])}
     x = torch.randint(0, args.vocab_size, (args.batch, args.seq_len), device=args.device)
@@ -82,7 +83,8 @@ def main():
     theirs_flops = 6 * n_theirs + 12 * shape["n_layer"] * shape["n_embd"] * args.seq_len
     print(f"shape: {args.size} {shape}, vocab {args.vocab_size}, batch {args.batch} x "
           f"{args.seq_len}, our MLP {args.mlp} ({ours.blocks[0].mlp.up.out_features})")
-    print(f"ours tokens/s: {rate['ours']:.0f} tok/s ({rate['ours'] * ours_flops / 1e9:.1f} GFLOP/s)")
+    gflops = rate["ours"] * ours_flops / 1e9
+    print(f"ours tokens/s: {rate['ours']:.0f} tok/s ({gflops:.1f} GFLOP/s)")
     print(f"nanogpt tokens/s: {rate['nanogpt']:.0f} tok/s "
           f"({rate['nanogpt'] * theirs_flops / 1e9:.1f} GFLOP/s)")
     print(f"ratio ours/nanogpt: {rate['ours'] / rate['nanogpt']:.2f}")

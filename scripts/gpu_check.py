@@ -266,7 +266,7 @@ def run_stage(argv, out_dir, device, log_interval, compile):
 def stage_figures(argv, out_dir, device, log_interval):
     """train.main on argv; figures from its metrics.jsonl, skipping the first two log windows
     (compile, warm-up) as train.py's own mean does. "graph" says what was timed: the training
-    micro-batch's shape, compiled with static shapes (train.wrap_model), and how many graphs were
+    micro-batch's shape, compiled with static shapes (util.wrap_model), and how many graphs were
     compiled after the warm-up windows (from the log lines' `graphs`; 0 = none)."""
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

@@ -37,7 +37,8 @@ def draw_preview(path, cfg, bands, rules_per_band=3, num_frames=8, seed=0, devic
         bank = nca.filter_rules(cfg, band, rules_per_band, seed=seed, device=device, progress=False,
                                 cache=False)
         rules = nca.make_rules(bank.seeds, cfg.num_colors, nca.generation_device(device))
-        frames = nca.rollout(rules, nca.stream_key(torch.as_tensor(bank.seeds), 11), cfg, num_frames)
+        keys = nca.stream_key(torch.as_tensor(bank.seeds), 11)
+        frames = nca.rollout(rules, keys, cfg, num_frames)
         panels.append((f"band {name}: gzip ratio in ({band[0]}, {band[1]})", bank.scores,
                        frames.cpu().numpy()))
     try:
@@ -91,7 +92,8 @@ def band_table(scores):
 def print_stats(scores):
     q = np.percentile(scores, [0, 5, 25, 50, 75, 95, 100])
     print(f"gzip ratio of {len(scores)} random rules")
-    print("percentiles  " + "  ".join(f"p{p}={v:.3f}" for p, v in zip([0, 5, 25, 50, 75, 95, 100], q)))
+    pcts = zip([0, 5, 25, 50, 75, 95, 100], q)
+    print("percentiles  " + "  ".join(f"p{p}={v:.3f}" for p, v in pcts))
     for k, v in band_table(scores).items():
         print(f"band {k:>9}: {100 * v:5.1f}%")
     print(f"official implementation, 4000 rules: median {OFFICIAL_STATS['median']:.4f}, "

@@ -225,11 +225,11 @@ def test_gpu_check_sh_finds_python3_and_names_missing_packages(tmp_path):
 
 
 def test_training_compiles_with_static_shapes(monkeypatch):
-    """train.wrap_model compiles with dynamic=False: a validation batch of another size, compiled
+    """util.wrap_model compiles with dynamic=False: a validation batch of another size, compiled
     first, must not turn the training graph's batch dimension dynamic."""
-    import train
+    import util
     seen = []
     monkeypatch.setattr(torch, "compile", lambda m, **kw: seen.append(kw) or m)
     model = GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=1, n_embd=8))
-    fwd, val = train.wrap_model(model, True, {"world": 1, "device": "cpu"})
+    fwd, val = util.wrap_model(model, True, {"world": 1, "device": "cpu"})
     assert fwd is val is model and seen == [{"dynamic": False}]

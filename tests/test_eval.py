@@ -18,6 +18,7 @@ import eval as ev
 import guard
 import report
 import nca
+import probes
 from conftest import make_domain
 from data.common import ROOT, eval_windows
 from model import GPT, GPTConfig, config_for
@@ -256,7 +257,7 @@ def test_nca_checkpoint_is_refused_on_language_and_evaluated_on_rules(fake, caps
     # a run that can be scored nowhere (a Dyck stage-1 model) is one error line, not an empty row
     err = refused(capsys, run_main, fake, str(runs / "scratch_web"), str(runs / "dyck_ppt"))
     assert "dyck (dyck_ppt) can be scored on no eval domain" in err and "'dyck'" in err
-    G = len(nca.grid_positions(NCA_CFG))
+    G = len(probes.grid_positions(NCA_CFG))
     n = ppt["nca"]
     assert n["grid"] == list(range(1, G + 1)) and n["num_seqs"] == 8 and math.isfinite(n["val_loss"])
     for k in ("token_acc", "grid_acc", "copy_token_acc", "copy_grid_acc", "lookup_token_acc",
@@ -281,7 +282,7 @@ def test_nca_eval_directly():
     model = GPT(config_for("tiny", vocab_size=NCA_CFG.vocab_size, block_size=128, head_bias=True))
     info = {"config": asdict(NCA_CFG), "val_seeds": [1, 2], "mask_delimiters": True}
     res = ev.nca_eval(model, info, num_seqs=4, batch_size=3)
-    assert res["num_seqs"] == 4 and len(res["token_acc"]) == len(nca.grid_positions(NCA_CFG))
+    assert res["num_seqs"] == 4 and len(res["token_acc"]) == len(probes.grid_positions(NCA_CFG))
     # an untrained model is near chance: loss about log(vocab)
     assert abs(res["val_loss"] - math.log(NCA_CFG.vocab_size)) < 2
 
@@ -346,7 +347,7 @@ def test_end_to_end_with_train(tmp_path, capsys):
 def test_ngram_baselines_and_bits_per_byte():
     cycle = np.tile(np.arange(10), 500)                       # 0 1 2 ... 9 0 1 ...: a pure bigram
     w = windows_of(cycle[:801], 100, 0)
-    base = ev.ngram_baselines(cycle, w, 12)
+    base = probes.ngram_baselines(cycle, w, 12)
     assert base["unigram"] == pytest.approx(math.log(10), rel=1e-3)
     assert base["bigram"] < 1e-3
     assert ev.bits_per_byte(math.log(2), w, w[:, 1:].numel()) == pytest.approx(1.0)

@@ -11,6 +11,7 @@ from torch.overrides import TorchFunctionMode
 
 import guard
 import nca
+import probes
 import util
 from conftest import FIXTURES, ROOT
 
@@ -272,9 +273,9 @@ def test_filter_band_and_cache(tmp_path, monkeypatch):
 
 def test_grid_accuracy_of_perfect_and_copy_predictors():
     x, y = nca.make_sequences(nca.seed_sequence(0, 0, 3), torch.tensor([1, 2, 3]), CFG)
-    tok, grid = nca.grid_accuracy(torch.where(y == -100, 0, y), y, CFG)
+    tok, grid = probes.grid_accuracy(torch.where(y == -100, 0, y), y, CFG)
     assert tok.shape == (26,) and (tok == 3).all() and (grid == 3).all()
-    ctok, cgrid = nca.copy_accuracy(x, y, CFG)
+    ctok, cgrid = probes.copy_accuracy(x, y, CFG)
     assert (ctok <= 3).all() and (cgrid <= ctok).all()
 
 

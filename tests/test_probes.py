@@ -1,4 +1,4 @@
-"""The mechanism instruments (probes.py, nca.lookup_predictions, the induction-readiness test):
+"""The mechanism instruments (probes.py, probes.lookup_predictions, the induction-readiness test):
 each detects copying in a model built or trained to copy and none in one that cannot."""
 import math
 import sys
@@ -46,7 +46,7 @@ class Unigram(torch.nn.Module):
 
 
 def lookup_reference(seq, grid_len):
-    """nca.lookup_predictions written out for one sequence, by brute force (grid_len None: no
+    """probes.lookup_predictions written out for one sequence, by brute force (grid_len None: no
     fallback, None where nothing matches)."""
     out = []
     for i in range(len(seq)):
@@ -67,7 +67,7 @@ def test_lookup_predictions_match_the_definition():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 3, (6, 40), generator=g)
     x[:, 20:30] = x[:, 5:15]                                    # a repeat to find
-    got = nca.lookup_predictions(x, cfg)
+    got = probes.lookup_predictions(x, cfg)
     for row, pred in zip(x.tolist(), got.tolist()):
         assert pred == lookup_reference(row, cfg.grid_len)
 
@@ -77,11 +77,11 @@ def test_lookup_beats_copy_on_a_repeated_trajectory():
     reports it beside the copy predictor."""
     cfg = nca.NCAConfig(num_colors=4, grid=4, patch=2, seq_len=96, temperature=0)
     x, y = nca.make_sequences(nca.seed_sequence(0, 0, 8), torch.arange(8), cfg)
-    acc = nca.GridAccuracy(cfg)
+    acc = probes.GridAccuracy(cfg)
     acc(x, y, None, y)                                          # a model that is always right
     res = acc.result()
     assert res["token_acc"] == 1.0 and 0 <= res["lookup_token_acc"] <= 1
-    assert set(nca.GridAccuracy.keys) >= {"lookup_token_acc", "lookup_grid_acc"}
+    assert set(probes.GridAccuracy.keys) >= {"lookup_token_acc", "lookup_grid_acc"}
 
 
 def test_attention_probs_reproduce_the_model():
