@@ -29,7 +29,7 @@ from data.common import (TOKENIZERS, eval_windows, load_tokens, probe_vocab, sho
                          token_bytes)
 from model import evaluate, load_checkpoint, model_from_checkpoint
 import report
-from report import compare, plot_curves, run_row, summarize, write_eval
+from report import compare, contrasts, plot_curves, run_row, summarize, write_eval
 from util import add_flags, cli, flag, progress_bar, script_parser
 
 
@@ -110,6 +110,10 @@ def get_args(argv=None):
     p.add_argument("--baseline", action="append", default=[], metavar="RUN",
                    help="baseline run of its training domain, repeatable (none: the first "
                         "scratch run of each domain)")
+    p.add_argument("--pair", action="append", default=[], metavar="A:B",
+                   help="a paired contrast of two arms, e.g. nca:text (repeatable; default with "
+                        "several seeds: every arm against scratch); arms are named as in the "
+                        "table ('scratch', --arm, else the stage-1 source)")
     add_flags(p, EvalFlags)
     return p.parse_args(argv)
 
@@ -135,7 +139,8 @@ def main(argv=None):
                for r, info, refusals in zip(plan.runs, plan.info, plan.refusals)]
     compare(plan.runs, results, plan.baselines)
     summary = summarize(plan.runs, results)
-    result = write_eval(plan, results, domains, summary, argv)    # eval.json and eval.md
+    pairs = contrasts(plan.runs, results, plan.pairs)
+    result = write_eval(plan, results, domains, summary, argv, pairs)    # eval.json and eval.md
     if args.plot:
         plot_curves(plan.runs, plan.baselines, args.plot,
                     {d: v["baselines"]["bigram"] for d, v in domains.items()})

@@ -730,6 +730,30 @@ def check_eval_outputs(args):
     return out
 
 
+def eval_pairs(given, runs):
+    """The contrasts (A, B) of --pair A:B, checked against the arms of the language runs; without
+    --pair, every arm against scratch when some arm has several seeds of a domain."""
+    arms = {}
+    for r in runs:
+        if r.stage == "lang":
+            arm = "scratch" if r.is_scratch else (r.config.get("arm") or r.label)
+            arms.setdefault(arm, []).append(r.domain)
+    pairs = []
+    for text in given:
+        a, sep, b = text.partition(":")
+        if not sep or not a or not b or a == b:
+            raise UserError(f"--pair {text!r}: give two different arms as A:B, e.g. nca:scratch")
+        for arm in (a, b):
+            if arm not in arms:
+                raise UserError(f"--pair {text}: no language run of arm {arm!r} among the runs "
+                                f"(arms: {', '.join(sorted(arms)) or 'none'})")
+        pairs.append((a, b))
+    if given or "scratch" not in arms:
+        return pairs
+    several = any(len(ds) > len(set(ds)) for ds in arms.values())
+    return [(a, "scratch") for a in sorted(arms) if a != "scratch"] if several else []
+
+
 def eval_run(args):
     """Check an eval.py command before any model runs: the output folder, the runs (their
     config, metrics and checkpoint metadata), the data folders, which run can read which domain
@@ -783,7 +807,8 @@ def eval_run(args):
                             "or --extra_data a prepared folder its model reads, or leave it out")
     return SimpleNamespace(runs=runs, baselines=baselines, info=info, refusals=refusals,
                            domains=domains, block=block, out=out, device=device, ctx=ctx,
-                           dtype=dtype, eval_tokens=eval_tokens(args.eval_tokens, runs))
+                           dtype=dtype, eval_tokens=eval_tokens(args.eval_tokens, runs),
+                           pairs=eval_pairs(args.pair, runs))
 
 
 def trained_folder(config, root):

@@ -225,6 +225,80 @@ def summarize(runs, results):
     return rows
 
 
+def holm(ps):
+    """Holm-adjusted p-values (step-down, monotone, capped at 1) of a family; None stays None."""
+    idx = sorted((i for i, p in enumerate(ps) if p is not None), key=lambda i: ps[i])
+    out, running = list(ps), 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (len(idx) - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
+def arm_of(r, res):
+    return "scratch" if r.is_scratch else (res["arm"] or res["label"])
+
+
+def contrasts(runs, results, pairs):
+    """Paired differences arm A - arm B for each (A, B) in `pairs`, per training domain (runs of
+    the same seed paired) and pooled over domains. The unit of analysis is one stage-1 model:
+    pairs whose bodies come from the same stage-1 checkpoint (e.g. the web and math runs of one
+    NCA seed) are averaged into one unit first, so they are not counted as independent. Per
+    contrast: Δ loss (own domain, nats/token) and Δ bits/byte per unit, mean ± 95% t half-width,
+    exact sign-flip p on Δ loss, and the Holm-adjusted p over every row; the convergence speedup
+    of A against B per pair (secondary)."""
+    by = {}
+    for r, res in zip(runs, results):
+        if r.stage == "lang" and r.domain in res["ppl"]:
+            by.setdefault((arm_of(r, res), r.domain, r.config.get("seed")), (r, res))
+    rows = []
+    for a, b in pairs:
+        units = {}                       # (domain or "all", unit key) -> [(dloss, dbpb, speedup)]
+        for (arm, domain, seed), (r, res) in sorted(by.items(), key=str):
+            other = by.get((b, domain, seed))
+            if arm != a or other is None:
+                continue
+            br, bres = other
+            d = (res["loss"][domain] - bres["loss"][domain],
+                 res["bpb"][domain] - bres["bpb"][domain]
+                 if domain in res["bpb"] and domain in bres["bpb"] else None,
+                 speedup(val_curve(br.metrics), val_curve(r.metrics)))
+            key = (seed, r.config.get("init_from"), br.config.get("init_from"))
+            units.setdefault((domain, key), []).append(d)
+            units.setdefault(("all", key[1:] if any(key[1:]) else key), []).append(d)
+        for domain in sorted({dom for dom, _ in units}, key=lambda x: (x == "all", x)):
+            cells = [v for (dom, _), v in units.items() if dom == domain]
+            if domain == "all" and len({dom for dom, _ in units}) <= 2:
+                continue                                 # one domain: the pooled row repeats it
+            dl = [float(np.mean([c[0] for c in u])) for u in cells]
+            db = [float(np.mean([c[1] for c in u])) for u in cells if None not in
+                  [c[1] for c in u]]
+            sp = [c[2] for u in cells for c in u if c[2] is not None]
+            rows.append({"a": a, "b": b, "domain": domain, "units": len(cells), "dloss_all": dl,
+                         "dloss": mean_ci(dl), "dbpb": mean_ci(db), "p": sign_flip_p(dl),
+                         "speedup": mean_ci(sp)})
+    for row, adj in zip(rows, holm([r["p"] for r in rows])):
+        row["p_holm"] = adj
+    return rows
+
+
+def format_contrasts(rows):
+    def fmt(m, h, spec):
+        return "-" if m is None else f"{m:{spec}}" + ("" if h is None else f" ± {abs(h):.4f}")
+    out = ["Paired contrasts (A - B; negative = A better; unit = one stage-1 model, pairs sharing "
+           "one averaged first; p: exact sign-flip on Δ loss; Holm over the rows of this table)",
+           "", "| A - B | domain | units | Δ loss per unit | Δ loss | Δ bits/byte | p | Holm p "
+           "| speedup of A |", "| --- | --- | ---: | --- | --- | --- | ---: | ---: | --- |"]
+    for r in rows:
+        per = ", ".join(f"{x:+.4f}" for x in r["dloss_all"])
+        sp = "-" if r["speedup"][0] is None else f"{r['speedup'][0]:.2f}x"
+        p = lambda v: "-" if v is None else f"{v:.3f}"
+        out.append(f"| {r['a']} - {r['b']} | {r['domain']} | {r['units']} | {per} | "
+                   f"{fmt(*r['dloss'], '+.4f')} | {fmt(*r['dbpb'], '+.4f')} | {p(r['p'])} | "
+                   f"{p(r['p_holm'])} | {sp} |")
+    return "\n".join(out)
+
+
 def format_summary(rows):
     def fmt(m, h, spec):
         if m is None:
@@ -255,7 +329,7 @@ def eval_id_line(result):
     return f"{EVAL_ID}{result['id']} (eval.json in this folder holds the same id)"
 
 
-def write_eval(plan, results, domains, summary, argv):
+def write_eval(plan, results, domains, summary, argv, pairs=()):
     """The evaluation's record: printed, then eval.md, then eval.json, each renamed into place in
     plan.out, both carrying one id (a line of eval.md, above the provenance footer): eval.json,
     written last, is the record, and an eval.md whose id differs from it (a kill between the
@@ -263,8 +337,9 @@ def write_eval(plan, results, domains, summary, argv):
     result = {"id": f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}",
               "eval_tokens": plan.eval_tokens, "block_size": plan.block, "device": plan.device,
               "dtype": plan.dtype, "domains": domains, "runs": results, "summary": summary,
-              "provenance": provenance("eval.py", argv, plan.device)}
-    text = (report_text(results, domains, plan.block, summary) + "\n\n" + eval_id_line(result)
+              "contrasts": pairs, "provenance": provenance("eval.py", argv, plan.device)}
+    text = (report_text(results, domains, plan.block, summary, pairs) + "\n\n"
+            + eval_id_line(result)
             + "\n" + provenance_line(result["provenance"]))
     print(text)
     util.sweep_temporaries(plan.out)                 # what an interrupted earlier write left
@@ -303,7 +378,7 @@ def eval_pair_mismatch(out):
         f"eval.md (id {have}) is not from the evaluation in eval.json (id {want})"
 
 
-def report_text(results, domains, block, summary=()):
+def report_text(results, domains, block, summary=(), pairs=()):
     """eval.md: the language table with its n-gram baselines and a legend, then one NCA table per
     stage-1 NCA run, then the over-seeds summary."""
     text = []
@@ -327,11 +402,15 @@ def report_text(results, domains, block, summary=()):
                  "domain. In-context score: mean loss at positions [T/2, T) minus [T/16, T/8) of "
                  "the same windows (negative = later tokens profit from context; 0 = none). "
                  "docs/method.md, 'Probes of in-context copying'."]
+    if any(res["nca"] for res in results):
+        text += ["", format_nca_summary(results)]
     text += [f"\n{format_nca(res)}" for res in results if res["nca"]]
     if summary:
         text += ["", "Over seeds, each run paired with the scratch run of its domain and seed: "
                  "mean ± 95% confidence half-width (Student t over seeds); Δ = arm − scratch, "
                  "negative is better.", "", format_summary(summary)]
+    if pairs:
+        text += ["", format_contrasts(pairs)]
     return "\n".join(text).strip()
 
 
@@ -397,6 +476,37 @@ def _probe_cells(r):
     p, icl = r["probes"][d], r["in_context"][d]
     gain = lambda x: f"{x['gain']:+.3f} ± {x['gain_se']:.3f}"
     return [f"{gain(p['text'])} · {gain(p['frequent'])}", f"{icl['score']:+.3f} ± {icl['se']:.3f}"]
+
+
+def format_nca_summary(results):
+    """One line per stage-1 NCA run: its accuracies and the two model-free predictors', as % means
+    over grid positions, and the margins (points) of its token accuracy over copy and over
+    lookup; with several runs, each margin's mean ± 95% t half-width over them."""
+    rows = [r for r in results if r["nca"]]
+    keys = ("token_acc", "copy_token_acc", "lookup_token_acc", "grid_acc", "copy_grid_acc",
+            "lookup_grid_acc")
+
+    def pct(n, k):
+        return 100 * float(np.mean(n[k])) if k in n else float("nan")
+    out = ["Stage 1 on held-out rules, % (means over grid positions); margins in points: "
+           "token accuracy - copy's, and - lookup's", "",
+           "| run | seed | token acc | copy | lookup | - copy | - lookup | grid acc | copy grid "
+           "| lookup grid |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    margins = []
+    for r in rows:
+        v = [pct(r["nca"], k) for k in keys]
+        margins.append((v[0] - v[1], v[0] - v[2]))
+        out.append(f"| {r['label']} | {r.get('seed')} | {v[0]:.1f} | {v[1]:.1f} | {v[2]:.1f} | "
+                   f"{margins[-1][0]:+.1f} | {margins[-1][1]:+.1f} | {v[3]:.1f} | {v[4]:.1f} | "
+                   f"{v[5]:.1f} |")
+    if len(rows) > 1:
+        cells = []
+        for i in (0, 1):
+            m, h = mean_ci([mg[i] for mg in margins])
+            cells.append(f"{m:+.1f} ± {h:.1f}")
+        out.append(f"| mean ± 95% CI ({len(rows)} runs) | | | | | {cells[0]} | {cells[1]} "
+                   "| | | |")
+    return "\n".join(out)
 
 
 def format_nca(r):

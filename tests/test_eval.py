@@ -3,6 +3,7 @@ synthetic curves and on the paper's own curves, docs/method.md 'Convergence spee
 table / eval.json / eval.md of fake runs on fake prepared domains, refusals, the stage-1 NCA path,
 and an end-to-end run with train.py. CPU, seconds."""
 
+import itertools
 import json
 import math
 import re
@@ -410,3 +411,45 @@ def test_eval_follows_the_runs(fake, tmp_path):
     assert report["eval_tokens"] == 128                                  # the smallest; 0 = all
     assert all(d["windows"] == 2 for d in report["domains"].values())
     assert guard.eval_tokens(None, []) == 262_144 and guard.eval_tokens(64, []) == 64
+
+
+def test_contrasts_pair_any_two_arms_with_one_unit_per_stage1_model():
+    """report.contrasts, against numbers worked by hand: nca - text per domain and pooled; the web
+    and math runs of one seed share a stage-1 model (one unit, their mean), code has its own."""
+    def run(arm, domain, seed, loss):
+        init = None if arm == "scratch" else \
+            f"{arm}-{'code' if domain == 'code' else 'web'}-s{seed}/ckpt.pt"
+        cfg = {"stage": "lang", "domain": domain, "seed": seed, "arm": arm, "init_from": init}
+        metrics = [{"kind": "val", "step": 1, "tokens": 100, "val_loss": loss}]
+        r = report.Run(Path(f"{arm}-{domain}-{seed}"), Path("ckpt.pt"), cfg, metrics)
+        return r, {"arm": arm, "label": r.folder.name, "ppl": {domain: math.exp(loss)},
+                   "loss": {domain: loss}, "bpb": {domain: loss / math.log(2)}}
+    loss = {("nca", "web"): [2.0, 2.1, 1.9], ("text", "web"): [2.1, 2.2, 2.2],
+            ("nca", "math"): [1.0, 1.1, 0.9], ("text", "math"): [1.1, 1.0, 1.1],
+            ("nca", "code"): [3.0, 3.0, 3.1], ("text", "code"): [3.2, 3.1, 3.0]}
+    runs = [run(a, d, s, v[s]) for (a, d), v in loss.items() for s in range(3)]
+    rows = {r["domain"]: r for r in report.contrasts(*zip(*runs), [("nca", "text")])}
+    assert np.allclose(rows["web"]["dloss_all"], [-0.1, -0.1, -0.3])
+    assert rows["web"]["p"] == pytest.approx(0.25)              # 2 of 8 sign patterns
+    pooled = rows["all"]
+    # units: (web+math)/2 per seed -> -0.1, 0.0, -0.25; code per seed -> -0.2, -0.1, +0.1
+    assert pooled["units"] == 6
+    assert sorted(np.round(pooled["dloss_all"], 6)) == [-0.25, -0.2, -0.1, -0.1, 0.0, 0.1]
+    m, h = report.mean_ci([-0.1, 0.0, -0.25, -0.2, -0.1, 0.1])
+    assert pooled["dloss"][0] == pytest.approx(m) and pooled["dloss"][1] == pytest.approx(h)
+    # exact sign-flip p of those 6 by brute force
+    d = np.array([-0.1, 0.0, -0.25, -0.2, -0.1, 0.1])
+    hits = sum(abs((np.array(s) * d).sum()) >= abs(d.sum()) - 1e-12
+               for s in itertools.product([-1, 1], repeat=6))
+    assert pooled["p"] == pytest.approx(hits / 64)
+    assert report.holm([0.01, 0.04, None, 0.03]) == [0.03, 0.06, None, 0.06]
+    assert "| nca - text | all | 6 |" in report.format_contrasts(list(rows.values()))
+
+
+def test_pair_flag_is_checked_before_any_model_runs(fake, capsys):
+    for bad, why in (("nca", "give two different arms"), ("nca:nca", "give two different arms"),
+                     ("nca:scratch", "no language run of arm 'nca'")):
+        with pytest.raises(SystemExit):
+            run_main(fake, str(fake / "runs" / "scratch_web"), "--pair", bad, out="ev_pair")
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --pair") and why in err[0], err

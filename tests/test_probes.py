@@ -162,3 +162,23 @@ def test_readiness_table_pairs_each_body_with_scratch_by_seed():
     assert row == "| nca | -40, -50, -220, -40, -10 | -72.0 ± 104.4 | 0.062 |"
     assert sign_flip_p([1, 2, 3, 4, 5]) == 0.0625 and sign_flip_p([1, -1]) == 1.0
     assert sign_flip_p([]) is None
+
+
+def test_stage1_summary_gives_margins_over_copy_and_lookup_with_their_interval():
+    """report.format_nca_summary: % means over grid positions, margins in points, and with
+    several runs the margins' mean ± 95% t half-width (hand-computed: margins over copy 6 and 8,
+    mean 7, half-width 12.706 * sd(1.414) / sqrt 2 = 12.7)."""
+    from report import format_nca_summary
+
+    def run(label, seed, tok, copy, look):
+        n = {"token_acc": tok, "copy_token_acc": copy, "lookup_token_acc": look,
+             "grid_acc": [0.02, 0.04], "copy_grid_acc": [0.0, 0.02], "lookup_grid_acc": [0.1, 0.1]}
+        return {"label": label, "seed": seed, "nca": n}
+    text = format_nca_summary([run("a", 0, [0.10, 0.12], [0.04, 0.06], [0.20, 0.20]),
+                               run("b", 1, [0.14, 0.16], [0.06, 0.08], [0.10, 0.10]),
+                               {"label": "lang", "nca": None}])
+    lines = text.splitlines()
+    assert lines[4] == "| a | 0 | 11.0 | 5.0 | 20.0 | +6.0 | -9.0 | 3.0 | 1.0 | 10.0 |"
+    assert lines[5] == "| b | 1 | 15.0 | 7.0 | 10.0 | +8.0 | +5.0 | 3.0 | 1.0 | 10.0 |"
+    assert lines[6] == "| mean ± 95% CI (2 runs) | | | | | +7.0 ± 12.7 | -2.0 ± 88.9 | | | |"
+    assert "lang" not in text
