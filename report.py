@@ -491,7 +491,7 @@ def format_nca_summary(results):
     out = ["Stage 1 on held-out rules, % (means over grid positions); margins in points: "
            "token accuracy - copy's, and - lookup's", "",
            "| run | seed | token acc | copy | lookup | - copy | - lookup | grid acc | copy grid "
-           "| lookup grid |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+           "| lookup grid |", "| --- |" + " ---: |" * 9]
     margins = []
     for r in rows:
         v = [pct(r["nca"], k) for k in keys]
