@@ -247,13 +247,18 @@ class GPT(nn.Module):
         self.config.head_bias = head_bias
 
     @torch.no_grad()
-    def reinit_modules(self, kind, layers=None):
+    def reinit_modules(self, kind, layers=None, like=None):
         """Re-initialization ablation (official `--reinit_modules`): attn -> q, k, v, o
         N(0, 0.02); mlp -> gate, up, down N(0, 0.02); ln -> both per-block RMSNorm weights to 1
         (the official `ln` path crashes; docs/differences.md, 'Norm re-initialization').
-        `layers`: block indices, None = all."""
+        `layers`: block indices, None = all. `like`: a freshly initialized model of the same
+        shape whose tensors are copied instead of drawing new ones (train.py passes the scratch
+        arm's body)."""
+        fresh = like._modules_of(kind, layers) if like is not None else None
         for module in self._modules_of(kind, layers):
-            if isinstance(module, RMSNorm):
+            if fresh is not None:
+                module.load_state_dict(next(fresh).state_dict())
+            elif isinstance(module, RMSNorm):
                 module.weight.fill_(1.0)
             else:
                 self._init_body(module)

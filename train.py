@@ -377,7 +377,6 @@ def run_lang(cfg, plan, ctx):
     body = load_checkpoint(cfg.init_from, mmap=True) if cfg.init_from else None  # what it records
     if plan.dist["rank"] == 0:
         print(report.body_line(cfg.init_from, body, plan.vocab["lang"]))
-    torch.manual_seed(cfg.seed)
     model = lang_model(cfg, plan, device)
     data = {"train": TextBatches(folder, "train", cfg.seq_len, cfg.micro_batch, device, cfg.seed,
                                  plan.dist["rank"]),
@@ -393,20 +392,30 @@ def lang_model(cfg, plan, device):
     """The stage-2 model (docs/method.md, 'Transfer'): the body of --init_from, or the scratch
     baseline's fresh body. Both get the same freshly initialized embeddings and head
     (reset_vocab, drawn right after re-seeding with --seed), so the arms of a seed differ only in
-    the body; the data order and dropout stream that follow are the same too."""
+    the body; the data order and dropout stream that follow are the same too. A --reinit part
+    gets the very tensors the scratch arm of this seed starts with, so the re-init arms and
+    scratch form an exact factorial (docs/method.md, 'Re-initialization')."""
     vocab_size = plan.vocab["lang"]
+    torch.manual_seed(cfg.seed)
+
+    def scratch_body():
+        return GPT(model_config(cfg, vocab_size, head_bias=False))
     if cfg.init_from:                                       # built on the CPU, then moved
         model = model_from_checkpoint(load_checkpoint(cfg.init_from), "cpu",
                                       block_size=cfg.seq_len, attn_dropout=cfg.attn_dropout)
     else:
-        model = GPT(model_config(cfg, vocab_size, head_bias=False))
+        model = scratch_body()
     torch.manual_seed(cfg.seed)             # whatever the body's initialization consumed
     if not cfg.keep_embeddings:
         model.reset_vocab(vocab_size, cfg.embed_init)
     elif model.config.head_bias:                            # language heads have no bias
         model.lm_head.bias, model.config.head_bias = None, False
-    for kind, layers in plan.reinit:
-        model.reinit_modules(kind, layers)
+    if plan.reinit:
+        with torch.random.fork_rng(devices=[]):     # the stream that follows stays the scratch's
+            torch.manual_seed(cfg.seed)
+            fresh = scratch_body()
+        for kind, layers in plan.reinit:
+            model.reinit_modules(kind, layers, like=fresh)
     for kind, layers in plan.freeze:
         model.freeze_modules(kind, layers)
     return model.to(device)

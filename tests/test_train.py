@@ -114,6 +114,26 @@ def test_ablation_flags_change_exactly_their_tensors(two_stage, domain, tmp_path
         lang_model(run_args(tmp_path, domain, *init, "--reinit", "mlp", "--reinit_layers", "0:9"))
 
 
+def test_reinit_parts_are_the_scratch_arms_tensors_of_the_same_seed(two_stage, domain,
+                                                                    tmp_path):
+    """--reinit X gives the re-initialized modules exactly the scratch arm's starting tensors of
+    that seed (tensor by tensor), the rest of the body stays the checkpoint's, and embeddings
+    and head are the scratch arm's too: the arms form an exact factorial."""
+    ck = torch.load(two_stage / "ppt" / "ckpt.pt", weights_only=True)["model"]
+    init = ["--init_from", str(two_stage / "ppt" / "ckpt.pt")]
+    for seed in ("0", "3"):
+        scratch = lang_model(run_args(tmp_path, domain, "--seed", seed)).state_dict()
+        for extra, parts in (((), ()), (("--reinit", "attn"), (".attn.",)),
+                             (("--reinit", "mlp"), (".mlp.",)), (("--reinit", "ln"), (".norm",)),
+                             (("--reinit", "attn,mlp"), (".attn.", ".mlp."))):
+            sd = lang_model(run_args(tmp_path, domain, *init, *extra, "--seed", seed)).state_dict()
+            for k, v in sd.items():
+                fresh = k.startswith(("wte", "lm_head")) or (
+                    k.startswith("blocks.") and any(p in k for p in parts))
+                assert torch.equal(v, scratch[k] if fresh else ck[k]), (seed, extra, k)
+        assert not torch.equal(scratch["blocks.0.attn.q.weight"], ck["blocks.0.attn.q.weight"])
+
+
 def test_scratch_arm_matches_the_nca_arm_embeddings(domain, tmp_path):
     model = lang_model(run_args(tmp_path, domain))
     assert abs(model.wte.weight.std().item() - 1.0) < 0.1
