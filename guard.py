@@ -82,8 +82,13 @@ def train_run(args, given, source, dist):
         models["ppt"] = check_source(cfg, source, world, plan)
     if "lang" in plan.stages:
         models["lang"] = check_lang(cfg, given, models.get("ppt"), plan)
-    if cfg.arm is None:
+    if cfg.arm is None:                 # ablations are arms of their own: "nca-reinit-attn"
         cfg.arm = cfg.ppt_source if source is not None or cfg.init_from else "scratch"
+        for flag in ("reinit", "freeze"):
+            if getattr(cfg, flag) and cfg.arm != "scratch":
+                layers = getattr(cfg, f"{flag}_layers")
+                cfg.arm += f"-{flag}-{getattr(cfg, flag).replace(',', '+')}" + \
+                    (f"[{layers}]" if layers else "")
     plan.init_from = cfg.init_from                       # where stage 2 starts from
     if cfg.stage == "both" and cfg.resume and (out / "ckpt.pt").exists():
         plan.stages = ["lang"]                              # stage 2 already started: 1 is done
@@ -731,13 +736,19 @@ def check_eval_outputs(args):
 
 
 def eval_pairs(given, runs):
-    """The contrasts (A, B) of --pair A:B, checked against the arms of the language runs; without
-    --pair, every arm against scratch when some arm has several seeds of a domain."""
-    arms = {}
+    """The contrasts (A, B) of --pair A:B, checked against the arms of the language runs (arm =
+    the run's --arm, else scratch or its label); without --pair, every arm against scratch when
+    some arm has several seeds of a domain. Two runs of one arm, domain and seed cannot be
+    paired: refused for --pair, left out of the default contrasts with a note."""
+    arms, seen, twice = {}, set(), set()
     for r in runs:
         if r.stage == "lang":
-            arm = "scratch" if r.is_scratch else (r.config.get("arm") or r.label)
+            arm = r.config.get("arm") or ("scratch" if r.is_scratch else r.label)
             arms.setdefault(arm, []).append(r.domain)
+            key = (arm, r.domain, r.config.get("seed"))
+            if key in seen:
+                twice.add(arm)
+            seen.add(key)
     pairs = []
     for text in given:
         a, sep, b = text.partition(":")
@@ -747,11 +758,19 @@ def eval_pairs(given, runs):
             if arm not in arms:
                 raise UserError(f"--pair {text}: no language run of arm {arm!r} among the runs "
                                 f"(arms: {', '.join(sorted(arms)) or 'none'})")
+            if arm in twice:
+                raise UserError(f"--pair {text}: arm {arm!r} has two runs of one domain and "
+                                "seed: give them different --arm names (or evaluate one)")
         pairs.append((a, b))
-    if given or "scratch" not in arms:
+    if given or "scratch" not in arms or "scratch" in twice:
         return pairs
-    several = any(len(ds) > len(set(ds)) for ds in arms.values())
-    return [(a, "scratch") for a in sorted(arms) if a != "scratch"] if several else []
+    if any(len(ds) > len(set(ds)) for arm, ds in arms.items() if arm not in twice):
+        pairs = [(a, "scratch") for a in sorted(arms) if a not in ("scratch", *twice)]
+    if twice:
+        print(f"note: arm(s) {', '.join(sorted(twice))} have two runs of one domain and seed: "
+              "left out of the paired contrasts (give them different --arm names)",
+              file=sys.stderr)
+    return pairs
 
 
 def eval_run(args):
@@ -759,8 +778,8 @@ def eval_run(args):
     config, metrics and checkpoint metadata), the data folders, which run can read which domain
     and the window length. Returns the plan: runs (labelled) and their baselines, each run's
     checkpoint metadata (info) and refusals per domain, domains {name: (folder, meta)}, block,
-    out, device, autocast ctx and dtype, and eval_tokens. Without --domains / --eval_tokens they
-    follow the runs (eval_folders, eval_tokens)."""
+    out, device, autocast ctx and dtype, eval_tokens, and the paired contrasts (eval_pairs).
+    Without --domains / --eval_tokens they follow the runs (eval_folders, eval_tokens)."""
     out = check_eval_outputs(args)
     for name in ("batch_size", "nca_val_seqs", "block_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:

@@ -236,14 +236,32 @@ def holm(ps):
 
 
 def arm_of(r, res):
-    return "scratch" if r.is_scratch else (res["arm"] or res["label"])
+    return res["arm"] or ("scratch" if r.is_scratch else res["label"])
+
+
+def units_of(keys):
+    """Group items into independent units: items that share any stage-1 checkpoint (`keys`: one
+    set of checkpoint names per item) are in one unit, transitively (union-find). Returns one
+    unit id per item."""
+    parent = {}
+
+    def root(x):
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+    for ks in keys:
+        ks = list(ks)
+        for k in ks[1:]:
+            parent[root(k)] = root(ks[0])
+    return [root(next(iter(ks))) for ks in keys]
 
 
 def contrasts(runs, results, pairs):
     """Paired differences arm A - arm B for each (A, B) in `pairs`, per training domain (runs of
     the same seed paired) and pooled over domains. The unit of analysis is one stage-1 model:
-    pairs whose bodies come from the same stage-1 checkpoint (e.g. the web and math runs of one
-    NCA seed) are averaged into one unit first, so they are not counted as independent. Per
+    pairs that share a stage-1 checkpoint on either side, transitively (the web and math runs of
+    one NCA seed; against a text body that serves all three domains, all of them) are averaged
+    into one unit first, so they are not counted as independent (units_of). Per
     contrast: Δ loss (own domain, nats/token) and Δ bits/byte per unit, mean ± 95% t half-width,
     exact sign-flip p on Δ loss, and the Holm-adjusted p over every row; the convergence speedup
     of A against B per pair (secondary)."""
@@ -253,7 +271,7 @@ def contrasts(runs, results, pairs):
             by.setdefault((arm_of(r, res), r.domain, r.config.get("seed")), (r, res))
     rows = []
     for a, b in pairs:
-        units = {}                       # (domain or "all", unit key) -> [(dloss, dbpb, speedup)]
+        items = []                  # (domain, stage-1 checkpoints or the seed, (dloss, dbpb, sp))
         for (arm, domain, seed), (r, res) in sorted(by.items(), key=str):
             other = by.get((b, domain, seed))
             if arm != a or other is None:
@@ -263,13 +281,17 @@ def contrasts(runs, results, pairs):
                  res["bpb"][domain] - bres["bpb"][domain]
                  if domain in res["bpb"] and domain in bres["bpb"] else None,
                  speedup(val_curve(br.metrics), val_curve(r.metrics)))
-            key = (seed, r.config.get("init_from"), br.config.get("init_from"))
-            units.setdefault((domain, key), []).append(d)
-            units.setdefault(("all", key[1:] if any(key[1:]) else key), []).append(d)
-        for domain in sorted({dom for dom, _ in units}, key=lambda x: (x == "all", x)):
-            cells = [v for (dom, _), v in units.items() if dom == domain]
-            if domain == "all" and len({dom for dom, _ in units}) <= 2:
-                continue                                 # one domain: the pooled row repeats it
+            bodies = {str(Path(x.config["init_from"]).resolve()) for x in (r, br)
+                      if x.config.get("init_from")}
+            items.append((domain, bodies or {f"seed {seed}"}, d))
+        domains = sorted({dom for dom, _, _ in items})
+        for domain in domains + (["all"] if len(domains) > 1 else []):
+            group = [it for it in items if domain in ("all", it[0])]
+            ids = units_of([ks for _, ks, _ in group])
+            cells = {}
+            for uid, (_, _, d) in zip(ids, group):
+                cells.setdefault(uid, []).append(d)
+            cells = list(cells.values())
             dl = [float(np.mean([c[0] for c in u])) for u in cells]
             db = [float(np.mean([c[1] for c in u])) for u in cells if None not in
                   [c[1] for c in u]]
@@ -379,8 +401,9 @@ def eval_pair_mismatch(out):
 
 
 def report_text(results, domains, block, summary=(), pairs=()):
-    """eval.md: the language table with its n-gram baselines and a legend, then one NCA table per
-    stage-1 NCA run, then the over-seeds summary."""
+    """eval.md: the language table with its n-gram baselines and a legend, then the stage-1
+    summary and one NCA table per stage-1 NCA run, then the over-seeds summary and the paired
+    contrasts."""
     text = []
     if any(res["ppl"] for res in results):
         budget = ", ".join(f"{d} {v['tokens']:,}" for d, v in domains.items())

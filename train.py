@@ -41,8 +41,8 @@ from model import load_checkpoint, model_from_checkpoint, save_checkpoint
 import report
 from report import Log, provenance, start_run_dir, tracking, truncate_metrics, write_config
 import util
-from util import (add_flags, autocast, cli, flag, flag_values, from_flags, parse_with_presets,
-                  preset_text, script_parser, setup_distributed, wrap_model)
+from util import (add_flags, auto_or_count, autocast, cli, flag, flag_values, from_flags,
+                  parse_with_presets, preset_text, script_parser, setup_distributed, wrap_model)
 
 # -----------------------------------------------------------------------------------------------
 # Knobs. Stage 1's optimization flags are --ppt_<name>, stage 2's the plain --<name>.
@@ -50,15 +50,6 @@ from util import (add_flags, autocast, cli, flag, flag_values, from_flags, parse
 MICRO = ("sequences per forward pass; 0 = the largest that divides each process's share of the "
          "batch and fits in memory (estimate printed at start)")
 CKPT = "steps between checkpoints (0 = at every validation); the last step is always saved"
-
-
-def auto_or_count(text):
-    """--vocab_size: "auto" or a whole number of at least 1."""
-    if text == "auto":
-        return text
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected auto or a whole number, got {text!r}")
-    return int(text)
 
 
 @dataclass
@@ -393,18 +384,14 @@ def lang_model(cfg, plan, device):
     baseline's fresh body. Both get the same freshly initialized embeddings and head
     (reset_vocab, drawn right after re-seeding with --seed), so the arms of a seed differ only in
     the body; the data order and dropout stream that follow are the same too. A --reinit part
-    gets the very tensors the scratch arm of this seed starts with, so the re-init arms and
-    scratch form an exact factorial (docs/method.md, 'Re-initialization')."""
+    gets the scratch arm's tensors (docs/method.md, 'Re-initialization')."""
     vocab_size = plan.vocab["lang"]
     torch.manual_seed(cfg.seed)
-
-    def scratch_body():
-        return GPT(model_config(cfg, vocab_size, head_bias=False))
     if cfg.init_from:                                       # built on the CPU, then moved
         model = model_from_checkpoint(load_checkpoint(cfg.init_from), "cpu",
                                       block_size=cfg.seq_len, attn_dropout=cfg.attn_dropout)
     else:
-        model = scratch_body()
+        model = GPT(model_config(cfg, vocab_size, head_bias=False))
     torch.manual_seed(cfg.seed)             # whatever the body's initialization consumed
     if not cfg.keep_embeddings:
         model.reset_vocab(vocab_size, cfg.embed_init)
@@ -413,7 +400,7 @@ def lang_model(cfg, plan, device):
     if plan.reinit:
         with torch.random.fork_rng(devices=[]):     # the stream that follows stays the scratch's
             torch.manual_seed(cfg.seed)
-            fresh = scratch_body()
+            fresh = GPT(model_config(cfg, vocab_size, head_bias=False))
         for kind, layers in plan.reinit:
             model.reinit_modules(kind, layers, like=fresh)
     for kind, layers in plan.freeze:

@@ -181,6 +181,15 @@ def flag(default, help, choices=None, type=None, negatable=False, name=None):
                                             "negatable": negatable, "name": name})
 
 
+def auto_or_count(text):
+    """--vocab_size: "auto" or a whole number of at least 1."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number, got {text!r}")
+    return int(text)
+
+
 def add_flags(parser, cls, title=None):
     """One flag per flag() field of dataclass `cls`, in a --help group titled `title` (default:
     the first line of the class docstring). Fields written without flag() are not flags."""

@@ -444,6 +444,14 @@ def test_contrasts_pair_any_two_arms_with_one_unit_per_stage1_model():
     assert pooled["p"] == pytest.approx(hits / 64)
     assert report.holm([0.01, 0.04, None, 0.03]) == [0.03, 0.06, None, 0.06]
     assert "| nca - text | all | 6 |" in report.format_contrasts(list(rows.values()))
+    # one text body per seed serving all three domains: against it, a seed is one unit
+    shared = [(r, res) if r.config["arm"] == "nca" else
+              (report.Run(r.folder, r.ckpt, {**r.config, "init_from": f"text-s{r.config['seed']}"},
+                          r.metrics), res) for r, res in runs]
+    pooled = {x["domain"]: x for x in report.contrasts(*zip(*shared), [("nca", "text")])}["all"]
+    assert pooled["units"] == 3
+    ids = report.units_of([{"a"}, {"b"}, {"a", "c"}, {"c", "d"}, {"e"}])
+    assert ids[0] == ids[2] == ids[3] and len({ids[0], ids[1], ids[4]}) == 3
 
 
 def test_pair_flag_is_checked_before_any_model_runs(fake, capsys):
@@ -453,3 +461,19 @@ def test_pair_flag_is_checked_before_any_model_runs(fake, capsys):
             run_main(fake, str(fake / "runs" / "scratch_web"), "--pair", bad, out="ev_pair")
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: --pair") and why in err[0], err
+
+
+def test_arms_of_one_domain_and_seed_twice_cannot_be_paired(capsys):
+    """guard.eval_pairs: --arm names a scratch variant; a reinit run is its own arm by default;
+    two runs of one arm, domain and seed are refused for --pair and left out of the defaults."""
+    def run(arm, seed, init=None):
+        cfg = {"stage": "lang", "domain": "web", "seed": seed, "arm": arm, "init_from": init}
+        return report.Run(Path(f"{arm}{seed}"), Path("ckpt.pt"), cfg, [])
+    runs = [run("scratch", 0), run("scratch", 1), run("wide", 0), run("wide", 1),
+            run("nca", 0, "x"), run("nca", 0, "y")]
+    assert guard.eval_pairs(["wide:scratch"], runs) == [("wide", "scratch")]
+    with pytest.raises(UserError, match="arm 'nca' has two runs of one domain and seed"):
+        guard.eval_pairs(["nca:scratch"], runs)
+    assert guard.eval_pairs([], runs) == [("wide", "scratch")]
+    assert "nca" in capsys.readouterr().err
+

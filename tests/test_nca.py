@@ -420,7 +420,7 @@ class EmulatedTF32(TorchFunctionMode):
 def test_generation_ignores_global_matmul_precision():
     """Trajectories, tokens and gzip scores do not change when the caller lowers the float32
     matmul precision (train.py turns TF32 on), and the caller's settings survive generation.
-    The emulation works on this thread only, so the batches stay below _split's 128."""
+    The emulation works on this thread only, so the batches stay below util.split_over_threads' 128."""
     seeds, traj = nca.seed_sequence(8, 0, 96), torch.arange(96)
     rules = nca.sample_rules(seeds)
     want_frames = nca.rollout(nca.make_rules(params=rules), traj, CFG, 4)

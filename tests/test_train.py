@@ -134,6 +134,16 @@ def test_reinit_parts_are_the_scratch_arms_tensors_of_the_same_seed(two_stage, d
         assert not torch.equal(scratch["blocks.0.attn.q.weight"], ck["blocks.0.attn.q.weight"])
 
 
+def test_an_ablation_run_is_an_arm_of_its_own(two_stage, domain, tmp_path):
+    init = ["--init_from", str(two_stage / "ppt" / "ckpt.pt")]
+    for extra, arm in ((("--reinit", "attn,mlp", "--reinit_layers", "0:2"),
+                        "nca-reinit-attn+mlp[0:2]"), (("--freeze", "ln"), "nca-freeze-ln"),
+                       ((), "nca"), (("--reinit", "mlp", "--arm", "mine"), "mine")):
+        argv = run_args(tmp_path, domain, *init, *extra)
+        with guard.train_run(train_args(argv), train.given_flags(argv), None, CPU) as (cfg, _):
+            assert cfg.arm == arm, extra
+
+
 def test_scratch_arm_matches_the_nca_arm_embeddings(domain, tmp_path):
     model = lang_model(run_args(tmp_path, domain))
     assert abs(model.wte.weight.std().item() - 1.0) < 0.1

@@ -52,9 +52,9 @@ run() {   # run NAME ARGS...: one training run, skipped once done; its log is $O
 export -f run
 stage1=(); stage2=()
 for s in $SEEDS; do
-  stage1+=("nca-seed$s --stage ppt --rule_seed $s --seed $s ${PPT[*]}")
-  stage1+=("text-seed$s --stage ppt --ppt_source text --ppt_data data/c4_bytes --seed $s ${PPT[*]}")
-  common="--stage lang --domain web_bytes --seed $s ${LANG[*]}"
+  stage1+=("nca-seed$s --stage ppt --rule_seed $s --seed $s ${PPT[*]-}")
+  stage1+=("text-seed$s --stage ppt --ppt_source text --ppt_data data/c4_bytes --seed $s ${PPT[*]-}")
+  common="--stage lang --domain web_bytes --seed $s ${LANG[*]-}"
   stage2+=("web-scratch-s$s $common")
   stage2+=("web-nca-s$s $common --init_from $OUT/nca-seed$s/ckpt.pt --arm nca")
   stage2+=("web-text-s$s $common --init_from $OUT/text-seed$s/ckpt.pt --arm text")
@@ -65,6 +65,6 @@ runs=()
 for s in $SEEDS; do runs+=("$OUT/web-scratch-s$s" "$OUT/web-nca-s$s" "$OUT/web-text-s$s"); done
 PLOT=$(python -c "import matplotlib" 2>/dev/null && echo "--plot $OUT/curves.png" || echo "")
 # shellcheck disable=SC2086
-python eval.py "${runs[@]}" --domains web_bytes "${EVAL[@]}" --pair nca:scratch --pair nca:text \
+python eval.py "${runs[@]}" --domains web_bytes ${EVAL[@]+"${EVAL[@]}"} --pair nca:scratch --pair nca:text \
   --pair text:scratch --out "$OUT" --overwrite $PLOT > "$OUT/eval.log"
 echo "E1: table in $OUT/eval.md"

@@ -40,7 +40,7 @@ for seed in $SEEDS; do
     [ "$arm" = text ] && extra=(--ppt_source text --ppt_data data/c4_bytes)
     if [ ! -f "$run/done" ]; then
       start=$(date +%s)
-      python train.py --preset cpu --stage ppt "${extra[@]}" "${BUDGET[@]}" --seed "$seed" \
+      python train.py --preset cpu --stage ppt "${extra[@]}" ${BUDGET[@]+"${BUDGET[@]}"} --seed "$seed" \
         --out_dir "$run" --resume > "$OUT/$arm-seed$seed.log" 2>&1
       echo "$(( $(date +%s) - start ))" > "$run/done"
       echo "stage 1 $arm seed $seed: $(cat "$run/done") s"
@@ -50,4 +50,4 @@ for seed in $SEEDS; do
 done
 # shellcheck disable=SC2086
 python scripts/induction_readiness.py "${nca[@]}" "${text[@]}" --scratch --size tiny \
-  --seeds $SEEDS "${TEST[@]}" --out "$OUT/readiness.json" | tee "$OUT/readiness.md"
+  --seeds $SEEDS ${TEST[@]+"${TEST[@]}"} --out "$OUT/readiness.json" | tee "$OUT/readiness.md"

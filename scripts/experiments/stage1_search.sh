@@ -54,7 +54,7 @@ for seed in $SEEDS; do
     if [ -f "$run/done" ]; then continue; fi
     start=$(date +%s)
     # shellcheck disable=SC2086
-    python train.py --preset cpu --stage ppt ${ARMS[$arm]} "${BUDGET[@]}" --seed "$seed" \
+    python train.py --preset cpu --stage ppt ${ARMS[$arm]} ${BUDGET[@]+"${BUDGET[@]}"} --seed "$seed" \
       --rule_seed "$seed" --out_dir "$run" --resume > "$OUT/$arm-seed$seed.log" 2>&1
     echo "$(( $(date +%s) - start ))" > "$run/done"
     echo "$arm seed $seed: $(cat "$run/done") s"
