@@ -67,7 +67,7 @@ class RunFlags:
     overwrite: bool = flag(False, "replace a run already in out_dir")
     resume: bool = flag(False, "continue the run in out_dir")
     arm: str | None = flag(None, "label of this run in eval tables (default: scratch / the ppt "
-                           "source)")
+                           "source, e.g. nca-reinit-attn for an ablation)")
     seed: int = flag(0, "seed of init, data order and dropout")
     device: str = flag("auto", "auto, cpu, cuda, cuda:1, mps")
     dtype: str = flag("auto", "autocast dtype; auto = bfloat16 on CUDA, float32 elsewhere",
