@@ -269,7 +269,9 @@ def test_nca_checkpoint_is_refused_on_language_and_evaluated_on_rules(fake, caps
     assert len(ppt["heads"]["induction"]) >= 1            # attention-head scores, stage 1 too
     # the language table holds only the language run
     md = (fake / "ev_nca" / "eval.md").read_text()
-    assert sum(line.startswith("| scratch") or line.startswith("| nca") for line in md.splitlines()) == 1
+    lang_rows = [line for line in md.splitlines() if " nats · " in line]
+    assert len(lang_rows) == 3 and lang_rows[0].startswith("| scratch")   # + unigram, bigram
+    assert sum(line.startswith("| nca (") for line in md.splitlines()) == 1   # stage-1 summary
 
 
 def test_language_refusal():
