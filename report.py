@@ -314,7 +314,7 @@ def format_contrasts(rows):
     for r in rows:
         per = ", ".join(f"{x:+.4f}" for x in r["dloss_all"])
         sp = "-" if r["speedup"][0] is None else f"{r['speedup'][0]:.2f}x"
-        p = lambda v: "-" if v is None else f"{v:.3f}"
+        p = lambda v: "-" if v is None else f"{v:.3f}" if v >= 0.001 else f"{v:.1e}"
         out.append(f"| {r['a']} - {r['b']} | {r['domain']} | {r['units']} | {per} | "
                    f"{fmt(*r['dloss'], '+.4f')} | {fmt(*r['dbpb'], '+.4f')} | {p(r['p'])} | "
                    f"{p(r['p_holm'])} | {sp} |")
