@@ -498,7 +498,8 @@ def _probe_cells(r):
         return ["-", "-"]
     p, icl = r["probes"][d], r["in_context"][d]
     gain = lambda x: f"{x['gain']:+.3f} ± {x['gain_se']:.3f}"
-    return [f"{gain(p['text'])} · {gain(p['frequent'])}", f"{icl['score']:+.3f} ± {icl['se']:.3f}"]
+    return [f"{gain(p['text'])} · {gain(p['frequent'])}",
+            f"{icl['score']:+.3f} ± {icl['se']:.3f}"]
 
 
 def format_nca_summary(results):
@@ -562,12 +563,60 @@ def pyplot():
     return plt
 
 
+def arm_curves(items):
+    """Over seeds, per arm: {arm: (tokens, mean, 95% half-width, seeds)} of the validation loss at
+    the token counts every seed of the arm has (step 0 left out), and {arm: the same for Δ = arm -
+    scratch of the same seed} for the arms with a scratch partner."""
+    by = {}
+    for r, _ in items:
+        arm = r.config.get("arm") or ("scratch" if r.is_scratch else r.label)
+        by.setdefault(arm, {})[r.config.get("seed")] = dict(val_curve(r.metrics))
+
+    def band(curves):
+        tokens = sorted(set.intersection(*(set(c) for c in curves)) - {0})
+        stats = [mean_ci([c[t] for c in curves]) for t in tokens]
+        return tokens, [m for m, _ in stats], [h or 0.0 for _, h in stats], len(curves)
+    loss = {arm: band(list(seeds.values())) for arm, seeds in by.items()}
+    delta = {}
+    for arm, seeds in by.items():
+        pairs = [(c, by["scratch"][s]) for s, c in seeds.items()
+                 if arm != "scratch" and s in by.get("scratch", {})]
+        if pairs:
+            delta[arm] = band([{t: c[t] - b[t] for t in set(c) & set(b)} for c, b in pairs])
+    return loss, delta
+
+
+def draw_arm_bands(ax, dax, items):
+    """One line per arm on `ax` (the mean over seeds, its 95% interval as a band) and one per
+    non-scratch arm on `dax` (Δ vs scratch, paired by seed); returns the plotted means."""
+    loss, delta, ys, colour = *arm_curves(items), [], {}
+    for arm, (t, m, h, n) in loss.items():
+        line, = ax.plot(t, m, marker=".", label=f"{arm} (mean of {n} seeds)")
+        colour[arm] = line.get_color()
+        ax.fill_between(t, [a - b for a, b in zip(m, h)], [a + b for a, b in zip(m, h)],
+                        color=colour[arm], alpha=0.2)
+        ys += m
+    dax.axhline(0, c="black", lw=1)
+    for arm, (t, m, h, _) in delta.items():       # each arm in its colour of the panel above
+        dax.plot(t, m, marker=".", label=f"{arm} - scratch", color=colour[arm])
+        dax.fill_between(t, [a - b for a, b in zip(m, h)], [a + b for a, b in zip(m, h)],
+                         color=colour[arm], alpha=0.2)
+    dax.set(xlabel="training tokens", ylabel="Δ validation loss vs scratch (nats per token)",
+            title="paired by seed: mean and 95% interval")
+    dax.grid(alpha=0.3)
+    dax.legend(fontsize=8)
+    dax.xaxis.set_major_formatter(lambda x, _: f"{x / 1e6:g}M")
+    return ys
+
+
 def plot_curves(runs, baselines, path, bigram=None):
     """Validation loss against training tokens, one panel per training domain (stage-1 runs get
     a panel per source): a labelled line per run, a dotted line at each domain baseline's final
     loss (the speedup target) and a dashed one at the domain's bigram loss (`bigram`: {folder
-    name: nats per token}). Step 0 (the untrained model, far above the rest) is left out, so
-    the y-range shows where the arms differ."""
+    name: nats per token}). With several seeds of an arm, one line per arm instead (the mean
+    over seeds, with its 95% interval as a band) and below it a panel of Δ = arm - scratch,
+    paired by seed. Step 0 (the untrained model, far above the rest) is left out, so the
+    y-range shows where the arms differ."""
     plt = pyplot()
     bigram = bigram or {}
     panels = {}
@@ -577,18 +626,25 @@ def plot_curves(runs, baselines, path, bigram=None):
             panels.setdefault(key, []).append((r, b))
     if not panels:
         raise UserError("no run has val lines in metrics.jsonl: nothing to plot")
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.6), squeeze=False)
-    for ax, (key, items) in zip(axes[0], panels.items()):
-        ys = []
-        for r, _ in items:
-            points = [(t, v) for t, v in val_curve(r.metrics) if t > 0] or val_curve(r.metrics)
-            ax.plot(*zip(*points), marker=".", label=r.label)
-            ys += [v for _, v in points]
-        base = items[0][1]
-        if base is not None and val_curve(base.metrics) and items[0][0].stage == "lang":
-            target = val_curve(base.metrics)[-1][1]
-            ax.axhline(target, ls=":", c="gray", lw=1,
-                       label=f"{base.label} final loss {target:.3f} (speedup target)")
+    seeds = any(len(arm_curves(items)[0]) < len(items) for items in panels.values())
+    rows = 2 if seeds else 1
+    fig, axes = plt.subplots(rows, len(panels), figsize=(6.4 * len(panels), 4.6 * rows),
+                             squeeze=False)
+    for col, (key, items) in enumerate(panels.items()):
+        ax, ys = axes[0][col], []
+        if seeds:
+            ys += draw_arm_bands(ax, axes[1][col], items)
+        else:
+            for r, _ in items:
+                points = [(t, v) for t, v in val_curve(r.metrics) if t > 0] or \
+                    val_curve(r.metrics)
+                ax.plot(*zip(*points), marker=".", label=r.label)
+                ys += [v for _, v in points]
+            base = items[0][1]
+            if base is not None and val_curve(base.metrics) and items[0][0].stage == "lang":
+                target = val_curve(base.metrics)[-1][1]
+                ax.axhline(target, ls=":", c="gray", lw=1,
+                           label=f"{base.label} final loss {target:.3f} (speedup target)")
         if key in bigram:
             ax.axhline(bigram[key], ls="--", c="black", lw=1,
                        label=f"bigram baseline {bigram[key]:.3f}")
@@ -597,6 +653,7 @@ def plot_curves(runs, baselines, path, bigram=None):
         ax.set_ylim(lo - 0.05 * (hi - lo or 1), hi + 0.05 * (hi - lo or 1))
         ax.set_title(key if key.startswith("stage 1") else f"stage 2 on {key}")
         ax.set(xlabel="training tokens", ylabel="validation loss (nats per token)")
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1e6:g}M")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

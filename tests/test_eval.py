@@ -479,3 +479,23 @@ def test_arms_of_one_domain_and_seed_twice_cannot_be_paired(capsys):
     assert guard.eval_pairs([], runs) == [("wide", "scratch")]
     assert "nca" in capsys.readouterr().err
 
+
+
+def test_arm_curves_average_seeds_and_pair_each_with_its_scratch():
+    """report.arm_curves (the over-seeds picture): per arm the mean and 95% half-width at each
+    token count all its seeds have (step 0 left out), and Δ vs scratch paired by seed."""
+    def run(arm, seed, losses):
+        cfg = {"stage": "lang", "domain": "web", "seed": seed, "arm": arm,
+               "init_from": None if arm == "scratch" else "x/ckpt.pt"}
+        metrics = [{"kind": "val", "step": i, "tokens": 100 * i, "val_loss": v}
+                   for i, v in enumerate(losses)]
+        return report.Run(Path(f"{arm}{seed}"), Path("ckpt.pt"), cfg, metrics), None
+    items = [run("scratch", 0, [9, 4, 3]), run("scratch", 1, [9, 6, 5]),
+             run("nca", 0, [9, 3, 2]), run("nca", 1, [9, 5, 3])]
+    loss, delta = report.arm_curves(items)
+    t, m, h, n = loss["scratch"]
+    assert t == [100, 200] and m == [5.0, 4.0] and n == 2
+    assert h[0] == pytest.approx(12.706 * math.sqrt(2) / math.sqrt(2), rel=1e-3)
+    t, m, h, n = delta["nca"]
+    assert t == [100, 200] and m == [-1.0, -1.5] and h[0] == 0.0    # both seeds -1 at 100
+    assert "scratch" not in delta
