@@ -743,11 +743,10 @@ def eval_pairs(given, runs):
     arms, seen, twice = {}, set(), set()
     for r in runs:
         if r.stage == "lang":
-            arm = r.config.get("arm") or ("scratch" if r.is_scratch else r.label)
-            arms.setdefault(arm, []).append(r.domain)
-            key = (arm, r.domain, r.config.get("seed"))
+            arms.setdefault(r.arm, []).append(r.domain)
+            key = (r.arm, r.domain, r.config.get("seed"))
             if key in seen:
-                twice.add(arm)
+                twice.add(r.arm)
             seen.add(key)
     pairs = []
     for text in given:

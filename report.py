@@ -47,6 +47,11 @@ class Run:
     def is_scratch(self):
         return self.stage == "lang" and not self.config.get("init_from")
 
+    @property
+    def arm(self):
+        """The arm a run's seed is paired within: its --arm, else scratch, else its label."""
+        return self.config.get("arm") or ("scratch" if self.is_scratch else self.label)
+
 
 def refusal_text(refusals):
     """{domain: reason or None} -> "web, math: reason; ..." (None if every domain was scored)."""
@@ -235,10 +240,6 @@ def holm(ps):
     return out
 
 
-def arm_of(r, res):
-    return res["arm"] or ("scratch" if r.is_scratch else res["label"])
-
-
 def units_of(keys):
     """Group items into independent units: items that share any stage-1 checkpoint (`keys`: one
     set of checkpoint names per item) are in one unit, transitively (union-find). Returns one
@@ -268,7 +269,7 @@ def contrasts(runs, results, pairs):
     by = {}
     for r, res in zip(runs, results):
         if r.stage == "lang" and r.domain in res["ppl"]:
-            by.setdefault((arm_of(r, res), r.domain, r.config.get("seed")), (r, res))
+            by.setdefault((r.arm, r.domain, r.config.get("seed")), (r, res))
     rows = []
     for a, b in pairs:
         items = []                  # (domain, stage-1 checkpoints or the seed, (dloss, dbpb, sp))
@@ -304,9 +305,15 @@ def contrasts(runs, results, pairs):
     return rows
 
 
+def ci_text(m, h, spec):
+    """A mean ± 95% half-width cell ("-" for none; the half-width without the sign)."""
+    if m is None:
+        return "-"
+    return f"{m:{spec}}" + ("" if h is None else f" ± {h:{spec.lstrip('+')}}")
+
+
 def format_contrasts(rows):
-    def fmt(m, h, spec):
-        return "-" if m is None else f"{m:{spec}}" + ("" if h is None else f" ± {abs(h):.4f}")
+    fmt = ci_text
     out = ["Paired contrasts (A - B; negative = A better; unit = one stage-1 model, pairs sharing "
            "one averaged first; p: exact sign-flip on Δ loss; Holm over the rows of this table)",
            "", "| A - B | domain | units | Δ loss per unit | Δ loss | Δ bits/byte | p | Holm p "
@@ -322,10 +329,7 @@ def format_contrasts(rows):
 
 
 def format_summary(rows):
-    def fmt(m, h, spec):
-        if m is None:
-            return "-"
-        return f"{m:{spec}}" + ("" if h is None else f" ± {h:{spec.lstrip('+')}}")
+    fmt = ci_text
     out = ["| domain | arm | seeds | loss (nats/token) | bits/byte | Δ loss vs scratch | "
            "Δ bits/byte vs scratch | Δ ppl | speedup per seed | copy gain: text | "
            "copy gain: frequent | in-context score |",
@@ -383,7 +387,6 @@ def run_row(r, inf, refusals):
             "ppt_tokens": c.get("ppt_tokens") if r.stage == "lang" else None,
             "ppl": {}, "loss": {}, "bpb": {}, "in_context": {}, "probes": {}, "heads": None,
             "nca": None, "refused": refusal_text(refusals)}
-
 
 
 def eval_pair_mismatch(out):
@@ -569,8 +572,7 @@ def arm_curves(items):
     scratch of the same seed} for the arms with a scratch partner."""
     by = {}
     for r, _ in items:
-        arm = r.config.get("arm") or ("scratch" if r.is_scratch else r.label)
-        by.setdefault(arm, {})[r.config.get("seed")] = dict(val_curve(r.metrics))
+        by.setdefault(r.arm, {})[r.config.get("seed")] = dict(val_curve(r.metrics))
 
     def band(curves):
         tokens = sorted(set.intersection(*(set(c) for c in curves)) - {0})
@@ -586,10 +588,11 @@ def arm_curves(items):
     return loss, delta
 
 
-def draw_arm_bands(ax, dax, items):
+def draw_arm_bands(ax, dax, loss, delta):
     """One line per arm on `ax` (the mean over seeds, its 95% interval as a band) and one per
-    non-scratch arm on `dax` (Δ vs scratch, paired by seed); returns the plotted means."""
-    loss, delta, ys, colour = *arm_curves(items), [], {}
+    non-scratch arm on `dax` (Δ vs scratch, paired by seed), from arm_curves; returns the
+    plotted means."""
+    ys, colour = [], {}
     for arm, (t, m, h, n) in loss.items():
         line, = ax.plot(t, m, marker=".", label=f"{arm} (mean of {n} seeds)")
         colour[arm] = line.get_color()
@@ -626,14 +629,15 @@ def plot_curves(runs, baselines, path, bigram=None):
             panels.setdefault(key, []).append((r, b))
     if not panels:
         raise UserError("no run has val lines in metrics.jsonl: nothing to plot")
-    seeds = any(len(arm_curves(items)[0]) < len(items) for items in panels.values())
+    curves = {key: arm_curves(items) for key, items in panels.items()}
+    seeds = any(len(curves[key][0]) < len(items) for key, items in panels.items())
     rows = 2 if seeds else 1
     fig, axes = plt.subplots(rows, len(panels), figsize=(6.4 * len(panels), 4.6 * rows),
                              squeeze=False)
     for col, (key, items) in enumerate(panels.items()):
         ax, ys = axes[0][col], []
         if seeds:
-            ys += draw_arm_bands(ax, axes[1][col], items)
+            ys += draw_arm_bands(ax, axes[1][col], *curves[key])
         else:
             for r, _ in items:
                 points = [(t, v) for t, v in val_curve(r.metrics) if t > 0] or \

@@ -144,9 +144,10 @@ def format_table(results, args):
              f"{0.5 * math.log(args.symbols):.2f} nats; K = {args.symbols}, L = {args.length}, "
              f"at most {args.steps} steps of {args.batch}, lr {args.lr}",
              "", "| body | steps per seed | mean ± 95% CI | reached |", "| --- | --- | --- | --- |"]
+    steps = {arm: [r["steps"] if r["steps"] is not None else args.steps for r in rows]
+             for arm, rows in results.items()}
     for arm, rows in results.items():
-        steps = [r["steps"] if r["steps"] is not None else args.steps for r in rows]
-        m, h = mean_ci(steps)
+        m, h = mean_ci(steps[arm])
         censored = any(r["steps"] is None for r in rows)
         per = ", ".join(str(r["steps"]) if r["steps"] is not None else f">{args.steps}"
                         for r in rows)
@@ -158,13 +159,12 @@ def format_table(results, args):
                   "that never got there counts as --steps):", "",
                   "| body - scratch | per seed | mean ± 95% CI | sign-flip p |",
                   "| --- | --- | --- | --- |"]
-        base = [r["steps"] if r["steps"] is not None else args.steps for r in results["scratch"]]
-        for arm, rows in results.items():
-            steps = [r["steps"] if r["steps"] is not None else args.steps for r in rows]
-            if arm == "scratch" or len(steps) != len(base):
+        base = steps["scratch"]
+        for arm, own in steps.items():
+            if arm == "scratch" or len(own) != len(base):
                 continue
-            m, h, pv = paired(steps, base)
-            per = ", ".join(f"{a - b:+d}" for a, b in zip(steps, base))
+            m, h, pv = paired(own, base)
+            per = ", ".join(f"{a - b:+d}" for a, b in zip(own, base))
             ci = f"{m:+.1f}" + (f" ± {h:.1f}" if h is not None else "")
             lines.append(f"| {arm} | {per} | {ci} | "
                          + (f"{pv:.3f} |" if pv is not None else "- |"))
