@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import guard  # noqa: E402
-from model import GPT, config_for, load_checkpoint, model_from_checkpoint  # noqa: E402
+from model import GPT, config_for, model_from_checkpoint  # noqa: E402
 from report import mean_ci, paired  # noqa: E402
 from util import UserError, atomic_write, cli, default_device, script_parser  # noqa: E402
 
@@ -83,8 +83,7 @@ def body(source, size, seed, block):
         torch.manual_seed(seed)
         return GPT(config_for(size, vocab_size=2, block_size=block, attn_dropout=0.0))
     path = Path(source) / "ckpt.pt" if Path(source).is_dir() else Path(source)
-    guard.peek(path)
-    return model_from_checkpoint(load_checkpoint(path), "cpu", block_size=block, attn_dropout=0.0)
+    return model_from_checkpoint(guard.peek(path), "cpu", block_size=block, attn_dropout=0.0)
 
 
 @cli

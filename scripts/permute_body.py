@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import guard  # noqa: E402
 from data.common import show  # noqa: E402
-from model import load_checkpoint, save_checkpoint  # noqa: E402
+from model import save_checkpoint  # noqa: E402
 from util import UserError, check_writable, cli, script_parser  # noqa: E402
 
 
@@ -38,8 +38,7 @@ def main(argv=None):
     if out.exists() and not args.overwrite:
         raise UserError(f"{show(out)} exists: pass --overwrite to replace it, or another OUT")
     check_writable(out, "OUT", kind="file")
-    guard.peek(src)
-    ck = load_checkpoint(src)
+    ck = guard.peek(src)                  # checked and memory-mapped: read as it is permuted
     if ck.get("stage") != "ppt":
         raise UserError(f"{show(src)} is not a stage-1 checkpoint (stage {ck.get('stage')!r})")
     ck = {k: v for k, v in ck.items() if k not in ("optimizer", "data")}
