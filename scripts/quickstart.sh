@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on the embedded data, on CPU (about 8 minutes on 2 cores): prepare the byte-level
+# The main job on the embedded data, on CPU (about 6 minutes on 2 cores): prepare the byte-level
 # web corpus, pre-pre-train a tiny model on NCA trajectories, pre-train it on web text next to a
 # scratch baseline of the same seed, and compare them with the n-gram baselines, bits per byte
 # and the in-context copy probe. The two language runs go side by side, one thread each; the NCA
