@@ -112,8 +112,8 @@ def get_args(argv=None):
                         "scratch run of each domain)")
     p.add_argument("--pair", action="append", default=[], metavar="A:B",
                    help="a paired contrast of two arms, e.g. nca:text (repeatable; default with "
-                        "several seeds: every arm against scratch); arms are named as in the "
-                        "table ('scratch', --arm, else the stage-1 source)")
+                        "several seeds: every arm against scratch); A:B:REF adds the share of "
+                        "REF - B that A - B keeps; arms as in the table (scratch, --arm, source)")
     add_flags(p, EvalFlags)
     return p.parse_args(argv)
 

@@ -736,9 +736,9 @@ def check_eval_outputs(args):
 
 
 def eval_pairs(given, runs):
-    """The contrasts (A, B) of --pair A:B, checked against the arms of the language runs (arm =
-    the run's --arm, else scratch or its label); without --pair, every arm against scratch when
-    some arm has several seeds of a domain. Two runs of one arm, domain and seed cannot be
+    """The contrasts (A, B) of --pair A:B (or (A, B, REF) of A:B:REF), checked against the
+    arms of the language runs (arm = the run's --arm, else scratch or its label); without
+    --pair, every arm against scratch when some arm has several seeds of a domain. Two runs of one arm, domain and seed cannot be
     paired: refused for --pair, left out of the default contrasts with a note."""
     arms, seen, twice = {}, set(), set()
     for r in runs:
@@ -750,17 +750,18 @@ def eval_pairs(given, runs):
             seen.add(key)
     pairs = []
     for text in given:
-        a, sep, b = text.partition(":")
-        if not sep or not a or not b or a == b:
-            raise UserError(f"--pair {text!r}: give two different arms as A:B, e.g. nca:scratch")
-        for arm in (a, b):
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or not all(parts) or len(set(parts)) < len(parts):
+            raise UserError(f"--pair {text!r}: give two different arms as A:B, e.g. nca:scratch "
+                            "(or A:B:REF, a third, for the share of REF - B that A - B keeps)")
+        for arm in parts:
             if arm not in arms:
                 raise UserError(f"--pair {text}: no language run of arm {arm!r} among the runs "
                                 f"(arms: {', '.join(sorted(arms)) or 'none'})")
             if arm in twice:
                 raise UserError(f"--pair {text}: arm {arm!r} has two runs of one domain and "
                                 "seed: give them different --arm names (or evaluate one)")
-        pairs.append((a, b))
+        pairs.append(tuple(parts))
     if given or "scratch" not in arms or "scratch" in twice:
         return pairs
     if any(len(ds) > len(set(ds)) for arm, ds in arms.items() if arm not in twice):

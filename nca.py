@@ -47,6 +47,7 @@ BANDS = {
 # -----------------------------------------------------------------------------------------------
 # 1. Configuration
 
+ORDERS = ("time", "shuffled")       # NCAConfig.frame_order
 INITS = ("softmax", "uniform")     # NCAConfig.init: the official code's initial grid, the paper's
 
 
@@ -64,6 +65,8 @@ class NCAConfig:
     init: str = flag("softmax", "initial grid: per-trajectory softmax(N(0,I)) colour mix "
                      "(official code) or uniform cells (the paper's text)", choices=INITS)
     filter_frames: int = flag(10, "frames scored by the gzip filter")
+    frame_order: str = flag("time", "a sequence's frames in time order (the method) or shuffled "
+                            "(a control: the same frames, no rule left to infer)", choices=ORDERS)
     seq_len: int = 1024            # model context; frames per sequence = ceil(seq_len / grid_len)
     max_vocab: int = PPT_VOCAB     # the stage-1 model's vocabulary; the tokenizer must fit in it
 
@@ -94,7 +97,7 @@ class NCAConfig:
     def settings(self):
         """The fields that change which rules pass the filter (the rule-bank cache key)."""
         d = asdict(self)
-        for k in ("seq_len", "max_vocab"):
+        for k in ("seq_len", "max_vocab", "frame_order"):
             d.pop(k)
         return d
 
@@ -378,7 +381,6 @@ def rollout(rules, traj_seeds, cfg, num_frames, start=None, dense=None):
     return torch.stack(frames, dim=1)                                        # (R, F, H, W)
 
 
-
 # -----------------------------------------------------------------------------------------------
 # 5. Tokenizer (docs/method.md, 'Tokenizer'): a patch is a base-n number read row-major, least
 #    significant first: token = c00 + n*c01 + n^2*c10 + n^3*c11; each grid is
@@ -399,20 +401,6 @@ def tokenize(frames, cfg, delimiters=True):
         start = torch.full_like(tok[..., :1], cfg.start_token)
         tok = torch.cat([start, tok, start + 1], dim=-1)
     return tok.reshape(*lead, -1)
-
-
-def detokenize(tokens, cfg):
-    """Inverse of tokenize (with delimiters): (..., F * grid_len) -> (..., F, H, W)."""
-    *lead, L = tokens.shape
-    assert L % cfg.grid_len == 0, f"{L} tokens is not a whole number of {cfg.grid_len}-token grids"
-    t = tokens.reshape(-1, L // cfg.grid_len, cfg.grid_len)
-    assert (t[..., 0] == cfg.start_token).all() and (t[..., -1] == cfg.end_token).all(), \
-        "tokens are not [start, patches, end] grids"
-    p, n, g = cfg.patch, cfg.num_colors, cfg.grid // cfg.patch
-    powers = n ** torch.arange(p * p, device=tokens.device, dtype=torch.int64)
-    cells = (t[..., 1:-1, None] // powers) % n                               # (B, F, P, p*p)
-    cells = cells.reshape(-1, t.shape[1], g, g, p, p).permute(0, 1, 2, 4, 3, 5)
-    return cells.reshape(*lead, t.shape[1], cfg.grid, cfg.grid)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -529,7 +517,12 @@ def make_sequences(rule_seeds, traj_seeds, cfg, device="cpu", mask_delimiters=Fa
         rows = None if rule_params is None else \
             {k: v[i.to(v.device)].to(gen) for k, v in rule_params.items()}
         rules = make_rules(rule_seeds[i], cfg.num_colors, gen, params=rows)
-        tok = tokenize(rollout(rules, traj_seeds, cfg, cfg.frames), cfg)
+        frames = rollout(rules, traj_seeds, cfg, cfg.frames)                  # (B, F, H, W)
+        if cfg.frame_order == "shuffled":         # each sequence's own order, from its seed
+            order = uniform(stream_key(traj_seeds, 11)[:, None], torch.arange(cfg.frames))
+            rows = torch.arange(len(frames), device=gen)[:, None]
+            frames = frames[rows, order.argsort(1).to(gen)]
+        tok = tokenize(frames, cfg)
         return inputs_and_labels(tok, cfg, mask_delimiters)                # (B, F * grid_len)
     x, y = split_over_threads(gen, part, torch.arange(len(rule_seeds)),
                   torch.as_tensor(traj_seeds, dtype=torch.int64).reshape(-1))

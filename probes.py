@@ -175,6 +175,20 @@ def head_scores(model, halves, device="cpu"):
 # -----------------------------------------------------------------------------------------------
 # Stage 1: what the model learned about the rules, against model-free predictors
 
+def detokenize(tokens, cfg):
+    """Inverse of nca.tokenize (with delimiters): (..., F * grid_len) -> (..., F, H, W)."""
+    *lead, L = tokens.shape
+    assert L % cfg.grid_len == 0, f"{L} tokens is not a whole number of {cfg.grid_len}-token grids"
+    t = tokens.reshape(-1, L // cfg.grid_len, cfg.grid_len)
+    assert (t[..., 0] == cfg.start_token).all() and (t[..., -1] == cfg.end_token).all(), \
+        "tokens are not [start, patches, end] grids"
+    p, n, g = cfg.patch, cfg.num_colors, cfg.grid // cfg.patch
+    powers = n ** torch.arange(p * p, device=tokens.device, dtype=torch.int64)
+    cells = (t[..., 1:-1, None] // powers) % n                               # (B, F, P, p*p)
+    cells = cells.reshape(-1, t.shape[1], g, g, p, p).permute(0, 1, 2, 4, 3, 5)
+    return cells.reshape(*lead, t.shape[1], cfg.grid, cfg.grid)
+
+
 def grid_positions(cfg):
     """Label positions of the patch tokens of each complete grid after the first:
     (G, patches) index tensor, row g-1 = grid g. Position i predicts token i + 1."""

@@ -271,19 +271,20 @@ def contrasts(runs, results, pairs):
         if r.stage == "lang" and r.domain in res["ppl"]:
             by.setdefault((r.arm, r.domain, r.config.get("seed")), (r, res))
     rows = []
-    for a, b in pairs:
-        items = []                  # (domain, stage-1 checkpoints or the seed, (dloss, dbpb, sp))
+    for a, b, *ref in pairs:
+        items = []          # (domain, stage-1 checkpoints or the seed, (dloss, dbpb, sp, dref))
         for (arm, domain, seed), (r, res) in sorted(by.items(), key=str):
-            other = by.get((b, domain, seed))
+            other, third = by.get((b, domain, seed)), ref and by.get((ref[0], domain, seed))
             if arm != a or other is None:
                 continue
             br, bres = other
             d = (res["loss"][domain] - bres["loss"][domain],
                  res["bpb"][domain] - bres["bpb"][domain]
                  if domain in res["bpb"] and domain in bres["bpb"] else None,
-                 speedup(val_curve(br.metrics), val_curve(r.metrics)))
-            bodies = {str(Path(x.config["init_from"]).resolve()) for x in (r, br)
-                      if x.config.get("init_from")}
+                 speedup(val_curve(br.metrics), val_curve(r.metrics)),
+                 third[1]["loss"][domain] - bres["loss"][domain] if third else None)
+            bodies = {str(Path(x.config["init_from"]).resolve()) for x in (r, br) + (
+                (third[0],) if third else ()) if x.config.get("init_from")}
             items.append((domain, bodies or {f"seed {seed}"}, d))
         domains = sorted({dom for dom, _, _ in items})
         for domain in domains + (["all"] if len(domains) > 1 else []):
@@ -297,12 +298,41 @@ def contrasts(runs, results, pairs):
             db = [float(np.mean([c[1] for c in u])) for u in cells if None not in
                   [c[1] for c in u]]
             sp = [c[2] for u in cells for c in u if c[2] is not None]
+            both = [(float(np.mean([c[0] for c in u])), float(np.mean([c[3] for c in u])))
+                    for u in cells if ref and None not in [c[3] for c in u]]
             rows.append({"a": a, "b": b, "domain": domain, "units": len(cells), "dloss_all": dl,
                          "dloss": mean_ci(dl), "dbpb": mean_ci(db), "p": sign_flip_p(dl),
-                         "speedup": mean_ci(sp)})
+                         "speedup": mean_ci(sp), "ref": ref[0] if ref else None,
+                         "share": share_kept(both) if both else None})
     for row, adj in zip(rows, holm([r["p"] for r in rows])):
         row["p_holm"] = adj
     return rows
+
+
+def share_kept(pairs, draws=10000):
+    """The share of a reference gain that a contrast keeps, from per-unit (d, dref) differences
+    against the same baseline: mean(d) / mean(dref), with a 95% percentile bootstrap interval
+    over units (fixed seed: the same numbers every time). {"share", "lo", "hi", "units"}."""
+    d, ref = np.asarray(pairs, float).T
+    idx = np.random.default_rng(0).integers(0, len(d), (draws, len(d)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boot = d[idx].mean(1) / ref[idx].mean(1)
+    lo, hi = (np.nanpercentile(boot, [2.5, 97.5]) if len(d) > 1 else (None, None))
+    return {"share": float(d.mean() / ref.mean()), "lo": None if lo is None else float(lo),
+            "hi": None if hi is None else float(hi), "units": len(d)}
+
+
+def format_shares(rows):
+    """The share of REF - B kept by A - B, for the contrasts given as --pair A:B:REF."""
+    out = ["Share of the reference's gain kept ((A - B) / (REF - B) in loss; 95% bootstrap "
+           "interval over units)", "", "| A - B | REF | domain | units | share kept |",
+           "| --- | --- | --- | ---: | --- |"]
+    for r in rows:
+        s = r["share"]
+        ci = "" if s["lo"] is None else f" [{s['lo']:.2f}, {s['hi']:.2f}]"
+        out.append(f"| {r['a']} - {r['b']} | {r['ref']} | {r['domain']} | {s['units']} | "
+                   f"{s['share']:.2f}{ci} |")
+    return "\n".join(out)
 
 
 def ci_text(m, h, spec):
@@ -437,6 +467,8 @@ def report_text(results, domains, block, summary=(), pairs=()):
                  "negative is better.", "", format_summary(summary)]
     if pairs:
         text += ["", format_contrasts(pairs)]
+    if any(p.get("share") for p in pairs):
+        text += ["", format_shares([p for p in pairs if p.get("share")])]
     return "\n".join(text).strip()
 
 

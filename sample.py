@@ -25,6 +25,7 @@ import torch
 
 import guard
 import nca
+import probes
 from data.common import TOKENIZERS, gpt2_encoding
 from model import load_checkpoint, model_from_checkpoint
 from report import draw_rollouts, rollout_table
@@ -143,7 +144,7 @@ def nca_rollouts(model, info, num_rules, context, seed):
             nxt = model(seq)[0][:, -1, :patch_ids].argmax(-1, keepdim=True)
             seq = torch.cat([seq, nxt], 1)
         seq = torch.cat([seq, tokens[:, (g + 1) * gl - 1:(g + 1) * gl]], 1)   # its end
-    return true, nca.detokenize(forced, cfg), nca.detokenize(seq, cfg)
+    return true, probes.detokenize(forced, cfg), probes.detokenize(seq, cfg)
 
 
 if __name__ == "__main__":

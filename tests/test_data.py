@@ -4,6 +4,7 @@ Never uses the network."""
 import gzip
 import hashlib
 import http.server
+import importlib.util
 import json
 import os
 import subprocess
@@ -166,6 +167,18 @@ def test_prepared_corpus(domain):
         assert len(tokens) == meta["tokens"][split] > 0 and tokens[-1] == EOT
         assert int(np.count_nonzero(tokens == EOT)) == meta["documents"][split]
         assert int(tokens.max()) <= EOT
+
+
+def test_chinese_stories_are_cut_before_the_question():
+    """data/zh: each prompt's story without the question and answer choices after it; repeated
+    stories once."""
+    spec = importlib.util.spec_from_file_location("zh_prepare", ROOT / "data" / "zh" / "prepare.py")
+    zh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zh)
+    line = lambda story: json.dumps({"input": [{"role": "system", "content": "s"}, {
+        "role": "user", "content": story + zh.QUESTION + " A) x B) y"}], "ideal": "A"})
+    jsonl = "\n".join([line("三人出门。\n"), line("一个故事"), line("三人出门。")]).encode()
+    assert zh.stories(jsonl) == ["三人出门。", "一个故事"]
 
 
 # ---------------------------------------------------------------- pinned downloads (pip is faked)

@@ -456,6 +456,31 @@ def test_contrasts_pair_any_two_arms_with_one_unit_per_stage1_model():
     assert ids[0] == ids[2] == ids[3] and len({ids[0], ids[1], ids[4]}) == 3
 
 
+def test_share_of_a_reference_gain_kept_against_hand_numbers():
+    """--pair zh:scratch:text: the contrast zh - scratch as with two arms, plus the share of the
+    text arm's gain it keeps, mean(d) / mean(dref) over seeds, with a bootstrap interval."""
+    def run(arm, seed, loss):
+        cfg = {"stage": "lang", "domain": "math", "seed": seed, "arm": arm,
+               "init_from": None if arm == "scratch" else f"{arm}-s{seed}/ckpt.pt"}
+        metrics = [{"kind": "val", "step": 1, "tokens": 100, "val_loss": loss}]
+        r = report.Run(Path(f"{arm}-{seed}"), Path("ckpt.pt"), cfg, metrics)
+        return r, {"arm": arm, "label": r.folder.name, "ppl": {"math": math.exp(loss)},
+                   "loss": {"math": loss}, "bpb": {"math": loss / math.log(2)}}
+    loss = {"scratch": [2.0, 2.1, 2.2, 2.0], "text": [1.8, 1.9, 2.0, 1.9],
+            "zh": [1.9, 2.0, 2.2, 1.9]}
+    runs = [run(a, s, v[s]) for a, v in loss.items() for s in range(4)]
+    (row,) = report.contrasts(*zip(*runs), [("zh", "scratch", "text")])
+    (plain,) = report.contrasts(*zip(*runs), [("zh", "scratch")])
+    assert row["dloss"] == plain["dloss"] and row["p"] == plain["p"] and row["units"] == 4
+    s = row["share"]                            # d = -.1 -.1 0 -.1, dref = -.2 -.2 -.2 -.1
+    assert s["share"] == pytest.approx(0.3 / 0.7) and s["units"] == 4
+    assert 0 <= s["lo"] <= s["share"] <= s["hi"] <= 1
+    assert report.share_kept([(-0.1, -0.2), (-0.3, -0.2)]) == report.share_kept(
+        [(-0.1, -0.2), (-0.3, -0.2)])                                         # fixed seed
+    assert "| zh - scratch | text | math | 4 | 0.43 [" in report.format_shares([row])
+    assert plain["share"] is None
+
+
 def test_pair_flag_is_checked_before_any_model_runs(fake, capsys):
     for bad, why in (("nca", "give two different arms"), ("nca:nca", "give two different arms"),
                      ("nca:scratch", "no language run of arm 'nca'")):
@@ -474,6 +499,11 @@ def test_arms_of_one_domain_and_seed_twice_cannot_be_paired(capsys):
     runs = [run("scratch", 0), run("scratch", 1), run("wide", 0), run("wide", 1),
             run("nca", 0, "x"), run("nca", 0, "y")]
     assert guard.eval_pairs(["wide:scratch"], runs) == [("wide", "scratch")]
+    assert guard.eval_pairs(["wide:scratch:deep"], runs + [run("deep", 0)]) == [
+        ("wide", "scratch", "deep")]
+    for bad in ("wide:scratch:wide", "wide:scratch:", "a:b:c:d"):
+        with pytest.raises(UserError, match="give two different arms"):
+            guard.eval_pairs([bad], runs)
     with pytest.raises(UserError, match="arm 'nca' has two runs of one domain and seed"):
         guard.eval_pairs(["nca:scratch"], runs)
     assert guard.eval_pairs([], runs) == [("wide", "scratch")]

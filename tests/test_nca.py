@@ -66,7 +66,7 @@ def test_tokens_match_official(official):
     frames = torch.from_numpy(official["argmax_traj"])
     tok = nca.tokenize(frames, CFG)
     assert torch.equal(tok, torch.from_numpy(official["tokens"]))
-    assert torch.equal(nca.detokenize(tok, CFG), frames.long())
+    assert torch.equal(probes.detokenize(tok, CFG), frames.long())
 
 
 def test_gzip_scores_match_official(official):
@@ -198,7 +198,7 @@ def test_tokenizer_layout_and_round_trip():
         frames = torch.randint(0, cfg.num_colors, (3, 5, cfg.grid, cfg.grid))
         tok = nca.tokenize(frames, cfg)
         assert tok.max() <= cfg.end_token
-        assert torch.equal(nca.detokenize(tok, cfg), frames)
+        assert torch.equal(probes.detokenize(tok, cfg), frames)
 
 
 def test_bad_tokenizer_settings_are_rejected_clearly():
@@ -343,9 +343,27 @@ def test_every_generator_knob_gives_valid_sequences(knobs):
     cfg = nca.NCAConfig(**{"seq_len": 512, **knobs})
     x, y = nca.make_sequences(nca.seed_sequence(1, 0, 4), torch.arange(4), cfg)
     assert x.shape == (4, cfg.seq_len) and x.max() <= cfg.end_token
-    frames = nca.detokenize(x[:, :cfg.grid_len * (cfg.seq_len // cfg.grid_len)], cfg)
+    frames = probes.detokenize(x[:, :cfg.grid_len * (cfg.seq_len // cfg.grid_len)], cfg)
     assert frames.max() < cfg.num_colors
     assert ((y == -100).sum(1) == cfg.grid_len - 1).all()
+
+
+def test_shuffled_frame_order_keeps_the_frames_and_loses_the_time_order():
+    """The frame-shuffle control: each sequence holds the very frames of its time-ordered twin,
+    in an order of its own (fixed by its trajectory seed), with the same label mask."""
+    cfg = nca.NCAConfig(seq_len=38 * 8)
+    shuf = nca.NCAConfig(seq_len=38 * 8, frame_order="shuffled")
+    seeds, traj = nca.seed_sequence(1, 0, 6), torch.arange(6)
+    (x, y), (xs, ys) = (nca.make_sequences(seeds, traj, c) for c in (cfg, shuf))
+    a, b = probes.detokenize(x, cfg).flatten(2), probes.detokenize(xs, cfg).flatten(2)
+    for i in range(6):                        # the same frames: every frame has a twin
+        assert all((a[i] == f).all(1).any() for f in b[i]) and sorted(map(tuple, a[i].tolist())) \
+            == sorted(map(tuple, b[i].tolist()))
+    assert not torch.equal(x, xs) and torch.equal(ys == -100, y == -100)
+    orders = [tuple(int((a[i] == f).all(1).nonzero()[0]) for f in b[i]) for i in range(6)]
+    assert len(set(orders)) > 1                               # orders differ between sequences
+    assert torch.equal(nca.make_sequences(seeds, traj, shuf)[0], xs)        # and are fixed
+    assert cfg.settings() == shuf.settings()            # the rule filter (and its cache) is shared
 
 
 def test_identity_bias_and_temperature_change_the_dynamics():
