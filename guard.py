@@ -738,8 +738,9 @@ def check_eval_outputs(args):
 def eval_pairs(given, runs):
     """The contrasts (A, B) of --pair A:B (or (A, B, REF) of A:B:REF), checked against the
     arms of the language runs (arm = the run's --arm, else scratch or its label); without
-    --pair, every arm against scratch when some arm has several seeds of a domain. Two runs of one arm, domain and seed cannot be
-    paired: refused for --pair, left out of the default contrasts with a note."""
+    --pair, every arm against scratch when some arm has several seeds of a domain. Two runs of
+    one arm, domain and seed cannot be paired: refused for --pair, left out of the default
+    contrasts with a note."""
     arms, seen, twice = {}, set(), set()
     for r in runs:
         if r.stage == "lang":
