@@ -27,3 +27,18 @@ def test_e1_smoke_runs_every_arm_into_its_paired_table(tmp_path):
     assert pairs == {("nca", "scratch"), ("nca", "text"), ("text", "scratch")}
     assert all(c["units"] == 1 for c in report["contrasts"])
     assert "| nca - text | web_bytes | 1 |" in (tmp_path / "e1" / "eval.md").read_text()
+
+
+@needs_bytes
+def test_e3_smoke_runs_every_arm_into_its_paired_table(tmp_path):
+    env = {**os.environ, "SMOKE": "1", "SEEDS": "0", "OUT": str(tmp_path / "e3"), "JOBS": "2"}
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "experiments" / "e3_nca_structure.sh")],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    report = json.loads((tmp_path / "e3" / "eval.json").read_text())
+    arms = sorted(run["arm"] or "scratch" for run in report["runs"])
+    assert arms == ["nca", "permuted", "scratch", "shuffled", "uniform"]
+    pairs = [(c["a"], c["b"]) for c in report["contrasts"]]
+    assert pairs[0] == ("nca", "shuffled") and len(pairs) == 5
+    shuffled = json.loads((tmp_path / "e3" / "shuffled-seed0" / "config.json").read_text())
+    assert "shuffled" in json.dumps(shuffled)
