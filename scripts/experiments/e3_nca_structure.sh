@@ -33,26 +33,10 @@ SEEDS=${SEEDS:-0 1 2 3 4 5 6 7}
 JOBS=${JOBS:-2}
 mkdir -p "$OUT"
 for d in web c4; do python "data/$d/prepare.py" --tokenizer bytes > /dev/null; done
-if [ "${SMOKE:-0}" = 1 ]; then
-  PPT=(--ppt_tokens 16384 --train_num_rules 64 --val_num_rules 8 --ppt_val_seqs 16
-       --ppt_eval_interval 1)
-  LANG=(--lang_tokens 16384 --eval_interval 2 --eval_tokens 2048); EVAL=(--eval_tokens 4096)
-  IID=40000
-else
-  PPT=(); LANG=(--lang_tokens 655360); EVAL=(--eval_tokens 0); IID=1200000
-fi
+source scripts/experiments/common.sh
+IID=$([ "${SMOKE:-0}" = 1 ] && echo 40000 || echo 1200000)
 [ -f "$OUT/uniform/meta.json" ] || python scripts/make_controls.py data/c4_bytes --kind uniform \
   --tokens "$IID" --out "$OUT/uniform" --overwrite > /dev/null
-export OUT
-run() {   # run NAME ARGS...: one training run, skipped once done; its log is $OUT/NAME.log
-  name=$1; shift
-  [ -f "$OUT/$name/done" ] && return 0
-  OMP_NUM_THREADS=1 python train.py --preset cpu "$@" --out_dir "$OUT/$name" --resume \
-    > "$OUT/$name.log" 2>&1 || { echo "failed: $OUT/$name.log"; return 1; }
-  touch "$OUT/$name/done"
-  echo "$name done"
-}
-export -f run
 stage1=(); stage2=()
 for s in $SEEDS; do
   for name in "nca-seed$s" "web-scratch-s$s" "web-nca-s$s"; do     # E1's runs, when given
