@@ -274,10 +274,10 @@ def contrasts(runs, results, pairs):
     for a, b, *ref in pairs:
         items = []          # (domain, stage-1 checkpoints or the seed, (dloss, dbpb, sp, dref))
         for (arm, domain, seed), (r, res) in sorted(by.items(), key=str):
-            other, third = by.get((b, domain, seed)), ref and by.get((ref[0], domain, seed))
+            other = by.get((b, domain, seed))
             if arm != a or other is None:
                 continue
-            br, bres = other
+            (br, bres), third = other, ref and by.get((ref[0], domain, seed))
             d = (res["loss"][domain] - bres["loss"][domain],
                  res["bpb"][domain] - bres["bpb"][domain]
                  if domain in res["bpb"] and domain in bres["bpb"] else None,
@@ -298,8 +298,8 @@ def contrasts(runs, results, pairs):
             db = [float(np.mean([c[1] for c in u])) for u in cells if None not in
                   [c[1] for c in u]]
             sp = [c[2] for u in cells for c in u if c[2] is not None]
-            both = [(float(np.mean([c[0] for c in u])), float(np.mean([c[3] for c in u])))
-                    for u in cells if ref and None not in [c[3] for c in u]]
+            both = [(x, float(np.mean([c[3] for c in u]))) for x, u in zip(dl, cells)
+                    if ref and None not in [c[3] for c in u]]
             rows.append({"a": a, "b": b, "domain": domain, "units": len(cells), "dloss_all": dl,
                          "dloss": mean_ci(dl), "dbpb": mean_ci(db), "p": sign_flip_p(dl),
                          "speedup": mean_ci(sp), "ref": ref[0] if ref else None,
@@ -317,9 +317,8 @@ def share_kept(pairs, draws=10000):
     idx = np.random.default_rng(0).integers(0, len(d), (draws, len(d)))
     with np.errstate(divide="ignore", invalid="ignore"):
         boot = d[idx].mean(1) / ref[idx].mean(1)
-    lo, hi = (np.nanpercentile(boot, [2.5, 97.5]) if len(d) > 1 else (None, None))
-    return {"share": float(d.mean() / ref.mean()), "lo": None if lo is None else float(lo),
-            "hi": None if hi is None else float(hi), "units": len(d)}
+    lo, hi = np.nanpercentile(boot, [2.5, 97.5]).tolist() if len(d) > 1 else (None, None)
+    return {"share": float(d.mean() / ref.mean()), "lo": lo, "hi": hi, "units": len(d)}
 
 
 def format_shares(rows):

@@ -417,7 +417,7 @@ def wandb_records(path):
             pos += block - pos % block
             continue
         length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-        if length == 0 and kind == 0:
+        if (length == 0 and kind == 0) or pos + 7 + length > len(data):  # end, or mid-write
             break
         parts.append(data[pos + 7:pos + 7 + length])
         pos += 7 + length
