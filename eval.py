@@ -98,6 +98,7 @@ class EvalFlags:
     overwrite: bool = flag(False, "replace an existing eval.json in --out")
     plot: str | None = flag(None, "draw the validation curves here (needs matplotlib)")
     plot_heads: str | None = flag(None, "draw the attention-head scores here (needs matplotlib)")
+    plot_contrasts: str | None = flag(None, "draw the paired contrasts as bars here (matplotlib)")
 
 
 def get_args(argv=None):
@@ -145,6 +146,9 @@ def main(argv=None):
         plot_curves(plan.runs, plan.baselines, args.plot,
                     {d: v["baselines"]["bigram"] for d, v in domains.items()})
         print(f"wrote {args.plot}")
+    if args.plot_contrasts:
+        report.plot_contrasts(pairs, args.plot_contrasts)
+        print(f"wrote {args.plot_contrasts}")
     if args.plot_heads:
         report.plot_heads(results, args.plot_heads)
         print(f"wrote {args.plot_heads}")

@@ -216,7 +216,7 @@ def check_stage2_flags(cfg):
         if cfg.stage == "lang" and not cfg.init_from:
             raise UserError("--keep_embeddings needs --init_from (a stage-1 text checkpoint)")
         if cfg.stage == "both" and (cfg.ppt_source != "text" or not cfg.ppt_tokens):
-            raise UserError("--keep_embeddings keeps a stage-1 model's GPT-2 embeddings: it needs "
+            raise UserError("--keep_embeddings keeps a stage-1 text model's embeddings: it needs "
                             "--ppt_source text and a stage 1 (--ppt_tokens > 0)")
 
 
@@ -404,11 +404,12 @@ def check_lang(cfg, given, ppt_model, plan):
             raise UserError(f"--init_from {cfg.init_from} is a {ck['stage']!r}-stage "
                             "checkpoint; transfer needs a stage-1 (ppt) checkpoint")
         adopt_checkpoint_shape(cfg, given, ck)
-        kind = (ck.get("vocab") or {}).get("kind")
-        if cfg.keep_embeddings and (kind != "gpt2" or ck["model_args"]["vocab_size"] != vocab):
-            raise UserError(f"--keep_embeddings needs a stage-1 model on GPT-2 tokens with "
-                            f"vocabulary {vocab}; {cfg.init_from} has {kind} tokens, "
-                            f"vocabulary {ck['model_args']['vocab_size']}")
+        kind, want = (ck.get("vocab") or {}).get("kind"), load_meta(data_dir).get("tokenizer")
+        if cfg.keep_embeddings and (kind != (want or "gpt2") or
+                                    ck["model_args"]["vocab_size"] != vocab):
+            raise UserError(f"--keep_embeddings needs a stage-1 model on the corpus's tokens "
+                            f"({want or 'gpt2'}, vocabulary {vocab}); {cfg.init_from} has {kind} "
+                            f"tokens, vocabulary {ck['model_args']['vocab_size']}")
     elif cfg.keep_embeddings and ppt_model.vocab_size != vocab:
         raise UserError(f"--keep_embeddings needs the same vocabulary in both stages: "
                         f"--ppt_vocab_size gives {ppt_model.vocab_size}, stage 2 "
@@ -721,7 +722,7 @@ def check_eval_outputs(args):
     """eval.py's outputs, before any work: --out (and the pictures) writable, an existing
     eval.json replaced only with --overwrite, matplotlib present if a picture is asked for."""
     check_writable(args.out, "--out")         # a bad --out fails now, not after the evaluation
-    for name in ("plot", "plot_heads"):
+    for name in ("plot", "plot_heads", "plot_contrasts"):
         if getattr(args, name):
             check_writable(getattr(args, name), f"--{name}", kind="file")
     out = Path(args.out)
@@ -730,7 +731,7 @@ def check_eval_outputs(args):
         raise UserError(f"{show(out / 'eval.json')} exists: pass --overwrite to replace it, "
                         "or another --out" + (f" (and note: {why}; a write was interrupted)"
                                                if why else ""))
-    if args.plot or args.plot_heads:
+    if args.plot or args.plot_heads or args.plot_contrasts:
         report.pyplot()  # fail now, not after the evaluation
     return out
 

@@ -919,6 +919,37 @@ class Log:
             raise UserError(f"{what} is {value} at step {step} of {self.stage}: {fix}")
 
 
+def plot_contrasts(rows, path):
+    """The paired contrasts as a bar chart (a ladder): one horizontal bar per row of the table,
+    its mean Δ loss with the 95% t interval as a whisker; under each row's name its Holm p and,
+    for a row given as A:B:REF, the share of REF's gain it keeps. Left of zero = A better."""
+    plt = pyplot()
+    if not rows:
+        raise UserError("no paired contrast to plot: give --pair A:B with runs of both arms")
+    means = [r["dloss"][0] for r in rows]
+    halves = [r["dloss"][1] or 0.0 for r in rows]
+    several = len({r["domain"] for r in rows}) > 1
+    labels = []
+    for r in rows:
+        s = r.get("share")
+        labels.append(f"{r['a']} - {r['b']}" + (f" ({r['domain']})" if several else "") +
+                      f"\nHolm p {r['p_holm']:.2g}" +
+                      (f", {s['share']:.2f} of {r['ref']}'s gain" if s else ""))
+    fig, ax = plt.subplots(figsize=(7.5, 0.6 * len(rows) + 1.4))
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, means, xerr=halves, color=["C2" if m < 0 else "C3" for m in means], alpha=0.8,
+            capsize=4)
+    ax.axvline(0, c="black", lw=1)
+    ax.set_yticks(y, labels, fontsize=8)
+    units = "/".join(map(str, sorted({r["units"] for r in rows})))
+    ax.set(xlabel=f"Δ validation loss, A - B (nats per token; 95% t interval, {units} units)",
+           title="paired contrasts (negative = A better)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
+    plt.close(fig)
+
+
 def plot_heads(results, path):
     """Attention-head scores of every evaluated run as heatmaps (layers x heads): induction score
     on top, previous-token score below, one column per run; the colour scale is shared per row."""

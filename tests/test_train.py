@@ -237,6 +237,21 @@ def test_text_source_can_keep_its_embeddings(domain, tmp_path):
     assert torch.equal(model.wte.weight, torch.load(ck, weights_only=True)["model"]["wte.weight"])
 
 
+def test_byte_text_source_keeps_its_embeddings_on_a_byte_corpus(tmp_path):
+    folder = make_domain(tmp_path / "c4_bytes", vocab=257, tokenizer="bytes")
+    common = MODEL + PPT + LANG + ["--ppt_source", "text", "--ppt_data", str(folder),
+                                   "--data_dir", str(folder)]
+    train.main(common + ["--stage", "ppt", "--out_dir", str(tmp_path / "c4")])
+    ck = str(tmp_path / "c4" / "ckpt.pt")
+    argv = run_args(tmp_path, folder, "--init_from", ck, "--keep_embeddings")
+    model = lang_model([("257" if a == "50257" else a) for a in argv])     # the byte vocabulary
+    head = torch.load(ck, weights_only=True)["model"]["lm_head.weight"]
+    assert torch.equal(model.lm_head.weight, head)
+    with pytest.raises(UserError, match=r"corpus's tokens \(gpt2, vocabulary 50,?257\)"):
+        lang_model(run_args(tmp_path, make_domain(tmp_path / "web"), "--init_from", ck,
+                            "--keep_embeddings"))
+
+
 def fails(capsys, argv):
     with pytest.raises(SystemExit) as e:
         train.main(argv)
