@@ -1,9 +1,10 @@
 # What the experiment scripts share (sourced once OUT is set): the stage budgets, the SMOKE=1 toy
-# budgets that check a script still runs, and `run NAME ARGS...`, one resumable training run.
+# budgets that check a script still runs, `run NAME ARGS...`, one resumable training run, and
+# `link VAR NAME`, reusing another experiment's finished run, and `prepare_bytes D...`.
 if [ "${SMOKE:-0}" = 1 ]; then
   PPT=(--ppt_tokens 16384 --train_num_rules 64 --val_num_rules 8 --ppt_val_seqs 16
-       --ppt_eval_interval 1)
-  LANG=(--lang_tokens 16384 --eval_interval 2 --eval_tokens 2048); EVAL=(--eval_tokens 4096)
+       --ppt_eval_interval 2)
+  LANG=(--lang_tokens 8192 --eval_interval 2 --eval_tokens 2048); EVAL=(--eval_tokens 4096)
 else
   PPT=(); LANG=(--lang_tokens 655360); EVAL=(--eval_tokens 0)
 fi
@@ -17,3 +18,14 @@ run() {   # run NAME ARGS...: one training run, skipped once done; its log is $O
   echo "$name done"
 }
 export -f run
+link() {   # link VAR NAME: NAME from the experiment folder in $VAR (if set and NAME is done)
+  local from=${!1:-}
+  if [ -n "$from" ] && [ -f "$from/$2/done" ] && [ ! -e "$OUT/$2" ]; then
+    ln -s "$(cd "$from" && pwd)/$2" "$OUT/$2"
+  fi
+}
+prepare_bytes() {   # prepare_bytes D...: data/D_bytes from data/D's files, unless it is there
+  for d in "$@"; do
+    [ -f "data/${d}_bytes/meta.json" ] || python "data/$d/prepare.py" --tokenizer bytes > /dev/null
+  done
+}

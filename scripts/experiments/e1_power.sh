@@ -32,8 +32,8 @@ OUT=${OUT:-out/e1}
 SEEDS=${SEEDS:-0 1 2 3 4 5 6 7 8 9 10 11}
 JOBS=${JOBS:-2}
 mkdir -p "$OUT"
-for d in web c4; do python "data/$d/prepare.py" --tokenizer bytes > /dev/null; done
 source scripts/experiments/common.sh
+prepare_bytes web c4
 stage1=(); stage2=()
 for s in $SEEDS; do
   stage1+=("nca-seed$s --stage ppt --rule_seed $s --seed $s ${PPT[*]-}")

@@ -37,8 +37,8 @@ OUT=${OUT:-out/e2}
 SEEDS=${SEEDS:-0 1 2 3 4}
 JOBS=${JOBS:-2}
 mkdir -p "$OUT"
-for d in math c4; do python "data/$d/prepare.py" --tokenizer bytes > /dev/null; done
 source scripts/experiments/common.sh
+prepare_bytes math c4
 IID=$([ "${SMOKE:-0}" = 1 ] && echo 40000 || echo 1200000)
 for kind in words unigram uniform; do
   [ -f "$OUT/$kind/meta.json" ] && continue
@@ -49,12 +49,6 @@ for kind in words unigram uniform; do
 done
 [ -f "$OUT/zh/meta.json" ] || python data/zh/prepare.py --tokenizer bytes --max_tokens 71696 \
   --out_dir "$OUT/zh" > /dev/null
-link() {   # link VAR NAME: NAME from the finished experiment folder in $VAR, if given and done
-  local from=${!1:-}
-  if [ -n "$from" ] && [ -f "$from/$2/done" ] && [ ! -e "$OUT/$2" ]; then
-    ln -s "$(cd "$from" && pwd)/$2" "$OUT/$2"
-  fi
-}
 stage1=(); stage2=()
 for s in $SEEDS; do
   link E1_OUT "text-seed$s"; link E3_OUT "uniform-seed$s"     # reused, when given

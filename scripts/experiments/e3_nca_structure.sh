@@ -32,18 +32,14 @@ OUT=${OUT:-out/e3}
 SEEDS=${SEEDS:-0 1 2 3 4 5 6 7}
 JOBS=${JOBS:-2}
 mkdir -p "$OUT"
-for d in web c4; do python "data/$d/prepare.py" --tokenizer bytes > /dev/null; done
 source scripts/experiments/common.sh
+prepare_bytes web c4
 IID=$([ "${SMOKE:-0}" = 1 ] && echo 40000 || echo 1200000)
 [ -f "$OUT/uniform/meta.json" ] || python scripts/make_controls.py data/c4_bytes --kind uniform \
   --tokens "$IID" --out "$OUT/uniform" --overwrite > /dev/null
 stage1=(); stage2=()
 for s in $SEEDS; do
-  for name in "nca-seed$s" "web-scratch-s$s" "web-nca-s$s"; do     # E1's runs, when given
-    if [ -n "${E1_OUT:-}" ] && [ -f "$E1_OUT/$name/done" ] && [ ! -e "$OUT/$name" ]; then
-      ln -s "$(cd "$E1_OUT" && pwd)/$name" "$OUT/$name"
-    fi
-  done
+  for name in "nca-seed$s" "web-scratch-s$s" "web-nca-s$s"; do link E1_OUT "$name"; done
   stage1+=("nca-seed$s --stage ppt --rule_seed $s --seed $s ${PPT[*]-}")
   stage1+=("shuffled-seed$s --stage ppt --rule_seed $s --seed $s --frame_order shuffled ${PPT[*]-}")
   stage1+=("uniform-seed$s --stage ppt --ppt_source text --ppt_data $OUT/uniform --seed $s ${PPT[*]-}")
