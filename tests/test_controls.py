@@ -1,5 +1,6 @@
 """Stage-1 controls (scripts/make_controls.py, scripts/permute_body.py): each keeps what it says
-it keeps and destroys what it says it destroys."""
+it keeps and destroys what it says it destroys; scripts/norm_movement.py measures what E4's
+`--reinit ln` would undo."""
 import sys
 
 import numpy as np
@@ -12,6 +13,7 @@ from data.common import load_meta, load_tokens
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import make_controls  # noqa: E402
+import norm_movement  # noqa: E402
 import permute_body  # noqa: E402
 
 TEXT = [b"the cat sat on the mat.  a dog ran\n", b"  one two three four five six", b"x"]
@@ -87,3 +89,20 @@ def test_permuted_body_keeps_each_tensors_values_not_their_places(tmp_path):
         moved += not torch.equal(v, w)
     assert moved >= len(ck["model"]) - 3          # all but the constant norms (all ones) moved
     assert "optimizer" not in out and out["config"]["permute_seed"] == 1
+
+
+def test_norm_movement_measures_each_norm_group_against_one(tmp_path):
+    from model import GPT, GPTConfig, save_checkpoint
+    m = GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=2, n_head=1, n_embd=4))
+    with torch.no_grad():
+        m.blocks[0].norm1.weight.copy_(torch.tensor([1.0, 1.2, 0.9, 1.0]))   # |w-1| .2, .1
+        m.norm_f.weight.fill_(0.5)
+    moved = norm_movement.movement(m.state_dict())
+    assert moved["blocks"] == pytest.approx((0.3 / 16, 0.2, (0.05 / 16) ** 0.5))
+    assert moved["final"] == pytest.approx((0.5, 0.5, 0.5))
+    ck = {"model": m.state_dict(), "model_args": dict(vars(m.config)), "stage": "ppt", "step": 7}
+    save_checkpoint(ck, tmp_path / "ckpt.pt")
+    rows = norm_movement.main([str(tmp_path), "--out", str(tmp_path / "norms.md")])
+    assert rows[0][2] == moved
+    assert "| ppt | 7 | 0.0188 / 0.2000 / 0.0559 | 0.5000 / 0.5000 / 0.5000 |" in \
+        (tmp_path / "norms.md").read_text()
