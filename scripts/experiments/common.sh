@@ -2,9 +2,11 @@
 # budgets that check a script still runs, `run NAME ARGS...`, one resumable training run, and
 # `link VAR NAME`, reusing another experiment's finished run, and `prepare_bytes D...`.
 if [ "${SMOKE:-0}" = 1 ]; then
+  TOY=(--n_layer 1 --n_embd 32 --n_head 2)        # a one-block body: half the cost of a run
   PPT=(--ppt_tokens 16384 --train_num_rules 64 --val_num_rules 8 --ppt_val_seqs 16
-       --ppt_eval_interval 2)
-  LANG=(--lang_tokens 8192 --eval_interval 2 --eval_tokens 2048); EVAL=(--eval_tokens 4096)
+       --ppt_eval_interval 2 "${TOY[@]}")
+  LANG=(--lang_tokens 8192 --eval_interval 2 --eval_tokens 2048 "${TOY[@]}")
+  EVAL=(--eval_tokens 4096)
 else
   PPT=(); LANG=(--lang_tokens 655360); EVAL=(--eval_tokens 0)
 fi
