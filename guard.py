@@ -936,7 +936,7 @@ def language_refusal(ck, tokenizer="gpt2", vocab=None):
 
 
 # -----------------------------------------------------------------------------------------------
-# scripts/export_hf.py and sample.py
+# scripts/export_hf.py, sample.py and the scripts that read a body
 
 def run_checkpoint(path, flag):
     """The checkpoint a RUN argument names: a run folder's ckpt.pt, a checkpoint file, or a

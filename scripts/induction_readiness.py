@@ -82,7 +82,7 @@ def body(source, size, seed, block):
     if source == "scratch":
         torch.manual_seed(seed)
         return GPT(config_for(size, vocab_size=2, block_size=block, attn_dropout=0.0))
-    path = Path(source) / "ckpt.pt" if Path(source).is_dir() else Path(source)
+    path = guard.run_checkpoint(source, "RUN")
     return model_from_checkpoint(guard.peek(path), "cpu", block_size=block, attn_dropout=0.0)
 
 

@@ -20,17 +20,23 @@ from data.common import show  # noqa: E402
 from util import atomic_write, cli, script_parser  # noqa: E402
 
 
+def norm_keys(state):
+    """{"blocks": keys, "final": keys} of the RMSNorm weights of a state dict: the per-block
+    norms (blocks.*.norm*, what `--reinit ln` resets) and the final norm apart."""
+    keys = {"blocks": [], "final": []}
+    for key in state:
+        if key.endswith(".weight") and ".norm" in f".{key}":
+            keys["blocks" if key.startswith("blocks.") else "final"].append(key)
+    return keys
+
+
 def movement(state):
     """{"blocks": (mean, max, rms), "final": (mean, max, rms)} of |w - 1| over the RMSNorm
-    weights of a state dict: per-block norms (blocks.*.norm*) and the final norm apart."""
-    parts = {"blocks": [], "final": []}
-    for key, value in state.items():
-        if key.endswith(".weight") and ".norm" in f".{key}":
-            parts["blocks" if key.startswith("blocks.") else "final"].append(value.flatten())
+    weights of a state dict (norm_keys' two groups)."""
     out = {}
-    for name, tensors in parts.items():
-        if tensors:
-            d = torch.cat(tensors).double() - 1.0
+    for name, keys in norm_keys(state).items():
+        if keys:
+            d = torch.cat([state[k].flatten() for k in keys]).double() - 1.0
             out[name] = (d.abs().mean().item(), d.abs().max().item(), d.pow(2).mean().sqrt().item())
     return out
 
@@ -55,7 +61,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     rows = []
     for given in args.ckpts:
-        src = Path(given) / "ckpt.pt" if Path(given).is_dir() else Path(given)
+        src = guard.run_checkpoint(given, "CKPT")
         ck = guard.peek(src)
         rows.append((show(src), ck, movement(ck["model"])))
     text = table(rows)

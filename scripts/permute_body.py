@@ -33,7 +33,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     args = p.parse_args(argv)
-    src = Path(args.ckpt) / "ckpt.pt" if Path(args.ckpt).is_dir() else Path(args.ckpt)
+    src = guard.run_checkpoint(args.ckpt, "CKPT")
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UserError(f"{show(out)} exists: pass --overwrite to replace it, or another OUT")

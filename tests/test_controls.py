@@ -106,3 +106,14 @@ def test_norm_movement_measures_each_norm_group_against_one(tmp_path):
     assert rows[0][2] == moved
     assert "| ppt | 7 | 0.0188 / 0.2000 / 0.0559 | 0.5000 / 0.5000 / 0.5000 |" in \
         (tmp_path / "norms.md").read_text()
+
+
+def test_norm_movement_measures_exactly_the_norms_reinit_ln_resets():
+    """The per-block group is what model.GPT's `--reinit ln` addresses, and nothing else."""
+    from model import GPT, GPTConfig
+    m = GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=3, n_head=1, n_embd=4))
+    name = {id(p): n for n, p in m.named_parameters()}
+    ln = sorted(name[id(p)] for mod in m._modules_of("ln", None) for p in mod.parameters())
+    keys = norm_movement.norm_keys(m.state_dict())
+    assert sorted(keys["blocks"]) == ln and len(ln) == 6
+    assert keys["final"] == ["norm_f.weight"]
