@@ -597,26 +597,50 @@ def pyplot():
     return plt
 
 
+def seed_curves(runs):
+    """The validation curves by arm and seed, {arm: {seed: {tokens: loss}}}, and Δ = arm - scratch
+    of the same seed, {arm: {seed: {tokens: Δ}}}, for the arms with a scratch partner."""
+    by = {}
+    for r in runs:
+        by.setdefault(r.arm, {})[r.config.get("seed")] = dict(val_curve(r.metrics))
+    base = by.get("scratch", {})
+    deltas = {arm: {s: {t: c[t] - base[s][t] for t in set(c) & set(base[s])}
+                    for s, c in seeds.items() if s in base}
+              for arm, seeds in by.items() if arm != "scratch"}
+    return by, {arm: d for arm, d in deltas.items() if d}
+
+
 def arm_curves(items):
     """Over seeds, per arm: {arm: (tokens, mean, 95% half-width, seeds)} of the validation loss at
     the token counts every seed of the arm has (step 0 left out), and {arm: the same for Δ = arm -
     scratch of the same seed} for the arms with a scratch partner."""
-    by = {}
-    for r, _ in items:
-        by.setdefault(r.arm, {})[r.config.get("seed")] = dict(val_curve(r.metrics))
+    by, deltas = seed_curves([r for r, _ in items])
 
     def band(curves):
         tokens = sorted(set.intersection(*(set(c) for c in curves)) - {0})
         stats = [mean_ci([c[t] for c in curves]) for t in tokens]
         return tokens, [m for m, _ in stats], [h or 0.0 for _, h in stats], len(curves)
     loss = {arm: band(list(seeds.values())) for arm, seeds in by.items()}
-    delta = {}
-    for arm, seeds in by.items():
-        pairs = [(c, by["scratch"][s]) for s, c in seeds.items()
-                 if arm != "scratch" and s in by.get("scratch", {})]
-        if pairs:
-            delta[arm] = band([{t: c[t] - b[t] for t in set(c) & set(b)} for c, b in pairs])
-    return loss, delta
+    return loss, {arm: band(list(seeds.values())) for arm, seeds in deltas.items()}
+
+
+def delta_table(runs):
+    """Markdown: Δ validation loss against scratch, paired by seed, at every token count all the
+    pairs have (step 0 included): each seed's Δ, and their mean ± 95% t half-width, per arm."""
+    deltas = seed_curves(runs)[1]
+    if not deltas:
+        raise UserError("no arm has a scratch run of the same seed: no Δ to tabulate")
+    tokens = sorted(set.intersection(*(set(c) for d in deltas.values() for c in d.values())))
+    lines = ["| tokens | " + " | ".join(f"{a} - scratch per seed | mean ± 95% t" for a in deltas)
+             + " |", "|" + " --- |" * (1 + 2 * len(deltas))]
+    for t in tokens:
+        cells = []
+        for d in deltas.values():
+            xs = [c[t] for c in d.values()]
+            m, h = mean_ci(xs)
+            cells += [", ".join(f"{x:+.3f}" for x in xs), f"{m:+.3f}" + (f" ± {h:.3f}" if h else "")]
+        lines.append(f"| {t:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def draw_arm_bands(ax, dax, loss, delta):

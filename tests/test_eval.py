@@ -529,3 +529,25 @@ def test_arm_curves_average_seeds_and_pair_each_with_its_scratch():
     t, m, h, n = delta["nca"]
     assert t == [100, 200] and m == [-1.0, -1.5] and h[0] == 0.0    # both seeds -1 at 100
     assert "scratch" not in delta
+
+
+def test_delta_table_lists_each_seeds_delta_and_their_mean_by_tokens():
+    """report.delta_table (E6's wash-out table): per token count, each seed's Δ against its own
+    scratch run and the mean ± 95% t over seeds; refused without a scratch partner."""
+    def run(arm, seed, losses):
+        cfg = {"stage": "lang", "domain": "code", "seed": seed, "arm": arm,
+               "init_from": None if arm == "scratch" else "x/ckpt.pt"}
+        metrics = [{"kind": "val", "step": i, "tokens": 1000 * i, "val_loss": v}
+                   for i, v in enumerate(losses)]
+        return report.Run(Path(f"{arm}{seed}"), Path("ckpt.pt"), cfg, metrics)
+    runs = [run("scratch", 0, [9, 4]), run("nca", 0, [9, 3.5]), run("c4", 0, [8, 4.25]),
+            run("scratch", 1, [9, 6]), run("nca", 1, [9, 5.5]), run("c4", 1, [8, 6.75])]
+    lines = report.delta_table(runs).splitlines()
+    assert lines[0] == ("| tokens | nca - scratch per seed | mean ± 95% t | "
+                        "c4 - scratch per seed | mean ± 95% t |")
+    assert lines[2] == "| 0 | +0.000, +0.000 | +0.000 | -1.000, -1.000 | -1.000 |"
+    half = 12.706 * (0.5 / math.sqrt(2)) / math.sqrt(2)      # t(0.975, 1) * sd / sqrt(n)
+    assert lines[3] == (f"| 1,000 | -0.500, -0.500 | -0.500 | +0.250, +0.750 | +0.500 ± "
+                        f"{half:.3f} |")
+    with pytest.raises(UserError, match="no arm has a scratch run"):
+        report.delta_table(runs[1:3])

@@ -1,6 +1,7 @@
 # What the experiment scripts share (sourced once OUT is set): the stage budgets, the SMOKE=1 toy
-# budgets that check a script still runs, `run NAME ARGS...`, one resumable training run, and
-# `link VAR NAME`, reusing another experiment's finished run, and `prepare_bytes D...`.
+# budgets that check a script still runs, `run NAME ARGS...`, one resumable training run,
+# `link VAR NAME`, reusing another experiment's finished run, `prepare_bytes D...`, and
+# `evaluate BARS ARGS...`, the eval.py call that ends each experiment.
 if [ "${SMOKE:-0}" = 1 ]; then
   TOY=(--n_layer 1 --n_embd 32 --n_head 2)        # a one-block body: half the cost of a run
   PPT=(--ppt_tokens 16384 --train_num_rules 64 --val_num_rules 8 --ppt_val_seqs 16
@@ -30,4 +31,14 @@ prepare_bytes() {   # prepare_bytes D...: data/D_bytes from data/D's files, unle
   for d in "$@"; do
     [ -f "data/${d}_bytes/meta.json" ] || python "data/$d/prepare.py" --tokenizer bytes > /dev/null
   done
+}
+evaluate() {   # evaluate BARS ARGS...: eval.py ARGS, written to $OUT (log: $OUT/eval.log); with
+               # matplotlib also the curves ($OUT/curves.png) and the contrast bars ($OUT/BARS;
+               # none for -)
+  local bars=$1 plot=(); shift
+  if python -c "import matplotlib" 2>/dev/null; then
+    plot=(--plot "$OUT/curves.png")
+    [ "$bars" = - ] || plot+=(--plot_contrasts "$OUT/$bars")
+  fi
+  python eval.py "$@" "${plot[@]}" --out "$OUT" --overwrite > "$OUT/eval.log"
 }

@@ -47,8 +47,6 @@ printf '%s\n' "${stage1[@]}" | xargs -P "$JOBS" -I{} bash -c 'run {}'
 printf '%s\n' "${stage2[@]}" | xargs -P "$JOBS" -I{} bash -c 'run {}'
 runs=()
 for s in $SEEDS; do runs+=("$OUT/web-scratch-s$s" "$OUT/web-nca-s$s" "$OUT/web-text-s$s"); done
-PLOT=$(python -c "import matplotlib" 2>/dev/null && echo "--plot $OUT/curves.png" || echo "")
-# shellcheck disable=SC2086
-python eval.py "${runs[@]}" --domains web_bytes ${EVAL[@]+"${EVAL[@]}"} --pair nca:scratch --pair nca:text \
-  --pair text:scratch --out "$OUT" --overwrite $PLOT > "$OUT/eval.log"
+evaluate - "${runs[@]}" --domains web_bytes ${EVAL[@]+"${EVAL[@]}"} --pair nca:scratch --pair nca:text \
+  --pair text:scratch
 echo "E1: table in $OUT/eval.md"

@@ -71,9 +71,5 @@ runs=()
 for s in $SEEDS; do for arm in "${ARMS[@]}"; do runs+=("$OUT/math-$arm-s$s"); done; done
 pairs=(--pair c4:scratch)
 for arm in c4keep words unigram zh uniform; do pairs+=(--pair "$arm:scratch:c4"); done
-PLOT=$(python -c "import matplotlib" 2>/dev/null &&
-       echo "--plot $OUT/curves.png --plot_contrasts $OUT/ladder.png" || echo "")
-# shellcheck disable=SC2086
-python eval.py "${runs[@]}" --domains math_bytes ${EVAL[@]+"${EVAL[@]}"} "${pairs[@]}" \
-  --out "$OUT" --overwrite $PLOT > "$OUT/eval.log"
+evaluate ladder.png "${runs[@]}" --domains math_bytes ${EVAL[@]+"${EVAL[@]}"} "${pairs[@]}"
 echo "E2: table in $OUT/eval.md, ladder in $OUT/ladder.png"

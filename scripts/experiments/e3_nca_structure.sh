@@ -60,9 +60,6 @@ runs=()
 for s in $SEEDS; do
   for arm in scratch nca shuffled permuted uniform; do runs+=("$OUT/web-$arm-s$s"); done
 done
-PLOT=$(python -c "import matplotlib" 2>/dev/null && echo "--plot $OUT/curves.png" || echo "")
-# shellcheck disable=SC2086
-python eval.py "${runs[@]}" --domains web_bytes ${EVAL[@]+"${EVAL[@]}"} --pair nca:shuffled \
-  --pair nca:scratch --pair shuffled:scratch --pair permuted:scratch --pair uniform:scratch \
-  --out "$OUT" --overwrite $PLOT > "$OUT/eval.log"
+evaluate - "${runs[@]}" --domains web_bytes ${EVAL[@]+"${EVAL[@]}"} --pair nca:shuffled \
+  --pair nca:scratch --pair shuffled:scratch --pair permuted:scratch --pair uniform:scratch
 echo "E3: table in $OUT/eval.md"

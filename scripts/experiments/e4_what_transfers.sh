@@ -72,9 +72,5 @@ for body in nca c4; do
   pairs+=(--pair "$body:scratch")
   for x in attn mlp ln norms; do pairs+=(--pair "$body-$x:scratch:$body"); done
 done
-PLOT=$(python -c "import matplotlib" 2>/dev/null &&
-       echo "--plot $OUT/curves.png --plot_contrasts $OUT/reinit.png" || echo "")
-# shellcheck disable=SC2086
-python eval.py "${runs[@]}" --domains math_bytes ${EVAL[@]+"${EVAL[@]}"} "${pairs[@]}" \
-  --out "$OUT" --overwrite $PLOT > "$OUT/eval.log"
+evaluate reinit.png "${runs[@]}" --domains math_bytes ${EVAL[@]+"${EVAL[@]}"} "${pairs[@]}"
 echo "E4: table in $OUT/eval.md, norm movement in $OUT/norms.md"

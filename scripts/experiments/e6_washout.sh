@@ -54,28 +54,15 @@ printf '%s\n' "${stage1[@]}" | xargs -P "$JOBS" -I{} bash -c 'run {}'
 printf '%s\n' "${stage2[@]}" | xargs -P "$JOBS" -I{} bash -c 'run {}'
 runs=()
 for s in $SEEDS; do for arm in scratch nca c4; do runs+=("$OUT/code-$arm-s$s"); done; done
-PLOT=$(python -c "import matplotlib" 2>/dev/null && echo "--plot $OUT/curves.png" || echo "")
-# shellcheck disable=SC2086
-python eval.py "${runs[@]}" --domains code_bytes "${EVAL[@]}" --pair nca:scratch \
-  --pair c4:scratch --pair nca:c4 --out "$OUT" --overwrite $PLOT > "$OUT/eval.log"
+evaluate - "${runs[@]}" --domains code_bytes "${EVAL[@]}" --pair nca:scratch \
+  --pair c4:scratch --pair nca:c4
 python - "$OUT" $SEEDS > "$OUT/delta_by_step.md" <<'PY'   # the Δ curves as a table
-import json, sys
+import sys
 sys.path.insert(0, ".")
-from report import mean_ci, val_curve
+import guard, report
 out, seeds = sys.argv[1], sys.argv[2:]
-def curve(arm, s):
-    return dict(val_curve([json.loads(l) for l in open(f"{out}/code-{arm}-s{s}/metrics.jsonl")]))
+runs = [guard.load_run(f"{out}/code-{a}-s{s}") for s in seeds for a in ("scratch", "nca", "c4")]
 print("Δ validation loss against scratch, paired by seed (first 16,384 validation bytes)\n")
-print("| tokens | " + " | ".join(f"{a} - scratch per seed | mean ± 95% t" for a in ("nca", "c4"))
-      + " |\n|" + " --- |" * 5)
-base = {s: curve("scratch", s) for s in seeds}
-arms = {a: {s: curve(a, s) for s in seeds} for a in ("nca", "c4")}
-for t in sorted(set.intersection(*(set(c) for c in base.values()))):
-    cells = []
-    for a in arms:
-        d = [arms[a][s][t] - base[s][t] for s in seeds if t in arms[a][s]]
-        m, h = mean_ci(d)
-        cells += [", ".join(f"{x:+.3f}" for x in d), f"{m:+.3f}" + (f" ± {h:.3f}" if h else "")]
-    print(f"| {t:,} | " + " | ".join(cells) + " |")
+print(report.delta_table(runs), end="")
 PY
 echo "E6: table in $OUT/eval.md, Δ by step in $OUT/delta_by_step.md, curves in $OUT/curves.png"

@@ -59,10 +59,6 @@ for s in $SEEDS; do
   for d in web code; do for arm in scratch nca dyck sdyck; do runs+=("$OUT/$d-$arm-s$s"); done; done
 done
 [ "${SMOKE:-0}" = 1 ] || EVAL=(--eval_tokens 131072)
-PLOT=$(python -c "import matplotlib" 2>/dev/null &&
-       echo "--plot $OUT/curves.png --plot_contrasts $OUT/contrasts.png" || echo "")
-# shellcheck disable=SC2086
-python eval.py "${runs[@]}" --domains web_bytes,code_bytes "${EVAL[@]}" --pair nca:dyck \
-  --pair nca:sdyck --pair dyck:scratch --pair sdyck:scratch --pair nca:scratch \
-  --out "$OUT" --overwrite $PLOT > "$OUT/eval.log"
+evaluate contrasts.png "${runs[@]}" --domains web_bytes,code_bytes "${EVAL[@]}" --pair nca:dyck \
+  --pair nca:sdyck --pair dyck:scratch --pair sdyck:scratch --pair nca:scratch
 echo "E7: table in $OUT/eval.md"
