@@ -486,19 +486,30 @@ def check_resume(cfg, models, plan):
             f"{plan.steps[stage]} steps): nothing to do for it"]
 
 
-def check_metrics(path):
-    """Every line of a metrics.jsonl a resume will cut back is a record with a step: a broken
-    line in the middle is refused, naming it, before any file is rewritten (a half line at the
-    end is what a kill leaves, and is dropped)."""
+def read_metrics(path, fix="delete or repair that line"):
+    """The records of a metrics.jsonl (none if it is absent), each a JSON object with a step: a
+    broken line in the middle is refused, naming it and what to do (`fix`); a half line at the
+    end is what a kill (or a live run) leaves, and is dropped."""
     lines = path.read_text().splitlines() if path.exists() else []
+    records = []
     for i, line in enumerate(lines):
         try:
-            ok = isinstance(json.loads(line)["step"], int)
+            record = json.loads(line)
+            if isinstance(record["step"], int):
+                records.append(record)
+                continue
         except (ValueError, KeyError, TypeError):
-            ok = i == len(lines) - 1 and not line.endswith("}")
-        if not ok:
-            raise UserError(f"--resume: {path} line {i + 1} is not a metrics record "
-                            f"({line[:30]!r}): delete or repair that line, then resume again")
+            pass
+        if i < len(lines) - 1 or line.endswith("}"):
+            raise UserError(f"{show(path)} line {i + 1} is not a metrics record "
+                            f"({line[:30]!r}): {fix}")
+    return records
+
+
+def check_metrics(path):
+    """Every line of a metrics.jsonl a resume will cut back is a record with a step, checked
+    before any file is rewritten."""
+    read_metrics(path, "delete or repair that line, then resume again")
 
 
 def peek(path, what="checkpoint", need=("model", "model_args")):
@@ -909,16 +920,7 @@ def load_run(path):
         config = peek(ck_path).get("config")
     if not isinstance(config, dict):
         raise UserError(f"{show(cfg_path)} holds no run config (a JSON object written by train.py)")
-    metrics = []
-    m_path = folder / "metrics.jsonl"
-    lines = m_path.read_text().splitlines() if m_path.exists() else []
-    for i, line in enumerate(lines):
-        try:
-            metrics.append(json.loads(line))
-        except ValueError:
-            if i < len(lines) - 1:
-                raise UserError(f"{show(m_path)} line {i + 1} is not JSON") from None
-    return report.Run(folder, ck_path, config, metrics)
+    return report.Run(folder, ck_path, config, read_metrics(folder / "metrics.jsonl"))
 
 
 def language_refusal(ck, tokenizer="gpt2", vocab=None):

@@ -167,6 +167,23 @@ def write_run(folder, arm, curve, stage="lang", domain="web", init_from=None, pp
     return folder
 
 
+
+def test_a_runs_metrics_are_read_as_resume_reads_them(tmp_path):
+    """guard.load_run and --resume read metrics.jsonl with one reader: the half line a kill or a
+    live run leaves at the end is dropped, a broken line in the middle is refused by number."""
+    run = write_run(tmp_path / "r", "scratch", [(512, 3.0), (1024, 2.5)])
+    path = run / "metrics.jsonl"
+    good = path.read_text()
+    path.write_text(good + '{"kind": "val", "st')
+    assert [r["step"] for r in guard.load_run(run).metrics] == [1, 1, 2, 2]
+    lines = good.splitlines()
+    path.write_text("\n".join([lines[0], '{"kind": "val"}', *lines[1:]]) + "\n")
+    with pytest.raises(UserError, match=r"metrics.jsonl line 2 is not a metrics record"):
+        guard.load_run(run)
+    with pytest.raises(UserError, match="line 2 .* then resume again"):
+        guard.check_metrics(path)
+
+
 NCA_CFG = nca.NCAConfig(seq_len=128)
 
 
