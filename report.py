@@ -945,22 +945,24 @@ class Log:
 
 def plot_contrasts(rows, path):
     """The paired contrasts as a bar chart (a ladder): one horizontal bar per row of the table,
-    its mean Δ loss with the 95% t interval as a whisker; under each row's name its Holm p and,
-    for a row given as A:B:REF, the share of REF's gain it keeps. Left of zero = A better."""
+    its mean Δ loss with the 95% t interval as a whisker; under each row's name its Holm p. Left
+    of zero = A better. Rows given as A:B:REF also get a second panel: the share of REF's gain
+    each keeps, with its 95% bootstrap interval (E4's re-initialization figure). Returns the
+    figure (closed)."""
     plt = pyplot()
     if not rows:
         raise UserError("no paired contrast to plot: give --pair A:B with runs of both arms")
     means = [r["dloss"][0] for r in rows]
     halves = [r["dloss"][1] or 0.0 for r in rows]
     several = len({r["domain"] for r in rows}) > 1
-    labels = []
-    for r in rows:
-        s = r.get("share")
-        labels.append(f"{r['a']} - {r['b']}" + (f" ({r['domain']})" if several else "") +
-                      f"\nHolm p {r['p_holm']:.2g}" +
-                      (f", {s['share']:.2f} of {r['ref']}'s gain" if s else ""))
-    fig, ax = plt.subplots(figsize=(7.5, 0.6 * len(rows) + 1.4))
-    y = np.arange(len(rows))[::-1]
+    shares = [r.get("share") for r in rows]
+    labels = [f"{r['a']} - {r['b']}" + (f" ({r['domain']})" if several else "") +
+              f"\nHolm p {r['p_holm']:.2g}" + (f", {s['share']:.2f} of {r['ref']}'s gain" if s
+                                               else "") for r, s in zip(rows, shares)]
+    panels = 2 if any(shares) else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7.5 + 4 * (panels - 1), 0.6 * len(rows) + 1.4),
+                             sharey=True, squeeze=False)
+    ax, y = axes[0][0], np.arange(len(rows))[::-1]
     ax.barh(y, means, xerr=halves, color=["C2" if m < 0 else "C3" for m in means], alpha=0.8,
             capsize=4)
     ax.axvline(0, c="black", lw=1)
@@ -969,9 +971,22 @@ def plot_contrasts(rows, path):
     ax.set(xlabel=f"Δ validation loss, A - B (nats per token; 95% t interval, {units} units)",
            title="paired contrasts (negative = A better)")
     ax.grid(axis="x", alpha=0.3)
+    if panels == 2:
+        sax = axes[0][1]
+        kept = [(yi, x) for yi, x in zip(y, shares) if x]
+        lo = [x["share"] - x["lo"] if x["lo"] is not None else 0.0 for _, x in kept]
+        hi = [x["hi"] - x["share"] if x["hi"] is not None else 0.0 for _, x in kept]
+        sax.errorbar([x["share"] for _, x in kept], [yi for yi, _ in kept], xerr=[lo, hi],
+                     fmt="o", color="C0", capsize=4)
+        for v in (0, 1):
+            sax.axvline(v, c="black", lw=1, ls="-" if v == 0 else "--")
+        sax.set(xlabel="share of the REF arm's gain kept (95% bootstrap interval; 1 = all)",
+                title="(A - B) / (REF - B)")
+        sax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
+    return fig
 
 
 def plot_heads(results, path):

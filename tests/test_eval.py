@@ -340,6 +340,23 @@ def test_plot(fake, tmp_path, capsys):
     assert (tmp_path / "c.png").stat().st_size > 0
 
 
+
+def test_plot_contrasts_draws_the_shares_beside_the_bars(tmp_path):
+    """--plot_contrasts: a bar per row; rows with a REF also get the share panel, a point per
+    such row at its share with its bootstrap interval (no panel when no row has a REF)."""
+    pytest.importorskip("matplotlib")
+    def row(a, d, share=None):
+        return {"a": a, "b": "scratch", "domain": "math", "units": 5, "dloss": (d, 0.01),
+                "p_holm": 0.3, "ref": "nca" if share else None,
+                "share": share and {"share": share, "lo": share - 0.1, "hi": share + 0.2}}
+    rows = [row("nca", -0.1), row("nca-attn", -0.02, 0.2), row("nca-mlp", -0.08, 0.8)]
+    fig = report.plot_contrasts(rows, tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 0 and len(fig.axes) == 2
+    points = fig.axes[1].lines[0].get_data()
+    assert list(points[0]) == [0.2, 0.8] and list(points[1]) == [1, 0]    # rows 2, 3 (top = 2)
+    assert len(report.plot_contrasts(rows[:1], tmp_path / "one.png").axes) == 1
+
+
 # ---------------------------------------------------------------- end to end with train.py
 
 def test_end_to_end_with_train(tmp_path, capsys):
