@@ -945,10 +945,10 @@ class Log:
 
 def plot_contrasts(rows, path):
     """The paired contrasts as a bar chart (a ladder): one horizontal bar per row of the table,
-    its mean Δ loss with the 95% t interval as a whisker; under each row's name its Holm p. Left
-    of zero = A better. Rows given as A:B:REF also get a second panel: the share of REF's gain
-    each keeps, with its 95% bootstrap interval (E4's re-initialization figure). Returns the
-    figure (closed)."""
+    its mean Δ loss with the 95% t interval as a whisker; under each row's name its Holm p (and
+    its share, below). Left of zero = A better. Rows given as A:B:REF also get a second panel:
+    the share of REF's gain each keeps, with its 95% bootstrap interval (E4's re-initialization
+    figure). Returns the figure (closed)."""
     plt = pyplot()
     if not rows:
         raise UserError("no paired contrast to plot: give --pair A:B with runs of both arms")
