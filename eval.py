@@ -98,8 +98,8 @@ class EvalFlags:
     overwrite: bool = flag(False, "replace an existing eval.json in --out")
     plot: str | None = flag(None, "draw the validation curves here (needs matplotlib)")
     plot_heads: str | None = flag(None, "draw the attention-head scores here (needs matplotlib)")
-    plot_contrasts: str | None = flag(None, "draw the paired contrasts as bars here, and the shares "
-                                          "of A:B:REF rows beside them (matplotlib)")
+    plot_contrasts: str | None = flag(None, "draw the paired contrasts as bars here, and the "
+                                          "shares of A:B:REF rows beside them (matplotlib)")
 
 
 def get_args(argv=None):
