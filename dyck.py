@@ -53,6 +53,7 @@ TRAIN, VAL = 0, 1          # stream tags, so the validation set never overlaps t
 class DyckConfig:
     """The knobs; the flag() fields are flags --dyck_<name> of train.py and dyck.py (defaults:
     the official generator's). guard.check_dyck refuses settings that cannot work."""
+    help_title = "Dyck generator (docs/method.md, 'Dyck')"   # its --help group
     k: int = flag(64, "bracket types k; vocab 2k (official num_symbols)", name="dyck_k")
     max_depth: int = flag(16, "maximum nesting depth", name="dyck_max_depth")
     min_depth: int = flag(1, "opens forced at the start of every string", name="dyck_min_depth")
@@ -333,7 +334,7 @@ def main(argv=None):
     ap.add_argument("--sample", action="store_true", help="print the start of one sequence")
     ap.add_argument("--bench", action="store_true", help="print generation throughput")
     ap.add_argument("--bench_seqs", type=int, default=8192, help="sequences for --bench")
-    add_flags(ap, DyckConfig, "Dyck generator (docs/method.md, 'Dyck')")
+    add_flags(ap, DyckConfig)
     args = ap.parse_args(argv)
     cfg = guard.check_dyck(from_flags(DyckConfig, args, seq_len=args.seq_len))
     if not (args.sample or args.bench):

@@ -1,23 +1,26 @@
-"""Every refusal, beside the road. The method files (nca.py, model.py, train.py, eval.py) assume
-what is checked here; each script calls one function of this module at the top of its main():
+"""Every refusal, beside the road. The method files (nca.py, model.py, train.py, eval.py) decide
+what they run and assume what is checked here; this module is handed what they decided and
+either passes or raises util.UserError with one line that says what to change (util.cli prints
+it as the "error:" line). It decides nothing.
 
-  train_run(args, given, source, dist)  train.py: the flags, the stage-1 source, the corpus, an
-                                        --init_from or --resume checkpoint, the memory plan; then
-                                        the run folders are locked for the life of the run
+  check_flags, check_plan, train_run    train.py: the flags alone; the stage-1 source, corpus and
+                                        --init_from body of train.plan_run's plan; the memory
+                                        plan and a --resume checkpoint, then the run folders are
+                                        locked for the life of the run
   eval_run(args)                        eval.py: the runs, their checkpoints, the data folders
-  check_nca(cfg, band), check_dyck(cfg) the generators' settings (train.py and the generator CLIs)
+  check_nca(cfg, band), check_dyck(cfg) the generators' settings (their sources' checks in
+                                        train.py, and the generator CLIs)
   rerun_defaults(path, parser)          train.py --config: a run's recorded flags, as defaults
   sample_run(args), check_export(args)  sample.py and scripts/export_hf.py
 
-Each is handed the objects it checks (the parsed flags, the built source, a model config),
-reads only metadata (meta.json, memory-mapped checkpoints), and raises util.UserError with one
-line that says what to change; util.cli prints it as the "error:" line. A refused command
-changes nothing on disk, so its corrected retry is not refused because of the first attempt.
+The checks read only metadata (meta.json, memory-mapped checkpoints). A refused command changes
+nothing on disk, so its corrected retry is not refused because of the first attempt.
 """
 import argparse
 import contextlib
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -29,15 +32,11 @@ import torch
 
 import report
 from data.common import TOKENIZERS, load_meta, load_tokens, max_token, scan_max_token, show
-from model import GPT, PPT_VOCAB, SIZES, GPTConfig, load_checkpoint, model_config
+from model import ARCH, SIZES, GPTConfig, load_checkpoint, model_config
 from util import (UserError, autocast, check_dtype, check_writable, default_device, pid_alive,
-                  sweep_temporaries)
+                  sweep_temporaries, wandb_module)
 
-RUN_FILES = report.RUN_FILES
-ARCH = ("n_layer", "n_head", "n_embd", "mlp_hidden")
-# Official language vocabulary per domain (docs/differences.md, 'Language vocabulary per domain').
-DOMAIN_VOCAB = {"web": TOKENIZERS["gpt2"][0], "c4": TOKENIZERS["gpt2"][0], "math": PPT_VOCAB,
-                "code": PPT_VOCAB}
+RUN_FILES = ("config.json", "metrics.jsonl", "ckpt.pt")     # what a run folder holds
 AT_LEAST = {"seq_len": 1, "log_interval": 1, "batch_tokens": 1, "micro_batch": 0,
             "eval_interval": 1, "ppt_batch_tokens": 1, "ppt_micro_batch": 0,
             "ppt_eval_interval": 1, "ppt_val_seqs": 1, "train_num_rules": 1, "val_num_rules": 1,
@@ -60,117 +59,8 @@ FLOAT_RULES = [(name, test, want) for names, test, want in (
 
 
 # -----------------------------------------------------------------------------------------------
-# train.py
-
-@contextlib.contextmanager
-def train_run(args, given, source, dist):
-    """Check a train.py command before anything is built or written; yield (cfg, plan) with the
-    run folders locked. cfg is a copy of the flags with what the checks resolve: the arm label,
-    the autocast dtype, the micro-batches (0 = planned from memory), and with --init_from the
-    shape and source the checkpoint imposes. plan: the stages to run, their folders, vocabularies
-    and steps, the memory estimates, the re-init / freeze modules, the corpus."""
-    cfg, world = argparse.Namespace(**vars(args)), dist["world"]
-    check_flags(cfg, world, source)
-    check_writable(cfg.out_dir, "--out_dir")           # before anything is read or computed
-    out = Path(cfg.out_dir)
-    plan = SimpleNamespace(dist=dist, stages=stages(cfg, source), vocab={}, steps={}, memory={},
-                           flops={},
-                           out={"ppt": out / "ppt" if cfg.stage == "both" else out, "lang": out},
-                           lang_data=cfg.data_dir or f"data/{cfg.domain}", reinit=[], freeze=[])
-    models = {}
-    if source is not None:
-        models["ppt"] = check_source(cfg, source, world, plan)
-    if "lang" in plan.stages:
-        models["lang"] = check_lang(cfg, given, models.get("ppt"), plan)
-    if cfg.arm is None:                 # ablations are arms of their own: "nca-reinit-attn"
-        cfg.arm = cfg.ppt_source if source is not None or cfg.init_from else "scratch"
-        for flag in ("reinit", "freeze"):
-            if getattr(cfg, flag) and cfg.arm != "scratch":
-                layers = getattr(cfg, f"{flag}_layers")
-                cfg.arm += f"-{flag}-{getattr(cfg, flag).replace(',', '+')}" + \
-                    (f"[{layers}]" if layers else "")
-    plan.init_from = cfg.init_from                       # where stage 2 starts from
-    if cfg.stage == "both" and cfg.resume and (out / "ckpt.pt").exists():
-        plan.stages = ["lang"]                              # stage 2 already started: 1 is done
-        ppt_ckpt = plan.out["ppt"] / "ckpt.pt"
-        plan.init_from = str(ppt_ckpt) if ppt_ckpt.exists() else None
-    elif "ppt" in plan.stages and "lang" in plan.stages:
-        plan.init_from = str(plan.out["ppt"] / "ckpt.pt")
-    _, cfg.dtype = autocast(cfg.dtype, dist["device"])
-    notes = [plan_micro_batch(cfg, stage, models[stage], dist, plan) for stage in plan.stages]
-    if cfg.resume:
-        notes += check_resume(cfg, models, plan)
-    locks = []
-    try:
-        own_run_dirs([plan.out[s] for s in stages(cfg, source)], cfg, dist, locks)
-        if dist["rank"] == 0:
-            print("\n".join(notes))
-        yield cfg, plan
-    finally:
-        for lock in reversed(locks):
-            unlock_run_dir(*lock)
-
-
-# train.py --config: not how the run trains but what this command does with its folder
-NOT_RERUN = ("config", "resume", "overwrite")
-
-
-def rerun_defaults(path, parser):
-    """train.py --config RUN/config.json (or RUN): the flags the run was started with
-    ("flags" in config.json; a record without it: its top-level keys), each checked against
-    the flag it sets, as parser defaults. A key that is no flag is refused."""
-    file = Path(path) / "config.json" if Path(path).is_dir() else Path(path)
-    try:
-        record = json.loads(file.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        why = "no such file" if isinstance(e, FileNotFoundError) else type(e).__name__
-        raise UserError(f"--config {path}: cannot read it as train.py's JSON record ({why})") \
-            from None
-    flags = record.get("flags", record) if isinstance(record, dict) else None
-    if not isinstance(flags, dict):
-        raise UserError(f"--config {path} holds no flags (a JSON object written by train.py)")
-    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
-    # keys a record holds besides flags (older records keep them at the top level)
-    extra = ("flags", "provenance") if "flags" not in record else ()
-    unknown = [k for k in flags if k not in actions and k not in extra]
-    if unknown:
-        raise UserError(f"--config {path}: {unknown[0]!r} is not a train.py flag (a record of "
-                        "another version? remove the key)")
-    return {k: recorded_value(actions[k], v, path) for k, v in flags.items()
-            if k in actions and k not in NOT_RERUN}
-
-
-def recorded_value(action, value, path):
-    """A flag's value from a JSON record, as the flag itself would accept it."""
-    name, kind = "--" + action.dest, action.type
-    bad = f"--config {path}: {name} {value!r} is not "
-    if value is None:
-        if action.default is not None:
-            raise UserError(bad + "a value this flag takes (null)")
-        return None
-    if action.nargs == 0:                                      # a switch
-        if not isinstance(value, bool):
-            raise UserError(bad + "true or false")
-        return value
-    if isinstance(value, bool) or (kind is int and not isinstance(value, int)) or (
-            kind is float and not isinstance(value, (int, float))) or (
-            kind is str and not isinstance(value, str)):
-        raise UserError(bad + {int: "an integer", float: "a number"}.get(kind, "a string"))
-    if isinstance(value, str) and kind is not None:
-        try:
-            value = kind(value)
-        except (TypeError, ValueError, argparse.ArgumentTypeError):
-            raise UserError(bad + "a value this flag takes") from None
-    if action.choices is not None and value not in action.choices:
-        raise UserError(bad + f"one of {', '.join(map(str, action.choices))}")
-    return value
-
-
-def stages(cfg, source):
-    """The stages a command runs: stage 1 when it has a source (a token budget), stage 2 unless
-    --stage ppt."""
-    return (["ppt"] if source is not None else []) + (["lang"] if cfg.stage != "ppt" else [])
-
+# train.py: check_flags (the flags alone), check_plan (what train.plan_run decided against the
+# data and checkpoints it reads), train_run (memory and --resume; then the folders are locked)
 
 def check_flags(cfg, world, source):
     """Each flag on its own and in combination; nothing is read from disk."""
@@ -196,10 +86,14 @@ def check_flags(cfg, world, source):
     if cfg.wandb_run and not cfg.wandb_project:
         raise UserError("--wandb_run names a run in a --wandb_project: give the project too")
     if cfg.wandb_project:
-        report.wandb_module()                 # installed? (refused now, not after stage 1)
-    for stage in stages(cfg, source):
+        wandb_module()                 # installed? (refused now, not after stage 1)
+    runs = (["ppt"] if source is not None else []) + (["lang"] if cfg.stage != "ppt" else [])
+    for stage in runs:
         check_batch(cfg, stage, world)
+    if not cfg.init_from:               # (with --init_from the checkpoint sets the shape)
+        check_model(model_config(cfg, 1, head_bias=False))
     check_dtype(cfg.dtype, default_device(cfg.device))   # no CUDA call before ranks pick GPUs
+    check_writable(cfg.out_dir, "--out_dir")           # before anything is read or computed
 
 
 def check_stage2_flags(cfg):
@@ -209,9 +103,12 @@ def check_stage2_flags(cfg):
         raise UserError(f"--{stage2[0]} is a stage-2 flag, but --stage ppt has no stage 2")
     for flag in ("reinit", "freeze"):
         kinds(getattr(cfg, flag))
-        if getattr(cfg, f"{flag}_layers") and not getattr(cfg, flag):
-            raise UserError(f"--{flag}_layers {getattr(cfg, f'{flag}_layers')} needs --{flag} "
-                            "(which modules: attn, mlp, ln)")
+        layers = getattr(cfg, f"{flag}_layers")
+        if layers and not getattr(cfg, flag):
+            raise UserError(f"--{flag}_layers {layers} needs --{flag} (which modules: attn, mlp, "
+                            "ln)")
+        if layers and not re.fullmatch(r"\d+:\d+", layers):
+            raise UserError(f"layer range {layers!r} must look like a:b, e.g. 0:4")
     if cfg.keep_embeddings:
         if cfg.stage == "lang" and not cfg.init_from:
             raise UserError("--keep_embeddings needs --init_from (a stage-1 text checkpoint)")
@@ -233,7 +130,7 @@ def check_batch(cfg, stage, world):
     batch, micro, tokens = (getattr(cfg, stage_flag(stage, k)) for k in
                             ("batch_tokens", "micro_batch", "tokens"))
     bflag, mflag = "--" + stage_flag(stage, "batch_tokens"), "--" + stage_flag(stage, "micro_batch")
-    per_step = max(micro, 1) * cfg.seq_len * world    # 0: plan_micro_batch picks one
+    per_step = max(micro, 1) * cfg.seq_len * world    # 0: train.py picks one
     if batch % per_step:
         what = f"{mflag} x --seq_len x processes = {micro} x " if micro else \
             "--seq_len x processes = "
@@ -252,18 +149,6 @@ def kinds(text):
     return out
 
 
-def layer_range(text, n_layer):
-    if not text:
-        return None
-    try:
-        a, b = (int(x) for x in text.split(":"))
-    except ValueError:
-        raise UserError(f"layer range {text!r} must look like a:b, e.g. 0:4") from None
-    if not 0 <= a < b <= n_layer:
-        raise UserError(f"layer range {text} is outside the model's {n_layer} layers")
-    return range(a, b)
-
-
 def check_model(config):
     """A GPTConfig the model can be built from (a clear refusal instead of a shape error deep
     inside torch)."""
@@ -279,24 +164,24 @@ def check_model(config):
     return config
 
 
-def check_source(cfg, source, world, plan):
-    """The stage-1 source's settings and its vocabulary against the model's; the stage-1 model
-    config."""
-    vocab = plan.vocab["ppt"] = cfg.ppt_vocab_size or source["vocab_size"]
-    config = source["config"]
-    if cfg.ppt_source == "nca":
-        check_nca(*config)
-    elif cfg.ppt_source == "dyck":
-        check_dyck(config)
-    if vocab < source["vocab_size"]:
+def check_plan(args, given, cfg, plan, source):
+    """What train.plan_run decided, against the stage-1 source and the corpus and checkpoints it
+    reads: before any model is built (args: the flags as given; cfg: as resolved)."""
+    if source is not None:
+        check_source(cfg, source, plan)
+    if "lang" in plan.configs:
+        check_lang(args, given, cfg, plan)
+
+
+def check_source(cfg, source, plan):
+    """The stage-1 source's own settings (its check) and its vocabulary against the model's."""
+    vocab = plan.vocab["ppt"]
+    if source.check is not None:
+        source.check(vocab, plan.dist["world"])
+    if vocab < source.vocab_size:
         raise UserError(f"--ppt_vocab_size {vocab} is smaller than the {cfg.ppt_source} "
-                        f"source's {source['vocab_size']} tokens")
-    if cfg.ppt_source == "nca" and cfg.train_num_rules < cfg.ppt_micro_batch * world:
-        raise UserError(f"--train_num_rules {cfg.train_num_rules} is fewer than one "
-                        f"micro-batch ({cfg.ppt_micro_batch} x {world} processes)")
-    if cfg.ppt_source == "text":                         # a prepared text folder
-        check_corpus(config, cfg.seq_len, vocab, "--ppt_vocab_size")
-    return check_model(model_config(cfg, vocab, head_bias=True))
+                        f"source's {source.vocab_size} tokens")
+    check_model(plan.configs["ppt"])
 
 
 def check_nca(cfg, band):
@@ -324,6 +209,13 @@ def check_nca(cfg, band):
     return cfg
 
 
+def check_nca_bank(cfg, world):
+    """train.py's NCA rule bank holds a micro-batch of rules for every process."""
+    if cfg.train_num_rules < cfg.ppt_micro_batch * world:
+        raise UserError(f"--train_num_rules {cfg.train_num_rules} is fewer than one "
+                        f"micro-batch ({cfg.ppt_micro_batch} x {world} processes)")
+
+
 def check_dyck(cfg):
     """A DyckConfig (dyck.py) the generator can run."""
     if cfg.k < 1:
@@ -344,17 +236,6 @@ def check_dyck(cfg):
     if cfg.max_length < 0:
         raise UserError(f"--dyck_max_length must be >= 0 (0 = seq_len + 1), got {cfg.max_length}")
     return cfg
-
-
-def lang_vocab(cfg, data_dir):
-    """Stage 2's vocabulary: the official one of the domain (auto), or --vocab_size."""
-    meta_vocab = load_meta(data_dir)["vocab_size"]
-    if cfg.vocab_size == "auto":
-        return max(DOMAIN_VOCAB.get(Path(data_dir).name, meta_vocab), meta_vocab)
-    if cfg.vocab_size < meta_vocab:
-        raise UserError(f"--vocab_size {cfg.vocab_size} cannot index {data_dir}'s {meta_vocab}"
-                        "-token vocabulary: use at least that")
-    return cfg.vocab_size
 
 
 def check_corpus(data_dir, seq_len, vocab, vocab_flag):
@@ -386,74 +267,103 @@ def check_token_file(data_dir, split, vocab, fix):
                         f"outside the vocabulary of {vocab:,}: {fix}")
 
 
-def check_lang(cfg, given, ppt_model, plan):
-    """The corpus, the --init_from checkpoint and the stage-2 vocabulary; the stage-2 model
-    config (with --init_from, in the checkpoint's shape)."""
-    data_dir = plan.lang_data
-    vocab = plan.vocab["lang"] = lang_vocab(cfg, data_dir)
+def check_lang(args, given, cfg, plan):
+    """Stage 2: the corpus against the vocabulary and the batch, the --init_from body against the
+    flags, and the re-init / freeze layers against the model."""
+    data_dir, vocab = plan.lang_data, plan.vocab["lang"]
+    meta_vocab = load_meta(data_dir)["vocab_size"]
+    if cfg.vocab_size != "auto" and vocab < meta_vocab:
+        raise UserError(f"--vocab_size {vocab} cannot index {data_dir}'s {meta_vocab}"
+                        "-token vocabulary: use at least that")
     check_corpus(data_dir, cfg.seq_len, vocab, "--vocab_size")
     n_train = len(load_tokens(data_dir, "train"))
     if not cfg.lang_tokens and n_train < cfg.batch_tokens:
         raise UserError(f"{data_dir}/train.bin has {n_train:,} tokens, less than one batch "
                         f"of {cfg.batch_tokens:,}: lower --batch_tokens or set --lang_tokens")
-    tokens = cfg.lang_tokens or n_train // cfg.batch_tokens * cfg.batch_tokens
-    plan.lang_tokens = tokens
     if cfg.init_from:
-        ck = peek(cfg.init_from, "--init_from", ("model", "model_args", "stage", "config"))
+        ck = plan.body
         if ck["stage"] != "ppt":
             raise UserError(f"--init_from {cfg.init_from} is a {ck['stage']!r}-stage "
                             "checkpoint; transfer needs a stage-1 (ppt) checkpoint")
-        adopt_checkpoint_shape(cfg, given, ck)
+        check_body_shape(args, given, cfg)
         kind, want = (ck.get("vocab") or {}).get("kind"), load_meta(data_dir).get("tokenizer")
         if cfg.keep_embeddings and (kind != (want or "gpt2") or
                                     ck["model_args"]["vocab_size"] != vocab):
             raise UserError(f"--keep_embeddings needs a stage-1 model on the corpus's tokens "
                             f"({want or 'gpt2'}, vocabulary {vocab}); {cfg.init_from} has {kind} "
                             f"tokens, vocabulary {ck['model_args']['vocab_size']}")
-    elif cfg.keep_embeddings and ppt_model.vocab_size != vocab:
+    elif cfg.keep_embeddings and plan.vocab.get("ppt") != vocab:
         raise UserError(f"--keep_embeddings needs the same vocabulary in both stages: "
-                        f"--ppt_vocab_size gives {ppt_model.vocab_size}, stage 2 "
+                        f"--ppt_vocab_size gives {plan.vocab.get('ppt')}, stage 2 "
                         f"{vocab} (set --ppt_vocab_size {vocab})")
-    config = check_model(model_config(cfg, vocab, head_bias=False))
+    n_layer = check_model(plan.configs["lang"]).n_layer
     for flag in ("reinit", "freeze"):
-        layers = layer_range(getattr(cfg, f"{flag}_layers"), config.n_layer)
-        setattr(plan, flag, [(k, layers) for k in kinds(getattr(cfg, flag))])
-    return config
+        text = getattr(cfg, f"{flag}_layers")
+        a, b = map(int, text.split(":")) if text else (0, n_layer)
+        if not 0 <= a < b <= n_layer:
+            raise UserError(f"layer range {text} is outside the model's {n_layer} layers")
 
 
-def adopt_checkpoint_shape(cfg, given, ck):
-    """--init_from decides the body's shape. An architecture flag given on the command line that
-    disagrees is refused, naming both values; the others are set from the checkpoint so that
-    config.json records the model that trains."""
-    have = {k: ck["model_args"].get(k) for k in ARCH}
+def check_body_shape(args, given, cfg):
+    """--init_from decides the body's shape (train.plan_lang set it in cfg): an architecture
+    flag given on the command line that disagrees is refused, naming both values."""
+    have = {k: getattr(cfg, k) for k in ARCH}
     have["mlp_hidden"] = have["mlp_hidden"] or 4 * have["n_embd"]
-    asked = {k: (SIZES[cfg.size][k], f"--size {cfg.size}") for k in ARCH[:3]
+    asked = {k: (SIZES[args.size][k], f"--size {args.size}") for k in ARCH[:3]
              if "size" in given and k not in given}
-    asked.update({k: (getattr(cfg, k), f"--{k}") for k in ARCH if k in given})
+    asked.update({k: (getattr(args, k), f"--{k}") for k in ARCH if k in given})
     for k, (v, flag) in asked.items():
         if v != have[k]:
             raise UserError(f"{flag} asks for {k} {v}, but --init_from {cfg.init_from} is a "
                             f"model with {k} {have[k]}: drop the flag (the checkpoint sets the "
                             "shape)")
-    for k in ARCH:
-        setattr(cfg, k, ck["model_args"].get(k))
-    cfg.size = next((n for n, v in SIZES.items()
-                     if all(v[k] == have[k] for k in ARCH[:3])), cfg.size)
-    source = ck["config"].get("ppt_source", cfg.ppt_source)
-    if "ppt_source" in given and cfg.ppt_source != source:
-        raise UserError(f"--ppt_source {cfg.ppt_source}, but --init_from {cfg.init_from} was "
-                        f"trained on {source}: drop the flag")
-    cfg.ppt_source = source
+    if "ppt_source" in given and args.ppt_source != cfg.ppt_source:
+        raise UserError(f"--ppt_source {args.ppt_source}, but --init_from {cfg.init_from} was "
+                        f"trained on {cfg.ppt_source}: drop the flag")
 
 
-def check_resume(cfg, models, plan):
+@contextlib.contextmanager
+def train_run(cfg, plan):
+    """The micro-batches fit and divide the batch, a --resume matches its checkpoint; then the
+    run folders are locked for the life of the run (yields)."""
+    for stage in plan.micro:
+        check_memory(cfg, stage, plan)
+    if cfg.resume:
+        check_resume(cfg, plan)
+    locks = []
+    try:
+        own_run_dirs([plan.out[s] for s in plan.all_stages], cfg, plan.dist, locks)
+        if plan.dist["rank"] == 0:
+            print("\n".join(plan.notes))
+        yield
+    finally:
+        for lock in reversed(locks):
+            unlock_run_dir(*lock)
+
+
+def check_memory(cfg, stage, plan):
+    """A micro-batch was found that fits the memory (train.plan_memory), or the one given divides
+    each process's share of the batch."""
+    T, world, name = cfg.seq_len, plan.dist["world"], stage_flag(stage, "micro_batch")
+    micro, seqs = plan.micro[stage], getattr(cfg, stage_flag(stage, "batch_tokens")) // (T * world)
+    if micro is None:
+        need = plan.memory[stage]["total"]
+        raise UserError(f"{stage}: one sequence of {T} tokens needs about {need / 2**30:.1f} "
+                        f"GiB by the estimate, more than the {max(plan.usable, 0) / 2**30:.1f} "
+                        f"GiB usable of {plan.memory_total / 2**30:.1f} GiB: use a smaller --size "
+                        "or --seq_len (or set --memory_gb)")
+    if seqs % micro:
+        raise UserError(f"--{name} {micro} does not divide the {seqs} sequences of {T} tokens "
+                        f"each of the {world} processes gets per step: use a divisor of {seqs}, "
+                        "or 0 to choose one")
+
+
+def check_resume(cfg, plan):
     """--resume continues a run only with the model, batch and budget it was trained with."""
-    if "lang" in models and (plan.out["lang"] / "ckpt.pt").exists():
-        stage = "lang"
-    elif "ppt" in models and (plan.out["ppt"] / "ckpt.pt").exists():
-        stage = "ppt"
-    else:
-        return []
+    have = [s for s in ("lang", "ppt") if s in plan.configs and (plan.out[s] / "ckpt.pt").exists()]
+    if not have:
+        return
+    stage = have[0]
     path = plan.out[stage] / "ckpt.pt"
     check_metrics(plan.out[stage] / "metrics.jsonl")
     ck = peek(path, "--resume:", ("model", "model_args", "stage", "config"))
@@ -462,7 +372,7 @@ def check_resume(cfg, models, plan):
                         "check --out_dir and --stage")
     fix = (f"resume with the run's own flags (--config {path.parent / 'config.json'} --resume) "
            "or use another --out_dir")
-    for k, want in asdict(models[stage]).items():
+    for k, want in asdict(plan.configs[stage]).items():
         if ck["model_args"].get(k) != want:
             raise UserError(f"--resume: {path} holds a model with {k} {ck['model_args'].get(k)}, "
                             f"this command asks for {k} {want}: {fix}")
@@ -470,7 +380,7 @@ def check_resume(cfg, models, plan):
     if ck["config"].get(key) != getattr(cfg, key):
         raise UserError(f"--resume: {path} was trained with --{key} {ck['config'].get(key)}, "
                         f"this command asks for {getattr(cfg, key)}: {fix}")
-    transfer = bool(cfg.init_from) or "ppt" in models       # what the command asks for
+    transfer = bool(cfg.init_from) or "ppt" in plan.configs       # what the command asks for
     if stage == "lang" and bool(ck["config"].get("init_from")) != transfer:
         kind = lambda t: "a transfer from stage 1" if t else "a scratch run"
         raise UserError(f"--resume: {path} is {kind(not transfer)}, this command asks for "
@@ -479,11 +389,63 @@ def check_resume(cfg, models, plan):
         raise UserError(f"--resume: {path} is at step {ck['step']}, past the "
                         f"{plan.steps[stage]} steps of this command: resume with the budget in "
                         "config.json")
-    if ck["step"] < plan.steps[stage]:
-        return []
-    plan.stages.remove(stage)               # finished: nothing to run, no file to touch
-    return [f"--resume: {stage} in {path.parent} is finished ({ck['step']} of "
-            f"{plan.steps[stage]} steps): nothing to do for it"]
+
+
+# train.py --config: not how the run trains but what this command does with its folder
+NOT_RERUN = ("config", "resume", "overwrite")
+
+
+def rerun_defaults(path, parser):
+    """train.py --config RUN/config.json (or RUN): the flags the run was started with
+    ("flags" in config.json; a record without it: its top-level keys), each checked against
+    the flag it sets, as parser defaults. A key that is no flag is refused."""
+    file = Path(path) / "config.json" if Path(path).is_dir() else Path(path)
+    try:
+        record = json.loads(file.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        why = "no such file" if isinstance(e, FileNotFoundError) else type(e).__name__
+        raise UserError(f"--config {path}: cannot read it as train.py's JSON record ({why})") \
+            from None
+    flags = record.get("flags", record) if isinstance(record, dict) else None
+    if not isinstance(flags, dict):
+        raise UserError(f"--config {path} holds no flags (a JSON object written by train.py)")
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    # keys a record holds besides flags (older records keep them at the top level)
+    extra = ("flags", "provenance") if "flags" not in record else ()
+    unknown = [k for k in flags if k not in actions and k not in extra]
+    if unknown:
+        raise UserError(f"--config {path}: {unknown[0]!r} is not a train.py flag (a record of "
+                        "another version? remove the key)")
+    return {k: recorded_value(actions[k], v, path) for k, v in flags.items()
+            if k in actions and k not in NOT_RERUN}
+
+
+
+def recorded_value(action, value, path):
+    """A flag's value from a JSON record, as the flag itself would accept it."""
+    name, kind = "--" + action.dest, action.type
+    bad = f"--config {path}: {name} {value!r} is not "
+    if value is None:
+        if action.default is not None:
+            raise UserError(bad + "a value this flag takes (null)")
+        return None
+    if action.nargs == 0:                                      # a switch
+        if not isinstance(value, bool):
+            raise UserError(bad + "true or false")
+        return value
+    if isinstance(value, bool) or (kind is int and not isinstance(value, int)) or (
+            kind is float and not isinstance(value, (int, float))) or (
+            kind is str and not isinstance(value, str)):
+        raise UserError(bad + {int: "an integer", float: "a number"}.get(kind, "a string"))
+    if isinstance(value, str) and kind is not None:
+        try:
+            value = kind(value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            raise UserError(bad + "a value this flag takes") from None
+    if action.choices is not None and value not in action.choices:
+        raise UserError(bad + f"one of {', '.join(map(str, action.choices))}")
+    return value
+
 
 
 def read_metrics(path, fix="delete or repair that line"):
@@ -506,10 +468,12 @@ def read_metrics(path, fix="delete or repair that line"):
     return records
 
 
+
 def check_metrics(path):
     """Every line of a metrics.jsonl a resume will cut back is a record with a step, checked
     before any file is rewritten."""
     read_metrics(path, "delete or repair that line, then resume again")
+
 
 
 def peek(path, what="checkpoint", need=("model", "model_args")):
@@ -527,93 +491,6 @@ def peek(path, what="checkpoint", need=("model", "model_args")):
         raise UserError(f"{what} {path} has unusable model_args: {e}") from None
     return ck
 
-
-# -----------------------------------------------------------------------------------------------
-# Memory: the micro-batch plan
-
-def device_memory(device, world):
-    """Bytes of memory one process may use: the GPU's, or the machine's RAM over the processes."""
-    if str(device).startswith("cuda"):
-        return torch.cuda.get_device_properties(device).total_memory
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // world
-    except (AttributeError, ValueError, OSError):           # no sysconf (Windows): assume 16 GiB
-        return 16 * 2**30 // world
-
-
-def memory_estimate(model, micro_batch, seq_len, act_bytes=2):
-    """Bytes one training process needs, by part, for micro-batches of micro_batch x seq_len
-    with activations of act_bytes (2 under bf16/fp16 autocast, 4 in float32), AdamW, and
-    flash / memory-efficient attention (no T x T matrix: CUDA). Per layer and token a block
-    keeps 4 float32 vectors of width d (residual stream into and out of its two RMSNorms) and
-    about 8·d + 4·h in the autocast dtype (h the MLP width: q, k, v, attention output and its
-    copy, norm outputs, gate, up, SiLU(gate), their product); checked against the memory
-    PyTorch allocates on CPU in tests/test_model.py. Training holds the activations, the
-    gradients and one loss chunk; validation holds a micro-batch of logits instead."""
-    cfg = model.config
-    d, h, V = cfg.n_embd, cfg.mlp_hidden or 4 * cfg.n_embd, cfg.vocab_size
-    n_all = sum(p.numel() for p in model.parameters())
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    tokens = micro_batch * seq_len
-    per_layer = 16 * d + act_bytes * (8 * d + 4 * h)
-    chunk = min(model.loss_chunk, tokens)
-    est = {"weights": 4 * n_all,
-           "autocast_copies": 2 * n_all if act_bytes < 4 else 0,
-           "optimizer": 8 * n_train,
-           "gradients": 4 * n_train,
-           "activations": tokens * (cfg.n_layer * per_layer + 8 * d + act_bytes * d),
-           "loss": tokens * d * act_bytes + 4 * V * d + chunk * V * (8 + 2 * act_bytes),
-           "val_logits": tokens * V * act_bytes + min(tokens, model.loss_chunk) * V * 8}
-    train = est["gradients"] + est["activations"] + est["loss"]
-    est["total"] = est["weights"] + est["autocast_copies"] + est["optimizer"] + max(
-        train, est["val_logits"])
-    return est
-
-
-def plan_micro_batch(cfg, stage, config, dist, plan):
-    """The micro-batch (sequences per forward pass) of a stage, set in cfg, and its memory
-    estimate: the flag, or for 0 the largest that divides each process's share of the batch and
-    whose estimate (memory_estimate) fits in 90% of the memory less 2 GiB (CUDA context,
-    workspaces, allocator fragmentation). Also the stage's steps. Returns the line to print."""
-    T, world = cfg.seq_len, dist["world"]
-    batch = getattr(cfg, stage_flag(stage, "batch_tokens"))
-    tokens = plan.lang_tokens if stage == "lang" else cfg.ppt_tokens
-    steps = tokens // batch                              # at least 1: check_batch
-    plan.steps[stage] = min(steps, cfg.max_iters) if cfg.max_iters else steps
-    with torch.device("meta"):         # the model's shape (allocates nothing)
-        model = GPT(config)
-    model.loss_chunk = cfg.loss_chunk
-    for kind, layers in plan.freeze if stage == "lang" else []:
-        model.freeze_modules(kind, layers)
-    seqs = batch // (T * world)                             # sequences per process and step
-    act = 4 if cfg.dtype == "float32" else 2
-    memory = cfg.memory_gb * 2**30 if cfg.memory_gb else device_memory(dist["device"], world)
-    usable = 0.9 * memory - 2 * 2**30
-    name = stage_flag(stage, "micro_batch")
-    micro = getattr(cfg, name)
-    if micro == 0:
-        fits = [m for m in range(1, seqs + 1)
-                if seqs % m == 0 and memory_estimate(model, m, T, act)["total"] <= usable]
-        if not fits:
-            need = memory_estimate(model, 1, T, act)["total"]
-            raise UserError(f"{stage}: one sequence of {T} tokens needs about {need / 2**30:.1f} "
-                            f"GiB by the estimate, more than the {max(usable, 0) / 2**30:.1f} "
-                            f"GiB usable of {memory / 2**30:.1f} GiB: use a smaller --size or "
-                            "--seq_len (or set --memory_gb)")
-        micro = fits[-1]
-    elif seqs % micro:
-        raise UserError(f"--{name} {micro} does not divide the {seqs} sequences of {T} tokens "
-                        f"each of the {world} processes gets per step: use a divisor of {seqs}, "
-                        "or 0 to choose one")
-    setattr(cfg, name, micro)
-    plan.flops[stage] = plan.steps[stage] * batch * model.flops_per_token(T)   # for the ETA note
-    est = plan.memory[stage] = memory_estimate(model, micro, T, act)
-    parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in est.items() if k != "total")
-    accum = seqs // micro
-    return (f"{stage}: micro-batch {micro} x {T} tokens, {accum} accumulation step"
-            f"{'s' * (accum > 1)} x {world} process{'es' * (world > 1)}; memory estimate "
-            f"{est['total'] / 2**30:.1f} GiB of "
-            f"{usable / 2**30:.1f} GiB usable per process (GiB: {parts})")
 
 
 # -----------------------------------------------------------------------------------------------
@@ -942,7 +819,7 @@ def language_refusal(ck, tokenizer="gpt2", vocab=None):
 
 def run_checkpoint(path, flag):
     """The checkpoint a RUN argument names: a run folder's ckpt.pt, a checkpoint file, or a
-    Hugging Face Llama folder (hf.py)."""
+    Hugging Face Llama folder (scripts/hf.py)."""
     path = Path(path)
     if path.is_dir() and (path / "ckpt.pt").is_file():
         return path / "ckpt.pt"

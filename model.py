@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from util import UserError, atomic_write, chunked_cross_entropy
+from util import UserError, atomic_write
 
 PPT_VOCAB = 64000  # the official stage-1 vocabulary (10,002 NCA symbols fit with room to spare)
 
@@ -55,10 +55,12 @@ def config_for(size: str, **overrides) -> GPTConfig:
     return GPTConfig(**{**SIZES[size], **overrides})
 
 
+ARCH = ("n_layer", "n_head", "n_embd", "mlp_hidden")     # the fields that give a body's shape
+
+
 def model_config(flags, vocab_size, head_bias):
     """The GPTConfig of train.py's model flags: --size, each shape flag given overriding it."""
-    shape = {k: getattr(flags, k) for k in ("n_layer", "n_head", "n_embd", "mlp_hidden")
-             if getattr(flags, k) is not None}
+    shape = {k: getattr(flags, k) for k in ARCH if getattr(flags, k) is not None}
     return config_for(flags.size, vocab_size=vocab_size, head_bias=head_bias,
                       block_size=flags.seq_len, attn_dropout=flags.attn_dropout,
                       rope_theta=flags.rope_theta, norm_eps=flags.norm_eps, **shape)
@@ -150,6 +152,53 @@ class Block(nn.Module):
         x = x + self.attn(self.norm1(x), cos, sin)
         x = x + self.mlp(self.norm2(x))
         return x
+
+
+# The training loss, chunk by chunk (GPT.forward with targets)
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of head(h) = h @ W.T + b against targets, chunk rows at a time. Each
+    chunk's logit gradient (softmax - onehot) is turned into the gradients of h, W and b at once
+    and the chunk's logits are freed: the backward matmuls move into the forward pass (same
+    FLOPs), and no more than chunk x V logits are ever held."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, targets, chunk):
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_h, grad_w = [], torch.zeros_like(weight, dtype=torch.float32)
+        grad_b = None if bias is None else torch.zeros_like(bias, dtype=torch.float32)
+        for hc, yc in zip(h.split(chunk), targets.split(chunk)):
+            logits = F.linear(hc, weight, bias).float()  # autocast applies in here too
+            lse = logits.logsumexp(-1, keepdim=True)
+            keep = (yc != -100).unsqueeze(1)
+            yc = yc.clamp(min=0).unsqueeze(1)
+            total = total + ((lse - logits.gather(1, yc)) * keep).sum()
+            # d total / d logits = softmax - onehot, written over the logits
+            g = logits.sub_(lse).exp_().scatter_add_(1, yc, -keep.float()).mul_(keep)
+            grad_h.append(g @ weight)
+            grad_w += g.t() @ hc
+            if grad_b is not None:
+                grad_b += g.sum(0)
+        ctx.save_for_backward(torch.cat(grad_h), grad_w, grad_b)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        return (grad_h * grad_total, grad_w * grad_total,
+                None if grad_b is None else grad_b * grad_total, None, None)
+
+
+def chunked_cross_entropy(h, head, targets, chunk):
+    """Mean cross-entropy of head(h) over targets != -100, chunk rows of logits at a time
+    (F.cross_entropy semantics; the full (rows, V) logits are never materialized)."""
+    h, targets = h.flatten(0, -2), targets.flatten()
+    if torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad):
+        total = _LinearCrossEntropy.apply(h, head.weight, head.bias, targets, chunk)
+    else:
+        total = sum(F.cross_entropy(head(hc).float(), yc, ignore_index=-100, reduction="sum")
+                    for hc, yc in zip(h.split(chunk), targets.split(chunk)))
+    return total / (targets != -100).sum()
 
 
 class GPT(nn.Module):
@@ -347,8 +396,8 @@ def save_checkpoint(obj, path):
 
 def load_checkpoint(path, device="cpu", mmap=False):
     """A checkpoint dict, tensors only (weights_only); mmap=True reads nothing until it is used.
-    A Hugging Face Llama folder, or a plain Llama-layout state dict, is read as one (hf.py)."""
-    import hf                                   # imports this module: imported when used
+    A Hugging Face Llama folder, or a plain Llama-layout state dict, is read as one (scripts/hf.py)."""
+    from scripts import hf      # the Hugging Face converter lives with its export command
     if Path(path).is_dir():
         return hf.read(path, device)
     try:

@@ -55,6 +55,7 @@ INITS = ("softmax", "uniform")     # NCAConfig.init: the official code's initial
 class NCAConfig:
     """Every generator knob; the flag() fields are flags of train.py and scripts/nca_tools.py
     (defaults: the official launcher's). guard.check_nca refuses settings that cannot work."""
+    help_title = "NCA generator (docs/method.md)"   # its --help group
     grid: int = flag(12, "grid side (periodic)")
     patch: int = flag(2, "patch side; one token per patch")
     num_colors: int = flag(10, "states per cell")
@@ -105,6 +106,7 @@ class NCAConfig:
 @dataclass
 class BandFlags:
     """The complexity band of the rule filter, as flags (band_from_args reads them)."""
+    help_title = "NCA complexity band (docs/method.md, 'Complexity filter')"
     band: str | None = flag(None, "named complexity band; overrides the two thresholds below",
                             choices=sorted(BANDS))
     filter_rules_threshold: float = flag(0.5, "keep rules with gzip ratio strictly above this")
@@ -481,7 +483,8 @@ def filter_rules(cfg, band, num_rules, seed=0, device="cpu", batch=2048, progres
         if drawn >= max_candidates or (found == 0 and drawn >= 4 * batch):
             bar.close()
             raise UserError(f"only {found} of {drawn:,} random rules scored in the band "
-                               f"({lo}, {hi}); widen the band (see python nca.py --stats)")
+                               f"({lo}, {hi}); widen the band (see python scripts/nca_tools.py "
+                               "--stats)")
         cand = seed_sequence(seed, drawn, batch)
         sc = score_rules(cand, cfg, device, batch)
         ok = (sc > lo) & (sc < hi)
@@ -617,3 +620,8 @@ def val_batches(cfg, rule_seeds, num_seqs, batch_size, device="cpu", seed=0,
     x, y = make_sequences(rules[idx % len(rules)], stream_key(idx, 10, seed), cfg, device,
                           mask_delimiters)
     return list(zip(x.split(batch_size), y.split(batch_size)))
+
+
+if __name__ == "__main__":
+    sys.exit("nca.py is the NCA data engine that train.py imports: to look at its rules use "
+             "python scripts/nca_tools.py --preview or --stats")

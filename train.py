@@ -23,10 +23,12 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -34,15 +36,17 @@ import torch
 import dyck
 import guard
 import nca
-from data.common import TextBatches, load_meta, probe_vocab, text_val_batches
+from data.common import (TOKENIZERS, TextBatches, load_meta, load_tokens, probe_vocab, show,
+                         text_val_batches)
 import probes
-from model import GPT, PPT_VOCAB, SIZES, GPTConfig, evaluate, model_config
+from model import ARCH, GPT, PPT_VOCAB, SIZES, GPTConfig, evaluate, model_config
 from model import load_checkpoint, model_from_checkpoint, save_checkpoint
-import report
-from report import Log, provenance, start_run_dir, tracking, truncate_metrics, write_config
 import util
-from util import (add_flags, auto_or_count, autocast, cli, flag, flag_values, from_flags,
-                  parse_with_presets, preset_text, script_parser, setup_distributed, wrap_model)
+from util import (Log, add_flags, atomic_write, auto_or_count, autocast, cli, flag, flag_values,
+                  from_flags, matmul_rate, parse_with_presets, peak_flops, preset_text,
+                  plain_json, provenance, script_parser, setup_distributed, tracking,
+                  wrap_model)
+from guard import stage_flag
 
 # -----------------------------------------------------------------------------------------------
 # Knobs. Stage 1's optimization flags are --ppt_<name>, stage 2's the plain --<name>.
@@ -129,6 +133,14 @@ class Stage1Flags:
     ppt_vocab_size: int = flag(PPT_VOCAB, "stage-1 vocabulary (official 64,000); 0 = the "
                                "source's own size")
     ppt_val_seqs: int = flag(3200, "validation sequences")
+
+
+# A stage-1 source's own flags: a dataclass per source (SOURCES lists them). A class titled like
+# Stage1Flags joins its --help group; one with a title of its own gets a group of its own.
+
+@dataclass
+class NCARunFlags:
+    """stage 1: pre-pre-training (docs/method.md, 'Stage 1: pre-pre-training')"""
     train_num_rules: int = flag(16000, "NCA rule bank size")
     val_num_rules: int = flag(2000, "held-out NCA rules")
     rule_seed: int = flag(0, "seed of the rule filter")
@@ -137,6 +149,11 @@ class Stage1Flags:
                                "(official README)", choices=["fixed_rules", "fresh_rules"])
     mask_delimiters: bool = flag(False, "also ignore grid delimiters in the loss (official: "
                                  "trained)")
+
+
+@dataclass
+class TextFlags:
+    """stage 1: pre-pre-training (docs/method.md, 'Stage 1: pre-pre-training')"""
     ppt_data: str = flag("data/c4", "prepared folder for --ppt_source text")
 
 
@@ -203,9 +220,9 @@ def get_parser(doc=""):
     p.usage = "%(prog)s [--preset cpu|gpu] [--config RUN/config.json] [flags]"
     for cls in (RunFlags, ModelFlags, OptimFlags, Stage1Flags):
         add_flags(p, cls)
-    add_flags(p, nca.NCAConfig, "NCA generator (docs/method.md)")
-    add_flags(p, nca.BandFlags, "NCA complexity band (docs/method.md, 'Complexity filter')")
-    add_flags(p, dyck.DyckConfig, "Dyck generator (docs/method.md, 'Dyck')")
+    for _, flag_classes in SOURCES.values():
+        for cls in flag_classes:
+            add_flags(p, cls)
     add_flags(p, Stage2Flags)
     return p
 
@@ -228,13 +245,29 @@ def stage_hp(cfg, stage):
 
 
 # -----------------------------------------------------------------------------------------------
-# Stage-1 sources. A source is a function of the flags returning what stage 1 needs: its tokens
-# ("kind", "vocab_size"), its "config" (what guard.py checks), "batches"(micro_batch, device,
-# rank, world) -> {"train": endless iterator with state_dict / load_state_dict, "val": fixed list
-# of batches, "info": what the checkpoint records or None}, and "scores": None or a factory of a
-# per-batch callback for model.evaluate that adds metrics to validation. A new source is one
-# function and one entry in SOURCES (docs/method.md, 'Adding a stage-1 source'). Optional
-# "record": the source's own settings as config.json records them (what it applied: the band).
+# Stage-1 sources (docs/method.md, 'Adding a stage-1 source'). A source is a function of the
+# flags that returns a Source; SOURCES maps its --ppt_source name to that function and to the
+# dataclasses of its own flags. A new source is one function, its flags and one entry.
+
+@dataclass
+class Source:
+    """What stage 1 needs from a source of token sequences."""
+    kind: str                   # the tokens' kind, recorded with the checkpoint ("nca", "dyck")
+    vocab_size: int             # ids it emits; the model may have more (--ppt_vocab_size)
+    batches: Callable           # (micro_batch, device, rank, world) -> Batches
+    check: Callable | None = None   # (model vocab, processes): raises util.UserError for settings
+                                    # that cannot work; guard.py calls it before anything runs
+    scores: Callable | None = None  # () -> a per-batch callback of model.evaluate that adds
+                                    # validation metrics (NCA: accuracy beside copy and lookup)
+    record: dict = field(default_factory=dict)  # what it resolved, for config.json (the band)
+
+
+@dataclass
+class Batches:
+    train: Iterator             # endless (x, y) micro-batches, with state_dict / load_state_dict
+    val: list                   # fixed (x, y) batches, the same for the whole run
+    info: dict | None = None    # what the checkpoint keeps for evaluation (NCA: held-out rules)
+
 
 def nca_source(cfg):
     """Trajectories of random NCA rules (nca.py): a bank of rules inside the complexity band,
@@ -257,17 +290,20 @@ def nca_source(cfg):
                 torch.distributed.barrier()
         train_bank = nca.RuleBank(bank.seeds[:n_train], bank.scores[:n_train], bank.band)
         val_seeds = bank.seeds[n_train:]
-        return {"train": nca.NCABatches(gen, train_bank, micro, device, seed=cfg.seed,
-                                        mode=cfg.nca_epoch_mode, rank=rank, world_size=world,
-                                        mask_delimiters=cfg.mask_delimiters),
-                "val": nca.val_batches(gen, val_seeds, cfg.ppt_val_seqs, micro, device,
+        return Batches(nca.NCABatches(gen, train_bank, micro, device, seed=cfg.seed,
+                                      mode=cfg.nca_epoch_mode, rank=rank, world_size=world,
+                                      mask_delimiters=cfg.mask_delimiters),
+                       nca.val_batches(gen, val_seeds, cfg.ppt_val_seqs, micro, device,
                                        mask_delimiters=cfg.mask_delimiters),
-                "info": {"config": asdict(gen), "val_seeds": [int(s) for s in val_seeds],
-                         "mask_delimiters": cfg.mask_delimiters}}
+                       {"config": asdict(gen), "val_seeds": [int(s) for s in val_seeds],
+                        "mask_delimiters": cfg.mask_delimiters})
+
+    def check(vocab, world):
+        guard.check_nca(gen, band)
+        guard.check_nca_bank(cfg, world)
     applied = {"filter_rules_threshold": band[0], "filter_rules_upper_bound": band[1]}
-    return {"kind": "nca", "vocab_size": gen.vocab_size, "config": (gen, band),
-            "batches": batches, "scores": lambda: probes.GridAccuracy(gen),
-            "record": flag_values(cfg, nca.NCAConfig, nca.BandFlags) | applied}
+    return Source("nca", gen.vocab_size, batches, check,
+                  scores=lambda: probes.GridAccuracy(gen), record=applied)
 
 
 def dyck_source(cfg):
@@ -276,12 +312,10 @@ def dyck_source(cfg):
                      max_vocab=cfg.ppt_vocab_size or PPT_VOCAB)
 
     def batches(micro, device, rank, world):
-        return {"train": dyck.DyckBatches(gen, micro, device, seed=cfg.seed, rank=rank,
-                                          world_size=world),
-                "val": dyck.val_batches(gen, cfg.ppt_val_seqs, micro, device, seed=cfg.seed),
-                "info": None}
-    return {"kind": "dyck", "vocab_size": gen.vocab_size, "config": gen, "batches": batches,
-            "scores": None, "record": flag_values(cfg, dyck.DyckConfig)}
+        return Batches(dyck.DyckBatches(gen, micro, device, seed=cfg.seed, rank=rank,
+                                        world_size=world),
+                       dyck.val_batches(gen, cfg.ppt_val_seqs, micro, device, seed=cfg.seed))
+    return Source("dyck", gen.vocab_size, batches, check=lambda vocab, world: guard.check_dyck(gen))
 
 
 def text_source(cfg):
@@ -289,27 +323,31 @@ def text_source(cfg):
     meta = load_meta(cfg.ppt_data)
 
     def batches(micro, device, rank, world):
-        return {"train": TextBatches(cfg.ppt_data, "train", cfg.seq_len, micro, device,
-                                     cfg.seed, rank),
-                "val": text_val_batches(cfg.ppt_data, cfg.seq_len, cfg.ppt_val_seqs * cfg.seq_len,
-                                        micro, device),
-                "info": None}
-    return {"kind": meta.get("tokenizer", "gpt2"), "vocab_size": meta["vocab_size"],
-            "config": Path(cfg.ppt_data), "batches": batches, "scores": None}
+        return Batches(TextBatches(cfg.ppt_data, "train", cfg.seq_len, micro, device, cfg.seed,
+                                   rank),
+                       text_val_batches(cfg.ppt_data, cfg.seq_len, cfg.ppt_val_seqs * cfg.seq_len,
+                                        micro, device))
+
+    def check(vocab, world):
+        guard.check_corpus(cfg.ppt_data, cfg.seq_len, vocab, "--ppt_vocab_size")
+    return Source(meta.get("tokenizer", "gpt2"), meta["vocab_size"], batches, check)
 
 
-SOURCES = {"nca": nca_source, "dyck": dyck_source, "text": text_source}
+SOURCES = {                 # --ppt_source: (the function, the dataclasses of its own flags)
+    "nca": (nca_source, (NCARunFlags, nca.NCAConfig, nca.BandFlags)),
+    "dyck": (dyck_source, (dyck.DyckConfig,)),
+    "text": (text_source, (TextFlags,)),
+}
 
 
-def run_record(cfg, stage, source=None, body=None):
+def run_record(cfg, stage, body=None):
     """What a stage's config.json (and checkpoint) records: the flags that stage used, nothing
-    else. Stage 1: run, model, optimizer and stage-1 flags and its source's own settings (an NCA
-    band as the bounds applied). Stage 2: run, model, optimizer and stage-2 flags and, from the
-    body it starts from (`body`: the --init_from checkpoint), its stage-1 source and tokens; a
-    scratch run has none."""
+    else. Stage 1: run, model, optimizer and stage-1 flags and its source's own flags. Stage 2:
+    run, model, optimizer and stage-2 flags and, from the body it starts from (`body`: the
+    --init_from checkpoint), its stage-1 source and tokens; a scratch run has none."""
     rec = flag_values(cfg, RunFlags, ModelFlags, OptimFlags)
     if stage == "ppt":
-        rec |= flag_values(cfg, Stage1Flags) | source.get("record", {})
+        rec |= flag_values(cfg, Stage1Flags, *SOURCES[cfg.ppt_source][1])
     else:
         rec |= flag_values(cfg, Stage2Flags)
         rec |= {"ppt_source": body["config"].get("ppt_source"),
@@ -318,27 +356,29 @@ def run_record(cfg, stage, source=None, body=None):
 
 
 # -----------------------------------------------------------------------------------------------
-# main: check everything (guard.py), then stage 1 and / or stage 2
+# main: plan the run, have guard.py check the plan, then stage 1 and / or stage 2
 
 @cli
 def main(argv=None):
     args = parse_args(argv)
     dist = setup_distributed(args.device)
-    source = SOURCES[args.ppt_source](args) \
+    source = SOURCES[args.ppt_source][0](args) \
         if args.stage in ("ppt", "both") and args.ppt_tokens else None
-    # cfg: the flags with what the checks resolved (arm, dtype, micro-batches, the shape an
-    # --init_from imposes); plan: what runs (stages, folders, vocabularies, steps, memory).
-    with guard.train_run(args, given_flags(argv), source, dist) as (cfg, plan):
+    guard.check_flags(args, dist["world"], source)          # each flag alone: nothing read yet
+    cfg, plan = plan_run(args, source, dist)                # what runs (reads metadata only)
+    guard.check_plan(args, given_flags(argv), cfg, plan, source)   # its source, data and body
+    plan_memory(cfg, plan)                                  # the micro-batches
+    with guard.train_run(cfg, plan):      # they fit, a --resume matches; the folders locked
         if dist["device"].startswith("cuda"):   # TF32 for the model's float32 matmuls (NCA
             torch.set_float32_matmul_precision("high")   # generation stays exact regardless)
         ctx, _ = autocast(cfg.dtype, dist["device"])
         # What config.json (and each checkpoint) records beside the resolved flags: the command's
-        # own flags (what --config reads back) and where the run came from, as plain JSON values.
-        plan.record = json.loads(json.dumps({"flags": vars(args), "provenance": provenance(
-            "train.py", argv, dist["device"])}, default=str))
+        # own flags (what --config reads back) and where the run came from.
+        plan.record = plain_json({"flags": vars(args), "provenance": provenance(
+            "train.py", argv, dist["device"])})
         if dist["rank"] == 0:
-            print(report.run_summary(cfg, plan))
-            note = report.long_run_note(cfg, plan, dist["device"])
+            print(run_summary(cfg, plan))
+            note = long_run_note(cfg, plan, dist["device"])
             if note:
                 print(note, flush=True)
         result = {}
@@ -351,15 +391,188 @@ def main(argv=None):
         return result
 
 
+# -----------------------------------------------------------------------------------------------
+# The plan: what a command runs, decided from its flags and the metadata of its inputs (nothing
+# is built or written here; guard.train_run checks the plan before anything is)
+
+def plan_run(args, source, dist):
+    """cfg: a copy of the flags with what the command resolves (the arm label, the autocast
+    dtype, the micro-batches and, with --init_from, the body's shape and source). plan: the
+    stages to run, their folders, model configs, vocabularies, steps and memory estimates, the
+    corpus and its token budget, where stage 2 starts from, the modules to re-initialize or
+    freeze, and the notes printed once the run folders are taken."""
+    cfg, out = argparse.Namespace(**vars(args)), Path(args.out_dir)
+    plan = SimpleNamespace(dist=dist, stages=stages(cfg, source), all_stages=stages(cfg, source),
+                           configs={}, vocab={}, steps={},
+                           micro={}, memory={}, flops={}, notes=[], reinit=[], freeze=[],
+                           out={"ppt": out / "ppt" if cfg.stage == "both" else out, "lang": out},
+                           lang_data=cfg.data_dir or f"data/{cfg.domain}", body=None)
+    if source is not None:
+        plan.vocab["ppt"] = cfg.ppt_vocab_size or source.vocab_size
+        plan.configs["ppt"] = model_config(cfg, plan.vocab["ppt"], head_bias=True)
+    if "lang" in plan.stages:
+        plan_lang(cfg, plan)
+    cfg.arm = cfg.arm or arm_label(cfg, source)
+    plan.init_from = cfg.init_from                       # where stage 2 starts from
+    if cfg.stage == "both" and cfg.resume and (out / "ckpt.pt").exists():
+        plan.stages = ["lang"]                              # stage 2 already started: 1 is done
+        ppt_ckpt = plan.out["ppt"] / "ckpt.pt"
+        plan.init_from = str(ppt_ckpt) if ppt_ckpt.exists() else None
+    elif "ppt" in plan.stages and "lang" in plan.stages:
+        plan.init_from = str(plan.out["ppt"] / "ckpt.pt")
+    _, cfg.dtype = autocast(cfg.dtype, dist["device"])
+    for stage in plan.stages:           # the token budget over the batch, or --max_iters
+        batch = getattr(cfg, stage_flag(stage, "batch_tokens"))
+        steps = (plan.lang_tokens if stage == "lang" else cfg.ppt_tokens) // batch
+        plan.steps[stage] = min(steps, cfg.max_iters) if cfg.max_iters else steps
+    return cfg, plan
+
+
+def plan_memory(cfg, plan):
+    """Each stage's micro-batch (plan_micro_batch); then, with --resume, a stage whose checkpoint
+    is at its last step is dropped: it has nothing left to run."""
+    for stage in plan.stages:
+        plan_micro_batch(cfg, stage, plan)
+    if cfg.resume:
+        for stage in list(plan.stages):
+            path = plan.out[stage] / "ckpt.pt"
+            step = guard.peek(path, "--resume:")["step"] if path.exists() else None
+            if step == plan.steps[stage]:
+                plan.stages.remove(stage)           # finished: nothing to run, no file to touch
+                plan.notes.append(f"--resume: {stage} in {path.parent} is finished ({step} of "
+                                  f"{plan.steps[stage]} steps): nothing to do for it")
+
+
+def stages(cfg, source):
+    """The stages a command runs: stage 1 when it has a source (a token budget), stage 2 unless
+    --stage ppt."""
+    return (["ppt"] if source is not None else []) + (["lang"] if cfg.stage != "ppt" else [])
+
+
+# Official language vocabulary per domain (docs/differences.md, 'Language vocabulary per domain').
+DOMAIN_VOCAB = {"web": TOKENIZERS["gpt2"][0], "c4": TOKENIZERS["gpt2"][0], "math": PPT_VOCAB,
+                "code": PPT_VOCAB}
+
+
+def plan_lang(cfg, plan):
+    """Stage 2: the vocabulary (the official one of the domain, or --vocab_size), the token
+    budget (--lang_tokens, else one epoch of whole batches), the body --init_from brings (its
+    shape and stage-1 source replace the flags'), the model config and the parts to
+    re-initialize or freeze."""
+    meta_vocab = load_meta(plan.lang_data)["vocab_size"]
+    plan.vocab["lang"] = max(DOMAIN_VOCAB.get(Path(plan.lang_data).name, meta_vocab),
+                             meta_vocab) if cfg.vocab_size == "auto" else cfg.vocab_size
+    n_train = len(load_tokens(plan.lang_data, "train"))
+    plan.lang_tokens = cfg.lang_tokens or n_train // cfg.batch_tokens * cfg.batch_tokens
+    if cfg.init_from:
+        body = plan.body = guard.peek(cfg.init_from, "--init_from",
+                                      ("model", "model_args", "stage", "config"))
+        for k in ARCH:
+            setattr(cfg, k, body["model_args"].get(k))
+        cfg.size = next((n for n, v in SIZES.items()
+                         if all(v[k] == getattr(cfg, k) for k in ARCH[:3])), cfg.size)
+        cfg.ppt_source = body["config"].get("ppt_source", cfg.ppt_source)
+    plan.configs["lang"] = model_config(cfg, plan.vocab["lang"], head_bias=False)
+    for what in ("reinit", "freeze"):
+        layers = getattr(cfg, f"{what}_layers")
+        layers = range(*map(int, layers.split(":"))) if layers else None
+        setattr(plan, what, [(k, layers) for k in getattr(cfg, what).split(",") if k])
+
+
+def arm_label(cfg, source):
+    """The run's label in eval tables: scratch, or its stage-1 source; an ablation is an arm of
+    its own: "nca-reinit-attn", "nca-freeze-mlp[0:2]"."""
+    arm = cfg.ppt_source if source is not None or cfg.init_from else "scratch"
+    for what in ("reinit", "freeze"):
+        if getattr(cfg, what) and arm != "scratch":
+            layers = getattr(cfg, f"{what}_layers")
+            arm += f"-{what}-{getattr(cfg, what).replace(',', '+')}" + \
+                (f"[{layers}]" if layers else "")
+    return arm
+
+
+def plan_micro_batch(cfg, stage, plan):
+    """A stage's micro-batch (sequences per forward pass), set in cfg: the flag, or for 0 the
+    largest that divides each process's share of the batch and whose memory estimate
+    (memory_estimate) fits in 90% of the memory less 2 GiB (CUDA context, workspaces, allocator
+    fragmentation); None when none fits (guard.check_memory refuses it)."""
+    T, world = cfg.seq_len, plan.dist["world"]
+    batch = getattr(cfg, stage_flag(stage, "batch_tokens"))
+    with torch.device("meta"):         # the model's shape (allocates nothing)
+        model = GPT(plan.configs[stage])
+    model.loss_chunk = cfg.loss_chunk
+    for kind, layers in plan.freeze if stage == "lang" else []:
+        model.freeze_modules(kind, layers)
+    seqs = batch // (T * world)                             # sequences per process and step
+    act = 4 if cfg.dtype == "float32" else 2
+    memory = cfg.memory_gb * 2**30 if cfg.memory_gb else device_memory(plan.dist["device"], world)
+    plan.usable = 0.9 * memory - 2 * 2**30
+    name = stage_flag(stage, "micro_batch")
+    micro = getattr(cfg, name) or max(
+        (m for m in range(1, seqs + 1) if seqs % m == 0
+         and memory_estimate(model, m, T, act)["total"] <= plan.usable), default=None)
+    setattr(cfg, name, micro)
+    plan.micro[stage], plan.memory_total = micro, memory
+    plan.memory[stage] = memory_estimate(model, micro or 1, T, act)
+    plan.flops[stage] = plan.steps[stage] * batch * model.flops_per_token(T)  # for the ETA note
+    if micro and seqs % micro == 0:
+        est, accum = plan.memory[stage], seqs // micro
+        parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in est.items() if k != "total")
+        plan.notes.append(
+            f"{stage}: micro-batch {micro} x {T} tokens, {accum} accumulation step"
+            f"{'s' * (accum > 1)} x {world} process{'es' * (world > 1)}; memory estimate "
+            f"{est['total'] / 2**30:.1f} GiB of {plan.usable / 2**30:.1f} GiB usable per "
+            f"process (GiB: {parts})")
+
+
+def memory_estimate(model, micro_batch, seq_len, act_bytes=2):
+    """Bytes one training process needs, by part, for micro-batches of micro_batch x seq_len
+    with activations of act_bytes (2 under bf16/fp16 autocast, 4 in float32), AdamW, and
+    flash / memory-efficient attention (no T x T matrix: CUDA). Per layer and token a block
+    keeps 4 float32 vectors of width d (residual stream into and out of its two RMSNorms) and
+    about 8·d + 4·h in the autocast dtype (h the MLP width: q, k, v, attention output and its
+    copy, norm outputs, gate, up, SiLU(gate), their product); checked against the memory
+    PyTorch allocates on CPU in tests/test_model.py. Training holds the activations, the
+    gradients and one loss chunk; validation holds a micro-batch of logits instead."""
+    cfg = model.config
+    d, h, V = cfg.n_embd, cfg.mlp_hidden or 4 * cfg.n_embd, cfg.vocab_size
+    n_all = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tokens = micro_batch * seq_len
+    per_layer = 16 * d + act_bytes * (8 * d + 4 * h)
+    chunk = min(model.loss_chunk, tokens)
+    est = {"weights": 4 * n_all,
+           "autocast_copies": 2 * n_all if act_bytes < 4 else 0,
+           "optimizer": 8 * n_train,
+           "gradients": 4 * n_train,
+           "activations": tokens * (cfg.n_layer * per_layer + 8 * d + act_bytes * d),
+           "loss": tokens * d * act_bytes + 4 * V * d + chunk * V * (8 + 2 * act_bytes),
+           "val_logits": tokens * V * act_bytes + min(tokens, model.loss_chunk) * V * 8}
+    train = est["gradients"] + est["activations"] + est["loss"]
+    est["total"] = est["weights"] + est["autocast_copies"] + est["optimizer"] + max(
+        train, est["val_logits"])
+    return est
+
+
+def device_memory(device, world):
+    """Bytes of memory one process may use: the GPU's, or the machine's RAM over the processes."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // world
+    except (AttributeError, ValueError, OSError):           # no sysconf (Windows): assume 16 GiB
+        return 16 * 2**30 // world
+
+
 def run_ppt(cfg, plan, source, ctx):
     """Stage 1: a fresh model (with the official stage-1 head bias) on the source's batches."""
     dist = plan.dist
-    data = source["batches"](cfg.ppt_micro_batch, dist["device"], dist["rank"], dist["world"])
+    data = source.batches(cfg.ppt_micro_batch, dist["device"], dist["rank"], dist["world"])
     torch.manual_seed(cfg.seed)
-    model = GPT(model_config(cfg, plan.vocab["ppt"], head_bias=True)).to(dist["device"])
-    record = {"vocab": {"kind": source["kind"], "size": plan.vocab["ppt"]}, "nca": data["info"],
-              "config": run_record(cfg, "ppt", source) | plan.record}
-    return train("ppt", model, data, cfg, plan, ctx, record, scores=source["scores"])
+    model = GPT(plan.configs["ppt"]).to(dist["device"])
+    record = {"vocab": {"kind": source.kind, "size": plan.vocab["ppt"]}, "nca": data.info,
+              "config": run_record(cfg, "ppt") | source.record | plan.record}
+    return train("ppt", model, data, cfg, plan, ctx, record, scores=source.scores)
 
 
 def run_lang(cfg, plan, ctx):
@@ -367,11 +580,11 @@ def run_lang(cfg, plan, ctx):
     device, folder = plan.dist["device"], plan.lang_data
     body = load_checkpoint(cfg.init_from, mmap=True) if cfg.init_from else None  # what it records
     if plan.dist["rank"] == 0:
-        print(report.body_line(cfg.init_from, body, plan.vocab["lang"]))
+        print(body_line(cfg.init_from, body, plan.vocab["lang"]))
     model = lang_model(cfg, plan, device)
-    data = {"train": TextBatches(folder, "train", cfg.seq_len, cfg.micro_batch, device, cfg.seed,
-                                 plan.dist["rank"]),
-            "val": text_val_batches(folder, cfg.seq_len, cfg.eval_tokens, cfg.micro_batch, device)}
+    data = Batches(TextBatches(folder, "train", cfg.seq_len, cfg.micro_batch, device, cfg.seed,
+                               plan.dist["rank"]),
+                   text_val_batches(folder, cfg.seq_len, cfg.eval_tokens, cfg.micro_batch, device))
     vocab = {"kind": load_meta(folder).get("tokenizer", "gpt2"), "size": plan.vocab["lang"]}
     record = {"vocab": vocab, "config": run_record(cfg, "lang", body=body) | plan.record}
     halves = probes.copy_halves(folder, cfg.seq_len, probe_vocab(vocab))   # the copy probes
@@ -415,7 +628,7 @@ def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
     """Train `model` for one stage (nanoGPT's loop): validate and checkpoint on schedule, one
     optimizer step accumulated over micro-batches, a log line. Returns the last validation."""
     hp, out, steps = stage_hp(cfg, stage), plan.out[stage], plan.steps[stage]
-    batches = data["train"]
+    batches = data.train
     rank, world, device = plan.dist["rank"], plan.dist["world"], plan.dist["device"]
     master, cuda = rank == 0, device.startswith("cuda")
     accum = hp.batch_tokens // (hp.micro_batch * cfg.seq_len * world)
@@ -430,10 +643,10 @@ def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
     step = resume(out, stage, model, optimizer, batches, cfg, plan, record["config"]) \
         if cfg.resume else None
     resumed, step = step is not None, step or 0
-    resumed_at, last_val, rates, first_batch = step, None, [], None
+    resumed_at, last_val, rates = step, None, []
     if world > 1:       # the init above is the same on every rank; dropout masks must differ
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, step, rank]).generate_state(1)[0]))
-    rng_at_start = float(torch.get_rng_state().double().sum())
+    debug = rank_fingerprint(batches) if cfg.debug_ranks else None
     log = Log(stage, out / "metrics.jsonl", master, model, cfg.seq_len, device, world, step,
               track=tracking(cfg, stage, out))
     log.start(steps, hp, accum, plan.memory[stage])
@@ -442,7 +655,7 @@ def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
     while True:
         t_pause = time.perf_counter()
         if (step % hp.eval_interval == 0 or step == steps) and not (resumed and step == resumed_at):
-            last_val = validate(step, val_model, model, data["val"], hp, cfg, ctx, log, scores,
+            last_val = validate(step, val_model, model, data.val, hp, cfg, ctx, log, scores,
                                 probe)
         save = (step % ckpt_every == 0 or step == steps) and not (step == resumed_at > 0)
         if save and master and (log.healthy or step == steps):    # no dead checkpoint
@@ -465,8 +678,6 @@ def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
         log_now = step % cfg.log_interval == 0 or step == steps
         for micro_step in range(accum):
             x, y = next(batches)
-            if first_batch is None:
-                first_batch = int(x.long().sum()) * 1_000_003 + int((x[:, :8] * 31).sum())
             sync = contextlib.nullcontext() if world == 1 or micro_step == accum - 1 \
                 else fwd.no_sync()
             with sync, ctx:
@@ -492,12 +703,22 @@ def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
     log.close()
     if master and rates:
         print(f"{stage}: mean {np.mean(rates):,.0f} tok/s after warm-up")
-    if cfg.debug_ranks:
+    if debug is not None:
         wsum = sum(float(p.detach().double().sum()) for p in model.parameters())
-        (out / f"rank{rank}.json").write_text(json.dumps(
-            {"rank": rank, "first_batch": first_batch, "weights": wsum,
-             "dropout_rng": rng_at_start, "micro_batch": hp.micro_batch, "accum": accum}))
+        (out / f"rank{rank}.json").write_text(json.dumps(debug | {
+            "rank": rank, "weights": wsum, "micro_batch": hp.micro_batch, "accum": accum}))
     return last_val
+
+
+def rank_fingerprint(batches):
+    """--debug_ranks: a hash of this process's first batch (read, then the data position put
+    back) and of its random state, to check that ranks read different data and draw different
+    dropout masks; the final weights, added at the end, must agree (gradient sync)."""
+    rng, state = float(torch.get_rng_state().double().sum()), batches.state_dict()
+    x, _ = next(batches)
+    batches.load_state_dict(state)
+    return {"first_batch": int(x.long().sum()) * 1_000_003 + int((x[:, :8] * 31).sum()),
+            "dropout_rng": rng}
 
 
 def lr_at(step, steps, peak, warmup_frac, schedule):
@@ -545,6 +766,92 @@ def resume(out, stage, model, optimizer, batches, cfg, plan, config):
         truncate_metrics(out / "metrics.jsonl", ck["step"])
         print(f"resumed {stage} at step {ck['step']}")
     return ck["step"]
+
+
+# -----------------------------------------------------------------------------------------------
+# The console and the run folder
+
+def run_summary(cfg, plan):
+    """The one line train.py prints at start (the full configuration is config.json)."""
+    what = {"ppt": lambda: cfg.ppt_source, "lang": lambda: show(plan.lang_data)}
+    stages = " + ".join(f"stage {1 if s == 'ppt' else 2} ({what[s]()}, {plan.steps[s]:,} steps)"
+                        for s in plan.stages)
+    folders = ", ".join(dict.fromkeys(show(plan.out[s]) for s in plan.stages))
+    return (f"train: {stages}; model {cfg.size}, seq_len {cfg.seq_len}; {plan.dist['device']} "
+            f"{cfg.dtype}, seed {cfg.seed}" + (f", preset {cfg.preset}" if cfg.preset else "")
+            + f" -> {folders} (every setting: config.json there)")
+
+
+def body_line(init_from, body, vocab_size):
+    """Where stage 2's body comes from, printed as it starts."""
+    if body is None:
+        return (f"lang: scratch: a freshly initialized body (no stage 1), new embeddings and "
+                f"head for {vocab_size:,} tokens")
+    src = body.get("config", {}).get("ppt_source", "?")
+    return (f"lang: body from {show(init_from)} (stage 1 on {src}, step {body.get('step')}, "
+            f"{body.get('tokens') or 0:,} tokens); new embeddings and head for {vocab_size:,} "
+            "tokens")
+
+
+ASSUMED_MFU = 0.4     # the GPU target (README, 'Single-GPU reproduction')
+MATMUL_SHARE = 0.5    # training reaches about half of a plain matmul's rate (CPU, tiny model)
+
+
+def long_run_note(cfg, plan, device, hour=3600.0):
+    """A line warning that the run is estimated to take more than an hour on `device` (training
+    FLOPs of the stages over an assumed or measured rate, NCA generation not counted), or
+    None. The rate is only measured when even a fast device would need the hour."""
+    flops = sum(plan.flops.values()) / plan.dist["world"]
+    peak = peak_flops(device)
+    fastest = 5e12 if str(device) == "cpu" else 2e15         # FLOP/s no such device exceeds
+    if flops / (ASSUMED_MFU * peak if peak else fastest) < hour:
+        return None
+    if peak:
+        rate = ASSUMED_MFU * peak
+        how = f"an assumed {ASSUMED_MFU:.0%} MFU of {peak / 1e12:.0f} TFLOP/s (not measured)"
+    else:
+        measured = matmul_rate(device)
+        rate = MATMUL_SHARE * measured
+        how = (f"{rate / 1e9:,.0f} GFLOP/s, assumed to be half the {measured / 1e9:,.0f} "
+               "GFLOP/s a float32 matmul measured here")
+    if flops / rate < hour:
+        return None
+    scale = "; the defaults are GPU scale: --preset cpu runs in minutes" \
+        if not str(device).startswith("cuda") and cfg.preset != "cpu" else ""
+    return (f"note: this run is estimated to take {util.duration(flops / rate)} on {device} "
+            f"({flops:.2e} training FLOPs per process at {how}){scale}")
+
+
+def start_run_dir(out, cfg, stage, plan, config):
+    """Create the run folder now that everything it needs has been checked: with --overwrite the
+    old run's files go, and config.json is written (when resuming, only once the checkpoint has
+    loaded: resume())."""
+    dist = plan.dist
+    if dist["rank"] == 0:
+        if cfg.overwrite and not cfg.resume:
+            for f in guard.RUN_FILES:
+                (out / f).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        if not (cfg.resume and (out / "ckpt.pt").exists()):
+            if cfg.resume:                    # lines of an attempt that left no checkpoint
+                (out / "metrics.jsonl").unlink(missing_ok=True)
+            write_config(out, config)
+    if dist["world"] > 1:
+        torch.distributed.barrier()
+
+
+def write_config(out, config):
+    atomic_write(Path(out) / "config.json", json.dumps(config, indent=2, default=str))
+
+
+def truncate_metrics(path, step):
+    """Drop the metrics.jsonl lines written after `step` (the checkpoint a run resumes from)."""
+    if Path(path).exists():
+        lines = Path(path).read_text().splitlines()
+        if lines and not lines[-1].endswith("}"):      # half a line, written as the run was killed
+            lines.pop()
+        keep = [line for line in lines if line and json.loads(line)["step"] <= step]
+        atomic_write(path, "".join(line + "\n" for line in keep))
 
 
 if __name__ == "__main__":

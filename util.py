@@ -6,9 +6,14 @@ import atexit
 import contextlib
 import errno
 import functools
+import json
+import math
 import os
+import platform
 import re
+import shlex
 import shutil
+import subprocess
 import sys
 import textwrap
 import time
@@ -26,7 +31,6 @@ if sys.version_info < (3, 10):
     raise SystemExit(2)
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 
 class UserError(ValueError):
@@ -87,6 +91,15 @@ PLAIN_ERRNO = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota i
                errno.EEXIST: "a part of the path is a file, not a folder",   # from mkdir
                errno.EISDIR: "it is a folder, not a file"}
 TEMPORARY = re.compile(r"^(?P<stem>.+)\.(?P<pid>\d+)\.tmp(?P<suffix>\.[^.]*)?$")
+
+
+def show(path):
+    """A path as the user would type it: relative to the working directory when inside it."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def shown(path):
@@ -192,8 +205,12 @@ def auto_or_count(text):
 
 def add_flags(parser, cls, title=None):
     """One flag per flag() field of dataclass `cls`, in a --help group titled `title` (default:
-    the first line of the class docstring). Fields written without flag() are not flags."""
-    group = parser.add_argument_group(title or (cls.__doc__ or cls.__name__).split("\n")[0])
+    the class's help_title, else the first line of its docstring; classes of one title share
+    a group, in the order they are added). Fields written without flag() are not flags."""
+    title = title or getattr(cls, "help_title", None) or \
+        (cls.__doc__ or cls.__name__).split("\n")[0]
+    group = next((g for g in parser._action_groups if g.title == title), None) or \
+        parser.add_argument_group(title)
     for f in fields(cls):
         if "help" not in f.metadata:
             continue
@@ -505,46 +522,244 @@ class PlainProgress:
         self.close()
 
 
-class _LinearCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of head(h) = h @ W.T + b against targets, chunk rows at a time. Each
-    chunk's logit gradient (softmax - onehot) is turned into the gradients of h, W and b at once
-    and the chunk's logits are freed: the backward matmuls move into the forward pass (same
-    FLOPs), and no more than chunk x V logits are ever held."""
-
-    @staticmethod
-    def forward(ctx, h, weight, bias, targets, chunk):
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
-        grad_h, grad_w = [], torch.zeros_like(weight, dtype=torch.float32)
-        grad_b = None if bias is None else torch.zeros_like(bias, dtype=torch.float32)
-        for hc, yc in zip(h.split(chunk), targets.split(chunk)):
-            logits = F.linear(hc, weight, bias).float()  # autocast applies in here too
-            lse = logits.logsumexp(-1, keepdim=True)
-            keep = (yc != -100).unsqueeze(1)
-            yc = yc.clamp(min=0).unsqueeze(1)
-            total = total + ((lse - logits.gather(1, yc)) * keep).sum()
-            # d total / d logits = softmax - onehot, written over the logits
-            g = logits.sub_(lse).exp_().scatter_add_(1, yc, -keep.float()).mul_(keep)
-            grad_h.append(g @ weight)
-            grad_w += g.t() @ hc
-            if grad_b is not None:
-                grad_b += g.sum(0)
-        ctx.save_for_backward(torch.cat(grad_h), grad_w, grad_b)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_total):
-        grad_h, grad_w, grad_b = ctx.saved_tensors
-        return (grad_h * grad_total, grad_w * grad_total,
-                None if grad_b is None else grad_b * grad_total, None, None)
+# -----------------------------------------------------------------------------------------------
+# The training log: one line per log step (loss, lr, grad norm, ms, tok/s, MFU, peak
+# memory), the same numbers in metrics.jsonl and, optionally, wandb; the provenance of results
 
 
-def chunked_cross_entropy(h, head, targets, chunk):
-    """Mean cross-entropy of head(h) over targets != -100, chunk rows of logits at a time
-    (F.cross_entropy semantics; the full (rows, V) logits are never materialized)."""
-    h, targets = h.flatten(0, -2), targets.flatten()
-    if torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad):
-        total = _LinearCrossEntropy.apply(h, head.weight, head.bias, targets, chunk)
-    else:
-        total = sum(F.cross_entropy(head(hc).float(), yc, ignore_index=-100, reduction="sum")
-                    for hc, yc in zip(h.split(chunk), targets.split(chunk)))
-    return total / (targets != -100).sum()
+# Dense bf16 peak per GPU; the first name found in the device's name wins. The PCIe and NVL cards
+# run slower clocks (and the PCIe H100 fewer SMs) than the SXM parts of the same name.
+PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12), ("GH200", 989e12),
+              ("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
+              ("4090", 165e12), ("A10", 125e12)]
+
+
+def peak_flops(device):
+    if not str(device).startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS if k in name), None)
+
+
+def compiled_graphs():
+    """Graphs torch.compile has built in this process so far (all stages), or None when nothing
+    was compiled: a number that grows between two log lines of a run means a recompile."""
+    dynamo = sys.modules.get("torch._dynamo.utils")        # not imported: nothing was compiled
+    return int(dynamo.counters["stats"]["unique_graphs"]) if dynamo else None
+
+
+def matmul_rate(device, n=1024, seconds=0.3):
+    """FLOP/s of float32 n x n matmuls on `device`, measured for about `seconds`."""
+    a = torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else lambda: None
+    a @ a
+    sync()
+    t0, k = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        a @ a
+        sync()
+        k += 1
+    return 2 * n ** 3 * k / (time.perf_counter() - t0)
+
+
+
+# Dead training: this many consecutive log lines with a gradient norm of exactly 0, or a loss
+# within DEAD_TOL nats of ln(vocabulary) (the uniform guess; a fresh model starts about 0.15
+# above it and a learning one leaves it within steps), stop the run.
+DEAD_LINES, DEAD_TOL = 5, 1e-3
+
+
+class Log:
+    """metrics.jsonl and the console. Throughput is measured over the steps since the last line,
+    with validation and checkpoint time (`paused`) left out. It also follows the run for the two
+    ways it can end early: Ctrl-C (the step reached and the last one saved, `saved`, for the
+    line util.cli prints) and dead training (`healthy` is False from the first dead-looking
+    line on, so that no dead checkpoint replaces the last good one)."""
+
+    def __init__(self, stage, path, master, model, seq_len, device, world, step, track=None):
+        self.stage, self.path, self.master, self.model = stage, path, master, model
+        self.flops, self.peak = model.flops_per_token(seq_len), peak_flops(device)
+        self.seq_len, self.device, self.world = seq_len, device, world
+        self.t_last, self.last_step, self.paused = time.perf_counter(), step, 0.0
+        self.bar, self.step, self.saved, self.dead = None, step, step or None, 0
+        # wandb.init's arguments (tracking()): every line written below also goes there
+        self.run = wandb_module().init(**track) if track and master else None
+
+    @property
+    def healthy(self):
+        return self.dead == 0
+
+    def tick(self, step):
+        """One optimizer step done."""
+        self.step = step
+        self.bar.update(1)
+
+    def interrupted(self):
+        """The line Ctrl-C ends the run with (util.cli prints it)."""
+        then = f"--resume continues from step {self.saved}" if self.saved is not None else \
+            "no checkpoint yet: --resume starts it again"
+        return f"interrupted at step {self.step} of {self.stage}; {then}"
+
+    def write(self, rec):
+        if self.master:
+            try:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+            except OSError as e:     # a half line at the end is dropped by --resume
+                raise write_failure(self.path, e) from None
+        if self.run is not None:          # its numbers; "kind" is in the key names already
+            self.run.log({k: v for k, v in rec.items() if k != "step"
+                          and isinstance(v, (int, float))}, step=rec["step"])
+
+    def close(self):
+        self.bar.close()
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
+
+    def start(self, steps, hp, accum, memory):
+        m = self.model
+        global interrupt_line
+        interrupt_line = self.interrupted
+        if self.master:
+            print(f"{self.stage}: {steps} steps of {hp.batch_tokens:,} tokens ({accum} "
+                  f"micro-step{'s' * (accum > 1)} of {hp.micro_batch} x {self.seq_len} x "
+                  f"{self.world} process{'es' * (self.world > 1)}), "
+                  f"{m.num_params():,} body parameters, vocabulary {m.config.vocab_size:,}"
+                  + (f"; MFU against {self.peak / 1e12:.0f} TFLOP/s" if self.peak else ""))
+        if self.last_step == 0:
+            self.write({"kind": "info", "step": 0, "tokens": 0, "micro_batch": hp.micro_batch,
+                        "accum": accum, "world": self.world,
+                        "mem_estimate_gb": memory["total"] / 2**30})
+        self.bar = progress_bar(steps, self.stage, unit="step", disable=not self.master,
+                                initial=self.last_step, dynamic_ncols=True)
+
+    def val_line(self, step, tokens, res):
+        rec = {"kind": "val", "step": step, "tokens": tokens, **res}
+        self.write(rec)
+        if self.master:                     # "step N val_loss ...", like the training lines
+            self.bar.write(f"step {step} " + " ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()))
+        self.finite(res["val_loss"], "validation loss", step, "lower the learning rate or use "
+                    "--dtype float32")
+
+    def train_line(self, step, loss_sum, lr, norm, batch_tokens):
+        if self.world > 1:
+            torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
+        loss = loss_sum.item()                                   # syncs the device
+        now = time.perf_counter()
+        dt = (now - self.t_last - self.paused) / (step - self.last_step)
+        self.t_last, self.last_step, self.paused = now, step, 0.0
+        cuda = self.device.startswith("cuda")
+        mem = torch.cuda.max_memory_allocated(self.device) / 2**30 if cuda else None
+        tok_s = batch_tokens / dt
+        mfu = self.flops * tok_s / self.world / self.peak if self.peak else None
+        self.finite(loss, "loss", step, "lower the learning rate, clip gradients, or use --dtype "
+                    "float32")
+        self.check_alive(step, loss, norm)
+        self.write({"kind": "train", "step": step, "tokens": step * batch_tokens, "loss": loss,
+                    "lr": lr, "grad_norm": norm, "ms": dt * 1000, "tok_s": tok_s, "mfu": mfu,
+                    "mem_gb": mem, "graphs": compiled_graphs()})
+        if self.master:
+            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
+            self.bar.write(f"step {step} loss {loss:.4f} lr {lr:.2e} grad_norm {norm:.3f} "
+                           f"{dt * 1000:.0f} ms {tok_s:,.0f} tok/s"
+                           + (f" mfu {100 * mfu:.1f}%" if mfu is not None else "")
+                           + (f" peak memory {mem:.1f} GiB" if mem is not None else ""))
+        return tok_s
+
+    def check_alive(self, step, loss, norm):
+        """Stop a run that no longer learns: the gradient norm exactly 0, or the loss at the
+        uniform level ln(V), over DEAD_LINES consecutive log lines (a huge learning rate without
+        clipping gets there without ever producing a NaN, then spends its whole budget)."""
+        uniform = math.log(self.model.config.vocab_size)
+        self.dead = self.dead + 1 if norm == 0 or abs(loss - uniform) < DEAD_TOL else 0
+        if self.dead < DEAD_LINES:
+            return
+        self.bar.close()
+        kept = f"{show(self.path.parent / 'ckpt.pt')} keeps step {self.saved}, the last " \
+            "checkpoint before these lines" if self.saved is not None else "no checkpoint was kept"
+        raise UserError(f"training of {self.stage} is dead at step {step}: over the last "
+                        f"{DEAD_LINES} log lines the gradient norm was 0 or the loss sat at "
+                        f"ln({self.model.config.vocab_size:,}) = {uniform:.3f}, the uniform guess; "
+                        f"{kept}: lower the learning rate or clip gradients (--grad_clip)")
+
+    def finite(self, value, what, step, fix):
+        """A NaN or infinite loss ends the run with one line (the last checkpoint stays)."""
+        if not math.isfinite(value):
+            self.close()
+            raise UserError(f"{what} is {value} at step {step} of {self.stage}: {fix}")
+
+
+def plain_json(obj):
+    """`obj` with every value JSON cannot hold (a Path, a dtype) as its text."""
+    if isinstance(obj, dict):
+        return {str(k): plain_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain_json(v) for v in obj]
+    for kind in (bool, int, float):             # (a str subclass, e.g. torch.__version__,
+        if isinstance(obj, kind):               # becomes a plain str below)
+            return kind(obj)
+    return None if obj is None else str(obj)
+
+
+def wandb_module():
+    """wandb, imported only when asked for (it is optional)."""
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("--wandb_project needs wandb, which is optional: pip install wandb "
+                        "(or drop --wandb_project)") from None
+    return wandb
+
+
+def tracking(cfg, stage, out):
+    """wandb.init's arguments for one stage of a run (None without --wandb_project): one wandb
+    run per stage folder, grouped by the train.py command, its config the stage's flags."""
+    if not cfg.wandb_project:
+        return None
+    both = cfg.stage == "both"
+    name = cfg.wandb_run and (f"{cfg.wandb_run}-{stage}" if both else cfg.wandb_run)
+    return {"project": cfg.wandb_project, "name": name, "group": cfg.wandb_run or Path(
+        cfg.out_dir).name, "job_type": stage, "dir": str(out),
+            "config": plain_json(vars(cfg) | {"stage": stage})}
+
+
+def provenance(script, argv, device):
+    """Where a result comes from (config.json, eval.json, eval.md): the git commit, whether the
+    working tree differs from it, the PyTorch version, the device and the command line."""
+    def git(*args):
+        try:
+            r = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), *args],
+                               capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):        # no git, or it hangs
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+    commit = git("rev-parse", "HEAD")
+    argv = sys.argv[1:] if argv is None else argv
+    return {"git_commit": commit, "git_dirty": bool(git("status", "--porcelain")) if commit
+            else None, "torch": torch.__version__, "device": device_name(device),
+            "command": shlex.join(["python", script, *map(str, argv)])}
+
+
+def device_name(device):
+    device = str(device)
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    if device == "cpu":
+        try:
+            model = next(line.split(":", 1)[1].strip() for line in
+                         Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("model name"))
+        except (OSError, StopIteration):
+            model = platform.machine() or platform.processor()
+        return f"cpu ({model})" if model else "cpu"
+    return device
+
+
+def provenance_line(p):
+    """The eval.md footer."""
+    commit = "not a git checkout" if p["git_commit"] is None else \
+        f"git {p['git_commit'][:12]}" + (" (dirty: the working tree differs)" if p["git_dirty"]
+                                          else "")
+    return f"{commit} · torch {p['torch']} · {p['device']} · `{p['command']}`"

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from util import UserError, atomic_write
+from util import UserError, atomic_write, show  # noqa: F401 (show: its readers' import)
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = ROOT / ".cache"  # ignored by git; downloads and the BPE file live here
@@ -54,15 +54,6 @@ GPT2_MEMBER = "openai_whisper-20250625/whisper/assets/gpt2.tiktoken"
 GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"  # = r50k_base
 # The original GPT-2 split pattern, written out because tiktoken<0.8 cannot import it.
 GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-
-def show(path):
-    """A path as the user would type it: relative to the working directory when inside it."""
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def sha256_file(path):

@@ -1,6 +1,7 @@
 """Export a run as a Hugging Face Llama folder (config.json and weights) that
 transformers.LlamaForCausalLM.from_pretrained loads, e.g. for lm-eval-harness (README,
-'Hugging Face'); hf.py does the conversion, and reads such a folder back as train.py --init_from.
+'Hugging Face'); scripts/hf.py does the conversion, and reads such a folder back as train.py
+--init_from.
 
   python scripts/export_hf.py out/web-nca out/hf/web-nca
   python -c "from transformers import LlamaForCausalLM as M; M.from_pretrained('out/hf/web-nca')"
@@ -13,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import guard  # noqa: E402
-import hf  # noqa: E402
+from scripts import hf  # noqa: E402
 from model import load_checkpoint  # noqa: E402
 from util import cli, script_parser  # noqa: E402
 

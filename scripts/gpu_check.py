@@ -44,8 +44,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import guard  # noqa: E402
-import report  # noqa: E402
+import util  # noqa: E402
 import nca  # noqa: E402
 import train  # noqa: E402
 from data.common import show, text_val_batches  # noqa: E402
@@ -481,8 +480,8 @@ def check(device, size, work, out, steps, compile, time_limit):
     res, t0 = {}, time.perf_counter()
     res["device"] = {"name": torch.cuda.get_device_name(device) if device.startswith("cuda")
                      else "cpu", "torch": torch.__version__, "python": sys.version.split()[0],
-                     "peak_flops": report.peak_flops(device), "size": size, "compile": compile,
-                     "memory_gb": guard.device_memory(device, 1) / 2**30}
+                     "peak_flops": util.peak_flops(device), "size": size, "compile": compile,
+                     "memory_gb": train.device_memory(device, 1) / 2**30}
     res["steps"] = {}
     real = size == "full" and device.startswith("cuda")
 
@@ -569,9 +568,11 @@ def main(argv=None):
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(json.dumps(res, indent=2))
-    failed = [n for n, s in res["steps"].items() if s["status"] != "ok"]
-    print(f"wrote {show(out)} ({res['wall_s']:.0f} s)" + (f"; not ok: {', '.join(failed)}"
-                                                    if failed else ""))
+    skipped = [n for n, s in res["steps"].items() if s["status"] == "skipped"]
+    failed = [n for n, s in res["steps"].items() if s["status"] not in ("ok", "skipped")]
+    print(f"wrote {show(out)} ({res['wall_s']:.0f} s)"
+          + (f"; skipped: {', '.join(skipped)}" if skipped else "")
+          + (f"; not ok: {', '.join(failed)}" if failed else ""))
     return res
 
 

@@ -146,8 +146,8 @@ def show(cfg, seed):
 @cli
 def main(argv=None):
     ap = script_parser(__doc__)
-    add_flags(ap, nca.NCAConfig, "NCA generator (docs/method.md)")
-    add_flags(ap, nca.BandFlags, "NCA complexity band (docs/method.md, 'Complexity filter')")
+    add_flags(ap, nca.NCAConfig)
+    add_flags(ap, nca.BandFlags)
     ap.add_argument("--seq_len", type=int, default=nca.NCAConfig.seq_len,
                     help="tokens per training sequence")
     ap.add_argument("--seed", type=int, default=0, help="seed of the rule stream")

@@ -2,6 +2,7 @@
 the transfer / ablation tensor bookkeeping, causality and a one-batch overfit. CPU, seconds."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-import guard
+import train
 from model import GPT, SIZES, GPTConfig, apply_rotary, config_for, rope_cache
 
 
@@ -201,9 +202,10 @@ def test_bad_kind_or_layer_raises():
     from util import UserError
     with pytest.raises(UserError, match="unknown module kind 'embed'"):
         guard.kinds("attn,embed")
-    with pytest.raises(UserError, match="outside the model's 2 layers"):
-        guard.layer_range("0:3", 2)
-    assert guard.layer_range("1:2", 2) == range(1, 2) and guard.kinds("attn,ln") == ["attn", "ln"]
+    ablation = dict(stage="lang", freeze="", freeze_layers="", keep_embeddings=False)
+    with pytest.raises(UserError, match="must look like a:b"):
+        guard.check_stage2_flags(SimpleNamespace(reinit="attn", reinit_layers="0-3", **ablation))
+    assert guard.kinds("attn,ln") == ["attn", "ln"]
     with pytest.raises(AssertionError):
         small_model().reinit_modules("embed")
 
@@ -348,7 +350,7 @@ def test_memory_estimate_covers_what_training_allocates(dtype):
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
             _, loss = m(idx, idx)
         loss.backward()
-    est = guard.memory_estimate(m, 4, 128, act_bytes=2 if dtype else 4)
+    est = train.memory_estimate(m, 4, 128, act_bytes=2 if dtype else 4)
     bound = est["gradients"] + est["activations"] + est["loss"] + est["autocast_copies"]
     assert 0.7 * bound < mem.peak <= bound, (mem.peak, bound)
-    assert est["total"] > bound and guard.memory_estimate(m, 8, 128)["total"] > est["total"]
+    assert est["total"] > bound and train.memory_estimate(m, 8, 128)["total"] > est["total"]

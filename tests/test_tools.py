@@ -19,7 +19,7 @@ import torch
 import dyck
 import eval as ev
 import guard
-import hf
+from scripts import hf
 import nca
 import sample
 import train

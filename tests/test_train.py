@@ -9,7 +9,6 @@ import torch
 
 import guard
 import nca
-import report
 import train
 from conftest import ROOT, make_domain
 from data.common import TextBatches
@@ -52,10 +51,20 @@ def run_args(out, domain, *extra):
                            *extra]
 
 
+def planned(argv, source=None):
+    """(cfg, plan) of a command, as main() plans and checks it (without taking its folders)."""
+    args = train_args(argv)
+    guard.check_flags(args, 1, source)
+    cfg, plan = train.plan_run(args, source, CPU)
+    guard.check_plan(args, train.given_flags(argv), cfg, plan, source)
+    train.plan_memory(cfg, plan)
+    return cfg, plan
+
+
 def lang_model(argv):
-    """The stage-2 model of a command, built as main() builds it: after guard.train_run."""
-    with guard.train_run(train_args(argv), train.given_flags(argv), None, CPU) as (cfg, plan):
-        return train.lang_model(cfg, plan, "cpu")
+    """The stage-2 model of a command, built as main() builds it."""
+    cfg, plan = planned(argv)
+    return train.lang_model(cfg, plan, "cpu")
 
 
 def test_two_stage_run_writes_everything(two_stage):
@@ -140,8 +149,7 @@ def test_an_ablation_run_is_an_arm_of_its_own(two_stage, domain, tmp_path):
                         "nca-reinit-attn+mlp[0:2]"), (("--freeze", "ln"), "nca-freeze-ln"),
                        ((), "nca"), (("--reinit", "mlp", "--arm", "mine"), "mine")):
         argv = run_args(tmp_path, domain, *init, *extra)
-        with guard.train_run(train_args(argv), train.given_flags(argv), None, CPU) as (cfg, _):
-            assert cfg.arm == arm, extra
+        assert planned(argv)[0].arm == arm, extra
 
 
 def test_scratch_arm_matches_the_nca_arm_embeddings(domain, tmp_path):
@@ -213,11 +221,11 @@ def test_dyck_source_validates_on_its_own_split_and_honours_the_vocab_size():
     import dyck
     args = train_args(MODEL + PPT + ["--ppt_source", "dyck", "--dyck_k", "40000",
                                            "--ppt_vocab_size", "80000"])
-    source = train.SOURCES["dyck"](args)                                # 80,000 > 64,000: fine
-    data = source["batches"](4, "cpu", 0, 1)
-    stream, val = data["train"], data["val"]
-    assert source["vocab_size"] == 80000
-    guard.check_dyck(source["config"])
+    source = train.SOURCES["dyck"][0](args)                             # 80,000 > 64,000: fine
+    data = source.batches(4, "cpu", 0, 1)
+    stream, val = data.train, data.val
+    assert source.vocab_size == 80000
+    source.check(80000, 1)
     cfg = from_flags(dyck.DyckConfig, args, seq_len=args.seq_len, max_vocab=80000)
     want = dyck.val_batches(cfg, 8, 4, "cpu", seed=0)
     assert len(val) == len(want) == 2
@@ -225,7 +233,7 @@ def test_dyck_source_validates_on_its_own_split_and_honours_the_vocab_size():
     assert not torch.equal(next(stream)[0], val[0][0])                 # not the train stream
     small = train_args(MODEL + PPT + ["--ppt_source", "dyck", "--ppt_vocab_size", "100"])
     with pytest.raises(UserError, match="--ppt_vocab_size"):
-        guard.check_dyck(train.SOURCES["dyck"](small)["config"])
+        train.SOURCES["dyck"][0](small).check(100, 1)
 
 
 def test_text_source_can_keep_its_embeddings(domain, tmp_path):
@@ -325,16 +333,21 @@ def test_two_processes_run_the_gpu_presets_stage1_from_an_empty_rule_cache(tmp_p
 
 
 def plan(argv, stage="lang", vocab=50257, world=1):
-    """The micro-batch guard.plan_micro_batch picks for a command, its estimate, and the
+    """The micro-batch train.plan_micro_batch picks for a command, its estimate, and the
     sequences each process gets per step."""
     args = train_args(argv)
-    config = model_config(args, vocab, head_bias=stage == "ppt")
-    p = SimpleNamespace(steps={}, memory={}, flops={}, freeze=[], lang_tokens=args.lang_tokens or 1)
+    p = plan_of(args, stage, vocab, {"rank": 0, "world": world, "device": "cpu"})
     setattr(args, guard.stage_flag(stage, "micro_batch"), 0)
-    guard.plan_micro_batch(args, stage, config, {"rank": 0, "world": world, "device": "cpu"}, p)
+    train.plan_micro_batch(args, stage, p)
     batch = getattr(args, guard.stage_flag(stage, "batch_tokens"))
     return getattr(args, guard.stage_flag(stage, "micro_batch")), p.memory[stage], \
         batch // (args.seq_len * world)
+
+
+def plan_of(args, stage, vocab, dist):
+    """The part of train.plan_run's plan that plan_micro_batch reads."""
+    return SimpleNamespace(dist=dist, configs={stage: model_config(args, vocab, stage == "ppt")},
+                           steps={stage: 1}, micro={}, memory={}, flops={}, notes=[], freeze=[])
 
 
 def test_micro_batch_plan_fits_memory_and_divides_the_batch():
@@ -346,7 +359,7 @@ def test_micro_batch_plan_fits_memory_and_divides_the_batch():
     for gb, world in ((79, 1), (139.5, 1), (79, 8), (20, 1)):
         micro, est, seqs = plan(gpu + ["--memory_gb", str(gb)], world=world)
         assert seqs % micro == 0 and est["total"] <= usable(gb)
-        assert all(guard.memory_estimate(small, m, 1024)["total"] > usable(gb)
+        assert all(train.memory_estimate(small, m, 1024)["total"] > usable(gb)
                    for m in range(micro + 1, seqs + 1) if seqs % m == 0)
     assert plan(gpu + ["--memory_gb", "20"])[0] < plan(gpu + ["--memory_gb", "79"])[0]
     # stage 1 of the gpu preset on 1, 2 and 8 processes: 32, 16 and 4 sequences each
@@ -369,9 +382,10 @@ def test_micro_batch_errors_are_one_line(domain, tmp_path, capsys):
         fails(capsys, lang + ["--micro_batch", "0", "--batch_tokens", "100"])
     # the plan itself, for a micro-batch that passes the flag checks on another world size
     args = train_args(lang + ["--micro_batch", "3", "--batch_tokens", "320"])
-    p = SimpleNamespace(steps={}, memory={}, freeze=[], lang_tokens=320)
+    p = plan_of(args, "lang", 50257, CPU)
+    train.plan_micro_batch(args, "lang", p)
     with pytest.raises(UserError, match="does not divide the 4 sequences"):
-        guard.plan_micro_batch(args, "lang", model_config(args, 50257, head_bias=False), CPU, p)
+        guard.check_memory(args, "lang", p)
 
 
 def test_gpu_check_dry_run_writes_every_figure(tmp_path):
@@ -466,7 +480,7 @@ def test_checkpoint_helpers_refuse_and_heal(tmp_path):
         model_from_checkpoint(ck)
     m = tmp_path / "metrics.jsonl"
     m.write_text('{"step": 0}\n{"step": 4}\n{"step": 8}\n{"st')
-    report.truncate_metrics(m, 4)
+    train.truncate_metrics(m, 4)
     assert m.read_text() == '{"step": 0}\n{"step": 4}\n'
     with pytest.raises(UserError, match="needs CUDA"):
         util.autocast("float16", "cpu")
@@ -487,21 +501,35 @@ def test_resume_past_the_budget_is_refused(two_stage, domain, tmp_path, capsys):
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
-def test_the_documented_new_source_runs(domain, tmp_path, monkeypatch):
+def test_the_documented_new_source_runs(domain, tmp_path, monkeypatch, capsys):
     """docs/method.md, 'Adding a stage-1 source': its example, executed as written, is one
-    function and one SOURCES entry, and runs as a stage 1 that transfers."""
+    function, one dataclass of flags and one SOURCES entry; its flag reaches --help and its check
+    refuses a bad value in one line; it runs as a stage 1 that transfers, and eval.py scores the
+    body with the source's own score."""
     text = (ROOT / "docs" / "method.md").read_text()
     code = text.split("### Adding a stage-1 source")[1].split("```python\n")[1].split("```")[0]
-    namespace = vars(train).copy()
-    exec(code, namespace)
-    monkeypatch.setattr(train, "SOURCES", namespace["SOURCES"])
+    monkeypatch.setattr(train, "SOURCES", dict(train.SOURCES))
+    exec(code, vars(train).copy())
     assert set(train.SOURCES) == {"nca", "dyck", "text", "random"}
-    train.main(MODEL + PPT + LANG + ["--ppt_source", "random", "--stage", "both", "--data_dir",
-                                     str(domain), "--out_dir", str(tmp_path), "--lang_tokens", "320"])
-    ppt = torch.load(tmp_path / "ppt" / "ckpt.pt", weights_only=True)
-    assert ppt["vocab"] == {"kind": "random", "size": 256} and ppt["step"] == 4
-    lang = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert "--random_vocab" in train.get_parser().format_help()
+    base = MODEL + PPT + LANG + ["--ppt_source", "random", "--stage", "both", "--data_dir",
+                                 str(domain), "--lang_tokens", "320"]
+    assert "--random_vocab must be at least 2, got 1" in \
+        fails(capsys, base + ["--random_vocab", "1", "--out_dir", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
+    train.main(base + ["--random_vocab", "64", "--out_dir", str(tmp_path / "run")])
+    ppt = torch.load(tmp_path / "run" / "ppt" / "ckpt.pt", weights_only=True)
+    assert ppt["vocab"] == {"kind": "random", "size": 64} and ppt["step"] == 4
+    assert ppt["config"]["random_vocab"] == 64 and "train_num_rules" not in ppt["config"]
+    assert "repeat_rate" in lines(tmp_path / "run" / "ppt" / "metrics.jsonl")[-1]
+    lang = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
     assert lang["config"]["arm"] == "random"
+    import eval as ev
+    result = ev.main([str(tmp_path / "run" / "ppt"), str(tmp_path / "run"), "--domains", "",
+                      "--extra_data", str(domain), "--out", str(tmp_path / "eval")])
+    body = next(r for r in result["runs"] if r["stage"] == "ppt")
+    assert body["stage1"]["val_loss"] > 0 and 0 <= body["stage1"]["repeat_rate"] <= 1
+    assert "repeat_rate" in (tmp_path / "eval" / "eval.md").read_text()
 
 
 def test_records_say_what_ran(two_stage, domain, tmp_path, capsys):
@@ -514,8 +542,8 @@ def test_records_say_what_ran(two_stage, domain, tmp_path, capsys):
     assert not {"domain", "data_dir", "lang_tokens", "eval_tokens", "init_from", "lr"} & set(ppt)
     assert (ppt["filter_rules_threshold"], ppt["filter_rules_upper_bound"]) == (0.5, 1.0)
     assert torch.load(two_stage / "ppt" / "ckpt.pt", weights_only=True)["config"] == ppt
-    band = train.run_record(train_args(["--band", "cpu-web"]), "ppt",
-                            train.nca_source(train_args(["--band", "cpu-web"])))
+    band = train.run_record(train_args(["--band", "cpu-web"]), "ppt") | \
+        train.nca_source(train_args(["--band", "cpu-web"])).record
     assert band["band"] == "cpu-web" and (band["filter_rules_threshold"],
                                           band["filter_rules_upper_bound"]) == nca.BANDS["cpu-web"]
     lang = json.loads((two_stage / "config.json").read_text())
