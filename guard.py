@@ -33,10 +33,9 @@ import torch
 import report
 from data.common import TOKENIZERS, load_meta, load_tokens, max_token, scan_max_token, show
 from model import ARCH, SIZES, GPTConfig, load_checkpoint, model_config
-from util import (UserError, autocast, check_dtype, check_writable, default_device, pid_alive,
-                  sweep_temporaries, wandb_module)
+from util import (RUN_FILES, UserError, autocast, check_dtype, check_writable, default_device,
+                  pid_alive, sweep_temporaries, wandb_module)
 
-RUN_FILES = ("config.json", "metrics.jsonl", "ckpt.pt")     # what a run folder holds
 AT_LEAST = {"seq_len": 1, "log_interval": 1, "batch_tokens": 1, "micro_batch": 0,
             "eval_interval": 1, "ppt_batch_tokens": 1, "ppt_micro_batch": 0,
             "ppt_eval_interval": 1, "ppt_val_seqs": 1, "train_num_rules": 1, "val_num_rules": 1,

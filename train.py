@@ -36,16 +36,16 @@ import torch
 import dyck
 import guard
 import nca
-from data.common import (TOKENIZERS, TextBatches, load_meta, load_tokens, probe_vocab, show,
+from data.common import (TOKENIZERS, TextBatches, load_meta, load_tokens, probe_vocab,
                          text_val_batches)
 import probes
 from model import ARCH, GPT, PPT_VOCAB, SIZES, GPTConfig, evaluate, model_config
 from model import load_checkpoint, model_from_checkpoint, save_checkpoint
 import util
-from util import (Log, add_flags, atomic_write, auto_or_count, autocast, cli, flag, flag_values,
-                  from_flags, matmul_rate, parse_with_presets, peak_flops, preset_text,
-                  plain_json, provenance, script_parser, setup_distributed, tracking,
-                  wrap_model)
+from util import (Log, add_flags, auto_or_count, autocast, body_line, cli, flag, flag_values,
+                  from_flags, long_run_note, parse_with_presets, plain_json, preset_text,
+                  provenance, run_summary, script_parser, setup_distributed, start_run_dir,
+                  tracking, truncate_metrics, wrap_model, write_config)
 from guard import stage_flag
 
 # -----------------------------------------------------------------------------------------------
@@ -766,92 +766,6 @@ def resume(out, stage, model, optimizer, batches, cfg, plan, config):
         truncate_metrics(out / "metrics.jsonl", ck["step"])
         print(f"resumed {stage} at step {ck['step']}")
     return ck["step"]
-
-
-# -----------------------------------------------------------------------------------------------
-# The console and the run folder
-
-def run_summary(cfg, plan):
-    """The one line train.py prints at start (the full configuration is config.json)."""
-    what = {"ppt": lambda: cfg.ppt_source, "lang": lambda: show(plan.lang_data)}
-    stages = " + ".join(f"stage {1 if s == 'ppt' else 2} ({what[s]()}, {plan.steps[s]:,} steps)"
-                        for s in plan.stages)
-    folders = ", ".join(dict.fromkeys(show(plan.out[s]) for s in plan.stages))
-    return (f"train: {stages}; model {cfg.size}, seq_len {cfg.seq_len}; {plan.dist['device']} "
-            f"{cfg.dtype}, seed {cfg.seed}" + (f", preset {cfg.preset}" if cfg.preset else "")
-            + f" -> {folders} (every setting: config.json there)")
-
-
-def body_line(init_from, body, vocab_size):
-    """Where stage 2's body comes from, printed as it starts."""
-    if body is None:
-        return (f"lang: scratch: a freshly initialized body (no stage 1), new embeddings and "
-                f"head for {vocab_size:,} tokens")
-    src = body.get("config", {}).get("ppt_source", "?")
-    return (f"lang: body from {show(init_from)} (stage 1 on {src}, step {body.get('step')}, "
-            f"{body.get('tokens') or 0:,} tokens); new embeddings and head for {vocab_size:,} "
-            "tokens")
-
-
-ASSUMED_MFU = 0.4     # the GPU target (README, 'Single-GPU reproduction')
-MATMUL_SHARE = 0.5    # training reaches about half of a plain matmul's rate (CPU, tiny model)
-
-
-def long_run_note(cfg, plan, device, hour=3600.0):
-    """A line warning that the run is estimated to take more than an hour on `device` (training
-    FLOPs of the stages over an assumed or measured rate, NCA generation not counted), or
-    None. The rate is only measured when even a fast device would need the hour."""
-    flops = sum(plan.flops.values()) / plan.dist["world"]
-    peak = peak_flops(device)
-    fastest = 5e12 if str(device) == "cpu" else 2e15         # FLOP/s no such device exceeds
-    if flops / (ASSUMED_MFU * peak if peak else fastest) < hour:
-        return None
-    if peak:
-        rate = ASSUMED_MFU * peak
-        how = f"an assumed {ASSUMED_MFU:.0%} MFU of {peak / 1e12:.0f} TFLOP/s (not measured)"
-    else:
-        measured = matmul_rate(device)
-        rate = MATMUL_SHARE * measured
-        how = (f"{rate / 1e9:,.0f} GFLOP/s, assumed to be half the {measured / 1e9:,.0f} "
-               "GFLOP/s a float32 matmul measured here")
-    if flops / rate < hour:
-        return None
-    scale = "; the defaults are GPU scale: --preset cpu runs in minutes" \
-        if not str(device).startswith("cuda") and cfg.preset != "cpu" else ""
-    return (f"note: this run is estimated to take {util.duration(flops / rate)} on {device} "
-            f"({flops:.2e} training FLOPs per process at {how}){scale}")
-
-
-def start_run_dir(out, cfg, stage, plan, config):
-    """Create the run folder now that everything it needs has been checked: with --overwrite the
-    old run's files go, and config.json is written (when resuming, only once the checkpoint has
-    loaded: resume())."""
-    dist = plan.dist
-    if dist["rank"] == 0:
-        if cfg.overwrite and not cfg.resume:
-            for f in guard.RUN_FILES:
-                (out / f).unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
-        if not (cfg.resume and (out / "ckpt.pt").exists()):
-            if cfg.resume:                    # lines of an attempt that left no checkpoint
-                (out / "metrics.jsonl").unlink(missing_ok=True)
-            write_config(out, config)
-    if dist["world"] > 1:
-        torch.distributed.barrier()
-
-
-def write_config(out, config):
-    atomic_write(Path(out) / "config.json", json.dumps(config, indent=2, default=str))
-
-
-def truncate_metrics(path, step):
-    """Drop the metrics.jsonl lines written after `step` (the checkpoint a run resumes from)."""
-    if Path(path).exists():
-        lines = Path(path).read_text().splitlines()
-        if lines and not lines[-1].endswith("}"):      # half a line, written as the run was killed
-            lines.pop()
-        keep = [line for line in lines if line and json.loads(line)["step"] <= step]
-        atomic_write(path, "".join(line + "\n" for line in keep))
 
 
 if __name__ == "__main__":

@@ -480,7 +480,7 @@ def test_checkpoint_helpers_refuse_and_heal(tmp_path):
         model_from_checkpoint(ck)
     m = tmp_path / "metrics.jsonl"
     m.write_text('{"step": 0}\n{"step": 4}\n{"step": 8}\n{"st')
-    train.truncate_metrics(m, 4)
+    util.truncate_metrics(m, 4)
     assert m.read_text() == '{"step": 0}\n{"step": 4}\n'
     with pytest.raises(UserError, match="needs CUDA"):
         util.autocast("float16", "cpu")
