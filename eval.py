@@ -24,9 +24,9 @@ import torch
 
 import guard
 import nca
-import probes
 from data.common import (TOKENIZERS, eval_windows, load_tokens, probe_vocab, show,
                          token_bytes)
+from lab import probes
 from model import evaluate, load_checkpoint, model_from_checkpoint
 import report
 from report import compare, contrasts, plot_curves, run_row, summarize, write_eval

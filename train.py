@@ -35,7 +35,7 @@ import dyck
 import guard
 import nca
 from data.common import TextBatches, load_meta, probe_vocab, text_val_batches
-import probes
+from lab import probes
 from model import GPT, PPT_VOCAB, SIZES, GPTConfig, evaluate, model_config
 from model import load_checkpoint, model_from_checkpoint, save_checkpoint
 import report

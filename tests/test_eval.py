@@ -19,9 +19,9 @@ import eval as ev
 import guard
 import report
 import nca
-import probes
 from conftest import make_domain
 from data.common import ROOT, eval_windows
+from lab import probes
 from model import GPT, GPTConfig, config_for
 from util import UserError
 

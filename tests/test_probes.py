@@ -1,19 +1,15 @@
-"""The mechanism instruments (probes.py, probes.lookup_predictions, the induction-readiness test):
-each detects copying in a model built or trained to copy and none in one that cannot."""
+"""The mechanism instruments (lab/probes.py, probes.lookup_predictions, the induction-readiness
+test): each detects copying in a model built or trained to copy and none in one that cannot."""
 import math
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 import nca
-import probes
-from conftest import ROOT, make_domain
+from conftest import make_domain
+from lab import induction_readiness, probes
 from model import GPT, config_for
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import induction_readiness  # noqa: E402
 
 
 class Oracle(torch.nn.Module):
