@@ -27,8 +27,8 @@ import guard
 import nca
 from data.common import TOKENIZERS, gpt2_encoding
 from lab import probes
+from lab.plots import draw_rollouts, rollout_table
 from model import load_checkpoint, model_from_checkpoint
-from report import draw_rollouts, rollout_table
 from util import add_flags, cli, flag, script_parser
 
 

@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import guard  # noqa: E402
+from lab.stats import mean_ci, paired  # noqa: E402
 from model import GPT, config_for, model_from_checkpoint  # noqa: E402
-from report import mean_ci, paired  # noqa: E402
 from util import UserError, atomic_write, cli, default_device, script_parser  # noqa: E402
 
 

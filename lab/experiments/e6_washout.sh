@@ -59,10 +59,11 @@ evaluate - "${runs[@]}" --domains code_bytes "${EVAL[@]}" --pair nca:scratch \
 python - "$OUT" $SEEDS > "$OUT/delta_by_step.md" <<'PY'   # the Δ curves as a table
 import sys
 sys.path.insert(0, ".")
-import guard, report
+from eval import load_run
+from lab.stats import delta_table
 out, seeds = sys.argv[1], sys.argv[2:]
-runs = [guard.load_run(f"{out}/code-{a}-s{s}") for s in seeds for a in ("scratch", "nca", "c4")]
+runs = [load_run(f"{out}/code-{a}-s{s}") for s in seeds for a in ("scratch", "nca", "c4")]
 print("Δ validation loss against scratch, paired by seed (first 16,384 validation bytes)\n")
-print(report.delta_table(runs), end="")
+print(delta_table(runs), end="")
 PY
 echo "E6: table in $OUT/eval.md, Δ by step in $OUT/delta_by_step.md, curves in $OUT/curves.png"
