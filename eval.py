@@ -15,18 +15,19 @@ Baseline. For each training domain, the --baseline run trained on it, else the f
 (stage lang, init_from null) trained on it. Change = ppl / baseline ppl - 1, per eval domain.
 
 Speedup, summary over seeds, tables and plots: report.py.
-
-Decided here, before any model runs (plan_eval), each decision handed to a check of guard.py,
-which passes or refuses in one line: which runs, their row labels and each one's baseline
-(gather_runs, load_run); the folders to score on (eval_folders) and which run can read which
-(language_refusal: per run and domain, a reason or None); the window length (--block_size, else
-the smallest block_size of the runs scored on language); the predicted tokens per domain
-(eval_tokens); the paired contrasts (eval_pairs); the device and the autocast dtype. Then each
-run is scored (score_run), compared with its baseline (compare: change and speedup) and the record
-written (write_eval: eval.json, eval.md). The over-seeds summary, the statistics of the paired
-contrasts and the pictures are optional columns from lab/ (lab/stats.py, lab/plots.py); the copy
-probes and grid accuracies are lab/probes.py.
 """
+# What eval.py decides, before any model runs (plan_eval; the docstring above is its --help),
+# each decision handed to a check of guard.py, which passes or refuses in one line: which runs,
+# their row labels and each one's baseline (gather_runs, load_run); the folders to score on
+# (eval_folders) and which run can read which (language_refusal: per run and domain, a reason or
+# None); the window length (--block_size, else the smallest block_size of the runs scored on
+# language); the predicted tokens per domain (eval_tokens); the paired contrasts (eval_pairs);
+# the device and the autocast dtype. Then each run is scored (score_run), compared with its
+# baseline (compare: change and speedup) and the record written (write_eval: eval.json,
+# eval.md). Despite the docstring's last line (kept while --help must not change), the speedup
+# and the tables are this file's; the over-seeds summary, the statistics of the paired
+# contrasts and the pictures are optional columns from lab/stats.py and lab/plots.py, the copy
+# probes and grid accuracies lab/probes.py.
 import json
 import math
 import sys
@@ -124,7 +125,7 @@ class EvalFlags:
 
 
 def get_args(argv=None):
-    p = script_parser(__doc__.split("\nDecided here")[0])   # --help: the text above that
+    p = script_parser(__doc__)
     p.add_argument("runs", nargs="+", metavar="RUN_OR_CKPT",
                    help="run folders of train.py or ckpt.pt files")
     p.add_argument("--extra_data", action="append", default=[], metavar="DIR",
