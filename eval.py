@@ -14,23 +14,43 @@ once), as many as fit in --eval_tokens predicted tokens. ppl = exp(token-mean cr
 Baseline. For each training domain, the --baseline run trained on it, else the first scratch run
 (stage lang, init_from null) trained on it. Change = ppl / baseline ppl - 1, per eval domain.
 
-Speedup, summary over seeds, tables and plots: report.py.
+Speedup and tables: this file; summary over seeds, paired statistics and plots: lab/.
 """
+# What eval.py decides, before any model runs (plan_eval; the docstring above is its --help),
+# each decision handed to a check of guard.py, which passes or refuses in one line: which runs,
+# their row labels and each one's baseline (gather_runs, load_run); the folders to score on
+# (eval_folders) and which run can read which (language_refusal: per run and domain, a reason or
+# None); the window length (--block_size, else the smallest block_size of the runs scored on
+# language); the predicted tokens per domain (eval_tokens); the paired contrasts (eval_pairs);
+# the device and the autocast dtype. Then each run is scored (score_run), compared with its
+# baseline (compare: change and speedup) and the record written (write_eval: eval.json,
+# eval.md). The over-seeds summary, the statistics of the paired contrasts and the pictures are
+# optional columns from lab/stats.py and lab/plots.py, the copy probes and grid accuracies
+# lab/probes.py.
+import json
 import math
-from contextlib import nullcontext
+import sys
+import time
+import uuid
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 
 import guard
 import nca
-import probes
-from data.common import (TOKENIZERS, eval_windows, load_tokens, probe_vocab, show,
+from data.common import (TOKENIZERS, eval_windows, load_meta, load_tokens, probe_vocab, show,
                          token_bytes)
+from lab import probes
+from lab.plots import plot_contrasts, plot_curves, plot_heads
+from lab.stats import (contrasts, format_contrasts, format_shares, format_summary, mean_ci,
+                       summarize)
 from model import evaluate, load_checkpoint, model_from_checkpoint
-import report
-from report import compare, contrasts, plot_curves, run_row, summarize, write_eval
-from util import add_flags, cli, flag, progress_bar, script_parser
+from util import (UserError, add_flags, atomic_write, autocast, cli, default_device, flag,
+                  progress_bar, provenance, provenance_line, script_parser, sweep_temporaries)
 
 
 # ---------------------------------------------------------------- perplexity
@@ -125,7 +145,7 @@ def main(argv=None):
     """Score every run on every domain it can read; write eval.json and eval.md; returns the
     eval.json dict."""
     args = get_args(argv)
-    plan = guard.eval_run(args)          # every check, before any model runs
+    plan = plan_eval(args)          # every decision and its check, before any model runs
     where = (f"{', '.join(plan.domains)}: {plan.eval_tokens:,} tokens per domain in windows of "
              f"{plan.block + 1}" if plan.domains
              else f"held-out NCA rules: {args.nca_val_seqs} sequences")
@@ -148,13 +168,234 @@ def main(argv=None):
                     {d: v["baselines"]["bigram"] for d, v in domains.items()})
         print(f"wrote {args.plot}")
     if args.plot_contrasts:
-        report.plot_contrasts(pairs, args.plot_contrasts)
+        plot_contrasts(pairs, args.plot_contrasts)
         print(f"wrote {args.plot_contrasts}")
     if args.plot_heads:
-        report.plot_heads(results, args.plot_heads)
+        plot_heads(results, args.plot_heads)
         print(f"wrote {args.plot_heads}")
     return result
 
+
+# ---------------------------------------------------------------- the plan: what is scored where
+
+@dataclass
+class Run:
+    folder: Path
+    ckpt: Path
+    config: dict
+    metrics: list
+    label: str = ""
+
+    @property
+    def stage(self):
+        return self.config.get("stage")
+
+    @property
+    def domain(self):
+        return self.config.get("domain")
+
+    @property
+    def is_scratch(self):
+        return self.stage == "lang" and not self.config.get("init_from")
+
+    @property
+    def arm(self):
+        """The arm a run's seed is paired within: its --arm, else scratch, else its label."""
+        return self.config.get("arm") or ("scratch" if self.is_scratch else self.label)
+
+
+def plan_eval(args):
+    """Every decision of the evaluation, each checked by guard.py as it is made, before any model
+    runs. Returns the plan: runs (labelled) and their baselines, each run's checkpoint metadata
+    (info) and refusals {domain: why it cannot be scored there, or None}, domains {name:
+    (folder, meta)} of the folders some run is scored on, block, out, device, autocast ctx and
+    dtype, eval_tokens, and the paired contrasts (pairs)."""
+    guard.check_eval_outputs(args, eval_pair_mismatch(args.out))
+    guard.check_counts(args, ("batch_size", "nca_val_seqs", "block_size"))
+    device = default_device(args.device)
+    ctx, dtype = autocast(args.dtype, device, training=False)
+    runs, baselines = gather_runs(args.runs, args.baseline)      # the rows, in order
+    info = [guard.peek(r.ckpt) for r in runs]                    # checkpoint metadata only
+    root = Path(args.data_root) if args.data_root else Path(__file__).resolve().parent / "data"
+    folders = eval_folders(args.domains, args.extra_data, runs, root)   # what to score on
+    guard.check_domain_names([f.name for f in folders])
+    metas = {f.name: load_meta(f) for f in folders}
+    refusals = [{n: language_refusal(inf, m.get("tokenizer", "gpt2"), m["vocab_size"])
+                 for n, m in metas.items()} for inf in info]     # who reads what
+    lang = [(r, inf) for r, inf, ref in zip(runs, info, refusals) if scored_on(inf, ref)[0]]
+    block = args.block_size or min((inf["model_args"]["block_size"] for _, inf in lang),
+                                   default=1024)          # every model reads the same windows
+    guard.check_block(block, lang)
+    domains = {}
+    for f in folders:
+        readers = [(r, inf) for r, inf, ref in zip(runs, info, refusals) if ref[f.name] is None]
+        if readers:
+            guard.check_eval_domain(f, readers)
+            domains[f.name] = (f, metas[f.name])
+    for r, inf, ref in zip(runs, info, refusals):
+        guard.check_scorable(r.label, any(scored_on(inf, ref)), refusal_text(ref))
+    return SimpleNamespace(runs=runs, baselines=baselines, info=info, refusals=refusals,
+                           domains=domains, block=block, out=Path(args.out), device=device,
+                           ctx=ctx, dtype=dtype, eval_tokens=eval_tokens(args.eval_tokens, runs),
+                           pairs=eval_pairs(args.pair, runs))
+
+
+def gather_runs(paths, baseline_paths):
+    """The runs to score, labelled, and each one's baseline run."""
+    runs = [load_run(p) for p in paths]
+    explicit = []
+    for p in baseline_paths:  # a baseline not among the runs is evaluated too, as the first row
+        b = load_run(p)
+        same = [r for r in runs if r.folder.resolve() == b.folder.resolve()]
+        if not same:
+            runs.insert(0, b)
+        explicit.append(same[0] if same else b)
+    label_runs(runs)
+    return runs, assign_baselines(runs, explicit)
+
+
+def load_run(path):
+    """A run from its folder or its ckpt.pt: config.json (else the checkpoint's config) and the
+    lines of metrics.jsonl (none if absent; an unfinished last line of a live run is skipped)."""
+    path = Path(path)
+    folder, ckpt = (path.parent, path) if path.is_file() else (path, path / "ckpt.pt")
+    guard.check_run_checkpoint(ckpt)
+    cfg_path = folder / "config.json"
+    config = guard.read_config(cfg_path) if cfg_path.exists() else guard.peek(ckpt).get("config")
+    guard.check_run_config(config, cfg_path)
+    return Run(folder, ckpt, config, guard.read_metrics(folder / "metrics.jsonl"))
+
+
+def label_runs(runs):
+    """Row labels: the config's arm and the folder name (the path when names collide)."""
+    def name(r):
+        f = r.folder.resolve()
+        return f"{f.parent.name}/{f.name}" if f.name == "ppt" else f.name
+
+    def arm(r):
+        return r.config.get("arm") or ("scratch" if r.is_scratch else r.config.get("ppt_source"))
+    both = lambda a, n: n if a == n else f"{a} ({n})"          # "scratch", not "scratch (scratch)"
+    labels = [both(arm(r), name(r)) for r in runs]
+    if len(set(labels)) < len(labels):
+        labels = [f"{arm(r)} ({show(r.folder)})" for r in runs]
+    for r, label in zip(runs, labels):
+        r.label = label
+
+
+def assign_baselines(runs, explicit=()):
+    """Each run's baseline (a Run or None): the first of `explicit` trained on the same domain,
+    else the first scratch run trained on it."""
+    base = {}
+    for r in [*explicit, *(r for r in runs if r.is_scratch)]:
+        base.setdefault(r.domain, r)
+    return [base.get(r.domain) for r in runs]
+
+
+def trained_folder(config, root):
+    """The prepared folder a run trained on (stage 2: data_dir, else <root>/<domain>; a stage-1
+    text run: ppt_data), or None (a synthetic stage-1 source)."""
+    if config.get("stage") == "lang":
+        return Path(config["data_dir"]) if config.get("data_dir") else \
+            root / str(config.get("domain"))
+    if config.get("ppt_source") == "text" and config.get("ppt_data"):
+        return Path(config["ppt_data"])
+    return None
+
+
+def eval_folders(domains, extra, runs, root):
+    """The folders to score on: --domains (under root) and --extra_data; without --domains, each
+    run's own training folder, then the other folders prepared under root with a tokenizer of
+    those (sorted by name)."""
+    if domains is not None:
+        return [root / d for d in domains.split(",") if d] + [Path(p) for p in extra]
+    own = []
+    for r in runs:
+        f = trained_folder(r.config, root)
+        if f is not None and f.resolve() not in [g.resolve() for g in own]:
+            own.append(f)
+    kinds = {load_meta(f).get("tokenizer", "gpt2") for f in own}
+    others = []
+    for meta_path in sorted(root.glob("*/meta.json")) if root.is_dir() else []:
+        f = meta_path.parent
+        if f.resolve() in [g.resolve() for g in own]:
+            continue
+        with suppress(UserError):         # a broken unrelated folder is not scored
+            if load_meta(f).get("tokenizer", "gpt2") in kinds:
+                others.append(f)
+    return own + others + [Path(p) for p in extra]
+
+
+def eval_tokens(given, runs):
+    """--eval_tokens, or by default the runs' own (config.json's eval_tokens: the smallest when
+    they differ, 0 = the whole split counting as the largest), else 262,144."""
+    if given is not None:
+        return given
+    own = {r.config["eval_tokens"] for r in runs if isinstance(r.config.get("eval_tokens"), int)}
+    if not own:
+        return 262_144
+    return min(own, key=lambda n: (n <= 0, n))
+
+
+def language_refusal(ck, tokenizer="gpt2", vocab=None):
+    """Why a checkpoint cannot be scored on token files of `tokenizer`, or None if it can. The
+    model must have the tokenizer's ids (a folder's own vocab_size, `vocab`, counts only for an
+    unknown tokenizer; ids beyond the model are checked against the folder's max_token)."""
+    kind = (ck.get("vocab") or {}).get("kind")
+    size = ck["model_args"].get("vocab_size", 0)
+    vocab = TOKENIZERS[tokenizer][0] if tokenizer in TOKENIZERS else vocab
+    if kind != tokenizer:
+        return f"its vocabulary is {kind!r}, not {tokenizer!r}"
+    if size < vocab:
+        return f"its model has {size:,} output classes, fewer than the {vocab:,} {tokenizer} ids"
+    return None
+
+
+def scored_on(inf, refusals):
+    """(language, nca): whether a run (its checkpoint metadata and refusals) is scored on some
+    eval domain, and whether on the held-out rules of its stage-1 NCA source."""
+    return (None in refusals.values(),
+            (inf.get("vocab") or {}).get("kind") == "nca" and inf.get("nca") is not None)
+
+
+def refusal_text(refusals):
+    """{domain: reason or None} -> "web, math: reason; ..." (None if every domain was scored)."""
+    by_reason = {}
+    for name, why in refusals.items():
+        if why:
+            by_reason.setdefault(why, []).append(name)
+    return "; ".join(f"{', '.join(names)}: {why}" for why, names in by_reason.items()) or None
+
+
+def eval_pairs(given, runs):
+    """The contrasts (A, B) of --pair A:B (or (A, B, REF) of A:B:REF) among the arms of the
+    language runs (arm = the run's --arm, else scratch or its label); without --pair, every arm
+    against scratch when some arm has several seeds of a domain. Two runs of one arm, domain and
+    seed cannot be paired: refused for --pair (guard.check_pairs), left out of the default
+    contrasts with a note."""
+    arms, seen, twice = {}, set(), set()
+    for r in runs:
+        if r.stage == "lang":
+            arms.setdefault(r.arm, []).append(r.domain)
+            key = (r.arm, r.domain, r.config.get("seed"))
+            if key in seen:
+                twice.add(r.arm)
+            seen.add(key)
+    guard.check_pairs(given, arms, twice)
+    if given:
+        return [tuple(text.split(":")) for text in given]
+    if "scratch" not in arms or "scratch" in twice:
+        return []
+    pairs = []
+    if any(len(ds) > len(set(ds)) for arm, ds in arms.items() if arm not in twice):
+        pairs = [(a, "scratch") for a in sorted(arms) if a not in ("scratch", *twice)]
+    if twice:
+        print(f"note: arm(s) {', '.join(sorted(twice))} have two runs of one domain and seed: "
+              "left out of the paired contrasts (give them different --arm names)",
+              file=sys.stderr)
+    return pairs
+
+
+# ---------------------------------------------------------------- scoring
 
 def domain_windows(folder, meta, block, eval_tokens):
     """One eval domain: its description (with the n-gram baselines), its windows and the bytes
@@ -177,8 +418,7 @@ def score_run(r, inf, refusals, windows, nbytes, halves, plan, args):
     instead) on its held-out rules."""
     device, ctx = plan.device, plan.ctx
     res = run_row(r, inf, refusals)             # what the run is; its scores are filled in below
-    is_lang = None in refusals.values()
-    is_nca = (inf.get("vocab") or {}).get("kind") == "nca" and inf.get("nca") is not None
+    is_lang, is_nca = scored_on(inf, refusals)
     if res["refused"]:
         print(f"{r.label}: not evaluated on {res['refused']}"
               + ("; evaluating it on its NCA validation rules instead" if is_nca else ""))
@@ -201,9 +441,278 @@ def score_run(r, inf, refusals, windows, nbytes, halves, plan, args):
         heads_on = torch.randint(0, cfg.start_token, (8, model.config.block_size // 2),
                                  generator=torch.Generator().manual_seed(0))
     else:
-        heads_on = halves[report.probe_domain(res)]["frequent"][:8]
+        heads_on = halves[probe_domain(res)]["frequent"][:8]
     res["heads"] = probes.head_scores(model, heads_on, device)
     return res
+
+
+# ---------------------------------------------------------------- change and speedup
+
+def val_curve(metrics):
+    """[(tokens, val_loss), ...] of a run's val lines, by tokens (a resumed run's repeats: last)."""
+    points = {m["tokens"]: m["val_loss"] for m in metrics
+              if m.get("kind") == "val" and m.get("val_loss") is not None}
+    return sorted(points.items())
+
+
+def tokens_to_reach(curve, target):
+    """Tokens at which a curve first gets to loss <= target, linearly interpolated between the
+    val points either side of the crossing; None if it never does."""
+    for i, (t, loss) in enumerate(curve):
+        if loss <= target:
+            if i == 0:
+                return float(t)
+            t0, l0 = curve[i - 1]
+            return t0 + (t - t0) * (l0 - target) / (l0 - loss)
+    return None
+
+
+def speedup(base_curve, curve):
+    """Convergence speedup (docs/method.md, 'Convergence speedup'): the baseline's tokens at its
+    last val point ÷ the tokens `curve` needs to reach the baseline's final loss; None when it
+    never does. The blog counts the baseline's whole budget, not its own first crossing: that is
+    what gives its 1.49x on OWT (the scratch curve is flat over its last two points; its first
+    crossing would give 1.47x)."""
+    if not base_curve or not curve:
+        return None
+    base_tokens, target = base_curve[-1]
+    t = tokens_to_reach(curve, target)
+    if t is None:
+        return None
+    return base_tokens / t if t > 0 else float("inf")
+
+
+def compare(runs, results, baselines):
+    """Fill each result's change vs its baseline (per eval domain) and its convergence speedup
+    (stage lang runs with val points whose baseline has them too; the baseline itself: 1.0)."""
+    for r, res, b in zip(runs, results, baselines):
+        bres = next((x for x, q in zip(results, runs) if q is b), None)
+        res["baseline"] = b.label if b is not None else None
+        res["is_baseline"] = b is r
+        res["change_pct"] = {d: 100 * (p / bres["ppl"][d] - 1) for d, p in res["ppl"].items()
+                             if bres is not None and d in bres["ppl"]}
+        curve = val_curve(r.metrics)
+        base_curve = val_curve(b.metrics) if b is not None else []
+        res["final_val_loss"] = curve[-1][1] if curve else None
+        res.update(speedup=None, speedup_note="n/a", target_loss=None, tokens_to_target=None)
+        if r.stage == "lang" and curve and base_curve:
+            res["target_loss"] = base_curve[-1][1]
+            res["tokens_to_target"] = tokens_to_reach(curve, res["target_loss"])
+            res["speedup"] = 1.0 if b is r else speedup(base_curve, curve)
+            res["speedup_note"] = None if res["speedup"] is not None else "not reached"
+
+
+# ---------------------------------------------------------------- the record: eval.json and eval.md
+
+EVAL_ID = "eval id "           # a line of eval.md: "eval id <id> (...)", as eval.json's "id"
+
+
+def eval_id_line(result):
+    return f"{EVAL_ID}{result['id']} (eval.json in this folder holds the same id)"
+
+
+def write_eval(plan, results, domains, summary, argv, pairs=()):
+    """The evaluation's record: printed, then eval.md, then eval.json, each renamed into place in
+    plan.out, both carrying one id (a line of eval.md, above the provenance footer): eval.json,
+    written last, is the record, and an eval.md whose id differs from it (a kill between the
+    two renames) is from another evaluation (eval_pair_mismatch). Returns eval.json's dict."""
+    result = {"id": f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}",
+              "eval_tokens": plan.eval_tokens, "block_size": plan.block, "device": plan.device,
+              "dtype": plan.dtype, "domains": domains, "runs": results, "summary": summary,
+              "contrasts": pairs, "provenance": provenance("eval.py", argv, plan.device)}
+    text = (report_text(results, domains, plan.block, summary, pairs) + "\n\n"
+            + eval_id_line(result)
+            + "\n" + provenance_line(result["provenance"]))
+    print(text)
+    sweep_temporaries(plan.out)                 # what an interrupted earlier write left
+    atomic_write(Path(plan.out) / "eval.md", text + "\n")
+    atomic_write(Path(plan.out) / "eval.json", json.dumps(result, indent=2) + "\n")
+    print(f"wrote {show(Path(plan.out) / 'eval.json')} and {show(Path(plan.out) / 'eval.md')}")
+    return result
+
+
+def run_row(r, inf, refusals):
+    """The start of one run's row in eval.json: what the run is (label, stage, arm, source, seed,
+    tokens), empty score tables for eval.py to fill, and why it was refused where it was."""
+    c = r.config
+    return {"label": r.label, "path": show(r.folder), "ckpt": show(r.ckpt), "arm": c.get("arm"),
+            "stage": r.stage, "domain": r.domain, "ppt_source": c.get("ppt_source"),
+            "init_from": c.get("init_from"), "seed": c.get("seed"),
+            "trained_on": r.domain if r.stage == "lang" else f"{c.get('ppt_source')} (stage 1)",
+            "step": inf.get("step"), "tokens": inf.get("tokens"), "vocab": inf.get("vocab"),
+            "ppt_tokens": c.get("ppt_tokens") if r.stage == "lang" else None,
+            "ppl": {}, "loss": {}, "bpb": {}, "in_context": {}, "probes": {}, "heads": None,
+            "nca": None, "refused": refusal_text(refusals)}
+
+
+def eval_pair_mismatch(out):
+    """Why eval.md in `out` is not the one of its eval.json, or None if it is (or if there is no
+    pair to check: a file missing, or an eval.json from before ids were written)."""
+    try:
+        want = json.loads((Path(out) / "eval.json").read_text()).get("id")
+        lines = (Path(out) / "eval.md").read_text().splitlines()
+    except (OSError, ValueError, AttributeError):
+        return None
+    ids = [line[len(EVAL_ID):].split(" ")[0] for line in lines if line.startswith(EVAL_ID)]
+    have = ids[-1] if ids else None
+    return None if want is None or have == want else \
+        f"eval.md (id {have}) is not from the evaluation in eval.json (id {want})"
+
+
+# ---------------------------------------------------------------- the tables of eval.md
+
+def report_text(results, domains, block, summary=(), pairs=()):
+    """eval.md: the language table with its n-gram baselines and a legend, then the stage-1
+    summary and one NCA table per stage-1 NCA run, then the over-seeds summary and the paired
+    contrasts."""
+    text = []
+    if any(res["ppl"] for res in results):
+        budget = ", ".join(f"{d} {v['tokens']:,}" for d, v in domains.items())
+        text += [format_table(results, domains), "",
+                 f"Lower is better everywhere. Each cell: loss = cross-entropy in nats per token "
+                 f"of the domain's own tokenizer, bpb = bits per byte of the underlying UTF-8 text "
+                 f"(comparable across tokenizers), ppl = perplexity, on the first val tokens of "
+                 f"each domain ({budget}; windows of {block + 1}, stride {block}). Tokens: "
+                 "training tokens of the run's language stage, plus those of the stage 1 its body "
+                 "comes from (transfer arms). (+x%): perplexity change vs "
+                 "the baseline run of the run's training domain; Nx: convergence speedup, tokens "
+                 "for the baseline run to reach its final val loss ÷ tokens for this run "
+                 "(docs/method.md, 'Convergence speedup'). The "
+                 "unigram and bigram rows predict each token from counts on the train split; a "
+                 "model that is not below them has not learned the language. Copy gains (nats, ± "
+                 "standard error over 16 sequences; 0 = no copying): loss on the first minus the "
+                 "second copy of a validation passage repeated (text) and of a random sequence of "
+                 "the 64 most frequent training symbols repeated (frequent), in the run's own "
+                 "domain. In-context score: mean loss at positions [T/2, T) minus [T/16, T/8) of "
+                 "the same windows (negative = later tokens profit from context; 0 = none). "
+                 "docs/method.md, 'Probes of in-context copying'."]
+    if any(res["nca"] for res in results):
+        text += ["", format_nca_summary(results)]
+    text += [f"\n{format_nca(res)}" for res in results if res["nca"]]
+    if summary:
+        text += ["", "Over seeds, each run paired with the scratch run of its domain and seed: "
+                 "mean ± 95% confidence half-width (Student t over seeds); Δ = arm − scratch, "
+                 "negative is better.", "", format_summary(summary)]
+    if pairs:
+        text += ["", format_contrasts(pairs)]
+    if any(p.get("share") for p in pairs):
+        text += ["", format_shares([p for p in pairs if p.get("share")])]
+    return "\n".join(text).strip()
+
+
+def _human(n):
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
+
+
+def _tokens(r):
+    """Tokens a run trained on: its own, plus its body's stage 1 (a transfer arm)."""
+    own = _human(r["tokens"] or 0)
+    if r.get("ppt_tokens"):
+        return f"{own} + {_human(r['ppt_tokens'])}"
+    return own + (" + ? (not recorded)" if r.get("init_from") and r["stage"] == "lang" else "")
+
+
+def _cell(r, d):
+    if d not in r["ppl"]:
+        return "-"
+    notes = []
+    if r["is_baseline"]:
+        notes.append("base")
+    elif r["change_pct"].get(d) is not None:
+        notes.append(f"{r['change_pct'][d]:+.1f}%")
+    if d == r["domain"] and r["speedup_note"] != "n/a":
+        notes.append(f"{r['speedup']:.2f}x" if r["speedup"] is not None else r["speedup_note"])
+    bpb = f" · {r['bpb'][d]:.3f} bpb" if d in r["bpb"] else ""
+    return (f"{r['loss'][d]:.3f} nats{bpb} · ppl {r['ppl'][d]:.2f}"
+            + (f" ({', '.join(notes)})" if notes else ""))
+
+
+def format_table(results, domains):
+    """Markdown table: one row per evaluated run, then the unigram and bigram baselines; one
+    column per eval domain (loss, bits per byte, perplexity, the change vs the baseline run and,
+    in the run's own training domain, the convergence speedup) and the copy probe."""
+    head = ["run", "trained on", "tokens (stage 2 + stage 1)",
+            *(f"{d}: loss · bpb · ppl" for d in domains), "copy gain (nats): text · frequent",
+            "in-context score (nats)"]
+    rows = [[r["label"], r["trained_on"], _tokens(r), *(_cell(r, d) for d in domains),
+             *_probe_cells(r)] for r in results if r["ppl"]]
+    for kind in ("unigram", "bigram"):
+        rows.append([kind, "train-split counts", "-",
+                     *(f"{v['baselines'][kind]:.3f} nats"
+                       + (f" · {v['baselines_bpb'][kind]:.3f} bpb" if v["baselines_bpb"] else "")
+                       + f" · ppl {math.exp(v['baselines'][kind]):.2f}" for v in domains.values()),
+                     "0", "0"])
+    width = [max(len(x) for x in col) for col in zip(head, *rows)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, width)) + " |"
+    return "\n".join([line(head), line(["-" * w for w in width]), *map(line, rows)])
+
+
+def probe_domain(res):
+    """The domain whose probes stand for a run: its own training domain if scored there."""
+    return res["domain"] if res["domain"] in res["probes"] else next(iter(res["probes"]), None)
+
+
+def _probe_cells(r):
+    d = probe_domain(r)
+    if d is None:
+        return ["-", "-"]
+    p, icl = r["probes"][d], r["in_context"][d]
+    gain = lambda x: f"{x['gain']:+.3f} ± {x['gain_se']:.3f}"
+    return [f"{gain(p['text'])} · {gain(p['frequent'])}",
+            f"{icl['score']:+.3f} ± {icl['se']:.3f}"]
+
+
+def format_nca_summary(results):
+    """One line per stage-1 NCA run: its accuracies and the two model-free predictors', as % means
+    over grid positions, and the margins (points) of its token accuracy over copy and over
+    lookup; with several runs, each margin's mean ± 95% t half-width over them."""
+    rows = [r for r in results if r["nca"]]
+    keys = ("token_acc", "copy_token_acc", "lookup_token_acc", "grid_acc", "copy_grid_acc",
+            "lookup_grid_acc")
+
+    def pct(n, k):
+        return 100 * float(np.mean(n[k])) if k in n else float("nan")
+    out = ["Stage 1 on held-out rules, % (means over grid positions); margins in points: "
+           "token accuracy - copy's, and - lookup's", "",
+           "| run | seed | token acc | copy | lookup | - copy | - lookup | grid acc | copy grid "
+           "| lookup grid |", "| --- |" + " ---: |" * 9]
+    margins = []
+    for r in rows:
+        v = [pct(r["nca"], k) for k in keys]
+        margins.append((v[0] - v[1], v[0] - v[2]))
+        out.append(f"| {r['label']} | {r.get('seed')} | {v[0]:.1f} | {v[1]:.1f} | {v[2]:.1f} | "
+                   f"{margins[-1][0]:+.1f} | {margins[-1][1]:+.1f} | {v[3]:.1f} | {v[4]:.1f} | "
+                   f"{v[5]:.1f} |")
+    if len(rows) > 1:
+        cells = []
+        for i in (0, 1):
+            m, h = mean_ci([mg[i] for mg in margins])
+            cells.append(f"{m:+.1f} ± {h:.1f}")
+        out.append(f"| mean ± 95% CI ({len(rows)} runs) | | | | | {cells[0]} | {cells[1]} "
+                   "| | | |")
+    return "\n".join(out)
+
+
+def format_nca(r):
+    """The stage-1 NCA table of one run: accuracy by grid position."""
+    n = r["nca"]
+    out = [f"{r['label']}: NCA validation loss {n['val_loss']:.4f} on {n['num_seqs']} sequences "
+           "of held-out rules; grid g is predicted with g grids in context",
+           f"(accuracies are shares of {n['num_seqs']} sequences: a grid accuracy moves in steps "
+           f"of 1/{n['num_seqs']}; 'copy' predicts each grid to be the previous one, 'lookup' "
+           "what followed the longest matching context earlier in the sequence)",
+           "", "| grid | token acc | grid acc | copy token acc | copy grid acc | "
+           "lookup token acc | lookup grid acc |",
+           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for i, g in enumerate(n["grid"]):
+        out.append(f"| {g} | {n['token_acc'][i]:.4f} | {n['grid_acc'][i]:.4f} | "
+                   f"{n['copy_token_acc'][i]:.4f} | {n['copy_grid_acc'][i]:.4f} | "
+                   + (f"{n['lookup_token_acc'][i]:.4f} | {n['lookup_grid_acc'][i]:.4f} |"
+                      if "lookup_token_acc" in n else "- | - |"))
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

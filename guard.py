@@ -7,7 +7,8 @@ it as the "error:" line). It decides nothing.
                                         --init_from body of train.plan_run's plan; the memory
                                         plan and a --resume checkpoint, then the run folders are
                                         locked for the life of the run
-  eval_run(args)                        eval.py: the runs, their checkpoints, the data folders
+  check_eval_outputs, check_pairs, ...  eval.py (eval.plan_eval, before any model runs): its
+                                        outputs, the runs, their checkpoints, the data folders
   check_nca(cfg, band), check_dyck(cfg) the generators' settings (their sources' checks in
                                         train.py, and the generator CLIs)
   rerun_defaults(path, parser)          train.py --config: a run's recorded flags, as defaults
@@ -30,11 +31,11 @@ from types import SimpleNamespace
 
 import torch
 
-import report
 from data.common import TOKENIZERS, load_meta, load_tokens, max_token, scan_max_token, show
+from lab import plots
 from model import ARCH, SIZES, GPTConfig, load_checkpoint, model_config
-from util import (RUN_FILES, UserError, autocast, check_dtype, check_writable, default_device,
-                  pid_alive, sweep_temporaries, wandb_module)
+from util import (RUN_FILES, UserError, check_dtype, check_writable, default_device, pid_alive,
+                  sweep_temporaries, wandb_module)
 
 AT_LEAST = {"seq_len": 1, "log_interval": 1, "batch_tokens": 1, "micro_batch": 0,
             "eval_interval": 1, "ppt_batch_tokens": 1, "ppt_micro_batch": 0,
@@ -603,41 +604,95 @@ def _all_ok(dist, ok):
 
 
 # -----------------------------------------------------------------------------------------------
-# eval.py
+# eval.py: each check is handed what eval.plan_eval decided, and passes or refuses
 
-def check_eval_outputs(args):
+def check_eval_outputs(args, mismatch=None):
     """eval.py's outputs, before any work: --out (and the pictures) writable, an existing
-    eval.json replaced only with --overwrite, matplotlib present if a picture is asked for."""
+    eval.json replaced only with --overwrite (`mismatch`: why the eval.md beside it is from
+    another evaluation, eval.eval_pair_mismatch, for the refusal's note), matplotlib present if a
+    picture is asked for."""
     check_writable(args.out, "--out")         # a bad --out fails now, not after the evaluation
     for name in ("plot", "plot_heads", "plot_contrasts"):
         if getattr(args, name):
             check_writable(getattr(args, name), f"--{name}", kind="file")
     out = Path(args.out)
     if (out / "eval.json").exists() and not args.overwrite:
-        why = report.eval_pair_mismatch(out)
         raise UserError(f"{show(out / 'eval.json')} exists: pass --overwrite to replace it, "
-                        "or another --out" + (f" (and note: {why}; a write was interrupted)"
-                                               if why else ""))
+                        "or another --out" + (f" (and note: {mismatch}; a write was "
+                                               "interrupted)" if mismatch else ""))
     if args.plot or args.plot_heads or args.plot_contrasts:
-        report.pyplot()  # fail now, not after the evaluation
-    return out
+        plots.pyplot()  # fail now, not after the evaluation
 
 
-def eval_pairs(given, runs):
-    """The contrasts (A, B) of --pair A:B (or (A, B, REF) of A:B:REF), checked against the
-    arms of the language runs (arm = the run's --arm, else scratch or its label); without
-    --pair, every arm against scratch when some arm has several seeds of a domain. Two runs of
-    one arm, domain and seed cannot be paired: refused for --pair, left out of the default
-    contrasts with a note."""
-    arms, seen, twice = {}, set(), set()
-    for r in runs:
-        if r.stage == "lang":
-            arms.setdefault(r.arm, []).append(r.domain)
-            key = (r.arm, r.domain, r.config.get("seed"))
-            if key in seen:
-                twice.add(r.arm)
-            seen.add(key)
-    pairs = []
+def check_counts(args, names):
+    """Numbers of eval.py that count something: at least 1 (None: not given)."""
+    for name in names:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+
+
+def check_run_checkpoint(ckpt):
+    """A RUN_OR_CKPT argument names a checkpoint that is there."""
+    if not Path(ckpt).is_file():
+        raise UserError(f"{show(ckpt)} is missing: pass a run folder of train.py or a ckpt.pt")
+
+
+def read_config(path):
+    """A run's config.json, parsed (check_run_config: that it is a run config)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{show(path)} is not valid JSON: delete it to use the config saved in "
+                        "the checkpoint") from None
+
+
+def check_run_config(config, path):
+    """A run's config (of config.json at `path`, else of its checkpoint) is a JSON object."""
+    if not isinstance(config, dict):
+        raise UserError(f"{show(path)} holds no run config (a JSON object written by train.py)")
+
+
+def check_domain_names(names):
+    """Eval domains are named by their folders' names: no two alike."""
+    if len(set(names)) < len(names):
+        raise UserError(f"two eval domains share a folder name: {', '.join(names)}")
+
+
+def check_block(block, readers):
+    """The window length fits the context of every run scored on language (readers: (run, its
+    checkpoint metadata) pairs)."""
+    for r, inf in readers:
+        if inf["model_args"]["block_size"] < block:
+            raise UserError(f"--block_size {block} is longer than the "
+                            f"{inf['model_args']['block_size']} of {r.label}")
+
+
+def check_eval_domain(folder, readers):
+    """Every token id of an eval folder is inside the vocabulary of each run scored on it
+    (readers: (run, its checkpoint metadata) pairs): meta.json's max_token, then the ids actually
+    in val.bin."""
+    top = max_token(folder)
+    for r, inf in readers:
+        if inf["model_args"]["vocab_size"] <= top:
+            raise UserError(f"{show(folder)} holds token id {top:,}, outside the "
+                            f"{inf['model_args']['vocab_size']:,}-token vocabulary of "
+                            f"{r.label}: evaluate it on other --domains")
+    check_token_file(folder, "val", min(inf["model_args"]["vocab_size"] for _, inf in readers),
+                     "re-prepare the folder or evaluate on other --domains")
+
+
+def check_scorable(label, scorable, why):
+    """A run is scored somewhere: on an eval domain or on its held-out NCA rules (`why`: why not
+    on each domain, eval.refusal_text)."""
+    if not scorable:
+        why = why or "no eval domain was given"
+        raise UserError(f"{label} can be scored on no eval domain ({why}): give --domains or "
+                        "--extra_data a prepared folder its model reads, or leave it out")
+
+
+def check_pairs(given, arms, twice):
+    """--pair A:B (or A:B:REF): two (three) different arms, each an arm of the language runs
+    (`arms`), none with two runs of one domain and seed (`twice`)."""
     for text in given:
         parts = text.split(":")
         if len(parts) not in (2, 3) or not all(parts) or len(set(parts)) < len(parts):
@@ -650,167 +705,6 @@ def eval_pairs(given, runs):
             if arm in twice:
                 raise UserError(f"--pair {text}: arm {arm!r} has two runs of one domain and "
                                 "seed: give them different --arm names (or evaluate one)")
-        pairs.append(tuple(parts))
-    if given or "scratch" not in arms or "scratch" in twice:
-        return pairs
-    if any(len(ds) > len(set(ds)) for arm, ds in arms.items() if arm not in twice):
-        pairs = [(a, "scratch") for a in sorted(arms) if a not in ("scratch", *twice)]
-    if twice:
-        print(f"note: arm(s) {', '.join(sorted(twice))} have two runs of one domain and seed: "
-              "left out of the paired contrasts (give them different --arm names)",
-              file=sys.stderr)
-    return pairs
-
-
-def eval_run(args):
-    """Check an eval.py command before any model runs: the output folder, the runs (their
-    config, metrics and checkpoint metadata), the data folders, which run can read which domain
-    and the window length. Returns the plan: runs (labelled) and their baselines, each run's
-    checkpoint metadata (info) and refusals per domain, domains {name: (folder, meta)}, block,
-    out, device, autocast ctx and dtype, eval_tokens, and the paired contrasts (eval_pairs).
-    Without --domains / --eval_tokens they follow the runs (eval_folders, eval_tokens)."""
-    out = check_eval_outputs(args)
-    for name in ("batch_size", "nca_val_seqs", "block_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    device = default_device(args.device)
-    ctx, dtype = autocast(args.dtype, device, training=False)
-    runs, baselines = gather_runs(args.runs, args.baseline)
-    info = [peek(r.ckpt) for r in runs]
-    root = Path(args.data_root) if args.data_root else Path(__file__).resolve().parent / "data"
-    folders = eval_folders(args.domains, args.extra_data, runs, root)
-    names = [f.name for f in folders]
-    if len(set(names)) < len(names):
-        raise UserError(f"two eval domains share a folder name: {', '.join(names)}")
-    metas = {name: load_meta(folder) for name, folder in zip(names, folders)}
-    refusals = [{n: language_refusal(inf, m.get("tokenizer", "gpt2"), m["vocab_size"])
-                 for n, m in metas.items()} for inf in info]
-    lang = [i for i, ref in enumerate(refusals) if None in ref.values()]
-    block = args.block_size or min((info[i]["model_args"]["block_size"] for i in lang),
-                                   default=1024)
-    for i in lang:
-        if info[i]["model_args"]["block_size"] < block:
-            raise UserError(f"--block_size {block} is longer than the "
-                            f"{info[i]['model_args']['block_size']} of {runs[i].label}")
-    domains = {}
-    for name, folder in zip(names, folders):
-        scored = [i for i in lang if refusals[i][name] is None]
-        top = max_token(folder) if scored else None
-        for i in scored:
-            if info[i]["model_args"]["vocab_size"] <= top:
-                raise UserError(f"{show(folder)} holds token id {top:,}, outside the "
-                                f"{info[i]['model_args']['vocab_size']:,}-token vocabulary of "
-                                f"{runs[i].label}: evaluate it on other --domains")
-        if scored:
-            check_token_file(folder, "val", min(info[i]["model_args"]["vocab_size"]
-                                                for i in scored),
-                             "re-prepare the folder or evaluate on other --domains")
-        if scored:
-            domains[name] = (folder, metas[name])
-    for r, inf, ref in zip(runs, info, refusals):
-        nca_rules = (inf.get("vocab") or {}).get("kind") == "nca" and inf.get("nca") is not None
-        if None not in ref.values() and not nca_rules:
-            why = report.refusal_text(ref) or "no eval domain was given"
-            raise UserError(f"{r.label} can be scored on no eval domain ({why}): give --domains "
-                            "or --extra_data a prepared folder its model reads, or leave it out")
-    return SimpleNamespace(runs=runs, baselines=baselines, info=info, refusals=refusals,
-                           domains=domains, block=block, out=out, device=device, ctx=ctx,
-                           dtype=dtype, eval_tokens=eval_tokens(args.eval_tokens, runs),
-                           pairs=eval_pairs(args.pair, runs))
-
-
-def trained_folder(config, root):
-    """The prepared folder a run trained on (stage 2: data_dir, else <root>/<domain>; a stage-1
-    text run: ppt_data), or None (a synthetic stage-1 source)."""
-    if config.get("stage") == "lang":
-        return Path(config["data_dir"]) if config.get("data_dir") else \
-            root / str(config.get("domain"))
-    if config.get("ppt_source") == "text" and config.get("ppt_data"):
-        return Path(config["ppt_data"])
-    return None
-
-
-def eval_folders(domains, extra, runs, root):
-    """The folders to score on: --domains (under root) and --extra_data; without --domains, each
-    run's own training folder, then the other folders prepared under root with a tokenizer of
-    those (sorted by name)."""
-    if domains is not None:
-        return [root / d for d in domains.split(",") if d] + [Path(p) for p in extra]
-    own = []
-    for r in runs:
-        f = trained_folder(r.config, root)
-        if f is not None and f.resolve() not in [g.resolve() for g in own]:
-            own.append(f)
-    kinds = {load_meta(f).get("tokenizer", "gpt2") for f in own}
-    others = []
-    for meta_path in sorted(root.glob("*/meta.json")) if root.is_dir() else []:
-        f = meta_path.parent
-        if f.resolve() in [g.resolve() for g in own]:
-            continue
-        with contextlib.suppress(UserError):         # a broken unrelated folder is not scored
-            if load_meta(f).get("tokenizer", "gpt2") in kinds:
-                others.append(f)
-    return own + others + [Path(p) for p in extra]
-
-
-def eval_tokens(given, runs):
-    """--eval_tokens, or by default the runs' own (config.json's eval_tokens: the smallest when
-    they differ, 0 = the whole split counting as the largest), else 262,144."""
-    if given is not None:
-        return given
-    own = {r.config["eval_tokens"] for r in runs if isinstance(r.config.get("eval_tokens"), int)}
-    if not own:
-        return 262_144
-    return min(own, key=lambda n: (n <= 0, n))
-
-
-def gather_runs(paths, baseline_paths):
-    """The runs to score, labelled, and each one's baseline run."""
-    runs = [load_run(p) for p in paths]
-    explicit = []
-    for p in baseline_paths:  # a baseline not among the runs is evaluated too, as the first row
-        b = load_run(p)
-        same = [r for r in runs if r.folder.resolve() == b.folder.resolve()]
-        if not same:
-            runs.insert(0, b)
-        explicit.append(same[0] if same else b)
-    report.label_runs(runs)
-    return runs, report.assign_baselines(runs, explicit)
-
-
-def load_run(path):
-    """A run from its folder or its ckpt.pt: config.json (else the checkpoint's config) and the
-    lines of metrics.jsonl (none if absent; an unfinished last line of a live run is skipped)."""
-    path = Path(path)
-    folder, ck_path = (path.parent, path) if path.is_file() else (path, path / "ckpt.pt")
-    if not ck_path.is_file():
-        raise UserError(f"{show(ck_path)} is missing: pass a run folder of train.py or a ckpt.pt")
-    cfg_path = folder / "config.json"
-    if cfg_path.exists():
-        try:
-            config = json.loads(cfg_path.read_text())
-        except (ValueError, UnicodeDecodeError):
-            raise UserError(f"{show(cfg_path)} is not valid JSON: delete it to use the config "
-                            "saved in the checkpoint") from None
-    else:
-        config = peek(ck_path).get("config")
-    if not isinstance(config, dict):
-        raise UserError(f"{show(cfg_path)} holds no run config (a JSON object written by train.py)")
-    return report.Run(folder, ck_path, config, read_metrics(folder / "metrics.jsonl"))
-
-
-def language_refusal(ck, tokenizer="gpt2", vocab=None):
-    """Why a checkpoint cannot be scored on token files of `tokenizer`, or None if it can. The
-    model must have the tokenizer's ids (a folder's own vocab_size, `vocab`, counts only for an
-    unknown tokenizer; ids beyond the model are checked against the folder's max_token)."""
-    kind = (ck.get("vocab") or {}).get("kind")
-    size = ck["model_args"].get("vocab_size", 0)
-    vocab = TOKENIZERS[tokenizer][0] if tokenizer in TOKENIZERS else vocab
-    if kind != tokenizer:
-        return f"its vocabulary is {kind!r}, not {tokenizer!r}"
-    if size < vocab:
-        return f"its model has {size:,} output classes, fewer than the {vocab:,} {tokenizer} ids"
-    return None
 
 
 # -----------------------------------------------------------------------------------------------
@@ -899,4 +793,4 @@ def check_rollouts(args, path, ck):
     if args.out:
         if Path(args.out).suffix.lower() not in (".png", ".gif"):
             raise UserError(f"--out {args.out}: the picture is a .png or a .gif")
-        report.pillow()
+        plots.pillow()

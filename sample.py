@@ -25,10 +25,10 @@ import torch
 
 import guard
 import nca
-import probes
 from data.common import TOKENIZERS, gpt2_encoding
+from lab import probes
+from lab.plots import draw_rollouts, rollout_table
 from model import load_checkpoint, model_from_checkpoint
-from report import draw_rollouts, rollout_table
 from util import add_flags, cli, flag, script_parser
 
 

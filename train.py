@@ -38,7 +38,7 @@ import guard
 import nca
 from data.common import (TOKENIZERS, TextBatches, load_meta, load_tokens, probe_vocab,
                          text_val_batches)
-import probes
+from lab import probes
 from model import ARCH, GPT, PPT_VOCAB, SIZES, GPTConfig, evaluate, model_config
 from model import load_checkpoint, model_from_checkpoint, save_checkpoint
 import util

@@ -75,7 +75,7 @@ def _interrupted():
     return "interrupted (every file is written whole or not at all)"
 
 
-# The line Ctrl-C prints; a training stage replaces it with one that knows its steps (report.Log).
+# The line Ctrl-C prints; a training stage replaces it with one that knows its steps (Log, below).
 interrupt_line = _interrupted
 
 

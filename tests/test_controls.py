@@ -1,20 +1,13 @@
-"""Stage-1 controls (scripts/make_controls.py, scripts/permute_body.py): each keeps what it says
-it keeps and destroys what it says it destroys; scripts/norm_movement.py measures what E4's
+"""Stage-1 controls (lab/make_controls.py, lab/permute_body.py): each keeps what it says it
+keeps and destroys what it says it destroys; lab/norm_movement.py measures what E4's
 `--reinit ln` would undo."""
-import sys
-
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
 from data.build import TokenWriter, write_dataset
 from data.common import load_meta, load_tokens
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import make_controls  # noqa: E402
-import norm_movement  # noqa: E402
-import permute_body  # noqa: E402
+from lab import make_controls, norm_movement, permute_body
 
 TEXT = [b"the cat sat on the mat.  a dog ran\n", b"  one two three four five six", b"x"]
 

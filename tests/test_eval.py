@@ -17,11 +17,10 @@ import torch.nn.functional as F
 
 import eval as ev
 import guard
-import report
 import nca
-import probes
 from conftest import make_domain
 from data.common import ROOT, eval_windows
+from lab import plots, probes, stats
 from model import GPT, GPTConfig, config_for
 from util import UserError
 
@@ -85,17 +84,17 @@ def test_perplexity_of_uniform_logits_is_vocab_size():
 
 def test_speedup_rule_on_synthetic_curves():
     base = [(100, 4.0), (200, 3.0), (300, 2.0), (400, 1.0)]
-    assert report.speedup(base, base) == 1.0
-    assert report.speedup(base, [(100, 3.0), (200, 1.0), (300, 0.5), (400, 0.4)]) == 2.0
+    assert ev.speedup(base, base) == 1.0
+    assert ev.speedup(base, [(100, 3.0), (200, 1.0), (300, 0.5), (400, 0.4)]) == 2.0
     # crossing between (200, 2.0) and (300, 0.5): 200 + 100 * (2 - 1) / (2 - 0.5)
-    assert report.tokens_to_reach([(100, 3.0), (200, 2.0), (300, 0.5)], 1.0) == pytest.approx(200 + 100 / 1.5)
-    assert report.speedup(base, [(100, 3.0), (200, 2.0), (300, 0.5)]) == pytest.approx(400 / (200 + 100 / 1.5))
-    assert report.speedup(base, [(100, 3.0), (400, 1.2)]) is None  # never reaches 1.0
-    assert report.speedup(base, [(100, 0.9), (200, 0.8)]) == 4.0  # below target at its first point
-    assert report.speedup(base, []) is None and report.speedup([], base) is None
+    assert ev.tokens_to_reach([(100, 3.0), (200, 2.0), (300, 0.5)], 1.0) == pytest.approx(200 + 100 / 1.5)
+    assert ev.speedup(base, [(100, 3.0), (200, 2.0), (300, 0.5)]) == pytest.approx(400 / (200 + 100 / 1.5))
+    assert ev.speedup(base, [(100, 3.0), (400, 1.2)]) is None  # never reaches 1.0
+    assert ev.speedup(base, [(100, 0.9), (200, 0.8)]) == 4.0  # below target at its first point
+    assert ev.speedup(base, []) is None and ev.speedup([], base) is None
     metrics = [{"kind": "train", "tokens": 50, "loss": 9.0}, {"kind": "val", "tokens": 200, "val_loss": 3.0},
                {"kind": "val", "tokens": 100, "val_loss": 4.0}, {"kind": "val", "tokens": 200, "val_loss": 2.5}]
-    assert report.val_curve(metrics) == [(100, 4.0), (200, 2.5)]  # sorted, a repeated point keeps the last
+    assert ev.val_curve(metrics) == [(100, 4.0), (200, 2.5)]  # sorted, a repeated point keeps the last
 
 
 def blog_curve(steps, losses):
@@ -135,7 +134,7 @@ CODE = {
     (CODE_STEPS, CODE, "c4", 1.33),
 ])
 def test_speedup_reproduces_the_blog_numbers(steps, curves, arm, want):
-    got = report.speedup(blog_curve(steps, curves["scratch"]), blog_curve(steps, curves[arm]))
+    got = ev.speedup(blog_curve(steps, curves["scratch"]), blog_curve(steps, curves[arm]))
     assert (got is None) if want is None else round(got, 2) == want
 
 
@@ -169,17 +168,17 @@ def write_run(folder, arm, curve, stage="lang", domain="web", init_from=None, pp
 
 
 def test_a_runs_metrics_are_read_as_resume_reads_them(tmp_path):
-    """guard.load_run and --resume read metrics.jsonl with one reader: the half line a kill or a
+    """ev.load_run and --resume read metrics.jsonl with one reader: the half line a kill or a
     live run leaves at the end is dropped, a broken line in the middle is refused by number."""
     run = write_run(tmp_path / "r", "scratch", [(512, 3.0), (1024, 2.5)])
     path = run / "metrics.jsonl"
     good = path.read_text()
     path.write_text(good + '{"kind": "val", "st')
-    assert [r["step"] for r in guard.load_run(run).metrics] == [1, 1, 2, 2]
+    assert [r["step"] for r in ev.load_run(run).metrics] == [1, 1, 2, 2]
     lines = good.splitlines()
     path.write_text("\n".join([lines[0], '{"kind": "val"}', *lines[1:]]) + "\n")
     with pytest.raises(UserError, match=r"metrics.jsonl line 2 is not a metrics record"):
-        guard.load_run(run)
+        ev.load_run(run)
     with pytest.raises(UserError, match="line 2 .* then resume again"):
         guard.check_metrics(path)
 
@@ -292,9 +291,9 @@ def test_nca_checkpoint_is_refused_on_language_and_evaluated_on_rules(fake, caps
 
 
 def test_language_refusal():
-    assert guard.language_refusal({"vocab": {"kind": "gpt2"}, "model_args": {"vocab_size": 64000}}) is None
-    assert "10,002" in guard.language_refusal({"vocab": {"kind": "gpt2"}, "model_args": {"vocab_size": 10002}})
-    assert "'nca'" in guard.language_refusal({"vocab": {"kind": "nca"}, "model_args": {"vocab_size": 64000}})
+    assert ev.language_refusal({"vocab": {"kind": "gpt2"}, "model_args": {"vocab_size": 64000}}) is None
+    assert "10,002" in ev.language_refusal({"vocab": {"kind": "gpt2"}, "model_args": {"vocab_size": 10002}})
+    assert "'nca'" in ev.language_refusal({"vocab": {"kind": "nca"}, "model_args": {"vocab_size": 64000}})
 
 
 def test_nca_eval_directly():
@@ -350,11 +349,11 @@ def test_plot_contrasts_draws_the_shares_beside_the_bars(tmp_path):
                 "p_holm": 0.3, "ref": "nca" if share else None,
                 "share": share and {"share": share, "lo": share - 0.1, "hi": share + 0.2}}
     rows = [row("nca", -0.1), row("nca-attn", -0.02, 0.2), row("nca-mlp", -0.08, 0.8)]
-    fig = report.plot_contrasts(rows, tmp_path / "r.png")
+    fig = plots.plot_contrasts(rows, tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 0 and len(fig.axes) == 2
     points = fig.axes[1].lines[0].get_data()
     assert list(points[0]) == [0.2, 0.8] and list(points[1]) == [1, 0]    # rows 2, 3 (top = 2)
-    assert len(report.plot_contrasts(rows[:1], tmp_path / "one.png").axes) == 1
+    assert len(plots.plot_contrasts(rows[:1], tmp_path / "one.png").axes) == 1
 
 
 # ---------------------------------------------------------------- end to end with train.py
@@ -415,21 +414,21 @@ def test_summary_pairs_each_seed_with_its_scratch_run():
                "init_from": None if arm == "scratch" else "x/ckpt.pt"}
         metrics = [{"kind": "val", "step": i, "tokens": 100 * i, "val_loss": l}
                    for i, l in enumerate(losses)]
-        r = report.Run(Path(f"{arm}{seed}"), Path("ckpt.pt"), cfg, metrics)
+        r = ev.Run(Path(f"{arm}{seed}"), Path("ckpt.pt"), cfg, metrics)
         return r, {"arm": arm, "label": f"{arm}{seed}", "ppl": {"web": math.exp(losses[-1])}}
     pairs = [run("scratch", 0, [5, 4, 3]), run("scratch", 1, [5, 4, 2]),
              run("nca", 0, [5, 3, 2.5]), run("nca", 1, [5, 4.5, 2.5])]
-    rows = {r["arm"]: r for r in report.summarize(*zip(*pairs))}
+    rows = {r["arm"]: r for r in stats.summarize(*zip(*pairs))}
     nca = rows["nca"]
     assert nca["seeds"] == [0, 1] and rows["scratch"]["change_pct"] == (None, None)
     want = [100 * (math.exp(2.5 - 3) - 1), 100 * (math.exp(2.5 - 2) - 1)]
     assert np.allclose(nca["change_all"], want)
     # seed 0: scratch ends at 3.0 after 200 tokens, nca is at 3.0 after 100 -> 2x; seed 1: never
     assert np.allclose(nca["speedup_all"], [2.0]) and nca["not_reached"] == 1
-    assert "± " in report.format_summary(list(rows.values()))
-    m, h = report.mean_ci([1.0, 2.0, 3.0])
+    assert "± " in stats.format_summary(list(rows.values()))
+    m, h = stats.mean_ci([1.0, 2.0, 3.0])
     assert m == 2.0 and h == pytest.approx(4.303 * 1.0 / math.sqrt(3))
-    assert report.mean_ci([]) == (None, None) and report.mean_ci([5.0]) == (5.0, None)
+    assert stats.mean_ci([]) == (None, None) and stats.mean_ci([5.0]) == (5.0, None)
 
 
 def test_eval_follows_the_runs(fake, tmp_path):
@@ -446,47 +445,47 @@ def test_eval_follows_the_runs(fake, tmp_path):
     assert list(report["domains"]) == ["mine", "math", "code", "web"]    # own first, no gpt2
     assert report["eval_tokens"] == 128                                  # the smallest; 0 = all
     assert all(d["windows"] == 2 for d in report["domains"].values())
-    assert guard.eval_tokens(None, []) == 262_144 and guard.eval_tokens(64, []) == 64
+    assert ev.eval_tokens(None, []) == 262_144 and ev.eval_tokens(64, []) == 64
 
 
 def test_contrasts_pair_any_two_arms_with_one_unit_per_stage1_model():
-    """report.contrasts, against numbers worked by hand: nca - text per domain and pooled; the web
+    """stats.contrasts, against numbers worked by hand: nca - text per domain and pooled; the web
     and math runs of one seed share a stage-1 model (one unit, their mean), code has its own."""
     def run(arm, domain, seed, loss):
         init = None if arm == "scratch" else \
             f"{arm}-{'code' if domain == 'code' else 'web'}-s{seed}/ckpt.pt"
         cfg = {"stage": "lang", "domain": domain, "seed": seed, "arm": arm, "init_from": init}
         metrics = [{"kind": "val", "step": 1, "tokens": 100, "val_loss": loss}]
-        r = report.Run(Path(f"{arm}-{domain}-{seed}"), Path("ckpt.pt"), cfg, metrics)
+        r = ev.Run(Path(f"{arm}-{domain}-{seed}"), Path("ckpt.pt"), cfg, metrics)
         return r, {"arm": arm, "label": r.folder.name, "ppl": {domain: math.exp(loss)},
                    "loss": {domain: loss}, "bpb": {domain: loss / math.log(2)}}
     loss = {("nca", "web"): [2.0, 2.1, 1.9], ("text", "web"): [2.1, 2.2, 2.2],
             ("nca", "math"): [1.0, 1.1, 0.9], ("text", "math"): [1.1, 1.0, 1.1],
             ("nca", "code"): [3.0, 3.0, 3.1], ("text", "code"): [3.2, 3.1, 3.0]}
     runs = [run(a, d, s, v[s]) for (a, d), v in loss.items() for s in range(3)]
-    rows = {r["domain"]: r for r in report.contrasts(*zip(*runs), [("nca", "text")])}
+    rows = {r["domain"]: r for r in stats.contrasts(*zip(*runs), [("nca", "text")])}
     assert np.allclose(rows["web"]["dloss_all"], [-0.1, -0.1, -0.3])
     assert rows["web"]["p"] == pytest.approx(0.25)              # 2 of 8 sign patterns
     pooled = rows["all"]
     # units: (web+math)/2 per seed -> -0.1, 0.0, -0.25; code per seed -> -0.2, -0.1, +0.1
     assert pooled["units"] == 6
     assert sorted(np.round(pooled["dloss_all"], 6)) == [-0.25, -0.2, -0.1, -0.1, 0.0, 0.1]
-    m, h = report.mean_ci([-0.1, 0.0, -0.25, -0.2, -0.1, 0.1])
+    m, h = stats.mean_ci([-0.1, 0.0, -0.25, -0.2, -0.1, 0.1])
     assert pooled["dloss"][0] == pytest.approx(m) and pooled["dloss"][1] == pytest.approx(h)
     # exact sign-flip p of those 6 by brute force
     d = np.array([-0.1, 0.0, -0.25, -0.2, -0.1, 0.1])
     hits = sum(abs((np.array(s) * d).sum()) >= abs(d.sum()) - 1e-12
                for s in itertools.product([-1, 1], repeat=6))
     assert pooled["p"] == pytest.approx(hits / 64)
-    assert report.holm([0.01, 0.04, None, 0.03]) == [0.03, 0.06, None, 0.06]
-    assert "| nca - text | all | 6 |" in report.format_contrasts(list(rows.values()))
+    assert stats.holm([0.01, 0.04, None, 0.03]) == [0.03, 0.06, None, 0.06]
+    assert "| nca - text | all | 6 |" in stats.format_contrasts(list(rows.values()))
     # one text body per seed serving all three domains: against it, a seed is one unit
     shared = [(r, res) if r.config["arm"] == "nca" else
-              (report.Run(r.folder, r.ckpt, {**r.config, "init_from": f"text-s{r.config['seed']}"},
+              (ev.Run(r.folder, r.ckpt, {**r.config, "init_from": f"text-s{r.config['seed']}"},
                           r.metrics), res) for r, res in runs]
-    pooled = {x["domain"]: x for x in report.contrasts(*zip(*shared), [("nca", "text")])}["all"]
+    pooled = {x["domain"]: x for x in stats.contrasts(*zip(*shared), [("nca", "text")])}["all"]
     assert pooled["units"] == 3
-    ids = report.units_of([{"a"}, {"b"}, {"a", "c"}, {"c", "d"}, {"e"}])
+    ids = stats.units_of([{"a"}, {"b"}, {"a", "c"}, {"c", "d"}, {"e"}])
     assert ids[0] == ids[2] == ids[3] and len({ids[0], ids[1], ids[4]}) == 3
 
 
@@ -497,21 +496,21 @@ def test_share_of_a_reference_gain_kept_against_hand_numbers():
         cfg = {"stage": "lang", "domain": "math", "seed": seed, "arm": arm,
                "init_from": None if arm == "scratch" else f"{arm}-s{seed}/ckpt.pt"}
         metrics = [{"kind": "val", "step": 1, "tokens": 100, "val_loss": loss}]
-        r = report.Run(Path(f"{arm}-{seed}"), Path("ckpt.pt"), cfg, metrics)
+        r = ev.Run(Path(f"{arm}-{seed}"), Path("ckpt.pt"), cfg, metrics)
         return r, {"arm": arm, "label": r.folder.name, "ppl": {"math": math.exp(loss)},
                    "loss": {"math": loss}, "bpb": {"math": loss / math.log(2)}}
     loss = {"scratch": [2.0, 2.1, 2.2, 2.0], "text": [1.8, 1.9, 2.0, 1.9],
             "zh": [1.9, 2.0, 2.2, 1.9]}
     runs = [run(a, s, v[s]) for a, v in loss.items() for s in range(4)]
-    (row,) = report.contrasts(*zip(*runs), [("zh", "scratch", "text")])
-    (plain,) = report.contrasts(*zip(*runs), [("zh", "scratch")])
+    (row,) = stats.contrasts(*zip(*runs), [("zh", "scratch", "text")])
+    (plain,) = stats.contrasts(*zip(*runs), [("zh", "scratch")])
     assert row["dloss"] == plain["dloss"] and row["p"] == plain["p"] and row["units"] == 4
     s = row["share"]                            # d = -.1 -.1 0 -.1, dref = -.2 -.2 -.2 -.1
     assert s["share"] == pytest.approx(0.3 / 0.7) and s["units"] == 4
     assert 0 <= s["lo"] <= s["share"] <= s["hi"] <= 1
-    assert report.share_kept([(-0.1, -0.2), (-0.3, -0.2)]) == report.share_kept(
+    assert stats.share_kept([(-0.1, -0.2), (-0.3, -0.2)]) == stats.share_kept(
         [(-0.1, -0.2), (-0.3, -0.2)])                                         # fixed seed
-    assert "| zh - scratch | text | math | 4 | 0.43 [" in report.format_shares([row])
+    assert "| zh - scratch | text | math | 4 | 0.43 [" in stats.format_shares([row])
     assert plain["share"] is None
 
 
@@ -525,38 +524,38 @@ def test_pair_flag_is_checked_before_any_model_runs(fake, capsys):
 
 
 def test_arms_of_one_domain_and_seed_twice_cannot_be_paired(capsys):
-    """guard.eval_pairs: --arm names a scratch variant; a reinit run is its own arm by default;
+    """ev.eval_pairs: --arm names a scratch variant; a reinit run is its own arm by default;
     two runs of one arm, domain and seed are refused for --pair and left out of the defaults."""
     def run(arm, seed, init=None):
         cfg = {"stage": "lang", "domain": "web", "seed": seed, "arm": arm, "init_from": init}
-        return report.Run(Path(f"{arm}{seed}"), Path("ckpt.pt"), cfg, [])
+        return ev.Run(Path(f"{arm}{seed}"), Path("ckpt.pt"), cfg, [])
     runs = [run("scratch", 0), run("scratch", 1), run("wide", 0), run("wide", 1),
             run("nca", 0, "x"), run("nca", 0, "y")]
-    assert guard.eval_pairs(["wide:scratch"], runs) == [("wide", "scratch")]
-    assert guard.eval_pairs(["wide:scratch:deep"], runs + [run("deep", 0)]) == [
+    assert ev.eval_pairs(["wide:scratch"], runs) == [("wide", "scratch")]
+    assert ev.eval_pairs(["wide:scratch:deep"], runs + [run("deep", 0)]) == [
         ("wide", "scratch", "deep")]
     for bad in ("wide:scratch:wide", "wide:scratch:", "a:b:c:d"):
         with pytest.raises(UserError, match="give two different arms"):
-            guard.eval_pairs([bad], runs)
+            ev.eval_pairs([bad], runs)
     with pytest.raises(UserError, match="arm 'nca' has two runs of one domain and seed"):
-        guard.eval_pairs(["nca:scratch"], runs)
-    assert guard.eval_pairs([], runs) == [("wide", "scratch")]
+        ev.eval_pairs(["nca:scratch"], runs)
+    assert ev.eval_pairs([], runs) == [("wide", "scratch")]
     assert "nca" in capsys.readouterr().err
 
 
 
 def test_arm_curves_average_seeds_and_pair_each_with_its_scratch():
-    """report.arm_curves (the over-seeds picture): per arm the mean and 95% half-width at each
+    """stats.arm_curves (the over-seeds picture): per arm the mean and 95% half-width at each
     token count all its seeds have (step 0 left out), and Δ vs scratch paired by seed."""
     def run(arm, seed, losses):
         cfg = {"stage": "lang", "domain": "web", "seed": seed, "arm": arm,
                "init_from": None if arm == "scratch" else "x/ckpt.pt"}
         metrics = [{"kind": "val", "step": i, "tokens": 100 * i, "val_loss": v}
                    for i, v in enumerate(losses)]
-        return report.Run(Path(f"{arm}{seed}"), Path("ckpt.pt"), cfg, metrics), None
+        return ev.Run(Path(f"{arm}{seed}"), Path("ckpt.pt"), cfg, metrics), None
     items = [run("scratch", 0, [9, 4, 3]), run("scratch", 1, [9, 6, 5]),
              run("nca", 0, [9, 3, 2]), run("nca", 1, [9, 5, 3])]
-    loss, delta = report.arm_curves(items)
+    loss, delta = stats.arm_curves(items)
     t, m, h, n = loss["scratch"]
     assert t == [100, 200] and m == [5.0, 4.0] and n == 2
     assert h[0] == pytest.approx(12.706 * math.sqrt(2) / math.sqrt(2), rel=1e-3)
@@ -566,17 +565,17 @@ def test_arm_curves_average_seeds_and_pair_each_with_its_scratch():
 
 
 def test_delta_table_lists_each_seeds_delta_and_their_mean_by_tokens():
-    """report.delta_table (E6's wash-out table): per token count, each seed's Δ against its own
+    """stats.delta_table (E6's wash-out table): per token count, each seed's Δ against its own
     scratch run and the mean ± 95% t over seeds; refused without a scratch partner."""
     def run(arm, seed, losses):
         cfg = {"stage": "lang", "domain": "code", "seed": seed, "arm": arm,
                "init_from": None if arm == "scratch" else "x/ckpt.pt"}
         metrics = [{"kind": "val", "step": i, "tokens": 1000 * i, "val_loss": v}
                    for i, v in enumerate(losses)]
-        return report.Run(Path(f"{arm}{seed}"), Path("ckpt.pt"), cfg, metrics)
+        return ev.Run(Path(f"{arm}{seed}"), Path("ckpt.pt"), cfg, metrics)
     runs = [run("scratch", 0, [9, 4]), run("nca", 0, [9, 3.5]), run("c4", 0, [8, 4.25]),
             run("scratch", 1, [9, 6]), run("nca", 1, [9, 5.5]), run("c4", 1, [8, 6.75])]
-    lines = report.delta_table(runs).splitlines()
+    lines = stats.delta_table(runs).splitlines()
     assert lines[0] == ("| tokens | nca - scratch per seed | mean ± 95% t | "
                         "c4 - scratch per seed | mean ± 95% t |")
     assert lines[2] == "| 0 | +0.000, +0.000 | +0.000 | -1.000, -1.000 | -1.000 |"
@@ -584,4 +583,4 @@ def test_delta_table_lists_each_seeds_delta_and_their_mean_by_tokens():
     assert lines[3] == (f"| 1,000 | -0.500, -0.500 | -0.500 | +0.250, +0.750 | +0.500 ± "
                         f"{half:.3f} |")
     with pytest.raises(UserError, match="no arm has a scratch run"):
-        report.delta_table(runs[1:3])
+        stats.delta_table(runs[1:3])

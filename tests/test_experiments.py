@@ -18,10 +18,10 @@ pytestmark = pytest.mark.skipif(
 
 
 def smoke(script, out, **links):
-    """Run scripts/experiments/SCRIPT at SMOKE=1, seed 0, into OUT; links: E1_OUT=... folders."""
+    """Run lab/experiments/SCRIPT at SMOKE=1, seed 0, into OUT; links: E1_OUT=... folders."""
     env = {**os.environ, "SMOKE": "1", "SEEDS": "0", "OUT": str(out), "JOBS": "2",
            **{k: str(v) for k, v in links.items()}}
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "experiments" / script)], env=env,
+    r = subprocess.run(["bash", str(ROOT / "lab" / "experiments" / script)], env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return out

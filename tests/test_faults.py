@@ -23,7 +23,6 @@ import torch
 
 import eval as ev
 import guard
-import report
 import train
 import util
 from conftest import ROOT, make_domain
@@ -298,19 +297,19 @@ def test_eval_json_and_md_belong_together(small, tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["eval.json", "eval.md"]
     md = (out / "eval.md").read_text()
     assert f"eval id {first['id']} (eval.json in this folder holds the same id)" in md.splitlines()
-    assert report.eval_pair_mismatch(out) is None
-    real = report.atomic_write
+    assert ev.eval_pair_mismatch(out) is None
+    real = ev.atomic_write
 
     def killed_before_json(path, data):           # a kill between the two renames
         if Path(path).name == "eval.json":
             raise KeyboardInterrupt
         real(path, data)
-    monkeypatch.setattr(report, "atomic_write", killed_before_json)
+    monkeypatch.setattr(ev, "atomic_write", killed_before_json)
     with pytest.raises(SystemExit):
         ev.main(argv + ["--overwrite"])
     monkeypatch.undo()
     assert json.loads((out / "eval.json").read_text())["id"] == first["id"]
-    assert "is not from the evaluation in eval.json" in report.eval_pair_mismatch(out)
+    assert "is not from the evaluation in eval.json" in ev.eval_pair_mismatch(out)
     capsys.readouterr()
     with pytest.raises(SystemExit):
         ev.main(argv)

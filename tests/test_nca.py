@@ -11,9 +11,9 @@ from torch.overrides import TorchFunctionMode
 
 import guard
 import nca
-import probes
 import util
 from conftest import FIXTURES, ROOT
+from lab import probes
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import nca_tools  # noqa: E402  (pictures, stats, benchmark)

@@ -1,19 +1,15 @@
-"""The mechanism instruments (probes.py, probes.lookup_predictions, the induction-readiness test):
-each detects copying in a model built or trained to copy and none in one that cannot."""
+"""The mechanism instruments (lab/probes.py, probes.lookup_predictions, the induction-readiness
+test): each detects copying in a model built or trained to copy and none in one that cannot."""
 import math
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 import nca
-import probes
-from conftest import ROOT, make_domain
+from conftest import make_domain
+from lab import induction_readiness, probes
 from model import GPT, config_for
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import induction_readiness  # noqa: E402
 
 
 class Oracle(torch.nn.Module):
@@ -153,7 +149,7 @@ def test_readiness_table_pairs_each_body_with_scratch_by_seed():
     """The readiness table gives body - scratch per seed (a censored seed counts as --steps), the
     mean with its 95% interval and the exact sign-flip p (5 seeds all one way: 2/32 = 0.0625)."""
     from argparse import Namespace
-    from report import sign_flip_p
+    from lab.stats import sign_flip_p
     args = Namespace(symbols=64, length=32, steps=300, batch=32, lr=1e-3)
     res = {"scratch": [{"steps": s} for s in (100, 120, None, 90, 110)],
            "nca": [{"steps": s} for s in (60, 70, 80, 50, 100)]}
@@ -165,10 +161,10 @@ def test_readiness_table_pairs_each_body_with_scratch_by_seed():
 
 
 def test_stage1_summary_gives_margins_over_copy_and_lookup_with_their_interval():
-    """report.format_nca_summary: % means over grid positions, margins in points, and with
+    """eval.format_nca_summary: % means over grid positions, margins in points, and with
     several runs the margins' mean ± 95% t half-width (hand-computed: margins over copy 6 and 8,
     mean 7, half-width 12.706 * sd(1.414) / sqrt 2 = 12.7)."""
-    from report import format_nca_summary
+    from eval import format_nca_summary
 
     def run(label, seed, tok, copy, look):
         n = {"token_acc": tok, "copy_token_acc": copy, "lookup_token_acc": look,

@@ -24,12 +24,12 @@
 #     (B-X - scratch) / (B - scratch), with a 95% bootstrap interval over seeds (eval.py --pair
 #     B-X:scratch:B); the paired Δ of every arm against scratch (mean, 95% t interval, exact
 #     sign-flip p, Holm over the ten rows). Also: how far the norm weights moved in stage 1
-#     (scripts/norm_movement.py), which says whether B-ln can differ from B at all.
+#     (lab/norm_movement.py), which says whether B-ln can differ from B at all.
 #   reading: a share near 1 says the part carries none of the gain, near 0 all of it; the
 #     paper's claim is that re-initializing attention removes most of the gain (share near 0
 #     for B-attn) while B-mlp keeps more.
 #
-#   OUT=out/e4 E1_OUT=out/e1 E2_OUT=out/e2 SEEDS="0 1 2 3 4 5 6 7" JOBS=2 bash scripts/experiments/e4_what_transfers.sh
+#   OUT=out/e4 E1_OUT=out/e1 E2_OUT=out/e2 SEEDS="0 1 2 3 4 5 6 7" JOBS=2 bash lab/experiments/e4_what_transfers.sh
 #   SMOKE=1: toy budgets (about a minute), to check the script still runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -37,7 +37,7 @@ OUT=${OUT:-out/e4}
 SEEDS=${SEEDS:-0 1 2 3 4 5 6 7}
 JOBS=${JOBS:-2}
 mkdir -p "$OUT"
-source scripts/experiments/common.sh
+source lab/experiments/common.sh
 prepare_bytes math c4
 declare -A PART=([attn]=attn [mlp]=mlp [ln]=ln [norms]=attn,mlp)
 stage1=(); stage2=()
@@ -60,7 +60,7 @@ printf '%s\n' "${stage1[@]}" | xargs -P "$JOBS" -I{} bash -c 'run {}'
 printf '%s\n' "${stage2[@]}" | xargs -P "$JOBS" -I{} bash -c 'run {}'
 bodies=()
 for s in $SEEDS; do bodies+=("$OUT/nca-seed$s" "$OUT/text-seed$s"); done
-python scripts/norm_movement.py "${bodies[@]}" --out "$OUT/norms.md" > /dev/null
+python lab/norm_movement.py "${bodies[@]}" --out "$OUT/norms.md" > /dev/null
 runs=(); pairs=()
 for s in $SEEDS; do
   runs+=("$OUT/math-scratch-s$s")

@@ -11,8 +11,8 @@ Document ends (the end-of-text token) stay where they are for word_shuffle; the 
 cut documents of the source's mean length. --tokens sets the size of each split's i.i.d. sample
 (default: the source split's size; give at least the stage-1 budget so nothing repeats).
 
-  python scripts/make_controls.py data/c4_bytes --kind word_shuffle --out data/c4_bytes_words
-  python scripts/make_controls.py data/c4_bytes --kind uniform --tokens 1200000 --out data/uniform
+  python lab/make_controls.py data/c4_bytes --kind word_shuffle --out data/c4_bytes_words
+  python lab/make_controls.py data/c4_bytes --kind uniform --tokens 1200000 --out data/uniform
 """
 import json
 import sys

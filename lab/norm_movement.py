@@ -6,8 +6,8 @@ Per checkpoint: the per-block norms (norm1 and norm2 of every block, what `--rei
 and the final norm, each as the mean and the largest |w - 1| over their entries, and the
 root-mean-square of w - 1.
 
-  python scripts/norm_movement.py out/e1/nca-seed0 out/e1/text-seed0
-  python scripts/norm_movement.py out/e1/*-seed*/ --out out/e4/norms.md
+  python lab/norm_movement.py out/e1/nca-seed0 out/e1/text-seed0
+  python lab/norm_movement.py out/e1/*-seed*/ --out out/e4/norms.md
 """
 import sys
 from pathlib import Path

@@ -6,9 +6,9 @@
 # head). Stage 1 (one per seed and band, or per seed for text) is shared by the domains. Two jobs
 # run side by side, one thread each. CONTROL= (empty) leaves the text arm out.
 # Rerunning resumes. Every knob is a variable:
-#   bash scripts/cpu_experiment.sh                      # byte-level text, 5 seeds, ~90 min
-#   TOKENIZER=gpt2 bash scripts/cpu_experiment.sh       # GPT-2 tokens (too few steps to learn
-#                                                       # much on a CPU: kept for comparison)
+#   bash lab/cpu_experiment.sh                      # byte-level text, 5 seeds, ~90 min
+#   TOKENIZER=gpt2 bash lab/cpu_experiment.sh       # GPT-2 tokens (too few steps to learn
+#                                                   # much on a CPU: kept for comparison)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOKENIZER=${TOKENIZER:-bytes}

@@ -28,7 +28,7 @@
 #     was below 0 in every seed. With 3 seeds no sign-flip p can go below 0.25: this experiment
 #     describes the curves; it cannot decide a contrast.
 #
-#   OUT=out/e6 E1_OUT=out/e1 E7_OUT=out/e7 SEEDS="0 1 2" JOBS=2 bash scripts/experiments/e6_washout.sh
+#   OUT=out/e6 E1_OUT=out/e1 E7_OUT=out/e7 SEEDS="0 1 2" JOBS=2 bash lab/experiments/e6_washout.sh
 #   SMOKE=1: toy budgets (about a minute), to check the script still runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -36,7 +36,7 @@ OUT=${OUT:-out/e6}
 SEEDS=${SEEDS:-0 1 2}
 JOBS=${JOBS:-2}
 mkdir -p "$OUT"
-source scripts/experiments/common.sh
+source lab/experiments/common.sh
 prepare_bytes code c4
 if [ "${SMOKE:-0}" = 1 ]; then LONG=("${LANG[@]}"); else
   LONG=(--lang_tokens 4194304 --eval_interval 32); EVAL=(--eval_tokens 131072); fi
@@ -59,10 +59,11 @@ evaluate - "${runs[@]}" --domains code_bytes "${EVAL[@]}" --pair nca:scratch \
 python - "$OUT" $SEEDS > "$OUT/delta_by_step.md" <<'PY'   # the Δ curves as a table
 import sys
 sys.path.insert(0, ".")
-import guard, report
+from eval import load_run
+from lab.stats import delta_table
 out, seeds = sys.argv[1], sys.argv[2:]
-runs = [guard.load_run(f"{out}/code-{a}-s{s}") for s in seeds for a in ("scratch", "nca", "c4")]
+runs = [load_run(f"{out}/code-{a}-s{s}") for s in seeds for a in ("scratch", "nca", "c4")]
 print("Δ validation loss against scratch, paired by seed (first 16,384 validation bytes)\n")
-print(report.delta_table(runs), end="")
+print(delta_table(runs), end="")
 PY
 echo "E6: table in $OUT/eval.md, Δ by step in $OUT/delta_by_step.md, curves in $OUT/curves.png"

@@ -11,8 +11,8 @@
 #     shuffled  the same stage 1 with `--frame_order shuffled`: the same rules and frames, each
 #               sequence's frames in a random order (no rule left to infer)
 #     permuted  the nca arm's stage-1 checkpoint with every tensor's entries shuffled
-#               (scripts/permute_body.py --seed s): same norms and values, no circuits
-#     uniform   stage 1 on i.i.d. uniform bytes (scripts/make_controls.py data/c4_bytes --kind
+#               (lab/permute_body.py --seed s): same norms and values, no circuits
+#     uniform   stage 1 on i.i.d. uniform bytes (lab/make_controls.py data/c4_bytes --kind
 #               uniform --tokens 1200000, as many tokens as the stage-1 budget and more)
 #     stage 2: `--preset cpu --stage lang --domain web_bytes --lang_tokens 655360`, as E1.
 #   seeds: 0-7, all reported. The scratch and nca runs are E1's (the same commands): with
@@ -24,7 +24,7 @@
 #   reading: as E1 (Holm p < 0.05 with the interval below 0; an interval spanning 0 is
 #     undecided).
 #
-#   OUT=out/e3 E1_OUT=out/e1 SEEDS="0 1 2 3 4 5 6 7" JOBS=2 bash scripts/experiments/e3_nca_structure.sh
+#   OUT=out/e3 E1_OUT=out/e1 SEEDS="0 1 2 3 4 5 6 7" JOBS=2 bash lab/experiments/e3_nca_structure.sh
 #   SMOKE=1: toy budgets (about a minute), to check the script still runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -32,10 +32,10 @@ OUT=${OUT:-out/e3}
 SEEDS=${SEEDS:-0 1 2 3 4 5 6 7}
 JOBS=${JOBS:-2}
 mkdir -p "$OUT"
-source scripts/experiments/common.sh
+source lab/experiments/common.sh
 prepare_bytes web c4
 IID=$([ "${SMOKE:-0}" = 1 ] && echo 40000 || echo 1200000)
-[ -f "$OUT/uniform/meta.json" ] || python scripts/make_controls.py data/c4_bytes --kind uniform \
+[ -f "$OUT/uniform/meta.json" ] || python lab/make_controls.py data/c4_bytes --kind uniform \
   --tokens "$IID" --out "$OUT/uniform" --overwrite > /dev/null
 stage1=(); stage2=()
 for s in $SEEDS; do
@@ -52,7 +52,7 @@ for s in $SEEDS; do
 done
 printf '%s\n' "${stage1[@]}" | xargs -P "$JOBS" -I{} bash -c 'run {}'
 for s in $SEEDS; do
-  [ -f "$OUT/permuted-seed$s.pt" ] || python scripts/permute_body.py "$OUT/nca-seed$s/ckpt.pt" \
+  [ -f "$OUT/permuted-seed$s.pt" ] || python lab/permute_body.py "$OUT/nca-seed$s/ckpt.pt" \
     "$OUT/permuted-seed$s.pt" --seed "$s" > /dev/null
 done
 printf '%s\n' "${stage2[@]}" | xargs -P "$JOBS" -I{} bash -c 'run {}'

@@ -15,7 +15,7 @@
 #              4,096 bytes, as the CPU-scale experiment of the README: the preset's 320 steps
 #              would put 12 seeds past 90 minutes on 2 cores).
 #   seeds: 0-11, all reported. Stage-1 runs of seeds 0-4 are those of
-#     scripts/experiments/induction_readiness.sh (the same command; link them into OUT to reuse).
+#     lab/experiments/induction_readiness.sh (the same command; link them into OUT to reuse).
 #   endpoint: final validation loss in nats per byte on the whole web validation split
 #     (eval.py --eval_tokens 0).
 #   primary contrasts: nca - scratch and nca - text, paired by seed: mean, 95% t interval, exact
@@ -24,7 +24,7 @@
 #   reading: an arm beats another if its Holm-adjusted p < 0.05 with the interval below 0; a
 #     contrast whose interval spans 0 is reported as undecided, never as "no effect".
 #
-#   OUT=out/e1 SEEDS="0 1 2 3 4 5 6 7 8 9 10 11" JOBS=2 bash scripts/experiments/e1_power.sh
+#   OUT=out/e1 SEEDS="0 1 2 3 4 5 6 7 8 9 10 11" JOBS=2 bash lab/experiments/e1_power.sh
 #   SMOKE=1: toy budgets (about a minute), to check the script still runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -32,7 +32,7 @@ OUT=${OUT:-out/e1}
 SEEDS=${SEEDS:-0 1 2 3 4 5 6 7 8 9 10 11}
 JOBS=${JOBS:-2}
 mkdir -p "$OUT"
-source scripts/experiments/common.sh
+source lab/experiments/common.sh
 prepare_bytes web c4
 stage1=(); stage2=()
 for s in $SEEDS; do

@@ -27,7 +27,7 @@
 #   changed): on a shared 2-core machine one run took 11-14 minutes, so ARMS picks the arms to
 #   run, in order; the first session ran ARMS="s0 s1 s2" (the adoption decision's arms) first.
 #
-#   OUT=out/stage1_search SEEDS="0 1 2" ARMS="s0 s1 s2 s3 s4" bash scripts/experiments/stage1_search.sh
+#   OUT=out/stage1_search SEEDS="0 1 2" ARMS="s0 s1 s2 s3 s4" bash lab/experiments/stage1_search.sh
 #   SMOKE=1: every arm at toy budgets (a few minutes in all), to check the script still runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

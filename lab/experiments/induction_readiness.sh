@@ -10,7 +10,7 @@
 #     text     the same command with `--ppt_source text --ppt_data data/c4_bytes` (the embedded C4
 #              documents at byte level, the same number of tokens)
 #   seeds: 0, 1, 2, 3, 4; every seed is reported.
-#   test: scripts/induction_readiness.py at its defaults (K = 64 symbols, L = 32 tokens per copy,
+#   test: lab/induction_readiness.py at its defaults (K = 64 symbols, L = 32 tokens per copy,
 #     at most 300 AdamW steps of 32 sequences at lr 1e-3, evaluated every 10 steps on a fixed
 #     held-out batch), fresh embeddings and head for every body.
 #   endpoint: steps until the second-copy loss is below half of ln 64 (a body that never gets
@@ -18,7 +18,7 @@
 #   primary contrast: nca - scratch steps, paired by seed: mean, 95% t interval, exact sign-flip p.
 #   secondary: text - scratch (same analysis); nca - text read from the per-seed lists.
 #
-#   OUT=out/readiness SEEDS="0 1 2 3 4" bash scripts/experiments/induction_readiness.sh
+#   OUT=out/readiness SEEDS="0 1 2 3 4" bash lab/experiments/induction_readiness.sh
 #   SMOKE=1: toy budgets (a minute or two), to check the script still runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -49,5 +49,5 @@ for seed in $SEEDS; do
   nca+=("nca=$OUT/nca-seed$seed"); text+=("text=$OUT/text-seed$seed")
 done
 # shellcheck disable=SC2086
-python scripts/induction_readiness.py "${nca[@]}" "${text[@]}" --scratch --size tiny \
+python lab/induction_readiness.py "${nca[@]}" "${text[@]}" --scratch --size tiny \
   --seeds $SEEDS ${TEST[@]+"${TEST[@]}"} --out "$OUT/readiness.json" | tee "$OUT/readiness.md"

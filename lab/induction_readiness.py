@@ -7,8 +7,8 @@ second-copy loss falls below half of ln K, the loss of a calibrated guess on the
 own first-copy loss, which is not trained and sits above ln K by an amount that differs between
 bodies; both losses are kept in the curve.
 
-  python scripts/induction_readiness.py out/nca/ppt out/c4/ppt --scratch --size tiny --seeds 0 1
-  python scripts/induction_readiness.py ... --out readiness.json
+  python lab/induction_readiness.py out/nca/ppt out/c4/ppt --scratch --size tiny --seeds 0 1
+  python lab/induction_readiness.py ... --out readiness.json
 
 Bodies are paired by seed: with several run folders of the same arm, the i-th --seeds value goes
 with the i-th folder of that arm (label ARM=FOLDER to name arms, e.g. nca=out/s0-seed0).
@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import guard  # noqa: E402
+from lab.stats import mean_ci, paired  # noqa: E402
 from model import GPT, config_for, model_from_checkpoint  # noqa: E402
-from report import mean_ci, paired  # noqa: E402
 from util import UserError, atomic_write, cli, default_device, script_parser  # noqa: E402
 
 

@@ -12,7 +12,7 @@
 #     c4       stage 1 `--ppt_source text --ppt_data data/c4_bytes`, as E1's text arm
 #     c4keep   the c4 body with its stage-1 embeddings and head kept (--keep_embeddings): what
 #              the reset costs at byte level
-#     words    C4 with each document's words in random order (scripts/make_controls.py
+#     words    C4 with each document's words in random order (lab/make_controls.py
 #              --kind word_shuffle): spelling and word frequencies, no syntax
 #     unigram  i.i.d. bytes with C4's byte frequencies (--kind unigram --tokens 1200000)
 #     zh       Chinese parables (data/zh/prepare.py --tokenizer bytes --max_tokens 71696: as many
@@ -29,7 +29,7 @@
 #   reading: as E1 (Holm p < 0.05 with the interval below 0; an interval spanning 0 is
 #     undecided). A share near 1 says that rung lost nothing C4's gain needs; near 0, all of it.
 #
-#   OUT=out/e2 E1_OUT=out/e1 E3_OUT=out/e3 SEEDS="0 1 2 3 4" JOBS=2 bash scripts/experiments/e2_text_ladder.sh
+#   OUT=out/e2 E1_OUT=out/e1 E3_OUT=out/e3 SEEDS="0 1 2 3 4" JOBS=2 bash lab/experiments/e2_text_ladder.sh
 #   SMOKE=1: toy budgets (about a minute), to check the script still runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -37,14 +37,14 @@ OUT=${OUT:-out/e2}
 SEEDS=${SEEDS:-0 1 2 3 4}
 JOBS=${JOBS:-2}
 mkdir -p "$OUT"
-source scripts/experiments/common.sh
+source lab/experiments/common.sh
 prepare_bytes math c4
 IID=$([ "${SMOKE:-0}" = 1 ] && echo 40000 || echo 1200000)
 for kind in words unigram uniform; do
   [ -f "$OUT/$kind/meta.json" ] && continue
   flags=(--kind "${kind/words/word_shuffle}")
   [ "$kind" = words ] || flags+=(--tokens "$IID")
-  python scripts/make_controls.py data/c4_bytes "${flags[@]}" --out "$OUT/$kind" --overwrite \
+  python lab/make_controls.py data/c4_bytes "${flags[@]}" --out "$OUT/$kind" --overwrite \
     > /dev/null
 done
 [ -f "$OUT/zh/meta.json" ] || python data/zh/prepare.py --tokenizer bytes --max_tokens 71696 \

@@ -4,7 +4,7 @@ distributions and shapes stay; whatever circuit stage 1 built is gone. It costs 
 `train.py --stage lang --init_from OUT --arm permuted` transfers it like any body (docs/method.md,
 'Stage-1 controls').
 
-  python scripts/permute_body.py out/nca/ppt/ckpt.pt out/nca-permuted/ckpt.pt --seed 0
+  python lab/permute_body.py out/nca/ppt/ckpt.pt out/nca-permuted/ckpt.pt --seed 0
 """
 import sys
 from pathlib import Path

@@ -26,7 +26,7 @@
 #   reading: as E1 (Holm p < 0.05 with the interval below 0; an interval spanning 0 is
 #     undecided).
 #
-#   OUT=out/e7 E1_OUT=out/e1 SEEDS="0 1 2 3 4" JOBS=2 bash scripts/experiments/e7_dyck.sh
+#   OUT=out/e7 E1_OUT=out/e1 SEEDS="0 1 2 3 4" JOBS=2 bash lab/experiments/e7_dyck.sh
 #   SMOKE=1: toy budgets (about a minute), to check the script still runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -34,7 +34,7 @@ OUT=${OUT:-out/e7}
 SEEDS=${SEEDS:-0 1 2 3 4}
 JOBS=${JOBS:-2}
 mkdir -p "$OUT"
-source scripts/experiments/common.sh
+source lab/experiments/common.sh
 prepare_bytes web code
 stage1=(); stage2=()
 for s in $SEEDS; do

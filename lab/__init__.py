@@ -1,0 +1,1 @@
+"""Research off the method's road: experiments, controls, probes, paired statistics, pictures."""
