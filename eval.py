@@ -27,6 +27,7 @@ Speedup and tables: this file; summary over seeds, paired statistics and plots: 
 # eval.md). The over-seeds summary, the statistics of the paired contrasts and the pictures are
 # optional columns from lab/stats.py and lab/plots.py, the copy probes and grid accuracies
 # lab/probes.py.
+import argparse
 import json
 import math
 import sys
@@ -42,6 +43,7 @@ import torch
 
 import guard
 import nca
+import train
 from data.common import (TOKENIZERS, eval_windows, load_meta, load_tokens, probe_vocab, show,
                          token_bytes)
 from lab import probes
@@ -91,6 +93,19 @@ def nca_eval(model, nca_info, num_seqs=64, batch_size=8, device="cpu", ctx=nullc
                         each=lambda *a: (acc(*a), bar.update(1)))["loss"]
     grids = list(range(1, len(acc.sums["token_acc"]) + 1))
     return {"val_loss": loss, "num_seqs": acc.seqs, "grid": grids, **acc.by_grid()}
+
+
+def stage1_eval(model, config, batch_size=8, device="cpu", ctx=nullcontext()):
+    """A stage-1 checkpoint of a source other than NCA on its source's own validation batches,
+    rebuilt from the flags its record holds (train.SOURCES): the loss, and the source's scores
+    beside it (docs/method.md, 'Adding a stage-1 source')."""
+    flags = argparse.Namespace(**{**vars(train.parse_args([])), **config["flags"]})
+    source = train.SOURCES[flags.ppt_source][0](flags)
+    each = source.scores() if source.scores else None
+    val = source.batches(batch_size, device, 0, 1).val
+    res = {"source": flags.ppt_source, "val_loss": evaluate(model, val, ctx, device, each)["loss"],
+           "num_seqs": sum(len(x) for x, _ in val)}
+    return res | (each.result() if each else {})
 
 
 # ---------------------------------------------------------------- command line
@@ -351,10 +366,15 @@ def language_refusal(ck, tokenizer="gpt2", vocab=None):
 
 
 def scored_on(inf, refusals):
-    """(language, nca): whether a run (its checkpoint metadata and refusals) is scored on some
-    eval domain, and whether on the held-out rules of its stage-1 NCA source."""
-    return (None in refusals.values(),
-            (inf.get("vocab") or {}).get("kind") == "nca" and inf.get("nca") is not None)
+    """(language, stage 1): whether a run (its checkpoint metadata and refusals) is scored on
+    some eval domain, and whether on its stage-1 source's validation data: the held-out rules an
+    NCA checkpoint keeps, or the validation batches of another train.py source, rebuilt from the
+    flags its record holds."""
+    config = inf.get("config") or {}
+    nca_rules = (inf.get("vocab") or {}).get("kind") == "nca" and inf.get("nca") is not None
+    rebuilt = inf.get("stage") == "ppt" and config.get("ppt_source") in train.SOURCES \
+        and config.get("ppt_source") != "nca" and isinstance(config.get("flags"), dict)
+    return None in refusals.values(), nca_rules or rebuilt
 
 
 def refusal_text(refusals):
@@ -418,11 +438,12 @@ def score_run(r, inf, refusals, windows, nbytes, halves, plan, args):
     instead) on its held-out rules."""
     device, ctx = plan.device, plan.ctx
     res = run_row(r, inf, refusals)             # what the run is; its scores are filled in below
-    is_lang, is_nca = scored_on(inf, refusals)
+    is_lang, is_stage1 = scored_on(inf, refusals)
+    is_nca = is_stage1 and inf.get("nca") is not None
     if res["refused"]:
         print(f"{r.label}: not evaluated on {res['refused']}"
-              + ("; evaluating it on its NCA validation rules instead" if is_nca else ""))
-    if not (is_lang or is_nca):
+              + ("; evaluating it on its stage-1 validation data instead" if is_stage1 else ""))
+    if not (is_lang or is_stage1):
         return res
     model = model_from_checkpoint(load_checkpoint(r.ckpt, mmap=True), device).eval()
     for name, w in windows.items():
@@ -439,6 +460,11 @@ def score_run(r, inf, refusals, windows, nbytes, halves, plan, args):
                               desc=f"{r.label} nca")
         cfg = nca.NCAConfig(**inf["nca"]["config"])      # repeated random patch tokens
         heads_on = torch.randint(0, cfg.start_token, (8, model.config.block_size // 2),
+                                 generator=torch.Generator().manual_seed(0))
+    elif is_stage1:
+        res["stage1"] = stage1_eval(model, inf["config"], args.batch_size, device, ctx)
+        heads_on = torch.randint(0, inf["model_args"]["vocab_size"],
+                                 (8, model.config.block_size // 2),
                                  generator=torch.Generator().manual_seed(0))
     else:
         heads_on = halves[probe_domain(res)]["frequent"][:8]
@@ -542,7 +568,7 @@ def run_row(r, inf, refusals):
             "step": inf.get("step"), "tokens": inf.get("tokens"), "vocab": inf.get("vocab"),
             "ppt_tokens": c.get("ppt_tokens") if r.stage == "lang" else None,
             "ppl": {}, "loss": {}, "bpb": {}, "in_context": {}, "probes": {}, "heads": None,
-            "nca": None, "refused": refusal_text(refusals)}
+            "nca": None, "stage1": None, "refused": refusal_text(refusals)}
 
 
 def eval_pair_mismatch(out):
@@ -588,6 +614,8 @@ def report_text(results, domains, block, summary=(), pairs=()):
                  "docs/method.md, 'Probes of in-context copying'."]
     if any(res["nca"] for res in results):
         text += ["", format_nca_summary(results)]
+    if any(res["stage1"] for res in results):
+        text += ["", format_stage1(results)]
     text += [f"\n{format_nca(res)}" for res in results if res["nca"]]
     if summary:
         text += ["", "Over seeds, each run paired with the scratch run of its domain and seed: "
@@ -693,6 +721,23 @@ def format_nca_summary(results):
             cells.append(f"{m:+.1f} ± {h:.1f}")
         out.append(f"| mean ± 95% CI ({len(rows)} runs) | | | | | {cells[0]} | {cells[1]} "
                    "| | | |")
+    return "\n".join(out)
+
+
+def format_stage1(results):
+    """One line per stage-1 run of a source other than NCA: its validation loss on the source's
+    own validation batches and the source's scores."""
+    rows = [r for r in results if r["stage1"]]
+    keys = sorted({k for r in rows for k in r["stage1"]} - {"source", "val_loss", "num_seqs"})
+    out = ["Stage 1 on its source's validation data (loss in nats per token; the source's own "
+           "scores beside it)", "", "| run | source | seed | sequences | val loss | "
+           + "".join(f"{k} | " for k in keys), "| --- | --- | --- |" + " ---: |" * (2 + len(keys))]
+    for r in rows:
+        n = r["stage1"]
+        out.append(f"| {r['label']} | {n['source']} | {r.get('seed')} | {n['num_seqs']} | "
+                   f"{n['val_loss']:.4f} | " + "".join(
+                       f"{n[k]:.4f} | " if isinstance(n.get(k), float) else f"{n.get(k, '-')} | "
+                       for k in keys))
     return "\n".join(out)
 
 
