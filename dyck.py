@@ -25,7 +25,7 @@ two details we do not copy: it draws types with randint(0, k - 1), so type k - 1
 and it has no per-string length cap.
 
 Read top to bottom:
-  1. DyckConfig      - the knobs (checked by guard.check_dyck)
+  1. DyckConfig      - the knobs (checked by check_dyck)
   2. generation      - all random draws first (one numpy Generator per block of sequences),
                        then one vectorized walk over positions, all sequences at once
   3. reference       - the same strings one at a time, as the official loop; tests compare
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from model import PPT_VOCAB
-from util import add_flags, cli, flag, from_flags, script_parser
+from util import UserError, add_flags, cli, flag, from_flags, script_parser
 
 BLOCK = 64                 # sequences per random-number block: the unit of determinism
 TRAIN, VAL = 0, 1          # stream tags, so the validation set never overlaps training data
@@ -52,7 +52,7 @@ TRAIN, VAL = 0, 1          # stream tags, so the validation set never overlaps t
 @dataclass
 class DyckConfig:
     """The knobs; the flag() fields are flags --dyck_<name> of train.py and dyck.py (defaults:
-    the official generator's). guard.check_dyck refuses settings that cannot work."""
+    the official generator's). check_dyck refuses settings that cannot work."""
     help_title = "Dyck generator (docs/method.md, 'Dyck')"   # its --help group
     k: int = flag(64, "bracket types k; vocab 2k (official num_symbols)", name="dyck_k")
     max_depth: int = flag(16, "maximum nesting depth", name="dyck_max_depth")
@@ -73,6 +73,28 @@ class DyckConfig:
     @property
     def string_cap(self):
         return self.max_length or self.seq_len + 1
+
+
+def check_dyck(cfg):
+    """A DyckConfig (dyck.py) the generator can run."""
+    if cfg.k < 1:
+        raise UserError(f"--dyck_k must be at least 1 bracket type, got {cfg.k}")
+    if cfg.vocab_size > cfg.max_vocab:
+        raise UserError(f"--dyck_k {cfg.k} needs {cfg.vocab_size:,} tokens (2k), more than the "
+                        f"model vocabulary {cfg.max_vocab:,}: use fewer bracket types or raise "
+                        "--ppt_vocab_size")
+    if cfg.max_depth < 1:
+        raise UserError(f"--dyck_max_depth must be at least 1, got {cfg.max_depth}")
+    if not 1 <= cfg.min_depth <= cfg.max_depth:
+        raise UserError(f"--dyck_min_depth must be between 1 and --dyck_max_depth "
+                        f"({cfg.max_depth}), got {cfg.min_depth}")
+    if not 0.0 <= cfg.p_open <= 1.0:
+        raise UserError(f"--dyck_p_open is a probability, got {cfg.p_open}")
+    if cfg.seq_len < 1:
+        raise UserError(f"--seq_len must be at least 1, got {cfg.seq_len}")
+    if cfg.max_length < 0:
+        raise UserError(f"--dyck_max_length must be >= 0 (0 = seq_len + 1), got {cfg.max_length}")
+    return cfg
 
 
 # -----------------------------------------------------------------------------------------------
@@ -326,7 +348,6 @@ def bench(cfg, seqs=8192, batch_size=64):
 
 @cli
 def main(argv=None):
-    import guard
     ap = script_parser(__doc__)
     ap.add_argument("--seq_len", type=int, default=DyckConfig.seq_len,
                     help="tokens per training sequence")
@@ -336,7 +357,7 @@ def main(argv=None):
     ap.add_argument("--bench_seqs", type=int, default=8192, help="sequences for --bench")
     add_flags(ap, DyckConfig)
     args = ap.parse_args(argv)
-    cfg = guard.check_dyck(from_flags(DyckConfig, args, seq_len=args.seq_len))
+    cfg = check_dyck(from_flags(DyckConfig, args, seq_len=args.seq_len))
     if not (args.sample or args.bench):
         ap.print_help()
         return

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 
 import guard
@@ -48,11 +47,11 @@ from data.common import (TOKENIZERS, eval_windows, load_meta, load_tokens, probe
                          token_bytes)
 from lab import probes
 from lab.plots import plot_contrasts, plot_curves, plot_heads
-from lab.stats import (contrasts, format_contrasts, format_shares, format_summary, mean_ci,
-                       summarize)
+from lab.stats import contrasts, format_contrasts, format_shares, format_summary, summarize
 from model import evaluate, load_checkpoint, model_from_checkpoint
 from util import (UserError, add_flags, atomic_write, autocast, cli, default_device, flag,
-                  progress_bar, provenance, provenance_line, script_parser, sweep_temporaries)
+                  progress_bar, provenance, provenance_line, read_metrics, script_parser,
+                  sweep_temporaries)
 
 
 # ---------------------------------------------------------------- perplexity
@@ -278,7 +277,7 @@ def load_run(path):
     cfg_path = folder / "config.json"
     config = guard.read_config(cfg_path) if cfg_path.exists() else guard.peek(ckpt).get("config")
     guard.check_run_config(config, cfg_path)
-    return Run(folder, ckpt, config, guard.read_metrics(folder / "metrics.jsonl"))
+    return Run(folder, ckpt, config, read_metrics(folder / "metrics.jsonl"))
 
 
 def label_runs(runs):
@@ -442,7 +441,9 @@ def score_run(r, inf, refusals, windows, nbytes, halves, plan, args):
     is_nca = is_stage1 and inf.get("nca") is not None
     if res["refused"]:
         print(f"{r.label}: not evaluated on {res['refused']}"
-              + ("; evaluating it on its stage-1 validation data instead" if is_stage1 else ""))
+              + ("; evaluating it on its " + ("NCA validation rules" if is_nca else
+                                                 "stage-1 validation data") + " instead"
+                 if is_stage1 else ""))
     if not (is_lang or is_stage1):
         return res
     model = model_from_checkpoint(load_checkpoint(r.ckpt, mmap=True), device).eval()
@@ -613,10 +614,10 @@ def report_text(results, domains, block, summary=(), pairs=()):
                  "the same windows (negative = later tokens profit from context; 0 = none). "
                  "docs/method.md, 'Probes of in-context copying'."]
     if any(res["nca"] for res in results):
-        text += ["", format_nca_summary(results)]
+        text += ["", probes.format_nca_summary(results)]
     if any(res["stage1"] for res in results):
-        text += ["", format_stage1(results)]
-    text += [f"\n{format_nca(res)}" for res in results if res["nca"]]
+        text += ["", probes.format_stage1(results)]
+    text += [f"\n{probes.format_nca(res)}" for res in results if res["nca"]]
     if summary:
         text += ["", "Over seeds, each run paired with the scratch run of its domain and seed: "
                  "mean ± 95% confidence half-width (Student t over seeds); Δ = arm − scratch, "
@@ -691,73 +692,6 @@ def _probe_cells(r):
     gain = lambda x: f"{x['gain']:+.3f} ± {x['gain_se']:.3f}"
     return [f"{gain(p['text'])} · {gain(p['frequent'])}",
             f"{icl['score']:+.3f} ± {icl['se']:.3f}"]
-
-
-def format_nca_summary(results):
-    """One line per stage-1 NCA run: its accuracies and the two model-free predictors', as % means
-    over grid positions, and the margins (points) of its token accuracy over copy and over
-    lookup; with several runs, each margin's mean ± 95% t half-width over them."""
-    rows = [r for r in results if r["nca"]]
-    keys = ("token_acc", "copy_token_acc", "lookup_token_acc", "grid_acc", "copy_grid_acc",
-            "lookup_grid_acc")
-
-    def pct(n, k):
-        return 100 * float(np.mean(n[k])) if k in n else float("nan")
-    out = ["Stage 1 on held-out rules, % (means over grid positions); margins in points: "
-           "token accuracy - copy's, and - lookup's", "",
-           "| run | seed | token acc | copy | lookup | - copy | - lookup | grid acc | copy grid "
-           "| lookup grid |", "| --- |" + " ---: |" * 9]
-    margins = []
-    for r in rows:
-        v = [pct(r["nca"], k) for k in keys]
-        margins.append((v[0] - v[1], v[0] - v[2]))
-        out.append(f"| {r['label']} | {r.get('seed')} | {v[0]:.1f} | {v[1]:.1f} | {v[2]:.1f} | "
-                   f"{margins[-1][0]:+.1f} | {margins[-1][1]:+.1f} | {v[3]:.1f} | {v[4]:.1f} | "
-                   f"{v[5]:.1f} |")
-    if len(rows) > 1:
-        cells = []
-        for i in (0, 1):
-            m, h = mean_ci([mg[i] for mg in margins])
-            cells.append(f"{m:+.1f} ± {h:.1f}")
-        out.append(f"| mean ± 95% CI ({len(rows)} runs) | | | | | {cells[0]} | {cells[1]} "
-                   "| | | |")
-    return "\n".join(out)
-
-
-def format_stage1(results):
-    """One line per stage-1 run of a source other than NCA: its validation loss on the source's
-    own validation batches and the source's scores."""
-    rows = [r for r in results if r["stage1"]]
-    keys = sorted({k for r in rows for k in r["stage1"]} - {"source", "val_loss", "num_seqs"})
-    out = ["Stage 1 on its source's validation data (loss in nats per token; the source's own "
-           "scores beside it)", "", "| run | source | seed | sequences | val loss | "
-           + "".join(f"{k} | " for k in keys), "| --- | --- | --- |" + " ---: |" * (2 + len(keys))]
-    for r in rows:
-        n = r["stage1"]
-        out.append(f"| {r['label']} | {n['source']} | {r.get('seed')} | {n['num_seqs']} | "
-                   f"{n['val_loss']:.4f} | " + "".join(
-                       f"{n[k]:.4f} | " if isinstance(n.get(k), float) else f"{n.get(k, '-')} | "
-                       for k in keys))
-    return "\n".join(out)
-
-
-def format_nca(r):
-    """The stage-1 NCA table of one run: accuracy by grid position."""
-    n = r["nca"]
-    out = [f"{r['label']}: NCA validation loss {n['val_loss']:.4f} on {n['num_seqs']} sequences "
-           "of held-out rules; grid g is predicted with g grids in context",
-           f"(accuracies are shares of {n['num_seqs']} sequences: a grid accuracy moves in steps "
-           f"of 1/{n['num_seqs']}; 'copy' predicts each grid to be the previous one, 'lookup' "
-           "what followed the longest matching context earlier in the sequence)",
-           "", "| grid | token acc | grid acc | copy token acc | copy grid acc | "
-           "lookup token acc | lookup grid acc |",
-           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for i, g in enumerate(n["grid"]):
-        out.append(f"| {g} | {n['token_acc'][i]:.4f} | {n['grid_acc'][i]:.4f} | "
-                   f"{n['copy_token_acc'][i]:.4f} | {n['copy_grid_acc'][i]:.4f} | "
-                   + (f"{n['lookup_token_acc'][i]:.4f} | {n['lookup_grid_acc'][i]:.4f} |"
-                      if "lookup_token_acc" in n else "- | - |"))
-    return "\n".join(out)
 
 
 if __name__ == "__main__":

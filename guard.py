@@ -9,15 +9,13 @@ it as the "error:" line). It decides nothing.
                                         locked for the life of the run
   check_eval_outputs, check_pairs, ...  eval.py (eval.plan_eval, before any model runs): its
                                         outputs, the runs, their checkpoints, the data folders
-  check_nca(cfg, band), check_dyck(cfg) the generators' settings (their sources' checks in
-                                        train.py, and the generator CLIs)
-  rerun_defaults(path, parser)          train.py --config: a run's recorded flags, as defaults
+  check_nca(cfg, band)                  the NCA generator's settings (the NCA source's check in
+                                        train.py, and scripts/nca_tools.py)
   sample_run(args), check_export(args)  sample.py and scripts/export_hf.py
 
 The checks read only metadata (meta.json, memory-mapped checkpoints). A refused command changes
 nothing on disk, so its corrected retry is not refused because of the first attempt.
 """
-import argparse
 import contextlib
 import json
 import os
@@ -35,7 +33,7 @@ from data.common import TOKENIZERS, load_meta, load_tokens, max_token, scan_max_
 from lab import plots
 from model import ARCH, SIZES, GPTConfig, load_checkpoint, model_config
 from util import (RUN_FILES, UserError, check_dtype, check_writable, default_device, pid_alive,
-                  sweep_temporaries, wandb_module)
+                  read_metrics, run_checkpoint, sweep_temporaries, wandb_module)
 
 AT_LEAST = {"seq_len": 1, "log_interval": 1, "batch_tokens": 1, "micro_batch": 0,
             "eval_interval": 1, "ppt_batch_tokens": 1, "ppt_micro_batch": 0,
@@ -216,28 +214,6 @@ def check_nca_bank(cfg, world):
                         f"micro-batch ({cfg.ppt_micro_batch} x {world} processes)")
 
 
-def check_dyck(cfg):
-    """A DyckConfig (dyck.py) the generator can run."""
-    if cfg.k < 1:
-        raise UserError(f"--dyck_k must be at least 1 bracket type, got {cfg.k}")
-    if cfg.vocab_size > cfg.max_vocab:
-        raise UserError(f"--dyck_k {cfg.k} needs {cfg.vocab_size:,} tokens (2k), more than the "
-                        f"model vocabulary {cfg.max_vocab:,}: use fewer bracket types or raise "
-                        "--ppt_vocab_size")
-    if cfg.max_depth < 1:
-        raise UserError(f"--dyck_max_depth must be at least 1, got {cfg.max_depth}")
-    if not 1 <= cfg.min_depth <= cfg.max_depth:
-        raise UserError(f"--dyck_min_depth must be between 1 and --dyck_max_depth "
-                        f"({cfg.max_depth}), got {cfg.min_depth}")
-    if not 0.0 <= cfg.p_open <= 1.0:
-        raise UserError(f"--dyck_p_open is a probability, got {cfg.p_open}")
-    if cfg.seq_len < 1:
-        raise UserError(f"--seq_len must be at least 1, got {cfg.seq_len}")
-    if cfg.max_length < 0:
-        raise UserError(f"--dyck_max_length must be >= 0 (0 = seq_len + 1), got {cfg.max_length}")
-    return cfg
-
-
 def check_corpus(data_dir, seq_len, vocab, vocab_flag):
     """A prepared folder a training stage reads: both splits hold a sequence, and every id
     (meta.json's max_token) is below the model's vocabulary."""
@@ -391,89 +367,10 @@ def check_resume(cfg, plan):
                         "config.json")
 
 
-# train.py --config: not how the run trains but what this command does with its folder
-NOT_RERUN = ("config", "resume", "overwrite")
-
-
-def rerun_defaults(path, parser):
-    """train.py --config RUN/config.json (or RUN): the flags the run was started with
-    ("flags" in config.json; a record without it: its top-level keys), each checked against
-    the flag it sets, as parser defaults. A key that is no flag is refused."""
-    file = Path(path) / "config.json" if Path(path).is_dir() else Path(path)
-    try:
-        record = json.loads(file.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        why = "no such file" if isinstance(e, FileNotFoundError) else type(e).__name__
-        raise UserError(f"--config {path}: cannot read it as train.py's JSON record ({why})") \
-            from None
-    flags = record.get("flags", record) if isinstance(record, dict) else None
-    if not isinstance(flags, dict):
-        raise UserError(f"--config {path} holds no flags (a JSON object written by train.py)")
-    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
-    # keys a record holds besides flags (older records keep them at the top level)
-    extra = ("flags", "provenance") if "flags" not in record else ()
-    unknown = [k for k in flags if k not in actions and k not in extra]
-    if unknown:
-        raise UserError(f"--config {path}: {unknown[0]!r} is not a train.py flag (a record of "
-                        "another version? remove the key)")
-    return {k: recorded_value(actions[k], v, path) for k, v in flags.items()
-            if k in actions and k not in NOT_RERUN}
-
-
-
-def recorded_value(action, value, path):
-    """A flag's value from a JSON record, as the flag itself would accept it."""
-    name, kind = "--" + action.dest, action.type
-    bad = f"--config {path}: {name} {value!r} is not "
-    if value is None:
-        if action.default is not None:
-            raise UserError(bad + "a value this flag takes (null)")
-        return None
-    if action.nargs == 0:                                      # a switch
-        if not isinstance(value, bool):
-            raise UserError(bad + "true or false")
-        return value
-    if isinstance(value, bool) or (kind is int and not isinstance(value, int)) or (
-            kind is float and not isinstance(value, (int, float))) or (
-            kind is str and not isinstance(value, str)):
-        raise UserError(bad + {int: "an integer", float: "a number"}.get(kind, "a string"))
-    if isinstance(value, str) and kind is not None:
-        try:
-            value = kind(value)
-        except (TypeError, ValueError, argparse.ArgumentTypeError):
-            raise UserError(bad + "a value this flag takes") from None
-    if action.choices is not None and value not in action.choices:
-        raise UserError(bad + f"one of {', '.join(map(str, action.choices))}")
-    return value
-
-
-
-def read_metrics(path, fix="delete or repair that line"):
-    """The records of a metrics.jsonl (none if it is absent), each a JSON object with a step: a
-    broken line in the middle is refused, naming it and what to do (`fix`); a half line at the
-    end is what a kill (or a live run) leaves, and is dropped."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            record = json.loads(line)
-            if isinstance(record["step"], int):
-                records.append(record)
-                continue
-        except (ValueError, KeyError, TypeError):
-            pass
-        if i < len(lines) - 1 or line.endswith("}"):
-            raise UserError(f"{show(path)} line {i + 1} is not a metrics record "
-                            f"({line[:30]!r}): {fix}")
-    return records
-
-
-
 def check_metrics(path):
     """Every line of a metrics.jsonl a resume will cut back is a record with a step, checked
     before any file is rewritten."""
     read_metrics(path, "delete or repair that line, then resume again")
-
 
 
 def peek(path, what="checkpoint", need=("model", "model_args")):
@@ -490,7 +387,6 @@ def peek(path, what="checkpoint", need=("model", "model_args")):
     except (TypeError, UserError) as e:
         raise UserError(f"{what} {path} has unusable model_args: {e}") from None
     return ck
-
 
 
 # -----------------------------------------------------------------------------------------------
@@ -709,17 +605,6 @@ def check_pairs(given, arms, twice):
 
 # -----------------------------------------------------------------------------------------------
 # scripts/export_hf.py, sample.py and the scripts that read a body
-
-def run_checkpoint(path, flag):
-    """The checkpoint a RUN argument names: a run folder's ckpt.pt, a checkpoint file, or a
-    Hugging Face Llama folder (scripts/hf.py)."""
-    path = Path(path)
-    if path.is_dir() and (path / "ckpt.pt").is_file():
-        return path / "ckpt.pt"
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise UserError(f"{flag} {path} holds no ckpt.pt (nor a Hugging Face config.json): "
-                        "pass a run folder of train.py or a ckpt.pt")
-    return path
 
 
 def check_export(args):

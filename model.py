@@ -396,7 +396,8 @@ def save_checkpoint(obj, path):
 
 def load_checkpoint(path, device="cpu", mmap=False):
     """A checkpoint dict, tensors only (weights_only); mmap=True reads nothing until it is used.
-    A Hugging Face Llama folder, or a plain Llama-layout state dict, is read as one (scripts/hf.py)."""
+    A Hugging Face Llama folder, or a plain Llama-layout state dict, is read as one
+    (scripts/hf.py)."""
     from scripts import hf      # the Hugging Face converter lives with its export command
     if Path(path).is_dir():
         return hf.read(path, device)

@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,10 +41,11 @@ from lab import probes
 from model import ARCH, GPT, PPT_VOCAB, SIZES, GPTConfig, evaluate, model_config
 from model import load_checkpoint, model_from_checkpoint, save_checkpoint
 import util
-from util import (Log, add_flags, auto_or_count, autocast, body_line, cli, flag, flag_values,
-                  from_flags, long_run_note, parse_with_presets, plain_json, preset_text,
-                  provenance, run_summary, script_parser, setup_distributed, start_run_dir,
-                  tracking, truncate_metrics, wrap_model, write_config)
+from util import (Log, add_flags, auto_or_count, autocast, body_line, cli, device_memory, flag,
+                  flag_values, from_flags, long_run_note, memory_estimate, parse_with_presets,
+                  plain_json, preset_text, provenance, rank_fingerprint, rerun_defaults,
+                  run_summary, script_parser, setup_distributed, start_run_dir, tracking,
+                  truncate_metrics, wrap_model, write_config)
 from guard import stage_flag
 
 # -----------------------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ def get_parser(doc=""):
 
 
 def parse_args(argv=None):
-    return parse_with_presets(get_parser(__doc__), argv, PRESETS, guard.rerun_defaults)
+    return parse_with_presets(get_parser(__doc__), argv, PRESETS, rerun_defaults)
 
 
 def given_flags(argv=None):
@@ -315,7 +315,7 @@ def dyck_source(cfg):
         return Batches(dyck.DyckBatches(gen, micro, device, seed=cfg.seed, rank=rank,
                                         world_size=world),
                        dyck.val_batches(gen, cfg.ppt_val_seqs, micro, device, seed=cfg.seed))
-    return Source("dyck", gen.vocab_size, batches, check=lambda vocab, world: guard.check_dyck(gen))
+    return Source("dyck", gen.vocab_size, batches, check=lambda vocab, world: dyck.check_dyck(gen))
 
 
 def text_source(cfg):
@@ -525,45 +525,6 @@ def plan_micro_batch(cfg, stage, plan):
             f"process (GiB: {parts})")
 
 
-def memory_estimate(model, micro_batch, seq_len, act_bytes=2):
-    """Bytes one training process needs, by part, for micro-batches of micro_batch x seq_len
-    with activations of act_bytes (2 under bf16/fp16 autocast, 4 in float32), AdamW, and
-    flash / memory-efficient attention (no T x T matrix: CUDA). Per layer and token a block
-    keeps 4 float32 vectors of width d (residual stream into and out of its two RMSNorms) and
-    about 8·d + 4·h in the autocast dtype (h the MLP width: q, k, v, attention output and its
-    copy, norm outputs, gate, up, SiLU(gate), their product); checked against the memory
-    PyTorch allocates on CPU in tests/test_model.py. Training holds the activations, the
-    gradients and one loss chunk; validation holds a micro-batch of logits instead."""
-    cfg = model.config
-    d, h, V = cfg.n_embd, cfg.mlp_hidden or 4 * cfg.n_embd, cfg.vocab_size
-    n_all = sum(p.numel() for p in model.parameters())
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    tokens = micro_batch * seq_len
-    per_layer = 16 * d + act_bytes * (8 * d + 4 * h)
-    chunk = min(model.loss_chunk, tokens)
-    est = {"weights": 4 * n_all,
-           "autocast_copies": 2 * n_all if act_bytes < 4 else 0,
-           "optimizer": 8 * n_train,
-           "gradients": 4 * n_train,
-           "activations": tokens * (cfg.n_layer * per_layer + 8 * d + act_bytes * d),
-           "loss": tokens * d * act_bytes + 4 * V * d + chunk * V * (8 + 2 * act_bytes),
-           "val_logits": tokens * V * act_bytes + min(tokens, model.loss_chunk) * V * 8}
-    train = est["gradients"] + est["activations"] + est["loss"]
-    est["total"] = est["weights"] + est["autocast_copies"] + est["optimizer"] + max(
-        train, est["val_logits"])
-    return est
-
-
-def device_memory(device, world):
-    """Bytes of memory one process may use: the GPU's, or the machine's RAM over the processes."""
-    if str(device).startswith("cuda"):
-        return torch.cuda.get_device_properties(device).total_memory
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // world
-    except (AttributeError, ValueError, OSError):           # no sysconf (Windows): assume 16 GiB
-        return 16 * 2**30 // world
-
-
 def run_ppt(cfg, plan, source, ctx):
     """Stage 1: a fresh model (with the official stage-1 head bias) on the source's batches."""
     dist = plan.dist
@@ -708,17 +669,6 @@ def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
         (out / f"rank{rank}.json").write_text(json.dumps(debug | {
             "rank": rank, "weights": wsum, "micro_batch": hp.micro_batch, "accum": accum}))
     return last_val
-
-
-def rank_fingerprint(batches):
-    """--debug_ranks: a hash of this process's first batch (read, then the data position put
-    back) and of its random state, to check that ranks read different data and draw different
-    dropout masks; the final weights, added at the end, must agree (gradient sync)."""
-    rng, state = float(torch.get_rng_state().double().sum()), batches.state_dict()
-    x, _ = next(batches)
-    batches.load_state_dict(state)
-    return {"first_batch": int(x.long().sum()) * 1_000_003 + int((x[:, :8] * 31).sum()),
-            "dropout_rng": rng}
 
 
 def lr_at(step, steps, peak, warmup_frac, schedule):

@@ -294,6 +294,93 @@ def parse_with_presets(parser, argv, presets, rerun_defaults):
     return parser.parse_args(argv)
 
 
+# train.py --config: not how the run trains but what this command does with its folder
+NOT_RERUN = ("config", "resume", "overwrite")
+
+
+def rerun_defaults(path, parser):
+    """train.py --config RUN/config.json (or RUN): the flags the run was started with
+    ("flags" in config.json; a record without it: its top-level keys), each checked against
+    the flag it sets, as parser defaults. A key that is no flag is refused."""
+    file = Path(path) / "config.json" if Path(path).is_dir() else Path(path)
+    try:
+        record = json.loads(file.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        why = "no such file" if isinstance(e, FileNotFoundError) else type(e).__name__
+        raise UserError(f"--config {path}: cannot read it as train.py's JSON record ({why})") \
+            from None
+    flags = record.get("flags", record) if isinstance(record, dict) else None
+    if not isinstance(flags, dict):
+        raise UserError(f"--config {path} holds no flags (a JSON object written by train.py)")
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    # keys a record holds besides flags (older records keep them at the top level)
+    extra = ("flags", "provenance") if "flags" not in record else ()
+    unknown = [k for k in flags if k not in actions and k not in extra]
+    if unknown:
+        raise UserError(f"--config {path}: {unknown[0]!r} is not a train.py flag (a record of "
+                        "another version? remove the key)")
+    return {k: recorded_value(actions[k], v, path) for k, v in flags.items()
+            if k in actions and k not in NOT_RERUN}
+
+
+def recorded_value(action, value, path):
+    """A flag's value from a JSON record, as the flag itself would accept it."""
+    name, kind = "--" + action.dest, action.type
+    bad = f"--config {path}: {name} {value!r} is not "
+    if value is None:
+        if action.default is not None:
+            raise UserError(bad + "a value this flag takes (null)")
+        return None
+    if action.nargs == 0:                                      # a switch
+        if not isinstance(value, bool):
+            raise UserError(bad + "true or false")
+        return value
+    if isinstance(value, bool) or (kind is int and not isinstance(value, int)) or (
+            kind is float and not isinstance(value, (int, float))) or (
+            kind is str and not isinstance(value, str)):
+        raise UserError(bad + {int: "an integer", float: "a number"}.get(kind, "a string"))
+    if isinstance(value, str) and kind is not None:
+        try:
+            value = kind(value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            raise UserError(bad + "a value this flag takes") from None
+    if action.choices is not None and value not in action.choices:
+        raise UserError(bad + f"one of {', '.join(map(str, action.choices))}")
+    return value
+
+
+def read_metrics(path, fix="delete or repair that line"):
+    """The records of a metrics.jsonl (none if it is absent), each a JSON object with a step: a
+    broken line in the middle is refused, naming it and what to do (`fix`); a half line at the
+    end is what a kill (or a live run) leaves, and is dropped."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+            if isinstance(record["step"], int):
+                records.append(record)
+                continue
+        except (ValueError, KeyError, TypeError):
+            pass
+        if i < len(lines) - 1 or line.endswith("}"):
+            raise UserError(f"{show(path)} line {i + 1} is not a metrics record "
+                            f"({line[:30]!r}): {fix}")
+    return records
+
+
+def run_checkpoint(path, flag):
+    """The checkpoint a RUN argument names: a run folder's ckpt.pt, a checkpoint file, or a
+    Hugging Face Llama folder (scripts/hf.py)."""
+    path = Path(path)
+    if path.is_dir() and (path / "ckpt.pt").is_file():
+        return path / "ckpt.pt"
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UserError(f"{flag} {path} holds no ckpt.pt (nor a Hugging Face config.json): "
+                        "pass a run folder of train.py or a ckpt.pt")
+    return path
+
+
 def given_flags(parser, argv=None):
     """The destinations set on the command line itself, not by a default or a --preset."""
     for action in parser._actions:
@@ -851,3 +938,56 @@ def truncate_metrics(path, step):
             lines.pop()
         keep = [line for line in lines if line and json.loads(line)["step"] <= step]
         atomic_write(path, "".join(line + "\n" for line in keep))
+
+
+# -----------------------------------------------------------------------------------------------
+# Memory: what train.py's micro-batch plan estimates
+
+def memory_estimate(model, micro_batch, seq_len, act_bytes=2):
+    """Bytes one training process needs, by part, for micro-batches of micro_batch x seq_len
+    with activations of act_bytes (2 under bf16/fp16 autocast, 4 in float32), AdamW, and
+    flash / memory-efficient attention (no T x T matrix: CUDA). Per layer and token a block
+    keeps 4 float32 vectors of width d (residual stream into and out of its two RMSNorms) and
+    about 8·d + 4·h in the autocast dtype (h the MLP width: q, k, v, attention output and its
+    copy, norm outputs, gate, up, SiLU(gate), their product); checked against the memory
+    PyTorch allocates on CPU in tests/test_model.py. Training holds the activations, the
+    gradients and one loss chunk; validation holds a micro-batch of logits instead."""
+    cfg = model.config
+    d, h, V = cfg.n_embd, cfg.mlp_hidden or 4 * cfg.n_embd, cfg.vocab_size
+    n_all = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tokens = micro_batch * seq_len
+    per_layer = 16 * d + act_bytes * (8 * d + 4 * h)
+    chunk = min(model.loss_chunk, tokens)
+    est = {"weights": 4 * n_all,
+           "autocast_copies": 2 * n_all if act_bytes < 4 else 0,
+           "optimizer": 8 * n_train,
+           "gradients": 4 * n_train,
+           "activations": tokens * (cfg.n_layer * per_layer + 8 * d + act_bytes * d),
+           "loss": tokens * d * act_bytes + 4 * V * d + chunk * V * (8 + 2 * act_bytes),
+           "val_logits": tokens * V * act_bytes + min(tokens, model.loss_chunk) * V * 8}
+    train = est["gradients"] + est["activations"] + est["loss"]
+    est["total"] = est["weights"] + est["autocast_copies"] + est["optimizer"] + max(
+        train, est["val_logits"])
+    return est
+
+
+def device_memory(device, world):
+    """Bytes of memory one process may use: the GPU's, or the machine's RAM over the processes."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // world
+    except (AttributeError, ValueError, OSError):           # no sysconf (Windows): assume 16 GiB
+        return 16 * 2**30 // world
+
+
+def rank_fingerprint(batches):
+    """--debug_ranks: a hash of this process's first batch (read, then the data position put
+    back) and of its random state, to check that ranks read different data and draw different
+    dropout masks; the final weights, added at the end, must agree (gradient sync)."""
+    rng, state = float(torch.get_rng_state().double().sum()), batches.state_dict()
+    x, _ = next(batches)
+    batches.load_state_dict(state)
+    return {"first_batch": int(x.long().sum()) * 1_000_003 + int((x[:, :8] * 31).sum()),
+            "dropout_rng": rng}

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import guard  # noqa: E402
 from lab.stats import mean_ci, paired  # noqa: E402
 from model import GPT, config_for, model_from_checkpoint  # noqa: E402
-from util import UserError, atomic_write, cli, default_device, script_parser  # noqa: E402
+from util import (UserError, atomic_write, cli, default_device, run_checkpoint,  # noqa: E402
+                  script_parser)
 
 
 def repeated_batch(num, length, symbols, generator, device):
@@ -82,7 +83,7 @@ def body(source, size, seed, block):
     if source == "scratch":
         torch.manual_seed(seed)
         return GPT(config_for(size, vocab_size=2, block_size=block, attn_dropout=0.0))
-    path = guard.run_checkpoint(source, "RUN")
+    path = run_checkpoint(source, "RUN")
     return model_from_checkpoint(guard.peek(path), "cpu", block_size=block, attn_dropout=0.0)
 
 

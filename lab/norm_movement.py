@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import guard  # noqa: E402
 from data.common import show  # noqa: E402
-from util import atomic_write, cli, script_parser  # noqa: E402
+from util import atomic_write, cli, run_checkpoint, script_parser  # noqa: E402
 
 
 def norm_keys(state):
@@ -61,7 +61,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     rows = []
     for given in args.ckpts:
-        src = guard.run_checkpoint(given, "CKPT")
+        src = run_checkpoint(given, "CKPT")
         ck = guard.peek(src)
         rows.append((show(src), ck, movement(ck["model"])))
     text = table(rows)

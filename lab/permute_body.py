@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import guard  # noqa: E402
 from data.common import show  # noqa: E402
 from model import save_checkpoint  # noqa: E402
-from util import UserError, check_writable, cli, script_parser  # noqa: E402
+from util import UserError, check_writable, cli, run_checkpoint, script_parser  # noqa: E402
 
 
 def permute(state, seed):
@@ -33,7 +33,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     args = p.parse_args(argv)
-    src = guard.run_checkpoint(args.ckpt, "CKPT")
+    src = run_checkpoint(args.ckpt, "CKPT")
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UserError(f"{show(out)} exists: pass --overwrite to replace it, or another OUT")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from data.common import load_tokens
+from lab.stats import mean_ci
 from model import apply_rotary, evaluate
 
 NUM_SEQS = 16          # sequences per copy probe
@@ -263,3 +264,74 @@ class GridAccuracy:
     def result(self):
         """Means over grid positions, for the validation line."""
         return {k: float(v.mean()) / self.seqs for k, v in self.sums.items()}
+
+
+# -----------------------------------------------------------------------------------------------
+# The stage-1 tables of eval.md: a body's accuracy beside copy and lookup, a source's own scores
+
+def format_nca_summary(results):
+    """One line per stage-1 NCA run: its accuracies and the two model-free predictors', as % means
+    over grid positions, and the margins (points) of its token accuracy over copy and over
+    lookup; with several runs, each margin's mean ± 95% t half-width over them."""
+    rows = [r for r in results if r["nca"]]
+    keys = ("token_acc", "copy_token_acc", "lookup_token_acc", "grid_acc", "copy_grid_acc",
+            "lookup_grid_acc")
+
+
+    def pct(n, k):
+        return 100 * float(np.mean(n[k])) if k in n else float("nan")
+    out = ["Stage 1 on held-out rules, % (means over grid positions); margins in points: "
+           "token accuracy - copy's, and - lookup's", "",
+           "| run | seed | token acc | copy | lookup | - copy | - lookup | grid acc | copy grid "
+           "| lookup grid |", "| --- |" + " ---: |" * 9]
+    margins = []
+    for r in rows:
+        v = [pct(r["nca"], k) for k in keys]
+        margins.append((v[0] - v[1], v[0] - v[2]))
+        out.append(f"| {r['label']} | {r.get('seed')} | {v[0]:.1f} | {v[1]:.1f} | {v[2]:.1f} | "
+                   f"{margins[-1][0]:+.1f} | {margins[-1][1]:+.1f} | {v[3]:.1f} | {v[4]:.1f} | "
+                   f"{v[5]:.1f} |")
+    if len(rows) > 1:
+        cells = []
+        for i in (0, 1):
+            m, h = mean_ci([mg[i] for mg in margins])
+            cells.append(f"{m:+.1f} ± {h:.1f}")
+        out.append(f"| mean ± 95% CI ({len(rows)} runs) | | | | | {cells[0]} | {cells[1]} "
+                   "| | | |")
+    return "\n".join(out)
+
+
+def format_stage1(results):
+    """One line per stage-1 run of a source other than NCA: its validation loss on the source's
+    own validation batches and the source's scores."""
+    rows = [r for r in results if r["stage1"]]
+    keys = sorted({k for r in rows for k in r["stage1"]} - {"source", "val_loss", "num_seqs"})
+    out = ["Stage 1 on its source's validation data (loss in nats per token; the source's own "
+           "scores beside it)", "", "| run | source | seed | sequences | val loss | "
+           + "".join(f"{k} | " for k in keys), "| --- | --- | --- |" + " ---: |" * (2 + len(keys))]
+    for r in rows:
+        n = r["stage1"]
+        out.append(f"| {r['label']} | {n['source']} | {r.get('seed')} | {n['num_seqs']} | "
+                   f"{n['val_loss']:.4f} | " + "".join(
+                       f"{n[k]:.4f} | " if isinstance(n.get(k), float) else f"{n.get(k, '-')} | "
+                       for k in keys))
+    return "\n".join(out)
+
+
+def format_nca(r):
+    """The stage-1 NCA table of one run: accuracy by grid position."""
+    n = r["nca"]
+    out = [f"{r['label']}: NCA validation loss {n['val_loss']:.4f} on {n['num_seqs']} sequences "
+           "of held-out rules; grid g is predicted with g grids in context",
+           f"(accuracies are shares of {n['num_seqs']} sequences: a grid accuracy moves in steps "
+           f"of 1/{n['num_seqs']}; 'copy' predicts each grid to be the previous one, 'lookup' "
+           "what followed the longest matching context earlier in the sequence)",
+           "", "| grid | token acc | grid acc | copy token acc | copy grid acc | "
+           "lookup token acc | lookup grid acc |",
+           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for i, g in enumerate(n["grid"]):
+        out.append(f"| {g} | {n['token_acc'][i]:.4f} | {n['grid_acc'][i]:.4f} | "
+                   f"{n['copy_token_acc'][i]:.4f} | {n['copy_grid_acc'][i]:.4f} | "
+                   + (f"{n['lookup_token_acc'][i]:.4f} | {n['lookup_grid_acc'][i]:.4f} |"
+                      if "lookup_token_acc" in n else "- | - |"))
+    return "\n".join(out)

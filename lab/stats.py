@@ -293,6 +293,7 @@ def delta_table(runs):
         for d in deltas.values():
             xs = [c[t] for c in d.values()]
             m, h = mean_ci(xs)
-            cells += [", ".join(f"{x:+.3f}" for x in xs), f"{m:+.3f}" + (f" ± {h:.3f}" if h else "")]
+            cells += [", ".join(f"{x:+.3f}" for x in xs),
+                      f"{m:+.3f}" + (f" ± {h:.3f}" if h else "")]
         lines.append(f"| {t:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

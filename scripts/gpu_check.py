@@ -481,7 +481,7 @@ def check(device, size, work, out, steps, compile, time_limit):
     res["device"] = {"name": torch.cuda.get_device_name(device) if device.startswith("cuda")
                      else "cpu", "torch": torch.__version__, "python": sys.version.split()[0],
                      "peak_flops": util.peak_flops(device), "size": size, "compile": compile,
-                     "memory_gb": train.device_memory(device, 1) / 2**30}
+                     "memory_gb": util.device_memory(device, 1) / 2**30}
     res["steps"] = {}
     real = size == "full" and device.startswith("cuda")
 

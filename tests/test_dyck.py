@@ -3,7 +3,6 @@ import pytest
 import torch
 
 import dyck
-import guard
 from util import UserError, add_flags, from_flags
 
 SMALL = dict(k=3, max_depth=4, seq_len=255)
@@ -164,7 +163,7 @@ def test_seed_and_rank():
 ])
 def test_bad_config(kw, msg):
     with pytest.raises(UserError, match=msg):
-        guard.check_dyck(dyck.DyckConfig(**kw))
+        dyck.check_dyck(dyck.DyckConfig(**kw))
 
 
 def test_args_round_trip():

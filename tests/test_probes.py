@@ -161,10 +161,10 @@ def test_readiness_table_pairs_each_body_with_scratch_by_seed():
 
 
 def test_stage1_summary_gives_margins_over_copy_and_lookup_with_their_interval():
-    """eval.format_nca_summary: % means over grid positions, margins in points, and with
+    """lab.probes.format_nca_summary: % means over grid positions, margins in points, and with
     several runs the margins' mean ± 95% t half-width (hand-computed: margins over copy 6 and 8,
     mean 7, half-width 12.706 * sd(1.414) / sqrt 2 = 12.7)."""
-    from eval import format_nca_summary
+    from lab.probes import format_nca_summary
 
     def run(label, seed, tok, copy, look):
         n = {"token_acc": tok, "copy_token_acc": copy, "lookup_token_acc": look,

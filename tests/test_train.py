@@ -13,7 +13,7 @@ import train
 from conftest import ROOT, make_domain
 from data.common import TextBatches
 from model import GPT, PPT_VOCAB, model_config
-from util import UserError, from_flags
+from util import UserError, from_flags, memory_estimate
 
 train_args = train.parse_args
 CPU = {"rank": 0, "world": 1, "device": "cpu"}
@@ -359,7 +359,7 @@ def test_micro_batch_plan_fits_memory_and_divides_the_batch():
     for gb, world in ((79, 1), (139.5, 1), (79, 8), (20, 1)):
         micro, est, seqs = plan(gpu + ["--memory_gb", str(gb)], world=world)
         assert seqs % micro == 0 and est["total"] <= usable(gb)
-        assert all(train.memory_estimate(small, m, 1024)["total"] > usable(gb)
+        assert all(memory_estimate(small, m, 1024)["total"] > usable(gb)
                    for m in range(micro + 1, seqs + 1) if seqs % m == 0)
     assert plan(gpu + ["--memory_gb", "20"])[0] < plan(gpu + ["--memory_gb", "79"])[0]
     # stage 1 of the gpu preset on 1, 2 and 8 processes: 32, 16 and 4 sequences each
