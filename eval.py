@@ -50,8 +50,8 @@ from lab.plots import plot_contrasts, plot_curves, plot_heads
 from lab.stats import contrasts, format_contrasts, format_shares, format_summary, summarize
 from model import evaluate, load_checkpoint, model_from_checkpoint
 from util import (UserError, add_flags, atomic_write, autocast, cli, default_device, flag,
-                  progress_bar, provenance, provenance_line, read_metrics, script_parser,
-                  sweep_temporaries)
+                  progress_bar, read_config, read_metrics, script_parser, sweep_temporaries)
+from util.log import provenance, provenance_line
 
 
 # ---------------------------------------------------------------- perplexity
@@ -275,7 +275,7 @@ def load_run(path):
     folder, ckpt = (path.parent, path) if path.is_file() else (path, path / "ckpt.pt")
     guard.check_run_checkpoint(ckpt)
     cfg_path = folder / "config.json"
-    config = guard.read_config(cfg_path) if cfg_path.exists() else guard.peek(ckpt).get("config")
+    config = read_config(cfg_path) if cfg_path.exists() else guard.peek(ckpt).get("config")
     guard.check_run_config(config, cfg_path)
     return Run(folder, ckpt, config, read_metrics(folder / "metrics.jsonl"))
 

@@ -1,23 +1,19 @@
 """Every refusal, beside the road. The method files (nca.py, model.py, train.py, eval.py) decide
-what they run and assume what is checked here; this module is handed what they decided and
-either passes or raises util.UserError with one line that says what to change (util.cli prints
-it as the "error:" line). It decides nothing.
+what they run; this module is handed what they decided and either passes or raises
+util.UserError with one line that says what to change (util.cli prints it as the "error:"
+line). It decides nothing.
 
-  check_flags, check_plan, train_run    train.py: the flags alone; the stage-1 source, corpus and
-                                        --init_from body of train.plan_run's plan; the memory
-                                        plan and a --resume checkpoint, then the run folders are
-                                        locked for the life of the run
+  check_flags, check_plan, train_run    train.py (below: what each checks)
   check_eval_outputs, check_pairs, ...  eval.py (eval.plan_eval, before any model runs): its
                                         outputs, the runs, their checkpoints, the data folders
   check_nca(cfg, band)                  the NCA generator's settings (the NCA source's check in
                                         train.py, and scripts/nca_tools.py)
-  sample_run(args), check_export(args)  sample.py and scripts/export_hf.py
+  check_sample, check_export           sample.py and scripts/export_hf.py
 
 The checks read only metadata (meta.json, memory-mapped checkpoints). A refused command changes
 nothing on disk, so its corrected retry is not refused because of the first attempt.
 """
 import contextlib
-import json
 import os
 import re
 import socket
@@ -25,15 +21,16 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from data.common import TOKENIZERS, load_meta, load_tokens, max_token, scan_max_token, show
 from lab import plots
 from model import ARCH, SIZES, GPTConfig, load_checkpoint, model_config
-from util import (RUN_FILES, UserError, check_dtype, check_writable, default_device, pid_alive,
-                  read_metrics, run_checkpoint, sweep_temporaries, wandb_module)
+from util import (UserError, check_dtype, check_writable, default_device, pid_alive, read_metrics,
+                  stage_flag, sweep_temporaries)
+from util.log import wandb_module
+from util.runs import RUN_FILES
 
 AT_LEAST = {"seq_len": 1, "log_interval": 1, "batch_tokens": 1, "micro_batch": 0,
             "eval_interval": 1, "ppt_batch_tokens": 1, "ppt_micro_batch": 0,
@@ -113,13 +110,6 @@ def check_stage2_flags(cfg):
         if cfg.stage == "both" and (cfg.ppt_source != "text" or not cfg.ppt_tokens):
             raise UserError("--keep_embeddings keeps a stage-1 text model's embeddings: it needs "
                             "--ppt_source text and a stage 1 (--ppt_tokens > 0)")
-
-
-def stage_flag(stage, name):
-    """The flag of one stage's knob: stage 1's are --ppt_<name>, stage 2's plain."""
-    if name == "tokens":
-        return f"{stage}_tokens"
-    return f"ppt_{name}" if stage == "ppt" else name
 
 
 def check_batch(cfg, stage, world):
@@ -533,15 +523,6 @@ def check_run_checkpoint(ckpt):
         raise UserError(f"{show(ckpt)} is missing: pass a run folder of train.py or a ckpt.pt")
 
 
-def read_config(path):
-    """A run's config.json, parsed (check_run_config: that it is a run config)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (ValueError, UnicodeDecodeError):
-        raise UserError(f"{show(path)} is not valid JSON: delete it to use the config saved in "
-                        "the checkpoint") from None
-
-
 def check_run_config(config, path):
     """A run's config (of config.json at `path`, else of its checkpoint) is a JSON object."""
     if not isinstance(config, dict):
@@ -607,9 +588,8 @@ def check_pairs(given, arms, twice):
 # scripts/export_hf.py, sample.py and the scripts that read a body
 
 
-def check_export(args):
+def check_export(args, ck_path):
     """An export: a checkpoint LlamaForCausalLM can hold, and a folder it may write."""
-    ck_path = run_checkpoint(args.run, "RUN")
     ck = peek(ck_path, "RUN")
     if ck["model_args"].get("head_bias"):
         raise UserError(f"{ck_path} is a stage-1 model whose output head has a bias, which "
@@ -620,13 +600,10 @@ def check_export(args):
     if (out / "config.json").exists() and not args.overwrite:
         raise UserError(f"{out} already holds an export (config.json): pass --overwrite to "
                         "replace it")
-    return ck_path
 
 
-def sample_run(args):
-    """Check a sample.py command before a model is built: the numbers, the checkpoint and what
-    it can show (text for a language model of a known tokenizer, rollouts for a stage-1 NCA
-    model that kept its held-out rules), the prompt, --out. Returns the plan."""
+def check_sample(args):
+    """sample.py's numbers, before the checkpoint is read."""
     if args.init_from is None:
         raise UserError("--init_from RUN is needed: a run folder of train.py, a ckpt.pt or a "
                         "Hugging Face Llama folder")
@@ -638,28 +615,20 @@ def sample_run(args):
                         "likeliest token every time: --top_k 1)")
     if args.top_k < 0:
         raise UserError(f"--top_k must be at least 0 (0 = all tokens), got {args.top_k}")
-    device = default_device(args.device)
-    path = run_checkpoint(args.init_from, "--init_from")
-    ck = peek(path, "--init_from")
+
+
+def check_sample_model(args, path, ck):
+    """What sample.py can show of a checkpoint: text for a language model of a known tokenizer
+    (and then no --out), rollouts for a stage-1 NCA model that kept its held-out rules."""
     kind = (ck.get("vocab") or {}).get("kind")
-    plan = SimpleNamespace(ckpt=path, kind=kind, device=device, prompt=None)
     if kind == "nca":
-        check_rollouts(args, path, ck)
-        return plan
+        return check_rollouts(args, path, ck)
     if kind not in TOKENIZERS:
         raise UserError(f"{path} is a model of {kind!r} tokens: sample.py decodes GPT-2 and "
                         "byte-level text and draws stage-1 NCA rollouts")
     if args.out:
         raise UserError(f"--out draws stage-1 NCA rollouts, and {path} is a language model: "
                         "drop --out (its samples are printed)")
-    plan.prompt = args.start
-    if args.start.startswith("FILE:"):
-        try:
-            plan.prompt = Path(args.start[5:]).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"--start {args.start}: cannot read it as UTF-8 text "
-                            f"({type(e).__name__})") from None
-    return plan
 
 
 def check_rollouts(args, path, ck):

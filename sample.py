@@ -20,6 +20,7 @@ draws the true and predicted grids side by side with each wrong cell crossed out
 per kind of grid; .gif: one frame per grid; Pillow needed).
 """
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -29,7 +30,7 @@ from data.common import TOKENIZERS, gpt2_encoding
 from lab import probes
 from lab.plots import draw_rollouts, rollout_table
 from model import load_checkpoint, model_from_checkpoint
-from util import add_flags, cli, flag, script_parser
+from util import UserError, add_flags, cli, default_device, flag, run_checkpoint, script_parser
 
 
 @dataclass
@@ -63,11 +64,17 @@ def main(argv=None):
     add_flags(p, SampleFlags)
     add_flags(p, RolloutFlags)
     args = p.parse_args(argv)
-    plan = guard.sample_run(args)        # the checkpoint, what it can show, the prompt, --out
-    ck = load_checkpoint(plan.ckpt, plan.device)
-    model = model_from_checkpoint(ck, plan.device).eval()
-    if plan.kind != "nca":
-        return sample_text(model, plan.kind, plan.prompt, args)
+    guard.check_sample(args)
+    device = default_device(args.device)
+    path = run_checkpoint(args.init_from, "--init_from")
+    info = guard.peek(path, "--init_from")
+    guard.check_sample_model(args, path, info)        # text, or rollouts of held-out rules
+    kind = (info.get("vocab") or {}).get("kind")
+    prompt = read_prompt(args.start) if kind != "nca" else None
+    ck = load_checkpoint(path, device)
+    model = model_from_checkpoint(ck, device).eval()
+    if kind != "nca":
+        return sample_text(model, kind, prompt, args)
     true, forced, free = nca_rollouts(model, ck["nca"], args.num_rules, args.context_grids,
                                       args.seed)
     text, acc = rollout_table(nca.NCAConfig(**ck["nca"]["config"]), true, forced, free,
@@ -79,6 +86,17 @@ def main(argv=None):
                       [f"held-out rule {i}" for i in range(args.num_rules)])
         print(f"wrote {args.out}")
     return acc
+
+
+def read_prompt(start):
+    """--start: the text itself, or FILE:path for a file's UTF-8 text."""
+    if not start.startswith("FILE:"):
+        return start
+    try:
+        return Path(start[5:]).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--start {start}: cannot read it as UTF-8 text "
+                        f"({type(e).__name__})") from None
 
 
 def codec(kind):

@@ -41,12 +41,12 @@ from lab import probes
 from model import ARCH, GPT, PPT_VOCAB, SIZES, GPTConfig, evaluate, model_config
 from model import load_checkpoint, model_from_checkpoint, save_checkpoint
 import util
-from util import (Log, add_flags, auto_or_count, autocast, body_line, cli, device_memory, flag,
-                  flag_values, from_flags, long_run_note, memory_estimate, parse_with_presets,
-                  plain_json, preset_text, provenance, rank_fingerprint, rerun_defaults,
-                  run_summary, script_parser, setup_distributed, start_run_dir, tracking,
-                  truncate_metrics, wrap_model, write_config)
-from guard import stage_flag
+from util import (add_flags, auto_or_count, autocast, cli, flag, flag_values, from_flags,
+                  parse_with_presets, preset_text, rerun_defaults, script_parser,
+                  setup_distributed, stage_flag, wrap_model)
+from util.log import Log, plain_json, provenance, tracking
+from util.runs import (body_line, device_memory, long_run_note, memory_estimate, rank_fingerprint,
+                       run_summary, start_run_dir, truncate_metrics, write_config)
 
 # -----------------------------------------------------------------------------------------------
 # Knobs. Stage 1's optimization flags are --ppt_<name>, stage 2's the plain --<name>.

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import guard  # noqa: E402
 from scripts import hf  # noqa: E402
 from model import load_checkpoint  # noqa: E402
-from util import cli, script_parser  # noqa: E402
+from util import cli, run_checkpoint, script_parser  # noqa: E402
 
 
 @cli
@@ -26,7 +26,8 @@ def main(argv=None):
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an export in OUT_DIR")
     args = p.parse_args(argv)
-    ck_path = guard.check_export(args)
+    ck_path = run_checkpoint(args.run, "RUN")
+    guard.check_export(args, ck_path)
     weights = hf.to_folder(load_checkpoint(ck_path), args.out_dir)
     print(f"wrote {Path(args.out_dir) / 'config.json'} and {weights}")
     return weights

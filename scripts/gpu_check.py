@@ -44,7 +44,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import util  # noqa: E402
+import util.log  # noqa: E402
+import util.runs  # noqa: E402
 import nca  # noqa: E402
 import train  # noqa: E402
 from data.common import show, text_val_batches  # noqa: E402
@@ -480,8 +481,8 @@ def check(device, size, work, out, steps, compile, time_limit):
     res, t0 = {}, time.perf_counter()
     res["device"] = {"name": torch.cuda.get_device_name(device) if device.startswith("cuda")
                      else "cpu", "torch": torch.__version__, "python": sys.version.split()[0],
-                     "peak_flops": util.peak_flops(device), "size": size, "compile": compile,
-                     "memory_gb": util.device_memory(device, 1) / 2**30}
+                     "peak_flops": util.log.peak_flops(device), "size": size, "compile": compile,
+                     "memory_gb": util.runs.device_memory(device, 1) / 2**30}
     res["steps"] = {}
     real = size == "full" and device.startswith("cuda")
 

@@ -25,6 +25,7 @@ import eval as ev
 import guard
 import train
 import util
+import util.log
 from conftest import ROOT, make_domain
 from test_bad_input import LANG, MODEL, snapshot
 from util import UserError
@@ -109,7 +110,7 @@ def test_disk_full_while_saving_a_checkpoint(small, tmp_path, monkeypatch, capsy
 def test_disk_full_while_appending_a_metrics_line(small, tmp_path, monkeypatch, capsys):
     def full(self, rec):
         raise util.write_failure(self.path, OSError(errno.ENOSPC, "No space left on device"))
-    monkeypatch.setattr(util.Log, "write", full)
+    monkeypatch.setattr(util.log.Log, "write", full)
     with pytest.raises(SystemExit):
         train.main(run_argv(small, tmp_path / "r"))
     one_error_line(capsys.readouterr().err, "metrics.jsonl: the disk is full")
@@ -244,14 +245,14 @@ def test_a_fresh_empty_lock_is_given_time_then_taken_over(small, tmp_path, monke
 def test_dead_training_stops_and_keeps_the_checkpoint_from_before(small, tmp_path, monkeypatch,
                                                                     capsys):
     """The gradient norm exactly 0 at every step from step 1 (as a huge learning rate without
-    clipping gives): the run stops after util.DEAD_LINES log lines, with step 0's checkpoint."""
+    clipping gives): the run stops after util.log.DEAD_LINES log lines, with step 0's checkpoint."""
     out = tmp_path / "dead"
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, c: torch.zeros(()))
     with pytest.raises(SystemExit) as e:
         train.main(run_argv(small, out, "--eval_interval", "2", tokens=320 * 20))
     assert e.value.code == 2
     one_error_line(capsys.readouterr().err, f"training of lang is dead at step "
-                   f"{util.DEAD_LINES}: over the last {util.DEAD_LINES} log lines the gradient "
+                   f"{util.log.DEAD_LINES}: over the last {util.log.DEAD_LINES} log lines the gradient "
                    "norm was 0")
     assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 0
     assert not (out / ".lock").exists()
@@ -260,17 +261,17 @@ def test_dead_training_stops_and_keeps_the_checkpoint_from_before(small, tmp_pat
 def test_a_loss_stuck_at_the_uniform_level_is_dead_and_a_learning_one_is_not():
     from model import GPT, GPTConfig
     model = GPT(GPTConfig(block_size=8, vocab_size=512, n_layer=1, n_head=1, n_embd=8))
-    log = util.Log("lang", Path("unused"), False, model, 8, "cpu", 1, 0)
+    log = util.log.Log("lang", Path("unused"), False, model, 8, "cpu", 1, 0)
     log.bar = util.PlainProgress(10, "lang")
     uniform = float(torch.log(torch.tensor(512.0)))
     for step in range(1, 20):                      # near ln(V), but learning: never dead
         log.check_alive(step, uniform + 0.2 - 0.01 * step, 1.0)
     assert log.healthy
-    for step in range(1, util.DEAD_LINES):
+    for step in range(1, util.log.DEAD_LINES):
         log.check_alive(step, uniform + 1e-5, 0.3)
     assert not log.healthy
     with pytest.raises(UserError, match="the loss sat at ln\\(512\\) = 6.238, the uniform guess"):
-        log.check_alive(util.DEAD_LINES, uniform, 0.3)
+        log.check_alive(util.log.DEAD_LINES, uniform, 0.3)
 
 
 # ---------------------------------------------------------------- nothing left behind

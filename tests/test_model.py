@@ -11,7 +11,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-import util
+import util.runs
 from model import GPT, SIZES, GPTConfig, apply_rotary, config_for, rope_cache
 
 
@@ -340,7 +340,7 @@ def test_generate():
 
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
 def test_memory_estimate_covers_what_training_allocates(dtype):
-    """util.memory_estimate (the micro-batch planner's model) against the bytes one training
+    """util.runs.memory_estimate (the micro-batch planner's model) against the bytes one training
     micro-step allocates on CPU: an upper bound, and not a loose one."""
     torch.manual_seed(0)
     m = GPT(GPTConfig(block_size=128, vocab_size=1000, n_layer=2, n_head=4, n_embd=128,
@@ -350,7 +350,7 @@ def test_memory_estimate_covers_what_training_allocates(dtype):
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
             _, loss = m(idx, idx)
         loss.backward()
-    est = util.memory_estimate(m, 4, 128, act_bytes=2 if dtype else 4)
+    est = util.runs.memory_estimate(m, 4, 128, act_bytes=2 if dtype else 4)
     bound = est["gradients"] + est["activations"] + est["loss"] + est["autocast_copies"]
     assert 0.7 * bound < mem.peak <= bound, (mem.peak, bound)
-    assert est["total"] > bound and util.memory_estimate(m, 8, 128)["total"] > est["total"]
+    assert est["total"] > bound and util.runs.memory_estimate(m, 8, 128)["total"] > est["total"]

@@ -13,7 +13,8 @@ import train
 from conftest import ROOT, make_domain
 from data.common import TextBatches
 from model import GPT, PPT_VOCAB, model_config
-from util import UserError, from_flags, memory_estimate
+from util import UserError, from_flags, stage_flag
+from util.runs import memory_estimate, truncate_metrics
 
 train_args = train.parse_args
 CPU = {"rank": 0, "world": 1, "device": "cpu"}
@@ -337,10 +338,10 @@ def plan(argv, stage="lang", vocab=50257, world=1):
     sequences each process gets per step."""
     args = train_args(argv)
     p = plan_of(args, stage, vocab, {"rank": 0, "world": world, "device": "cpu"})
-    setattr(args, guard.stage_flag(stage, "micro_batch"), 0)
+    setattr(args, stage_flag(stage, "micro_batch"), 0)
     train.plan_micro_batch(args, stage, p)
-    batch = getattr(args, guard.stage_flag(stage, "batch_tokens"))
-    return getattr(args, guard.stage_flag(stage, "micro_batch")), p.memory[stage], \
+    batch = getattr(args, stage_flag(stage, "batch_tokens"))
+    return getattr(args, stage_flag(stage, "micro_batch")), p.memory[stage], \
         batch // (args.seq_len * world)
 
 
@@ -480,7 +481,7 @@ def test_checkpoint_helpers_refuse_and_heal(tmp_path):
         model_from_checkpoint(ck)
     m = tmp_path / "metrics.jsonl"
     m.write_text('{"step": 0}\n{"step": 4}\n{"step": 8}\n{"st')
-    util.truncate_metrics(m, 4)
+    truncate_metrics(m, 4)
     assert m.read_text() == '{"step": 0}\n{"step": 4}\n'
     with pytest.raises(UserError, match="needs CUDA"):
         util.autocast("float16", "cpu")

@@ -7,13 +7,9 @@ import contextlib
 import errno
 import functools
 import json
-import math
 import os
-import platform
 import re
-import shlex
 import shutil
-import subprocess
 import sys
 import textwrap
 import time
@@ -369,6 +365,15 @@ def read_metrics(path, fix="delete or repair that line"):
     return records
 
 
+def read_config(path):
+    """A run's config.json, parsed (guard.check_run_config: that it is a run config)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{show(path)} is not valid JSON: delete it to use the config saved in "
+                        "the checkpoint") from None
+
+
 def run_checkpoint(path, flag):
     """The checkpoint a RUN argument names: a run folder's ckpt.pt, a checkpoint file, or a
     Hugging Face Llama folder (scripts/hf.py)."""
@@ -379,6 +384,13 @@ def run_checkpoint(path, flag):
         raise UserError(f"{flag} {path} holds no ckpt.pt (nor a Hugging Face config.json): "
                         "pass a run folder of train.py or a ckpt.pt")
     return path
+
+
+def stage_flag(stage, name):
+    """The flag of one stage's knob: stage 1's are --ppt_<name>, stage 2's plain."""
+    if name == "tokens":
+        return f"{stage}_tokens"
+    return f"ppt_{name}" if stage == "ppt" else name
 
 
 def given_flags(parser, argv=None):
@@ -607,387 +619,3 @@ class PlainProgress:
 
     def __exit__(self, *exc):
         self.close()
-
-
-# -----------------------------------------------------------------------------------------------
-# The training log: one line per log step (loss, lr, grad norm, ms, tok/s, MFU, peak
-# memory), the same numbers in metrics.jsonl and, optionally, wandb; the provenance of results
-
-
-# Dense bf16 peak per GPU; the first name found in the device's name wins. The PCIe and NVL cards
-# run slower clocks (and the PCIe H100 fewer SMs) than the SXM parts of the same name.
-PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12), ("GH200", 989e12),
-              ("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
-              ("4090", 165e12), ("A10", 125e12)]
-
-
-def peak_flops(device):
-    if not str(device).startswith("cuda"):
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS if k in name), None)
-
-
-def compiled_graphs():
-    """Graphs torch.compile has built in this process so far (all stages), or None when nothing
-    was compiled: a number that grows between two log lines of a run means a recompile."""
-    dynamo = sys.modules.get("torch._dynamo.utils")        # not imported: nothing was compiled
-    return int(dynamo.counters["stats"]["unique_graphs"]) if dynamo else None
-
-
-def matmul_rate(device, n=1024, seconds=0.3):
-    """FLOP/s of float32 n x n matmuls on `device`, measured for about `seconds`."""
-    a = torch.randn(n, n, device=device)
-    sync = torch.cuda.synchronize if str(device).startswith("cuda") else lambda: None
-    a @ a
-    sync()
-    t0, k = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
-        a @ a
-        sync()
-        k += 1
-    return 2 * n ** 3 * k / (time.perf_counter() - t0)
-
-
-
-# Dead training: this many consecutive log lines with a gradient norm of exactly 0, or a loss
-# within DEAD_TOL nats of ln(vocabulary) (the uniform guess; a fresh model starts about 0.15
-# above it and a learning one leaves it within steps), stop the run.
-DEAD_LINES, DEAD_TOL = 5, 1e-3
-
-
-class Log:
-    """metrics.jsonl and the console. Throughput is measured over the steps since the last line,
-    with validation and checkpoint time (`paused`) left out. It also follows the run for the two
-    ways it can end early: Ctrl-C (the step reached and the last one saved, `saved`, for the
-    line util.cli prints) and dead training (`healthy` is False from the first dead-looking
-    line on, so that no dead checkpoint replaces the last good one)."""
-
-    def __init__(self, stage, path, master, model, seq_len, device, world, step, track=None):
-        self.stage, self.path, self.master, self.model = stage, path, master, model
-        self.flops, self.peak = model.flops_per_token(seq_len), peak_flops(device)
-        self.seq_len, self.device, self.world = seq_len, device, world
-        self.t_last, self.last_step, self.paused = time.perf_counter(), step, 0.0
-        self.bar, self.step, self.saved, self.dead = None, step, step or None, 0
-        # wandb.init's arguments (tracking()): every line written below also goes there
-        self.run = wandb_module().init(**track) if track and master else None
-
-    @property
-    def healthy(self):
-        return self.dead == 0
-
-    def tick(self, step):
-        """One optimizer step done."""
-        self.step = step
-        self.bar.update(1)
-
-    def interrupted(self):
-        """The line Ctrl-C ends the run with (util.cli prints it)."""
-        then = f"--resume continues from step {self.saved}" if self.saved is not None else \
-            "no checkpoint yet: --resume starts it again"
-        return f"interrupted at step {self.step} of {self.stage}; {then}"
-
-    def write(self, rec):
-        if self.master:
-            try:
-                with open(self.path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-            except OSError as e:     # a half line at the end is dropped by --resume
-                raise write_failure(self.path, e) from None
-        if self.run is not None:          # its numbers; "kind" is in the key names already
-            self.run.log({k: v for k, v in rec.items() if k != "step"
-                          and isinstance(v, (int, float))}, step=rec["step"])
-
-    def close(self):
-        self.bar.close()
-        if self.run is not None:
-            self.run.finish()
-            self.run = None
-
-    def start(self, steps, hp, accum, memory):
-        m = self.model
-        global interrupt_line
-        interrupt_line = self.interrupted
-        if self.master:
-            print(f"{self.stage}: {steps} steps of {hp.batch_tokens:,} tokens ({accum} "
-                  f"micro-step{'s' * (accum > 1)} of {hp.micro_batch} x {self.seq_len} x "
-                  f"{self.world} process{'es' * (self.world > 1)}), "
-                  f"{m.num_params():,} body parameters, vocabulary {m.config.vocab_size:,}"
-                  + (f"; MFU against {self.peak / 1e12:.0f} TFLOP/s" if self.peak else ""))
-        if self.last_step == 0:
-            self.write({"kind": "info", "step": 0, "tokens": 0, "micro_batch": hp.micro_batch,
-                        "accum": accum, "world": self.world,
-                        "mem_estimate_gb": memory["total"] / 2**30})
-        self.bar = progress_bar(steps, self.stage, unit="step", disable=not self.master,
-                                initial=self.last_step, dynamic_ncols=True)
-
-    def val_line(self, step, tokens, res):
-        rec = {"kind": "val", "step": step, "tokens": tokens, **res}
-        self.write(rec)
-        if self.master:                     # "step N val_loss ...", like the training lines
-            self.bar.write(f"step {step} " + " ".join(
-                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()))
-        self.finite(res["val_loss"], "validation loss", step, "lower the learning rate or use "
-                    "--dtype float32")
-
-    def train_line(self, step, loss_sum, lr, norm, batch_tokens):
-        if self.world > 1:
-            torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
-        loss = loss_sum.item()                                   # syncs the device
-        now = time.perf_counter()
-        dt = (now - self.t_last - self.paused) / (step - self.last_step)
-        self.t_last, self.last_step, self.paused = now, step, 0.0
-        cuda = self.device.startswith("cuda")
-        mem = torch.cuda.max_memory_allocated(self.device) / 2**30 if cuda else None
-        tok_s = batch_tokens / dt
-        mfu = self.flops * tok_s / self.world / self.peak if self.peak else None
-        self.finite(loss, "loss", step, "lower the learning rate, clip gradients, or use --dtype "
-                    "float32")
-        self.check_alive(step, loss, norm)
-        self.write({"kind": "train", "step": step, "tokens": step * batch_tokens, "loss": loss,
-                    "lr": lr, "grad_norm": norm, "ms": dt * 1000, "tok_s": tok_s, "mfu": mfu,
-                    "mem_gb": mem, "graphs": compiled_graphs()})
-        if self.master:
-            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
-            self.bar.write(f"step {step} loss {loss:.4f} lr {lr:.2e} grad_norm {norm:.3f} "
-                           f"{dt * 1000:.0f} ms {tok_s:,.0f} tok/s"
-                           + (f" mfu {100 * mfu:.1f}%" if mfu is not None else "")
-                           + (f" peak memory {mem:.1f} GiB" if mem is not None else ""))
-        return tok_s
-
-    def check_alive(self, step, loss, norm):
-        """Stop a run that no longer learns: the gradient norm exactly 0, or the loss at the
-        uniform level ln(V), over DEAD_LINES consecutive log lines (a huge learning rate without
-        clipping gets there without ever producing a NaN, then spends its whole budget)."""
-        uniform = math.log(self.model.config.vocab_size)
-        self.dead = self.dead + 1 if norm == 0 or abs(loss - uniform) < DEAD_TOL else 0
-        if self.dead < DEAD_LINES:
-            return
-        self.bar.close()
-        kept = f"{show(self.path.parent / 'ckpt.pt')} keeps step {self.saved}, the last " \
-            "checkpoint before these lines" if self.saved is not None else "no checkpoint was kept"
-        raise UserError(f"training of {self.stage} is dead at step {step}: over the last "
-                        f"{DEAD_LINES} log lines the gradient norm was 0 or the loss sat at "
-                        f"ln({self.model.config.vocab_size:,}) = {uniform:.3f}, the uniform guess; "
-                        f"{kept}: lower the learning rate or clip gradients (--grad_clip)")
-
-    def finite(self, value, what, step, fix):
-        """A NaN or infinite loss ends the run with one line (the last checkpoint stays)."""
-        if not math.isfinite(value):
-            self.close()
-            raise UserError(f"{what} is {value} at step {step} of {self.stage}: {fix}")
-
-
-def plain_json(obj):
-    """`obj` with every value JSON cannot hold (a Path, a dtype) as its text."""
-    if isinstance(obj, dict):
-        return {str(k): plain_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain_json(v) for v in obj]
-    for kind in (bool, int, float):             # (a str subclass, e.g. torch.__version__,
-        if isinstance(obj, kind):               # becomes a plain str below)
-            return kind(obj)
-    return None if obj is None else str(obj)
-
-
-def wandb_module():
-    """wandb, imported only when asked for (it is optional)."""
-    try:
-        import wandb
-    except ImportError:
-        raise UserError("--wandb_project needs wandb, which is optional: pip install wandb "
-                        "(or drop --wandb_project)") from None
-    return wandb
-
-
-def tracking(cfg, stage, out):
-    """wandb.init's arguments for one stage of a run (None without --wandb_project): one wandb
-    run per stage folder, grouped by the train.py command, its config the stage's flags."""
-    if not cfg.wandb_project:
-        return None
-    both = cfg.stage == "both"
-    name = cfg.wandb_run and (f"{cfg.wandb_run}-{stage}" if both else cfg.wandb_run)
-    return {"project": cfg.wandb_project, "name": name, "group": cfg.wandb_run or Path(
-        cfg.out_dir).name, "job_type": stage, "dir": str(out),
-            "config": plain_json(vars(cfg) | {"stage": stage})}
-
-
-def provenance(script, argv, device):
-    """Where a result comes from (config.json, eval.json, eval.md): the git commit, whether the
-    working tree differs from it, the PyTorch version, the device and the command line."""
-    def git(*args):
-        try:
-            r = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), *args],
-                               capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):        # no git, or it hangs
-            return None
-        return r.stdout.strip() if r.returncode == 0 else None
-    commit = git("rev-parse", "HEAD")
-    argv = sys.argv[1:] if argv is None else argv
-    return {"git_commit": commit, "git_dirty": bool(git("status", "--porcelain")) if commit
-            else None, "torch": torch.__version__, "device": device_name(device),
-            "command": shlex.join(["python", script, *map(str, argv)])}
-
-
-def device_name(device):
-    device = str(device)
-    if device.startswith("cuda"):
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    if device == "cpu":
-        try:
-            model = next(line.split(":", 1)[1].strip() for line in
-                         Path("/proc/cpuinfo").read_text().splitlines()
-                         if line.startswith("model name"))
-        except (OSError, StopIteration):
-            model = platform.machine() or platform.processor()
-        return f"cpu ({model})" if model else "cpu"
-    return device
-
-
-def provenance_line(p):
-    """The eval.md footer."""
-    commit = "not a git checkout" if p["git_commit"] is None else \
-        f"git {p['git_commit'][:12]}" + (" (dirty: the working tree differs)" if p["git_dirty"]
-                                          else "")
-    return f"{commit} · torch {p['torch']} · {p['device']} · `{p['command']}`"
-
-
-# -----------------------------------------------------------------------------------------------
-# train.py's console and run folder: the summary line, the estimate of a long run, the files
-
-RUN_FILES = ("config.json", "metrics.jsonl", "ckpt.pt")     # what a run folder holds
-
-def run_summary(cfg, plan):
-    """The one line train.py prints at start (the full configuration is config.json)."""
-    what = {"ppt": lambda: cfg.ppt_source, "lang": lambda: show(plan.lang_data)}
-    stages = " + ".join(f"stage {1 if s == 'ppt' else 2} ({what[s]()}, {plan.steps[s]:,} steps)"
-                        for s in plan.stages)
-    folders = ", ".join(dict.fromkeys(show(plan.out[s]) for s in plan.stages))
-    return (f"train: {stages}; model {cfg.size}, seq_len {cfg.seq_len}; {plan.dist['device']} "
-            f"{cfg.dtype}, seed {cfg.seed}" + (f", preset {cfg.preset}" if cfg.preset else "")
-            + f" -> {folders} (every setting: config.json there)")
-
-
-def body_line(init_from, body, vocab_size):
-    """Where stage 2's body comes from, printed as it starts."""
-    if body is None:
-        return (f"lang: scratch: a freshly initialized body (no stage 1), new embeddings and "
-                f"head for {vocab_size:,} tokens")
-    src = body.get("config", {}).get("ppt_source", "?")
-    return (f"lang: body from {show(init_from)} (stage 1 on {src}, step {body.get('step')}, "
-            f"{body.get('tokens') or 0:,} tokens); new embeddings and head for {vocab_size:,} "
-            "tokens")
-
-
-ASSUMED_MFU = 0.4     # the GPU target (README, 'Single-GPU reproduction')
-MATMUL_SHARE = 0.5    # training reaches about half of a plain matmul's rate (CPU, tiny model)
-
-
-def long_run_note(cfg, plan, device, hour=3600.0):
-    """A line warning that the run is estimated to take more than an hour on `device` (training
-    FLOPs of the stages over an assumed or measured rate, NCA generation not counted), or
-    None. The rate is only measured when even a fast device would need the hour."""
-    flops = sum(plan.flops.values()) / plan.dist["world"]
-    peak = peak_flops(device)
-    fastest = 5e12 if str(device) == "cpu" else 2e15         # FLOP/s no such device exceeds
-    if flops / (ASSUMED_MFU * peak if peak else fastest) < hour:
-        return None
-    if peak:
-        rate = ASSUMED_MFU * peak
-        how = f"an assumed {ASSUMED_MFU:.0%} MFU of {peak / 1e12:.0f} TFLOP/s (not measured)"
-    else:
-        measured = matmul_rate(device)
-        rate = MATMUL_SHARE * measured
-        how = (f"{rate / 1e9:,.0f} GFLOP/s, assumed to be half the {measured / 1e9:,.0f} "
-               "GFLOP/s a float32 matmul measured here")
-    if flops / rate < hour:
-        return None
-    scale = "; the defaults are GPU scale: --preset cpu runs in minutes" \
-        if not str(device).startswith("cuda") and cfg.preset != "cpu" else ""
-    return (f"note: this run is estimated to take {duration(flops / rate)} on {device} "
-            f"({flops:.2e} training FLOPs per process at {how}){scale}")
-
-
-def start_run_dir(out, cfg, stage, plan, config):
-    """Create the run folder now that everything it needs has been checked: with --overwrite the
-    old run's files go, and config.json is written (when resuming, only once the checkpoint has
-    loaded: resume())."""
-    dist = plan.dist
-    if dist["rank"] == 0:
-        if cfg.overwrite and not cfg.resume:
-            for f in RUN_FILES:
-                (out / f).unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
-        if not (cfg.resume and (out / "ckpt.pt").exists()):
-            if cfg.resume:                    # lines of an attempt that left no checkpoint
-                (out / "metrics.jsonl").unlink(missing_ok=True)
-            write_config(out, config)
-    if dist["world"] > 1:
-        torch.distributed.barrier()
-
-
-def write_config(out, config):
-    atomic_write(Path(out) / "config.json", json.dumps(config, indent=2, default=str))
-
-
-def truncate_metrics(path, step):
-    """Drop the metrics.jsonl lines written after `step` (the checkpoint a run resumes from)."""
-    if Path(path).exists():
-        lines = Path(path).read_text().splitlines()
-        if lines and not lines[-1].endswith("}"):      # half a line, written as the run was killed
-            lines.pop()
-        keep = [line for line in lines if line and json.loads(line)["step"] <= step]
-        atomic_write(path, "".join(line + "\n" for line in keep))
-
-
-# -----------------------------------------------------------------------------------------------
-# Memory: what train.py's micro-batch plan estimates
-
-def memory_estimate(model, micro_batch, seq_len, act_bytes=2):
-    """Bytes one training process needs, by part, for micro-batches of micro_batch x seq_len
-    with activations of act_bytes (2 under bf16/fp16 autocast, 4 in float32), AdamW, and
-    flash / memory-efficient attention (no T x T matrix: CUDA). Per layer and token a block
-    keeps 4 float32 vectors of width d (residual stream into and out of its two RMSNorms) and
-    about 8·d + 4·h in the autocast dtype (h the MLP width: q, k, v, attention output and its
-    copy, norm outputs, gate, up, SiLU(gate), their product); checked against the memory
-    PyTorch allocates on CPU in tests/test_model.py. Training holds the activations, the
-    gradients and one loss chunk; validation holds a micro-batch of logits instead."""
-    cfg = model.config
-    d, h, V = cfg.n_embd, cfg.mlp_hidden or 4 * cfg.n_embd, cfg.vocab_size
-    n_all = sum(p.numel() for p in model.parameters())
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    tokens = micro_batch * seq_len
-    per_layer = 16 * d + act_bytes * (8 * d + 4 * h)
-    chunk = min(model.loss_chunk, tokens)
-    est = {"weights": 4 * n_all,
-           "autocast_copies": 2 * n_all if act_bytes < 4 else 0,
-           "optimizer": 8 * n_train,
-           "gradients": 4 * n_train,
-           "activations": tokens * (cfg.n_layer * per_layer + 8 * d + act_bytes * d),
-           "loss": tokens * d * act_bytes + 4 * V * d + chunk * V * (8 + 2 * act_bytes),
-           "val_logits": tokens * V * act_bytes + min(tokens, model.loss_chunk) * V * 8}
-    train = est["gradients"] + est["activations"] + est["loss"]
-    est["total"] = est["weights"] + est["autocast_copies"] + est["optimizer"] + max(
-        train, est["val_logits"])
-    return est
-
-
-def device_memory(device, world):
-    """Bytes of memory one process may use: the GPU's, or the machine's RAM over the processes."""
-    if str(device).startswith("cuda"):
-        return torch.cuda.get_device_properties(device).total_memory
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // world
-    except (AttributeError, ValueError, OSError):           # no sysconf (Windows): assume 16 GiB
-        return 16 * 2**30 // world
-
-
-def rank_fingerprint(batches):
-    """--debug_ranks: a hash of this process's first batch (read, then the data position put
-    back) and of its random state, to check that ranks read different data and draw different
-    dropout masks; the final weights, added at the end, must agree (gradient sync)."""
-    rng, state = float(torch.get_rng_state().double().sum()), batches.state_dict()
-    x, _ = next(batches)
-    batches.load_state_dict(state)
-    return {"first_batch": int(x.long().sum()) * 1_000_003 + int((x[:, :8] * 31).sum()),
-            "dropout_rng": rng}
