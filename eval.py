@@ -16,21 +16,13 @@ Baseline. For each training domain, the --baseline run trained on it, else the f
 
 Speedup and tables: this file; summary over seeds, paired statistics and plots: lab/.
 """
-# What eval.py decides, before any model runs (plan_eval; the docstring above is its --help),
-# each decision handed to a check of guard.py, which passes or refuses in one line: which runs,
-# their row labels and each one's baseline (gather_runs, load_run); the folders to score on
-# (eval_folders) and which run can read which (language_refusal: per run and domain, a reason or
-# None); the window length (--block_size, else the smallest block_size of the runs scored on
-# language); the predicted tokens per domain (eval_tokens); the paired contrasts (eval_pairs);
-# the device and the autocast dtype. Then each run is scored (score_run), compared with its
-# baseline (compare: change and speedup) and the record written (write_eval: eval.json,
-# eval.md). The over-seeds summary, the statistics of the paired contrasts and the pictures are
-# optional columns from lab/stats.py and lab/plots.py, the copy probes and grid accuracies
-# lab/probes.py.
+# eval.py plans its evaluation (plan_eval: runs, baselines, domains, windows, token budget), each
+# decision checked by guard.py before any model runs; then it scores each run (score_run),
+# compares it with its baseline (compare: change and speedup) and writes eval.json and eval.md
+# (write_eval). Optional columns: lab/stats.py (seeds, contrasts), lab/plots.py, lab/probes.py.
 import argparse
 import json
 import math
-import sys
 import time
 import uuid
 from contextlib import nullcontext, suppress
@@ -47,11 +39,13 @@ from data.common import (TOKENIZERS, eval_windows, load_meta, load_tokens, probe
                          token_bytes)
 from lab import probes
 from lab.plots import plot_contrasts, plot_curves, plot_heads
-from lab.stats import contrasts, format_contrasts, format_shares, format_summary, summarize
+from lab.stats import (contrasts, eval_pairs, format_contrasts, format_shares, format_summary,
+                       summarize)
 from model import evaluate, load_checkpoint, model_from_checkpoint
 from util import (UserError, add_flags, atomic_write, autocast, cli, default_device, flag,
                   progress_bar, read_config, read_metrics, script_parser, sweep_temporaries)
 from util.log import provenance, provenance_line
+from util.runs import eval_id_line, eval_pair_mismatch
 
 
 # ---------------------------------------------------------------- perplexity
@@ -220,10 +214,9 @@ class Run:
 
 def plan_eval(args):
     """Every decision of the evaluation, each checked by guard.py as it is made, before any model
-    runs. Returns the plan: runs (labelled) and their baselines, each run's checkpoint metadata
-    (info) and refusals {domain: why it cannot be scored there, or None}, domains {name:
-    (folder, meta)} of the folders some run is scored on, block, out, device, autocast ctx and
-    dtype, eval_tokens, and the paired contrasts (pairs)."""
+    runs: runs (labelled) and baselines, each run's checkpoint metadata (info) and refusals
+    {domain: why not, or None}, the domains {name: (folder, meta)} scored, block, out, device,
+    autocast ctx and dtype, eval_tokens, and the paired contrasts (pairs)."""
     guard.check_eval_outputs(args, eval_pair_mismatch(args.out))
     guard.check_counts(args, ("batch_size", "nca_val_seqs", "block_size"))
     device = default_device(args.device)
@@ -365,10 +358,8 @@ def language_refusal(ck, tokenizer="gpt2", vocab=None):
 
 
 def scored_on(inf, refusals):
-    """(language, stage 1): whether a run (its checkpoint metadata and refusals) is scored on
-    some eval domain, and whether on its stage-1 source's validation data: the held-out rules an
-    NCA checkpoint keeps, or the validation batches of another train.py source, rebuilt from the
-    flags its record holds."""
+    """(language, stage 1): whether a run is scored on some eval domain, and on its stage-1
+    source's validation data (an NCA body's held-out rules; another source's, rebuilt)."""
     config = inf.get("config") or {}
     nca_rules = (inf.get("vocab") or {}).get("kind") == "nca" and inf.get("nca") is not None
     rebuilt = inf.get("stage") == "ppt" and config.get("ppt_source") in train.SOURCES \
@@ -383,35 +374,6 @@ def refusal_text(refusals):
         if why:
             by_reason.setdefault(why, []).append(name)
     return "; ".join(f"{', '.join(names)}: {why}" for why, names in by_reason.items()) or None
-
-
-def eval_pairs(given, runs):
-    """The contrasts (A, B) of --pair A:B (or (A, B, REF) of A:B:REF) among the arms of the
-    language runs (arm = the run's --arm, else scratch or its label); without --pair, every arm
-    against scratch when some arm has several seeds of a domain. Two runs of one arm, domain and
-    seed cannot be paired: refused for --pair (guard.check_pairs), left out of the default
-    contrasts with a note."""
-    arms, seen, twice = {}, set(), set()
-    for r in runs:
-        if r.stage == "lang":
-            arms.setdefault(r.arm, []).append(r.domain)
-            key = (r.arm, r.domain, r.config.get("seed"))
-            if key in seen:
-                twice.add(r.arm)
-            seen.add(key)
-    guard.check_pairs(given, arms, twice)
-    if given:
-        return [tuple(text.split(":")) for text in given]
-    if "scratch" not in arms or "scratch" in twice:
-        return []
-    pairs = []
-    if any(len(ds) > len(set(ds)) for arm, ds in arms.items() if arm not in twice):
-        pairs = [(a, "scratch") for a in sorted(arms) if a not in ("scratch", *twice)]
-    if twice:
-        print(f"note: arm(s) {', '.join(sorted(twice))} have two runs of one domain and seed: "
-              "left out of the paired contrasts (give them different --arm names)",
-              file=sys.stderr)
-    return pairs
 
 
 # ---------------------------------------------------------------- scoring
@@ -468,7 +430,7 @@ def score_run(r, inf, refusals, windows, nbytes, halves, plan, args):
                                  (8, model.config.block_size // 2),
                                  generator=torch.Generator().manual_seed(0))
     else:
-        heads_on = halves[probe_domain(res)]["frequent"][:8]
+        heads_on = halves[probes.probe_domain(res)]["frequent"][:8]
     res["heads"] = probes.head_scores(model, heads_on, device)
     return res
 
@@ -531,12 +493,6 @@ def compare(runs, results, baselines):
 
 # ---------------------------------------------------------------- the record: eval.json and eval.md
 
-EVAL_ID = "eval id "           # a line of eval.md: "eval id <id> (...)", as eval.json's "id"
-
-
-def eval_id_line(result):
-    return f"{EVAL_ID}{result['id']} (eval.json in this folder holds the same id)"
-
 
 def write_eval(plan, results, domains, summary, argv, pairs=()):
     """The evaluation's record: printed, then eval.md, then eval.json, each renamed into place in
@@ -570,20 +526,6 @@ def run_row(r, inf, refusals):
             "ppt_tokens": c.get("ppt_tokens") if r.stage == "lang" else None,
             "ppl": {}, "loss": {}, "bpb": {}, "in_context": {}, "probes": {}, "heads": None,
             "nca": None, "stage1": None, "refused": refusal_text(refusals)}
-
-
-def eval_pair_mismatch(out):
-    """Why eval.md in `out` is not the one of its eval.json, or None if it is (or if there is no
-    pair to check: a file missing, or an eval.json from before ids were written)."""
-    try:
-        want = json.loads((Path(out) / "eval.json").read_text()).get("id")
-        lines = (Path(out) / "eval.md").read_text().splitlines()
-    except (OSError, ValueError, AttributeError):
-        return None
-    ids = [line[len(EVAL_ID):].split(" ")[0] for line in lines if line.startswith(EVAL_ID)]
-    have = ids[-1] if ids else None
-    return None if want is None or have == want else \
-        f"eval.md (id {have}) is not from the evaluation in eval.json (id {want})"
 
 
 # ---------------------------------------------------------------- the tables of eval.md
@@ -667,7 +609,7 @@ def format_table(results, domains):
             *(f"{d}: loss · bpb · ppl" for d in domains), "copy gain (nats): text · frequent",
             "in-context score (nats)"]
     rows = [[r["label"], r["trained_on"], _tokens(r), *(_cell(r, d) for d in domains),
-             *_probe_cells(r)] for r in results if r["ppl"]]
+             *probes.probe_cells(r)] for r in results if r["ppl"]]
     for kind in ("unigram", "bigram"):
         rows.append([kind, "train-split counts", "-",
                      *(f"{v['baselines'][kind]:.3f} nats"
@@ -677,21 +619,6 @@ def format_table(results, domains):
     width = [max(len(x) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, width)) + " |"
     return "\n".join([line(head), line(["-" * w for w in width]), *map(line, rows)])
-
-
-def probe_domain(res):
-    """The domain whose probes stand for a run: its own training domain if scored there."""
-    return res["domain"] if res["domain"] in res["probes"] else next(iter(res["probes"]), None)
-
-
-def _probe_cells(r):
-    d = probe_domain(r)
-    if d is None:
-        return ["-", "-"]
-    p, icl = r["probes"][d], r["in_context"][d]
-    gain = lambda x: f"{x['gain']:+.3f} ± {x['gain_se']:.3f}"
-    return [f"{gain(p['text'])} · {gain(p['frequent'])}",
-            f"{icl['score']:+.3f} ± {icl['se']:.3f}"]
 
 
 if __name__ == "__main__":

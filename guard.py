@@ -495,7 +495,7 @@ def _all_ok(dist, ok):
 def check_eval_outputs(args, mismatch=None):
     """eval.py's outputs, before any work: --out (and the pictures) writable, an existing
     eval.json replaced only with --overwrite (`mismatch`: why the eval.md beside it is from
-    another evaluation, eval.eval_pair_mismatch, for the refusal's note), matplotlib present if a
+    another evaluation, util.runs.eval_pair_mismatch, for the refusal's note), matplotlib present if a
     picture is asked for."""
     check_writable(args.out, "--out")         # a bad --out fails now, not after the evaluation
     for name in ("plot", "plot_heads", "plot_contrasts"):

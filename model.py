@@ -10,9 +10,9 @@ freezing ablations are `GPT.reinit_modules` / `GPT.freeze_modules`. Every distri
 is drawn from is set in `init_weights`, `reset_vocab` or `reinit_modules`, which sit next to each
 other below.
 
-`python model.py` prints the preset sizes and their parameter counts.
+The training loss is computed a chunk of logits at a time (`chunked_cross_entropy`, beside
+`GPT.forward`). `python model.py` prints the preset sizes and their parameter counts.
 """
-
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,8 +153,6 @@ class Block(nn.Module):
         x = x + self.mlp(self.norm2(x))
         return x
 
-
-# The training loss, chunk by chunk (GPT.forward with targets)
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy of head(h) = h @ W.T + b against targets, chunk rows at a time. Each

@@ -46,7 +46,7 @@ from util import (add_flags, auto_or_count, autocast, cli, flag, flag_values, fr
                   setup_distributed, stage_flag, wrap_model)
 from util.log import Log, plain_json, provenance, tracking
 from util.runs import (body_line, device_memory, long_run_note, memory_estimate, rank_fingerprint,
-                       run_summary, start_run_dir, truncate_metrics, write_config)
+                       resume, run_summary, start_run_dir)
 
 # -----------------------------------------------------------------------------------------------
 # Knobs. Stage 1's optimization flags are --ppt_<name>, stage 2's the plain --<name>.
@@ -231,10 +231,6 @@ def parse_args(argv=None):
     return parse_with_presets(get_parser(__doc__), argv, PRESETS, rerun_defaults)
 
 
-def given_flags(argv=None):
-    return util.given_flags(get_parser(), argv)
-
-
 def stage_hp(cfg, stage):
     """One stage's optimization knobs without their prefix: stage 1's --ppt_lr is hp.lr."""
     names = ("batch_tokens", "lr", "weight_decay", "schedule", "warmup_frac", "grad_clip",
@@ -245,9 +241,8 @@ def stage_hp(cfg, stage):
 
 
 # -----------------------------------------------------------------------------------------------
-# Stage-1 sources (docs/method.md, 'Adding a stage-1 source'). A source is a function of the
-# flags that returns a Source; SOURCES maps its --ppt_source name to that function and to the
-# dataclasses of its own flags. A new source is one function, its flags and one entry.
+# Stage-1 sources (docs/method.md, 'Adding a stage-1 source'): a function of the flags returning a
+# Source, and its entry in SOURCES with the dataclasses of its own flags.
 
 @dataclass
 class Source:
@@ -255,10 +250,8 @@ class Source:
     kind: str                   # the tokens' kind, recorded with the checkpoint ("nca", "dyck")
     vocab_size: int             # ids it emits; the model may have more (--ppt_vocab_size)
     batches: Callable           # (micro_batch, device, rank, world) -> Batches
-    check: Callable | None = None   # (model vocab, processes): raises util.UserError for settings
-                                    # that cannot work; guard.py calls it before anything runs
-    scores: Callable | None = None  # () -> a per-batch callback of model.evaluate that adds
-                                    # validation metrics (NCA: accuracy beside copy and lookup)
+    check: Callable | None = None   # (model vocab, processes): refuses settings (guard.py calls it)
+    scores: Callable | None = None  # () -> model.evaluate callback adding metrics to validation
     record: dict = field(default_factory=dict)  # what it resolved, for config.json (the band)
 
 
@@ -366,14 +359,13 @@ def main(argv=None):
         if args.stage in ("ppt", "both") and args.ppt_tokens else None
     guard.check_flags(args, dist["world"], source)          # each flag alone: nothing read yet
     cfg, plan = plan_run(args, source, dist)                # what runs (reads metadata only)
-    guard.check_plan(args, given_flags(argv), cfg, plan, source)   # its source, data and body
+    guard.check_plan(args, util.given_flags(get_parser(), argv), cfg, plan, source)  # data, body
     plan_memory(cfg, plan)                                  # the micro-batches
     with guard.train_run(cfg, plan):      # they fit, a --resume matches; the folders locked
         if dist["device"].startswith("cuda"):   # TF32 for the model's float32 matmuls (NCA
             torch.set_float32_matmul_precision("high")   # generation stays exact regardless)
         ctx, _ = autocast(cfg.dtype, dist["device"])
-        # What config.json (and each checkpoint) records beside the resolved flags: the command's
-        # own flags (what --config reads back) and where the run came from.
+        # config.json also keeps the command's own flags (what --config reads) and provenance
         plan.record = plain_json({"flags": vars(args), "provenance": provenance(
             "train.py", argv, dist["device"])})
         if dist["rank"] == 0:
@@ -392,19 +384,18 @@ def main(argv=None):
 
 
 # -----------------------------------------------------------------------------------------------
-# The plan: what a command runs, decided from its flags and the metadata of its inputs (nothing
-# is built or written here; guard.train_run checks the plan before anything is)
+# The plan: what a command runs, from its flags and its inputs' metadata (nothing built or written)
 
 def plan_run(args, source, dist):
-    """cfg: a copy of the flags with what the command resolves (the arm label, the autocast
-    dtype, the micro-batches and, with --init_from, the body's shape and source). plan: the
-    stages to run, their folders, model configs, vocabularies, steps and memory estimates, the
-    corpus and its token budget, where stage 2 starts from, the modules to re-initialize or
-    freeze, and the notes printed once the run folders are taken."""
+    """cfg: the flags with what the command resolves (arm label, autocast dtype, micro-batches,
+    an --init_from body's shape and source); plan: the stages, their folders, model configs,
+    vocabularies and steps, the corpus and its budget, where stage 2 starts from, the modules
+    to re-initialize or freeze, and the notes printed once the run folders are taken."""
     cfg, out = argparse.Namespace(**vars(args)), Path(args.out_dir)
-    plan = SimpleNamespace(dist=dist, stages=stages(cfg, source), all_stages=stages(cfg, source),
-                           configs={}, vocab={}, steps={},
-                           micro={}, memory={}, flops={}, notes=[], reinit=[], freeze=[],
+    # stage 1 when there is a source (a token budget), stage 2 unless --stage ppt
+    runs = (["ppt"] if source is not None else []) + (["lang"] if cfg.stage != "ppt" else [])
+    plan = SimpleNamespace(dist=dist, stages=list(runs), all_stages=runs, configs={}, vocab={},
+                           steps={}, micro={}, memory={}, flops={}, notes=[], reinit=[], freeze=[],
                            out={"ppt": out / "ppt" if cfg.stage == "both" else out, "lang": out},
                            lang_data=cfg.data_dir or f"data/{cfg.domain}", body=None)
     if source is not None:
@@ -443,22 +434,15 @@ def plan_memory(cfg, plan):
                                   f"{plan.steps[stage]} steps): nothing to do for it")
 
 
-def stages(cfg, source):
-    """The stages a command runs: stage 1 when it has a source (a token budget), stage 2 unless
-    --stage ppt."""
-    return (["ppt"] if source is not None else []) + (["lang"] if cfg.stage != "ppt" else [])
-
-
 # Official language vocabulary per domain (docs/differences.md, 'Language vocabulary per domain').
 DOMAIN_VOCAB = {"web": TOKENIZERS["gpt2"][0], "c4": TOKENIZERS["gpt2"][0], "math": PPT_VOCAB,
                 "code": PPT_VOCAB}
 
 
 def plan_lang(cfg, plan):
-    """Stage 2: the vocabulary (the official one of the domain, or --vocab_size), the token
-    budget (--lang_tokens, else one epoch of whole batches), the body --init_from brings (its
-    shape and stage-1 source replace the flags'), the model config and the parts to
-    re-initialize or freeze."""
+    """Stage 2: the vocabulary (the domain's official one, or --vocab_size), the token budget
+    (--lang_tokens, else one epoch of whole batches), the --init_from body (its shape and
+    stage-1 source replace the flags'), the model config, the parts to re-init or freeze."""
     meta_vocab = load_meta(plan.lang_data)["vocab_size"]
     plan.vocab["lang"] = max(DOMAIN_VOCAB.get(Path(plan.lang_data).name, meta_vocab),
                              meta_vocab) if cfg.vocab_size == "auto" else cfg.vocab_size
@@ -480,8 +464,7 @@ def plan_lang(cfg, plan):
 
 
 def arm_label(cfg, source):
-    """The run's label in eval tables: scratch, or its stage-1 source; an ablation is an arm of
-    its own: "nca-reinit-attn", "nca-freeze-mlp[0:2]"."""
+    """The run's label in eval tables: scratch, its stage-1 source, or "nca-reinit-attn"."""
     arm = cfg.ppt_source if source is not None or cfg.init_from else "scratch"
     for what in ("reinit", "freeze"):
         if getattr(cfg, what) and arm != "scratch":
@@ -493,9 +476,8 @@ def arm_label(cfg, source):
 
 def plan_micro_batch(cfg, stage, plan):
     """A stage's micro-batch (sequences per forward pass), set in cfg: the flag, or for 0 the
-    largest that divides each process's share of the batch and whose memory estimate
-    (memory_estimate) fits in 90% of the memory less 2 GiB (CUDA context, workspaces, allocator
-    fragmentation); None when none fits (guard.check_memory refuses it)."""
+    largest dividing each process's share of the batch whose memory_estimate fits in 90% of the
+    memory less 2 GiB (CUDA context, workspaces, fragmentation); None if none (refused)."""
     T, world = cfg.seq_len, plan.dist["world"]
     batch = getattr(cfg, stage_flag(stage, "batch_tokens"))
     with torch.device("meta"):         # the model's shape (allocates nothing)
@@ -694,28 +676,6 @@ def validate(step, val_model, model, val, hp, cfg, ctx, log, scores, probe):
             res |= {f"copy_{name}_{k}": p[k] for k in ("first", "second", "gain", "gain_se")}
     log.val_line(step, step * hp.batch_tokens, res)
     return res
-
-
-def resume(out, stage, model, optimizer, batches, cfg, plan, config):
-    """Restore the model, optimizer, data position and random state of out/ckpt.pt (guard.py
-    checked it fits this command); the step to continue from, or None for a fresh run."""
-    path, dist = out / "ckpt.pt", plan.dist
-    if not path.exists():
-        if dist["rank"] == 0:
-            print(f"--resume: no checkpoint in {out}, starting {stage} from scratch")
-        return None
-    ck = load_checkpoint(path, dist["device"])
-    model.load_state_dict(ck["model"])
-    optimizer.load_state_dict(ck["optimizer"])
-    batches.load_state_dict(ck["data"])
-    torch.set_rng_state(ck["rng"]["torch"].cpu())
-    if dist["device"].startswith("cuda") and ck["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state(ck["rng"]["cuda"].cpu())
-    if dist["rank"] == 0:                             # the checkpoint loaded: now it is this run
-        write_config(out, config)
-        truncate_metrics(out / "metrics.jsonl", ck["step"])
-        print(f"resumed {stage} at step {ck['step']}")
-    return ck["step"]
 
 
 if __name__ == "__main__":

@@ -335,3 +335,18 @@ def format_nca(r):
                    + (f"{n['lookup_token_acc'][i]:.4f} | {n['lookup_grid_acc'][i]:.4f} |"
                       if "lookup_token_acc" in n else "- | - |"))
     return "\n".join(out)
+
+
+def probe_domain(res):
+    """The domain whose probes stand for a run: its own training domain if scored there."""
+    return res["domain"] if res["domain"] in res["probes"] else next(iter(res["probes"]), None)
+
+
+def probe_cells(r):
+    d = probe_domain(r)
+    if d is None:
+        return ["-", "-"]
+    p, icl = r["probes"][d], r["in_context"][d]
+    gain = lambda x: f"{x['gain']:+.3f} ± {x['gain_se']:.3f}"
+    return [f"{gain(p['text'])} · {gain(p['frequent'])}",
+            f"{icl['score']:+.3f} ± {icl['se']:.3f}"]

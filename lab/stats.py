@@ -6,10 +6,12 @@ keeps (contrasts); the validation curves by arm and seed (seed_curves, arm_curve
 and their eval.md tables. eval.py adds them to its record as optional columns (several seeds, or
 --pair); the runs, the curves and the speedup are eval.py's."""
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
+import guard
 from util import UserError
 
 
@@ -129,6 +131,35 @@ def units_of(keys):
         for k in ks[1:]:
             parent[root(k)] = root(ks[0])
     return [root(next(iter(ks))) for ks in keys]
+
+
+def eval_pairs(given, runs):
+    """The contrasts (A, B) of --pair A:B (or (A, B, REF) of A:B:REF) among the arms of the
+    language runs (arm = the run's --arm, else scratch or its label); without --pair, every arm
+    against scratch when some arm has several seeds of a domain. Two runs of one arm, domain and
+    seed cannot be paired: refused for --pair (guard.check_pairs), left out of the default
+    contrasts with a note."""
+    arms, seen, twice = {}, set(), set()
+    for r in runs:
+        if r.stage == "lang":
+            arms.setdefault(r.arm, []).append(r.domain)
+            key = (r.arm, r.domain, r.config.get("seed"))
+            if key in seen:
+                twice.add(r.arm)
+            seen.add(key)
+    guard.check_pairs(given, arms, twice)
+    if given:
+        return [tuple(text.split(":")) for text in given]
+    if "scratch" not in arms or "scratch" in twice:
+        return []
+    pairs = []
+    if any(len(ds) > len(set(ds)) for arm, ds in arms.items() if arm not in twice):
+        pairs = [(a, "scratch") for a in sorted(arms) if a not in ("scratch", *twice)]
+    if twice:
+        print(f"note: arm(s) {', '.join(sorted(twice))} have two runs of one domain and seed: "
+              "left out of the paired contrasts (give them different --arm names)",
+              file=sys.stderr)
+    return pairs
 
 
 def contrasts(runs, results, pairs):

@@ -524,22 +524,22 @@ def test_pair_flag_is_checked_before_any_model_runs(fake, capsys):
 
 
 def test_arms_of_one_domain_and_seed_twice_cannot_be_paired(capsys):
-    """ev.eval_pairs: --arm names a scratch variant; a reinit run is its own arm by default;
+    """lab.stats.eval_pairs: --arm names a scratch variant; a reinit run is its own arm by default;
     two runs of one arm, domain and seed are refused for --pair and left out of the defaults."""
     def run(arm, seed, init=None):
         cfg = {"stage": "lang", "domain": "web", "seed": seed, "arm": arm, "init_from": init}
         return ev.Run(Path(f"{arm}{seed}"), Path("ckpt.pt"), cfg, [])
     runs = [run("scratch", 0), run("scratch", 1), run("wide", 0), run("wide", 1),
             run("nca", 0, "x"), run("nca", 0, "y")]
-    assert ev.eval_pairs(["wide:scratch"], runs) == [("wide", "scratch")]
-    assert ev.eval_pairs(["wide:scratch:deep"], runs + [run("deep", 0)]) == [
+    assert stats.eval_pairs(["wide:scratch"], runs) == [("wide", "scratch")]
+    assert stats.eval_pairs(["wide:scratch:deep"], runs + [run("deep", 0)]) == [
         ("wide", "scratch", "deep")]
     for bad in ("wide:scratch:wide", "wide:scratch:", "a:b:c:d"):
         with pytest.raises(UserError, match="give two different arms"):
-            ev.eval_pairs([bad], runs)
+            stats.eval_pairs([bad], runs)
     with pytest.raises(UserError, match="arm 'nca' has two runs of one domain and seed"):
-        ev.eval_pairs(["nca:scratch"], runs)
-    assert ev.eval_pairs([], runs) == [("wide", "scratch")]
+        stats.eval_pairs(["nca:scratch"], runs)
+    assert stats.eval_pairs([], runs) == [("wide", "scratch")]
     assert "nca" in capsys.readouterr().err
 
 

@@ -29,6 +29,7 @@ import util.log
 from conftest import ROOT, make_domain
 from test_bad_input import LANG, MODEL, snapshot
 from util import UserError
+from util.runs import eval_pair_mismatch
 
 DEAD_PID = 99_999_999                          # above any pid_max: no such process
 
@@ -298,7 +299,7 @@ def test_eval_json_and_md_belong_together(small, tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["eval.json", "eval.md"]
     md = (out / "eval.md").read_text()
     assert f"eval id {first['id']} (eval.json in this folder holds the same id)" in md.splitlines()
-    assert ev.eval_pair_mismatch(out) is None
+    assert eval_pair_mismatch(out) is None
     real = ev.atomic_write
 
     def killed_before_json(path, data):           # a kill between the two renames
@@ -310,7 +311,7 @@ def test_eval_json_and_md_belong_together(small, tmp_path, monkeypatch, capsys):
         ev.main(argv + ["--overwrite"])
     monkeypatch.undo()
     assert json.loads((out / "eval.json").read_text())["id"] == first["id"]
-    assert "is not from the evaluation in eval.json" in ev.eval_pair_mismatch(out)
+    assert "is not from the evaluation in eval.json" in eval_pair_mismatch(out)
     capsys.readouterr()
     with pytest.raises(SystemExit):
         ev.main(argv)

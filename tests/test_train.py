@@ -10,6 +10,7 @@ import torch
 import guard
 import nca
 import train
+import util
 from conftest import ROOT, make_domain
 from data.common import TextBatches
 from model import GPT, PPT_VOCAB, model_config
@@ -57,7 +58,7 @@ def planned(argv, source=None):
     args = train_args(argv)
     guard.check_flags(args, 1, source)
     cfg, plan = train.plan_run(args, source, CPU)
-    guard.check_plan(args, train.given_flags(argv), cfg, plan, source)
+    guard.check_plan(args, util.given_flags(train.get_parser(), argv), cfg, plan, source)
     train.plan_memory(cfg, plan)
     return cfg, plan
 

@@ -1,6 +1,7 @@
 """A train.py run around its loop: the summary line it starts with, the estimate of a long run,
 the run folder (config.json, metrics.jsonl, ckpt.pt: created, rewritten, cut back on resume),
-the memory estimate its micro-batch plan uses, and --debug_ranks' fingerprint."""
+the memory estimate its micro-batch plan uses, and --debug_ranks' fingerprint; and the pair of
+files an evaluation writes (eval.md, eval.json: one id in both)."""
 import json
 import os
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import torch
 
 from util import atomic_write, duration, show
+from model import load_checkpoint
 from util.log import matmul_rate, peak_flops
 
 RUN_FILES = ("config.json", "metrics.jsonl", "ckpt.pt")     # what a run folder holds
@@ -61,6 +63,28 @@ def long_run_note(cfg, plan, device, hour=3600.0):
         if not str(device).startswith("cuda") and cfg.preset != "cpu" else ""
     return (f"note: this run is estimated to take {duration(flops / rate)} on {device} "
             f"({flops:.2e} training FLOPs per process at {how}){scale}")
+
+
+def resume(out, stage, model, optimizer, batches, cfg, plan, config):
+    """Restore the model, optimizer, data position and random state of out/ckpt.pt (guard.py
+    checked it fits this command); the step to continue from, or None for a fresh run."""
+    path, dist = out / "ckpt.pt", plan.dist
+    if not path.exists():
+        if dist["rank"] == 0:
+            print(f"--resume: no checkpoint in {out}, starting {stage} from scratch")
+        return None
+    ck = load_checkpoint(path, dist["device"])
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    batches.load_state_dict(ck["data"])
+    torch.set_rng_state(ck["rng"]["torch"].cpu())
+    if dist["device"].startswith("cuda") and ck["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(ck["rng"]["cuda"].cpu())
+    if dist["rank"] == 0:                             # the checkpoint loaded: now it is this run
+        write_config(out, config)
+        truncate_metrics(out / "metrics.jsonl", ck["step"])
+        print(f"resumed {stage} at step {ck['step']}")
+    return ck["step"]
 
 
 def start_run_dir(out, cfg, stage, plan, config):
@@ -146,3 +170,26 @@ def rank_fingerprint(batches):
     batches.load_state_dict(state)
     return {"first_batch": int(x.long().sum()) * 1_000_003 + int((x[:, :8] * 31).sum()),
             "dropout_rng": rng}
+
+
+# An evaluation's record: eval.md and eval.json written as a pair that carries one id (eval.py)
+
+EVAL_ID = "eval id "           # a line of eval.md: "eval id <id> (...)", as eval.json's "id"
+
+
+def eval_id_line(result):
+    return f"{EVAL_ID}{result['id']} (eval.json in this folder holds the same id)"
+
+
+def eval_pair_mismatch(out):
+    """Why eval.md in `out` is not the one of its eval.json, or None if it is (or if there is no
+    pair to check: a file missing, or an eval.json from before ids were written)."""
+    try:
+        want = json.loads((Path(out) / "eval.json").read_text()).get("id")
+        lines = (Path(out) / "eval.md").read_text().splitlines()
+    except (OSError, ValueError, AttributeError):
+        return None
+    ids = [line[len(EVAL_ID):].split(" ")[0] for line in lines if line.startswith(EVAL_ID)]
+    have = ids[-1] if ids else None
+    return None if want is None or have == want else \
+        f"eval.md (id {have}) is not from the evaluation in eval.json (id {want})"
