@@ -42,7 +42,7 @@ from lab.plots import plot_contrasts, plot_curves, plot_heads
 from lab.stats import (contrasts, eval_pairs, format_contrasts, format_shares, format_summary,
                        summarize)
 from model import evaluate, load_checkpoint, model_from_checkpoint
-from util import (UserError, add_flags, atomic_write, autocast, cli, default_device, flag,
+from util import (UserError, add_flags, atomic_write, autocast, calls, cli, default_device, flag,
                   progress_bar, read_config, read_metrics, script_parser, sweep_temporaries)
 from util.log import provenance, provenance_line
 from util.runs import eval_id_line, eval_pair_mismatch
@@ -59,7 +59,7 @@ def perplexity(model, windows, batch_size=8, device="cpu", ctx=nullcontext(), de
     with progress_bar(len(windows) * (windows.shape[1] - 1), desc, unit="tok",
                       disable=desc is None, unit_scale=True, leave=False) as bar:
         r = evaluate(model, [(w[:, :-1], w[:, 1:]) for w in windows.split(batch_size)], ctx,
-                     device, each=lambda *a: (icl(*a), bar.update(a[0].numel())))
+                     device, each=calls(icl, lambda x, *_: bar.update(x.numel())))
     return {**r, "ppl": math.exp(r["loss"]), "in_context": icl.summary()}
 
 
@@ -83,7 +83,7 @@ def nca_eval(model, nca_info, num_seqs=64, batch_size=8, device="cpu", ctx=nullc
     acc = probes.GridAccuracy(cfg)
     with progress_bar(len(batches), desc, unit="batch", disable=desc is None, leave=False) as bar:
         loss = evaluate(model, batches, ctx, device,
-                        each=lambda *a: (acc(*a), bar.update(1)))["loss"]
+                        each=calls(acc, lambda *_: bar.update(1)))["loss"]
     grids = list(range(1, len(acc.sums["token_acc"]) + 1))
     return {"val_loss": loss, "num_seqs": acc.seqs, "grid": grids, **acc.by_grid()}
 

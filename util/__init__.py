@@ -561,6 +561,15 @@ def progress_bar(total, desc, unit="it", disable=False, **tqdm_kw):
     return PlainProgress(total, desc, unit, tqdm_kw.get("initial", 0))
 
 
+def calls(*fns):
+    """One callback that calls each of `fns` with the same arguments, in turn (e.g. a per-batch
+    score and a progress bar's update, as model.evaluate's `each`)."""
+    def call(*args):
+        for fn in fns:
+            fn(*args)
+    return call
+
+
 def duration(seconds):
     """A duration as a person reads it: 45s, 3m12s, 2h05m."""
     s = int(round(seconds))
