@@ -1,7 +1,7 @@
-"""Every refusal, beside the road. The method files (nca.py, model.py, train.py, eval.py) decide
-what they run; this module is handed what they decided and either passes or raises
-util.UserError with one line that says what to change (util.cli prints it as the "error:"
-line). It decides nothing.
+"""The refusals of a command's inputs, beside the road (a reader refuses what it cannot read
+where it reads it: util, data/, model.load_checkpoint, scripts/hf.py). The method files decide
+what they run; this module is handed what they decided and passes or raises util.UserError with
+one line that says what to change (util.cli prints it as the "error:" line). It decides nothing.
 
   check_flags, check_plan, train_run    train.py (below: what each checks)
   check_eval_outputs, check_pairs, ...  eval.py (eval.plan_eval, before any model runs): its
