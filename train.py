@@ -12,9 +12,9 @@ Train the GPT in two stages (docs/method.md, 'Pipeline'):
   torchrun --nproc_per_node 8 train.py ...                  # data parallel
 
 Read top to bottom: the knobs (each a field of a dataclass below: its default and help text are
-written there and nowhere else) and the presets; the stage-1 sources; main(); the set-up of each
-stage and the transfer; train(), the one loop both stages run. Every check of the command, the
-data and the checkpoints happens in guard.py, called once at the top of main().
+written there and nowhere else) and the presets; the stage-1 sources; main() and the plan; the
+set-up of each stage and the transfer; train(), the one loop both stages run. main() hands each
+part of the plan to guard.py, which refuses what cannot run before anything is written.
 
 A run folder holds config.json, metrics.jsonl and ckpt.pt; with --stage both, stage 1 goes to
 <out_dir>/ppt/.
