@@ -577,6 +577,26 @@ def test_fieller_covers_a_known_ratio_where_the_bootstrap_did_not():
         assert boot / 2000 < boot_max, (n, boot / 2000)                 # undercovers
 
 
+def test_results_share_intervals_are_what_reshare_computes(tmp_path, capsys):
+    """lab/RESULTS.md's E2 and E4 share intervals are Fieller's, recomputed by lab/reshare.py from
+    the per-seed Δ the tables list (the shares themselves are the runs'; the 3-decimal Δ may move
+    one by 0.01)."""
+    from lab import reshare
+    text = reshare.RESULTS.read_text()
+    rows = reshare.main([])
+    assert len(rows) == 13 and "| E2 | uniform − scratch | 5 | 0.43 [0.08, 1.29] |" in \
+        capsys.readouterr().out
+    for exp, name, s in rows:
+        line = next(x for x in reshare.section(text, exp) if x.startswith(f"| {name} |"))
+        cell = line.rstrip(" |").rsplit("| ", 1)[1].replace("−", "-")
+        share, bounds = cell.split(" [")
+        assert bounds == f"{s['lo']:.2f}, {s['hi']:.2f}]", (name, cell)
+        assert abs(float(share) - s["share"]) < 0.0101, (name, cell)
+    with pytest.raises(SystemExit):
+        reshare.main(["--results", str(tmp_path / "none.md")])
+    assert capsys.readouterr().err.strip().startswith("error: --results")
+
+
 def test_contrast_units_come_in_seed_order():
     """Seeds 0-11 are listed 0, 1, 2, ..., 10, 11 (not 0, 1, 10, 11, 2 as strings sort them),
     and a seed that is not an integer comes after the integers."""
