@@ -521,8 +521,9 @@ def test_share_of_a_reference_gain_kept_against_hand_numbers():
 
 def test_fieller_interval_against_hand_arithmetic():
     """d = 1 2 2 1, dref = 2 4 3 3 (n = 4, t = 3.182 for 3 df, t^2 = 10.125124):
-    a = 1.5, b = 3; sample var(d) = 1/3, var(dref) = 2/3, cov = (-.5)(-1) + (.5)(1) = 1 / 3
-    = 1/3; over n: v_aa = 1/12, v_bb = 1/6, v_ab = 1/12.
+    a = 1.5, b = 3; deviations d: -.5 .5 .5 -.5, dref: -1 1 0 0; sample var(d) = 1/3,
+    var(dref) = 2/3, cov = ((-.5)(-1) + (.5)(1)) / 3 = 1/3; over n: v_aa = 1/12, v_bb = 1/6,
+    v_ab = 1/12.
     A = b^2 - t^2 v_bb = 9 - 1.687521 = 7.312479
     B = a b - t^2 v_ab = 4.5 - 0.843760 = 3.656240
     C = a^2 - t^2 v_aa = 2.25 - 0.843760 = 1.406240
