@@ -113,8 +113,8 @@ def plot_contrasts(rows, path):
     """The paired contrasts as a bar chart (a ladder): one horizontal bar per row of the table,
     its mean Δ loss with the 95% t interval as a whisker; under each row's name its Holm p (and
     its share, below). Left of zero = A better. Rows given as A:B:REF also get a second panel:
-    the share of REF's gain each keeps, with its 95% bootstrap interval (E4's re-initialization
-    figure). Returns the figure (closed)."""
+    the share of REF's gain each keeps, with its 95% Fieller interval (an unbounded one is
+    written beside its point; E4's re-initialization figure). Returns the figure (closed)."""
     plt = pyplot()
     if not rows:
         raise UserError("no paired contrast to plot: give --pair A:B with runs of both arms")
@@ -122,6 +122,7 @@ def plot_contrasts(rows, path):
     halves = [r["dloss"][1] or 0.0 for r in rows]
     several = len({r["domain"] for r in rows}) > 1
     shares = [r.get("share") for r in rows]
+    shares = [s if s and s["share"] is not None else None for s in shares]
     labels = [f"{r['a']} - {r['b']}" + (f" ({r['domain']})" if several else "") +
               f"\nHolm p {r['p_holm']:.2g}" + (f", {s['share']:.2f} of {r['ref']}'s gain" if s
                                                else "") for r, s in zip(rows, shares)]
@@ -144,9 +145,13 @@ def plot_contrasts(rows, path):
         hi = [x["hi"] - x["share"] if x["hi"] is not None else 0.0 for _, x in kept]
         sax.errorbar([x["share"] for _, x in kept], [yi for yi, _ in kept], xerr=[lo, hi],
                      fmt="o", color="C0", capsize=4)
+        for yi, x in kept:
+            if x.get("unbounded"):
+                sax.annotate("interval unbounded", (x["share"], yi), xytext=(6, 4),
+                             textcoords="offset points", fontsize=7)
         for v in (0, 1):
             sax.axvline(v, c="black", lw=1, ls="-" if v == 0 else "--")
-        sax.set(xlabel="share of the REF arm's gain kept (95% bootstrap interval; 1 = all)",
+        sax.set(xlabel="share of the REF arm's gain kept (95% Fieller interval; 1 = all)",
                 title="(A - B) / (REF - B)")
         sax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

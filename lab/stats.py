@@ -27,6 +27,11 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
+def t975(df):
+    """The two-sided 95% Student-t quantile for df >= 1 degrees of freedom (table, then ~)."""
+    return T975[df - 1] if df <= len(T975) else 1.96 + 2.4 / df
+
+
 def mean_ci(xs):
     """(mean, half-width of its 95% confidence interval) of a sample; (mean, None) for one value,
     (None, None) for none. Paired seeds make xs the per-seed differences."""
@@ -34,8 +39,7 @@ def mean_ci(xs):
         return None, None
     if len(xs) < 2:
         return float(xs[0]), None
-    df = len(xs) - 1
-    t = T975[df - 1] if df <= len(T975) else 1.96 + 2.4 / df
+    t = t975(len(xs) - 1)
     return float(np.mean(xs)), float(t * np.std(xs, ddof=1) / math.sqrt(len(xs)))
 
 
@@ -162,6 +166,14 @@ def eval_pairs(given, runs):
     return pairs
 
 
+def seed_order(item):
+    """Sort key of ((arm, domain, seed), run): integer seeds in numeric order (0, 1, 2, ..., 10,
+    not 0, 1, 10, 2), any other seed after them in string order."""
+    (arm, domain, seed), _ = item
+    num = isinstance(seed, int) or (isinstance(seed, str) and seed.lstrip("-").isdigit())
+    return str(arm), str(domain), (0, int(seed), "") if num else (1, 0, str(seed))
+
+
 def contrasts(runs, results, pairs):
     """Paired differences arm A - arm B for each (A, B) in `pairs`, per training domain (runs of
     the same seed paired) and pooled over domains. The unit of analysis is one stage-1 model:
@@ -178,7 +190,7 @@ def contrasts(runs, results, pairs):
     rows = []
     for a, b, *ref in pairs:
         items = []          # (domain, stage-1 checkpoints or the seed, (dloss, dbpb, sp, dref))
-        for (arm, domain, seed), (r, res) in sorted(by.items(), key=str):
+        for (arm, domain, seed), (r, res) in sorted(by.items(), key=seed_order):
             other = by.get((b, domain, seed))
             if arm != a or other is None:
                 continue
@@ -214,28 +226,61 @@ def contrasts(runs, results, pairs):
     return rows
 
 
-def share_kept(pairs, draws=10000):
+def share_kept(pairs):
     """The share of a reference gain that a contrast keeps, from per-unit (d, dref) differences
-    against the same baseline: mean(d) / mean(dref), with a 95% percentile bootstrap interval
-    over units (fixed seed: the same numbers every time). {"share", "lo", "hi", "units"}."""
-    d, ref = np.asarray(pairs, float).T
-    idx = np.random.default_rng(0).integers(0, len(d), (draws, len(d)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        boot = d[idx].mean(1) / ref[idx].mean(1)
-    lo, hi = np.nanpercentile(boot, [2.5, 97.5]).tolist() if len(d) > 1 else (None, None)
-    return {"share": float(d.mean() / ref.mean()), "lo": lo, "hi": hi, "units": len(d)}
+    against the same baseline: mean(d) / mean(dref), with Fieller's 95% interval for a ratio of
+    paired means (t with n - 1 df). A percentile bootstrap undercovers with the 5-8 units of an
+    experiment (tests/test_eval.py simulates it); Fieller's is exact for normal differences.
+    When mean(dref) is not clearly away from 0 the set is not an interval: lo and hi are None
+    and "unbounded" is True (two rays or the whole line). {"share", "lo", "hi", "unbounded",
+    "units"}."""
+    d, ref = np.asarray(pairs, float).reshape(-1, 2).T
+    n = len(d)
+    share = float(d.mean() / ref.mean()) if ref.mean() != 0 else None
+    out = {"share": share, "lo": None, "hi": None, "unbounded": False, "units": n}
+    if n < 2:
+        return out
+    lo, hi = fieller(d, ref)
+    out.update(lo=lo, hi=hi, unbounded=lo is None)
+    return out
+
+
+def fieller(d, ref):
+    """Fieller's 95% interval for mean(d) / mean(ref) of paired samples: the ratios r with
+    (a - r b)^2 <= t^2 var(a - r b), a, b the means, var from the sample (co)variances / n.
+    That is A r^2 - 2 B r + C <= 0 with A = b^2 - t^2 v_bb, B = a b - t^2 v_ab,
+    C = a^2 - t^2 v_aa: an interval when A > 0 (b significantly away from 0), else unbounded:
+    (None, None)."""
+    n = len(d)
+    cov = np.cov(np.stack([d, ref]), ddof=1) / n
+    t2 = t975(n - 1) ** 2
+    a, b = d.mean(), ref.mean()
+    A = b * b - t2 * cov[1, 1]
+    B = a * b - t2 * cov[0, 1]
+    C = a * a - t2 * cov[0, 0]
+    if A <= 0:
+        return None, None
+    root = math.sqrt(max(B * B - A * C, 0.0))
+    return float((B - root) / A), float((B + root) / A)
+
+
+def share_text(s):
+    """A share cell: "0.42 [0.08, 1.29]", "0.42 [unbounded]", or the share alone (one unit)."""
+    head = "-" if s["share"] is None else f"{s['share']:.2f}"
+    if s.get("unbounded"):
+        return head + " [unbounded]"
+    return head + ("" if s["lo"] is None else f" [{s['lo']:.2f}, {s['hi']:.2f}]")
 
 
 def format_shares(rows):
     """The share of REF - B kept by A - B, for the contrasts given as --pair A:B:REF."""
-    out = ["Share of the reference's gain kept ((A - B) / (REF - B) in loss; 95% bootstrap "
+    out = ["Share of the reference's gain kept ((A - B) / (REF - B) in loss; 95% Fieller "
            "interval over units)", "", "| A - B | REF | domain | units | share kept |",
            "| --- | --- | --- | ---: | --- |"]
     for r in rows:
         s = r["share"]
-        ci = "" if s["lo"] is None else f" [{s['lo']:.2f}, {s['hi']:.2f}]"
         out.append(f"| {r['a']} - {r['b']} | {r['ref']} | {r['domain']} | {s['units']} | "
-                   f"{s['share']:.2f}{ci} |")
+                   f"{share_text(s)} |")
     return "\n".join(out)
 
 
