@@ -25,10 +25,9 @@ from pathlib import Path
 import torch
 
 from data.common import TOKENIZERS, load_meta, load_tokens, max_token, scan_max_token, show
-from lab import plots
 from model import ARCH, SIZES, GPTConfig, load_checkpoint, model_config
-from util import (UserError, check_dtype, check_writable, default_device, pid_alive, read_metrics,
-                  stage_flag, sweep_temporaries)
+from util import (UserError, check_dtype, check_writable, default_device, pid_alive, pillow,
+                  pyplot, read_metrics, stage_flag, sweep_temporaries)
 from util.log import wandb_module
 from util.runs import RUN_FILES
 
@@ -507,7 +506,7 @@ def check_eval_outputs(args, mismatch=None):
                         "or another --out" + (f" (and note: {mismatch}; a write was "
                                                "interrupted)" if mismatch else ""))
     if args.plot or args.plot_heads or args.plot_contrasts:
-        plots.pyplot()  # fail now, not after the evaluation
+        pyplot()  # fail now, not after the evaluation
 
 
 def check_counts(args, names):
@@ -647,4 +646,4 @@ def check_rollouts(args, path, ck):
     if args.out:
         if Path(args.out).suffix.lower() not in (".png", ".gif"):
             raise UserError(f"--out {args.out}: the picture is a .png or a .gif")
-        plots.pillow()
+        pillow()

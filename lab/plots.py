@@ -2,28 +2,18 @@
 with several seeds, one band per arm and the paired Δ against scratch), --plot_contrasts (the
 paired contrasts of lab/stats.py as bars) and --plot_heads (attention-head scores), and the NCA
 rollout pictures and accuracy table of sample.py and scripts/nca_tools.py. matplotlib and Pillow
-are optional: pyplot() and pillow() refuse in one line without them (guard.py asks them before
-any work)."""
+are optional: util.pyplot() and util.pillow() refuse in one line without them (guard.py asks
+them before any work)."""
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lab.stats import arm_curves
-from util import UserError, atomic_write
+from util import UserError, atomic_write, pillow, pyplot
 
 
 # ---------------------------------------------------------------- eval.py's pictures
-
-def pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise UserError("--plot needs matplotlib, which is optional: "
-                        "pip install matplotlib") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def trained_name(run):
@@ -183,16 +173,6 @@ def plot_heads(results, path):
 
 
 # ---------------------------------------------------------- NCA pictures (sample.py, nca_tools)
-
-def pillow(refusal="drawing PNG or GIF needs Pillow, which is optional: pip install "
-                    "pillow"):
-    """PIL's Image, ImageDraw and ImageFont; Pillow is optional, so without it the one-line
-    `refusal`."""
-    try:
-        from PIL import Image, ImageDraw, ImageFont
-    except ImportError:
-        raise UserError(refusal) from None
-    return Image, ImageDraw, ImageFont
 
 
 def palette(n):

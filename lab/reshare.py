@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import guard  # noqa: E402,F401  (lab.stats imports guard, which imports lab.plots: guard first)
 from lab.stats import share_kept, share_text  # noqa: E402
 from util import UserError, cli, script_parser  # noqa: E402
 

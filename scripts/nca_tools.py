@@ -16,10 +16,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import guard  # noqa: E402
-from lab.plots import palette, pillow  # noqa: E402
 import nca  # noqa: E402
+from lab.plots import palette  # noqa: E402
 from util import (UserError, add_flags, atomic_write, check_writable, cli,  # noqa: E402
-                  default_device, from_flags, script_parser)
+                  default_device, from_flags, pillow, script_parser)
 
 
 PREVIEW_NEEDS_PILLOW = "--preview needs Pillow for PNG/GIF output: pip install pillow"

@@ -552,6 +552,31 @@ def split_over_threads(device, fn, *seeds):
     return torch.cat(out)
 
 
+# Optional packages, imported when a picture is asked for: without them, one line
+
+def pyplot():
+    """matplotlib.pyplot (Agg); matplotlib is optional, so without it one line."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("--plot needs matplotlib, which is optional: "
+                        "pip install matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def pillow(refusal="drawing PNG or GIF needs Pillow, which is optional: pip install "
+                    "pillow"):
+    """PIL's Image, ImageDraw and ImageFont; Pillow is optional, so without it the one-line
+    `refusal`."""
+    try:
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError:
+        raise UserError(refusal) from None
+    return Image, ImageDraw, ImageFont
+
+
 def progress_bar(total, desc, unit="it", disable=False, **tqdm_kw):
     """A tqdm bar on a terminal. Off a terminal (a log file, a pipe) a bar's carriage-return
     updates would pile up in the log, so this gives PlainProgress instead: plain lines."""
