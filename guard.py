@@ -27,6 +27,7 @@ import torch
 from data.common import TOKENIZERS, load_meta, load_tokens, max_token, scan_max_token, show
 from lab import plots
 from model import ARCH, SIZES, GPTConfig, load_checkpoint, model_config
+from scripts import hf, hf_files
 from util import (UserError, check_dtype, check_writable, default_device, pid_alive, read_metrics,
                   stage_flag, sweep_temporaries)
 from util.log import wandb_module
@@ -589,17 +590,25 @@ def check_pairs(given, arms, twice):
 
 
 def check_export(args, ck_path):
-    """An export: a checkpoint LlamaForCausalLM can hold, and a folder it may write."""
+    """An export: a checkpoint LlamaForCausalLM can hold, and a folder it may write: new or empty,
+    or with --overwrite one that holds only an export's own files (nothing else is replaced)."""
     ck = peek(ck_path, "RUN")
     if ck["model_args"].get("head_bias"):
         raise UserError(f"{ck_path} is a stage-1 model whose output head has a bias, which "
                         "LlamaForCausalLM has no place for: export a stage-2 (language) run")
     out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"OUT_DIR {out} is a file: choose a folder")
-    if (out / "config.json").exists() and not args.overwrite:
-        raise UserError(f"{out} already holds an export (config.json): pass --overwrite to "
-                        "replace it")
+    check_writable(out, "OUT_DIR")
+    there = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if there and not args.overwrite:
+        raise UserError(f"OUT_DIR {out} is not empty ({there[0]}): choose a new folder, or pass "
+                        "--overwrite to replace an earlier export there")
+    own = {*hf.WEIGHTS, "config.json", "generation_config.json", *hf_files.TOKENIZER_FILES,
+           hf_files.CARD}
+    foreign = [name for name in there if name not in own or (out / name).is_dir()]
+    if foreign:
+        raise UserError(f"OUT_DIR {out} holds {foreign[0]}, which is not an export's file: "
+                        "--overwrite replaces only an earlier export; move it or choose a new "
+                        "folder")
 
 
 def check_sample(args):

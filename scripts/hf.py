@@ -2,9 +2,9 @@
 RMSNorm with float32 statistics, rotate-half RoPE, SwiGLU, separate q/k/v projections, untied
 head, no biases), so a checkpoint converts by renaming tensors.
 
-  export  to_folder(ck, out): config.json and the weights (model.safetensors when safetensors is
-          installed, else pytorch_model.bin), a folder transformers.LlamaForCausalLM.from_pretrained
-          loads (scripts/export_hf.py is its command)
+  export  to_hf(ck) and save_weights(state, folder): config.json and the weights
+          (model.safetensors when safetensors is installed, else pytorch_model.bin);
+          scripts/export_hf.py writes them, with the tokenizer and model card, as one folder
   import  read(path): such a folder, or a plain state dict in the Llama layout (also the official
           code's CustomLlamaModel: wte, layers, norm, output_proj) with its config.json beside
           it, as a train.py checkpoint dict; model.load_checkpoint calls it, so any of them works
@@ -40,18 +40,22 @@ WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.b
 # ---------------------------------------------------------------- export
 
 def hf_config(args, extra=None):
-    """LlamaForCausalLM's config.json for our model_args."""
+    """LlamaForCausalLM's config.json for our model_args, in transformers-5 keys (rope_parameters,
+    dtype) and, where the older spelling costs nothing, transformers-4 keys too (rope_theta at the
+    top, torch_dtype): both versions read the same folder."""
     d, heads = args["n_embd"], args["n_head"]
     return {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
             "vocab_size": args["vocab_size"], "hidden_size": d,
             "intermediate_size": args.get("mlp_hidden") or 4 * d,
             "num_hidden_layers": args["n_layer"], "num_attention_heads": heads,
             "num_key_value_heads": heads, "head_dim": d // heads,
-            "max_position_embeddings": args["block_size"], "rope_theta": args["rope_theta"],
-            "rope_scaling": None, "rms_norm_eps": args["norm_eps"], "hidden_act": "silu",
-            "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False,
-            "attention_dropout": 0.0, "initializer_range": 0.02, "pretraining_tp": 1,
-            "use_cache": True, "torch_dtype": "float32", **(extra or {})}
+            "max_position_embeddings": args["block_size"],
+            "rope_parameters": {"rope_theta": args["rope_theta"], "rope_type": "default"},
+            "rope_theta": args["rope_theta"], "rms_norm_eps": args["norm_eps"],
+            "hidden_act": "silu", "tie_word_embeddings": False, "attention_bias": False,
+            "mlp_bias": False, "attention_dropout": 0.0, "initializer_range": 0.02,
+            "pretraining_tp": 1, "use_cache": True, "dtype": "float32", "torch_dtype": "float32",
+            **(extra or {})}
 
 
 def to_hf(ck):
@@ -72,23 +76,20 @@ def to_hf(ck):
     return hf_config(ck["model_args"], extra), state
 
 
-def to_folder(ck, out):
-    """Write the LlamaForCausalLM folder of checkpoint `ck` to `out`; returns the weight file."""
-    config, state = to_hf(ck)
-    out = Path(out)
+def save_weights(state, folder):
+    """Write `state` into `folder` as model.safetensors when safetensors is installed, else
+    pytorch_model.bin (transformers reads both); returns the file name."""
     try:
         from safetensors.torch import save_file
-    except ImportError:                 # torch's own format; transformers reads both
+    except ImportError:                 # torch's own format
         save_file = None
-    weights = out / ("model.safetensors" if save_file else "pytorch_model.bin")
-    for stale in WEIGHTS:              # a previous export in the other format would win
-        (out / stale).unlink(missing_ok=True)
+    name = "model.safetensors" if save_file else "pytorch_model.bin"
     if save_file:
-        atomic_write(weights, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+        atomic_write(Path(folder) / name,
+                     lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     else:
-        atomic_write(weights, lambda tmp: torch.save(state, tmp))
-    atomic_write(out / "config.json", json.dumps(config, indent=2) + "\n")
-    return weights
+        atomic_write(Path(folder) / name, lambda tmp: torch.save(state, tmp))
+    return name
 
 
 # ---------------------------------------------------------------- import

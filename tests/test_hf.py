@@ -1,0 +1,189 @@
+"""The Hugging Face folder both ways (scripts/export_hf.py, scripts/hf.py): a complete export
+(weights, config.json in transformers-5 keys, generation_config.json, the tokenizer with the
+project's ids, a model card) that transformers uses as it is (AutoTokenizer, pipeline); an
+export that never clobbers; an import that refuses, in one line before a model is built, what
+our model cannot represent. Tiny models, offline; transformers (a test dependency) and the
+prepared web corpora are skipped without."""
+import errno
+import hashlib
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from conftest import BPE, PREPARE_WEB, ROOT, needs_bpe
+from data.common import TOKENIZERS, gpt2_encoding
+from model import load_checkpoint, model_from_checkpoint
+from scripts import hf, hf_files
+from test_tools import LANG, MODEL, export_hf, refused, tiny_checkpoint
+from util import UserError
+
+OWN = {"config.json", "generation_config.json", "vocab.json", "merges.txt",
+       "tokenizer_config.json", "special_tokens_map.json", "README.md"}
+
+
+def export(tmp_path, kind="bytes", vocab=257, name="hf", extra=()):
+    model, ck = tiny_checkpoint(tmp_path / "ckpt.pt", vocab_kind=kind, vocab=vocab)
+    weights = export_hf.main([str(tmp_path / "ckpt.pt"), str(tmp_path / name), *extra])
+    return model, ck, tmp_path / name, weights
+
+
+def tree(folder):
+    """{name: sha256} of every file under `folder`."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- a complete export
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """A real (two-step) byte-level run: its metrics and provenance feed the model card."""
+    from data.build import TokenWriter, write_dataset
+    data = tmp_path_factory.mktemp("data") / "tiny_bytes"
+    writers = {}
+    for split, n in (("train", 4000), ("val", 1000)):
+        writers[split] = TokenWriter(data / f"{split}.bin")
+        writers[split].write(torch.randint(0, 256, (n,)).numpy(), 1)
+    write_dataset(data, writers, {"source": "test", "domain": "tiny_bytes"}, tokenizer="bytes")
+    out = tmp_path_factory.mktemp("runs") / "scratch"
+    train.main(MODEL + LANG + ["--data_dir", str(data), "--out_dir", str(out), "--max_iters", "2"])
+    return out
+
+
+def test_export_holds_config_generation_config_tokenizer_and_card(run_folder, tmp_path):
+    weights = export_hf.main([str(run_folder), str(tmp_path / "hf")])
+    folder = tmp_path / "hf"
+    assert {p.name for p in folder.iterdir()} == OWN | {weights.name}
+    config = json.loads((folder / "config.json").read_text())
+    assert config["rope_parameters"] == {"rope_theta": 1e4, "rope_type": "default"}
+    assert config["dtype"] == "float32" and config["rope_theta"] == 1e4     # 5 and 4 spellings
+    assert config["eos_token_id"] == 256
+    gen = json.loads((folder / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == gen["pad_token_id"] == 256
+    vocab = json.loads((folder / "vocab.json").read_text())
+    assert len(vocab) == 257 and vocab["<|endoftext|>"] == 256 and vocab["Ġ"] == 32
+    card = (folder / "README.md").read_text()
+    ck = torch.load(run_folder / "ckpt.pt", weights_only=True)
+    last = [r for r in map(json.loads, (run_folder / "metrics.jsonl").read_text().splitlines())
+            if r.get("kind") == "val"][-1]
+    prov = ck["config"]["provenance"]
+    for text in ("license: mit", "arm: `scratch`", f"{ck['tokens']:,} (2 steps)",
+                 f"{last['val_loss']:.4f} nats per token", "bits per byte: not in the run's",
+                 f"command: `{prov['command']}`", "AutoModelForCausalLM", "MIT"):
+        assert text in card, text
+    assert (prov["git_commit"] or "not recorded") in card
+
+
+def test_a_vocabulary_without_text_exports_without_tokenizer(tmp_path):
+    _, _, folder, weights = export(tmp_path, kind="dyck", vocab=9)
+    assert {p.name for p in folder.iterdir()} == {"config.json", "generation_config.json",
+                                                  "README.md", weights.name}
+    assert "has no tokenizer" in (folder / "README.md").read_text()
+
+
+@needs_bpe()
+def test_gpt2_merges_are_gpt2s_fifty_thousand():
+    files = hf_files.tokenizer_files("gpt2", 50304, 1024)
+    merges = files["merges.txt"].splitlines()
+    assert merges[0] == "#version: 0.2" and len(merges) == 50001
+    assert merges[1:4] == ["Ġ t", "Ġ a", "h e"]             # GPT-2's own first merges
+    assert len(json.loads(files["vocab.json"])) == 50257
+
+
+def web_documents(domain):
+    """The validation documents of a prepared corpus, as lists of ids (separator dropped)."""
+    folder = ROOT / "data" / domain
+    if not (folder / "val.bin").exists():
+        pytest.skip(f"data/{domain} is not prepared: run {PREPARE_WEB}")
+    ids = np.fromfile(folder / "val.bin", dtype=np.uint16).tolist()
+    eot = TOKENIZERS["bytes" if domain.endswith("_bytes") else "gpt2"][1]
+    docs, start = [], 0
+    for i, t in enumerate(ids):
+        if t == eot:
+            docs.append(ids[start:i])
+            start = i + 1
+    return docs
+
+
+@pytest.mark.parametrize("domain,kind,vocab", [("web", "gpt2", 50304),
+                                               ("web_bytes", "bytes", 257)])
+def test_exported_tokenizer_encodes_web_validation_as_the_project(domain, kind, vocab, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    if kind == "gpt2" and not BPE.exists():
+        pytest.skip(f"{BPE.name} is absent: run {PREPARE_WEB}")
+    docs = web_documents(domain)
+    *_, folder, _ = export(tmp_path, kind, vocab)
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    decode = (lambda d: bytes(d).decode()) if kind == "bytes" else gpt2_encoding().decode
+    texts = [decode(d) for d in docs]
+    assert len(texts) > 50
+    encoded = tok(texts)["input_ids"]
+    for doc, text, ids in zip(docs, texts, encoded):
+        assert ids == doc, text[:60]
+        assert tok.decode(ids) == text
+    sep = TOKENIZERS[kind][1]
+    assert tok("a<|endoftext|>b")["input_ids"][1] == sep == tok.eos_token_id
+
+
+def test_pipeline_generates_from_the_folder_alone(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    *_, folder, _ = export(tmp_path)
+    (tmp_path / "ckpt.pt").unlink()                       # nothing but the export
+    generate = transformers.pipeline("text-generation", model=str(folder), device="cpu")
+    out = generate("héllo", max_new_tokens=6, do_sample=False)[0]["generated_text"]
+    assert out.startswith("héllo") and len(out.encode()) > len("héllo".encode())
+
+
+# ---------------------------------------------------------------- writes never clobber
+
+def test_a_non_empty_out_dir_is_refused_without_overwrite(tmp_path, capsys):
+    tiny_checkpoint(tmp_path / "ckpt.pt")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    err = refused(capsys, export_hf.main, [str(tmp_path), str(tmp_path / "mine")])
+    assert "is not empty (notes.txt)" in err and "--overwrite" in err
+    assert tree(tmp_path / "mine") == {"notes.txt": hashlib.sha256(b"keep").hexdigest()}
+    (tmp_path / "empty").mkdir()                              # an empty folder is fine
+    export_hf.main([str(tmp_path), str(tmp_path / "empty")])
+    assert (tmp_path / "empty" / "config.json").exists()
+
+
+def test_overwrite_replaces_only_an_exports_own_files(tmp_path, capsys):
+    _, _, folder, weights = export(tmp_path)
+    (folder / "pytorch_model.bin").write_bytes(b"stale")      # an older export's other format
+    export_hf.main([str(tmp_path / "ckpt.pt"), str(folder), "--overwrite"])
+    assert {p.name for p in folder.iterdir()} == OWN | {weights.name}
+    for foreign in ("notes.txt", "model-00001-of-00002.safetensors", "sub/"):
+        path = folder / foreign.rstrip("/")
+        path.mkdir() if foreign.endswith("/") else path.write_text("user's")
+        before = tree(folder)
+        err = refused(capsys, export_hf.main, [str(tmp_path / "ckpt.pt"), str(folder),
+                                               "--overwrite"])
+        assert f"holds {foreign.rstrip('/')}, which is not an export's file" in err
+        assert tree(folder) == before and path.exists()
+        path.rmdir() if foreign.endswith("/") else path.unlink()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]     # no temporaries
+
+
+@pytest.mark.parametrize("fail_at", ["weights", "card"])
+def test_a_failed_export_leaves_the_folder_byte_identical(tmp_path, capsys, monkeypatch, fail_at):
+    _, _, folder, _ = export(tmp_path)
+    before = tree(folder)
+    tiny_checkpoint(tmp_path / "ckpt.pt", seed=1)             # new weights: every file would change
+
+    def disk_full(*args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    if fail_at == "weights":
+        monkeypatch.setattr(hf.torch, "save", disk_full)
+        monkeypatch.setitem(__import__("sys").modules, "safetensors.torch", None)   # torch.save
+    else:
+        monkeypatch.setattr(hf_files, "model_card", disk_full)
+    err = refused(capsys, export_hf.main, [str(tmp_path / "ckpt.pt"), str(folder),
+                                           "--overwrite"])
+    assert "disk is full" in err or "No space" in err
+    assert tree(folder) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "hf"]   # nothing left over
