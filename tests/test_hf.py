@@ -138,6 +138,28 @@ def test_pipeline_generates_from_the_folder_alone(tmp_path):
     assert out.startswith("héllo") and len(out.encode()) > len("héllo".encode())
 
 
+def test_a_transformers5_folder_with_another_rope_base_gives_identical_logits(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=67, hidden_size=32, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+        rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 5e5})
+    theirs = transformers.LlamaForCausalLM(config).eval()
+    theirs.save_pretrained(tmp_path / "v5")
+    saved = json.loads((tmp_path / "v5" / "config.json").read_text())
+    assert "rope_theta" not in saved and saved["rope_parameters"]["rope_theta"] == 5e5
+    ck = load_checkpoint(tmp_path / "v5")
+    assert ck["model_args"]["rope_theta"] == 5e5 and ck["model_args"]["mlp_hidden"] == 96
+    ours = model_from_checkpoint(ck).eval()
+    x = torch.randint(0, 67, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(ours(x)[0], theirs(x).logits)
+        # and the base matters: at the default base the logits differ
+        ck["model_args"]["rope_theta"] = 1e4
+        assert not torch.allclose(model_from_checkpoint(ck).eval()(x)[0], theirs(x).logits)
+
+
 # ---------------------------------------------------------------- writes never clobber
 
 def test_a_non_empty_out_dir_is_refused_without_overwrite(tmp_path, capsys):
@@ -187,3 +209,116 @@ def test_a_failed_export_leaves_the_folder_byte_identical(tmp_path, capsys, monk
     assert "disk is full" in err or "No space" in err
     assert tree(folder) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "hf"]   # nothing left over
+
+
+# ---------------------------------------------------------------- import refuses what it cannot hold
+
+def good_folder(tmp_path):
+    """An exported folder to break, one thing at a time."""
+    tiny_checkpoint(tmp_path / "ckpt.pt")
+    export_hf.main([str(tmp_path / "ckpt.pt"), str(tmp_path / "hf")])
+    return tmp_path / "hf"
+
+
+CONFIG_CASES = [          # (change to config.json, what the one line must say)
+    ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}},
+     'rope_parameters.rope_type "linear" is RoPE scaling'),
+    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, 'rope_scaling.rope_type "dynamic"'),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}},
+     "rope_parameters.partial_rotary_factor 0.5 is a RoPE setting"),
+    ({"rope_theta": 5e5}, "rope_theta 500000.0 and rope_parameters.rope_theta 10000.0 disagree"),
+    ({"tie_word_embeddings": True}, "tie_word_embeddings true cannot convert"),
+    ({"attention_bias": True}, "attention_bias true cannot convert"),
+    ({"mlp_bias": True}, "mlp_bias true cannot convert"),
+    ({"hidden_act": "gelu"}, 'hidden_act "gelu" cannot convert'),
+    ({"model_type": "mistral"}, 'model_type "mistral" cannot convert'),
+    ({"sliding_window": 32}, "sliding_window 32 is a setting this model does not have"),
+    ({"num_key_value_heads": 1}, "num_key_value_heads 1 is not num_attention_heads 2"),
+    ({"num_attention_heads": 3, "num_key_value_heads": 3, "head_dim": None},
+     "hidden_size 32 is not divisible by num_attention_heads 3"),
+    ({"hidden_size": 0}, "hidden_size 0 is not a positive integer"),
+    ({"num_hidden_layers": 2.5}, "num_hidden_layers 2.5 is not a positive integer"),
+    ({"vocab_size": "257"}, 'vocab_size "257" is not a positive integer'),
+    ({"vocab_size": None}, "vocab_size is missing (or null)"),
+    ({"head_dim": 8}, "head_dim 8 is not hidden_size / num_attention_heads = 16"),
+    ({"rms_norm_eps": -1}, "rms_norm_eps -1 is not a positive number"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 0}, "rope_theta": None},
+     "rope_parameters.rope_theta 0 is not a positive number"),
+    ({"vocab_size": 300}, "has shape (257, 32), config.json needs (300, 32)"),
+    ({"intermediate_size": 64}, "'model.layers.0.mlp.down_proj.weight' has shape (32, 128), "
+                                "config.json needs (32, 64)"),
+    ({"num_hidden_layers": 3}, "'blocks.2.norm1.weight' (in our names) is missing"),
+]
+
+
+@pytest.mark.parametrize("change,says", CONFIG_CASES, ids=[c[1][:28] for c in CONFIG_CASES])
+def test_import_refuses_a_config_it_cannot_represent(tmp_path, monkeypatch, change, says):
+    folder = good_folder(tmp_path)
+    config = json.loads((folder / "config.json").read_text()) | change
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items()}))
+    built = []
+    monkeypatch.setattr("model.GPT.__init__", lambda *a, **k: built.append(1))
+    with pytest.raises(UserError) as e:
+        load_checkpoint(folder)
+    assert says in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert not built                                           # refused before a model is built
+
+
+def test_a_transformers4_spelling_of_the_rope_base_is_read(tmp_path):
+    folder = good_folder(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    del config["rope_parameters"]
+    (folder / "config.json").write_text(json.dumps(config | {"rope_theta": 5e5,
+                                                             "rope_scaling": None}))
+    assert load_checkpoint(folder)["model_args"]["rope_theta"] == 5e5
+
+
+def break_weights(folder, how):
+    """Damage `folder`'s weights one way; the weights end up as pytorch_model.bin or shards."""
+    st = folder / "model.safetensors"
+    state = hf.load_weights(st, "cpu") if st.exists() else \
+        torch.load(folder / "pytorch_model.bin", weights_only=True)
+    if how == "truncated safetensors":
+        pytest.importorskip("safetensors")
+        st.write_bytes(st.read_bytes()[:-100])
+        return
+    st.unlink(missing_ok=True)
+    if how == "truncated bin":
+        torch.save(state, folder / "pytorch_model.bin")
+        data = (folder / "pytorch_model.bin").read_bytes()
+        (folder / "pytorch_model.bin").write_bytes(data[:len(data) // 2])
+    elif how == "entry not a tensor":
+        torch.save(state | {"model.norm.weight": [1.0, 2.0]}, folder / "pytorch_model.bin")
+    elif how == "index not JSON":
+        (folder / "pytorch_model.bin.index.json").write_text("{not json")
+    elif how == "missing shard":
+        names = list(state)
+        torch.save({k: state[k] for k in names[:5]}, folder / "pytorch_model-00001-of-00002.bin")
+        weight_map = {k: f"pytorch_model-0000{1 + (i >= 5)}-of-00002.bin"
+                      for i, k in enumerate(names)}
+        (folder / "pytorch_model.bin.index.json").write_text(json.dumps(
+            {"metadata": {}, "weight_map": weight_map}))
+
+
+@pytest.mark.parametrize("how,says", [
+    ("truncated safetensors", "(truncated, or not a safetensors file)"),
+    ("truncated bin", "cannot read"),
+    ("entry not a tensor", "entry 'model.norm.weight' is a list, not a tensor"),
+    ("index not JSON", "is not a shard index"),
+    ("missing shard", "names the shard pytorch_model-00002-of-00002.bin, which is not in")])
+def test_import_refuses_broken_weight_files(tmp_path, capsys, how, says):
+    folder = good_folder(tmp_path)
+    break_weights(folder, how)
+    with pytest.raises(UserError) as e:
+        load_checkpoint(folder)
+    assert says in str(e.value) and "\n" not in str(e.value), str(e.value)
+    err = refused(capsys, train.main, MODEL + LANG + ["--init_from", str(folder), "--out_dir",
+                                                      str(tmp_path / "run")])
+    assert says in err and not (tmp_path / "run").exists()
+
+
+def test_a_config_that_is_not_an_object_is_refused(tmp_path):
+    folder = good_folder(tmp_path)
+    (folder / "config.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match=re.escape("is not a JSON object of settings")):
+        load_checkpoint(folder)
