@@ -322,3 +322,23 @@ def test_a_config_that_is_not_an_object_is_refused(tmp_path):
     (folder / "config.json").write_text("[1, 2]")
     with pytest.raises(UserError, match=re.escape("is not a JSON object of settings")):
         load_checkpoint(folder)
+
+
+# ---------------------------------------------------------------- the shipped lm-eval task
+
+def test_the_local_lm_eval_task_is_well_formed():
+    """examples/lm_eval (docs/evaluation.md runs it with lm-eval, which is not a test
+    dependency): the YAML names the items file, and every item has 4 distinct choices, a label
+    among them, and no tell in length (the right choice never strictly the shortest or longest)."""
+    yaml = pytest.importorskip("yaml")
+    folder = ROOT / "examples" / "lm_eval"
+    task = yaml.safe_load((folder / "nca_mc.yaml").read_text())
+    assert task["output_type"] == "multiple_choice" and task["test_split"] == "test"
+    assert (ROOT / task["dataset_kwargs"]["data_files"]["test"]) == folder / "items.jsonl"
+    items = [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines()]
+    assert len(items) == 40 and [i["id"] for i in items] == list(range(40))
+    for item in items:
+        choices, right = item["choices"], item["choices"][item["label"]]
+        assert len(set(choices)) == 4 and item["context"].strip() == item["context"]
+        others = [len(c) for c in choices if c != right]
+        assert not len(right) < min(others) and not len(right) > max(others), item
