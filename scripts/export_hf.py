@@ -61,7 +61,7 @@ def write_export(ck, metrics, folder):
     tokenizer = hf_files.tokenizer_files(kind, args["vocab_size"], args["block_size"])
     files = {"config.json": json.dumps(config, indent=2) + "\n",
              "generation_config.json": hf_files.generation_config(config), **tokenizer,
-             hf_files.CARD: hf_files.model_card(ck, config, metrics, weights, bool(tokenizer))}
+             hf_files.CARD: hf_files.model_card(ck, metrics, weights, bool(tokenizer))}
     for name, text in files.items():
         atomic_write(folder / name, text)
     return weights

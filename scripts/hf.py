@@ -41,8 +41,9 @@ WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.b
 
 def hf_config(args, extra=None):
     """LlamaForCausalLM's config.json for our model_args, in transformers-5 keys (rope_parameters,
-    dtype) and, where the older spelling costs nothing, transformers-4 keys too (rope_theta at the
-    top, torch_dtype): both versions read the same folder."""
+    dtype) and the top-level rope_theta beside them, which is what transformers 4 reads (5 takes
+    it too): both read the same folder. No torch_dtype: 4.56+ read dtype and warn on torch_dtype,
+    and an older 4 loads float32 without either."""
     d, heads = args["n_embd"], args["n_head"]
     return {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
             "vocab_size": args["vocab_size"], "hidden_size": d,
@@ -54,7 +55,7 @@ def hf_config(args, extra=None):
             "rope_theta": args["rope_theta"], "rms_norm_eps": args["norm_eps"],
             "hidden_act": "silu", "tie_word_embeddings": False, "attention_bias": False,
             "mlp_bias": False, "attention_dropout": 0.0, "initializer_range": 0.02,
-            "pretraining_tp": 1, "use_cache": True, "dtype": "float32", "torch_dtype": "float32",
+            "pretraining_tp": 1, "use_cache": True, "dtype": "float32",
             **(extra or {})}
 
 

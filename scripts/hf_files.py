@@ -92,15 +92,12 @@ def generation_config(config):
 
 
 def last_val_loss(metrics):
-    """(step, tokens, val_loss, bits per byte or None) of the last validation record."""
+    """(step, val_loss) of the last validation record of a run's metrics.jsonl, or None."""
     vals = [r for r in metrics if r.get("kind") == "val" and "val_loss" in r]
-    if not vals:
-        return None
-    r = vals[-1]
-    return r["step"], r.get("tokens"), r["val_loss"], r.get("val_bpb", r.get("bpb"))
+    return (vals[-1]["step"], vals[-1]["val_loss"]) if vals else None
 
 
-def model_card(ck, config, metrics, weights, has_tokenizer):
+def model_card(ck, metrics, weights, has_tokenizer):
     """README.md: what the model is, how it was made, the licence and how to load it."""
     rec = ck.get("config") or {}
     vocab = (ck.get("vocab") or {}).get("kind", "unknown")
@@ -126,11 +123,9 @@ def model_card(ck, config, metrics, weights, has_tokenizer):
              f"- shape: {args['n_layer']} layers, {args['n_head']} heads, width "
              f"{args['n_embd']}, context {args['block_size']}, vocabulary {args['vocab_size']}"]
     val = last_val_loss(metrics)
-    if val:
-        step, tokens, loss, bpb = val
-        lines.append(f"- final validation loss (step {step:,}): {loss:.4f} nats per token" +
-                     (f", {bpb:.4f} bits per byte" if bpb is not None else
-                      " (bits per byte: not in the run's metrics; `python eval.py` reports it)"))
+    if val:        # (train.py logs the loss per token; bits per byte is eval.py's, on the data)
+        lines.append(f"- final validation loss (step {val[0]:,}): {val[1]:.4f} nats per token "
+                     "(bits per byte: not in the run's metrics; `python eval.py RUN` reports it)")
     else:
         lines.append("- validation loss: not recorded (no metrics.jsonl beside the checkpoint)")
     commit = prov.get("git_commit")
@@ -142,13 +137,16 @@ def model_card(ck, config, metrics, weights, has_tokenizer):
               "- command: not recorded",
               f"- weights: `{weights}`, float32", "", "## Licence", "",
               "MIT, as the code that trained it.", "", "## Usage", "", "```python",
-              "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              'tok = AutoTokenizer.from_pretrained("path/to/this/folder")',
-              'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")',
-              'ids = tok("The meaning of", return_tensors="pt").input_ids',
-              "print(tok.decode(model.generate(ids, max_new_tokens=20, do_sample=False)[0]))",
-              "```", ""]
-    if not has_tokenizer:
-        lines[-3:-3] = ["# this folder has no tokenizer: the model's ids are not GPT-2 or "
-                        "byte-level text"]
+              "from transformers import AutoModelForCausalLM" +
+              ", AutoTokenizer" * has_tokenizer,
+              'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")']
+    if has_tokenizer:
+        lines += ['tok = AutoTokenizer.from_pretrained("path/to/this/folder")',
+                  'ids = tok("The meaning of", return_tensors="pt").input_ids',
+                  "print(tok.decode(model.generate(ids, max_new_tokens=20, "
+                  "do_sample=False)[0]))"]
+    else:       # NCA or Dyck tokens, or fewer rows than the tokenizer has ids: no text
+        lines += ["import torch", "# this folder has no tokenizer: the model reads the run's own "
+                  f"ids ({vocab}), not text", "logits = model(torch.tensor([[0, 1, 2]])).logits"]
+    lines += ["```", ""]
     return "\n".join(lines)

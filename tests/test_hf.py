@@ -61,6 +61,7 @@ def test_export_holds_config_generation_config_tokenizer_and_card(run_folder, tm
     config = json.loads((folder / "config.json").read_text())
     assert config["rope_parameters"] == {"rope_theta": 1e4, "rope_type": "default"}
     assert config["dtype"] == "float32" and config["rope_theta"] == 1e4     # 5 and 4 spellings
+    assert "torch_dtype" not in config
     assert config["eos_token_id"] == 256
     gen = json.loads((folder / "generation_config.json").read_text())
     assert gen["eos_token_id"] == gen["pad_token_id"] == 256
@@ -76,13 +77,18 @@ def test_export_holds_config_generation_config_tokenizer_and_card(run_folder, tm
                  f"command: `{prov['command']}`", "AutoModelForCausalLM", "MIT"):
         assert text in card, text
     assert (prov["git_commit"] or "not recorded") in card
+    transformers = pytest.importorskip("transformers")     # the card's usage snippet runs
+    snippet = card.split("```python\n")[1].split("```")[0]
+    exec(snippet.replace("path/to/this/folder", str(folder)), {})
+    assert transformers.AutoTokenizer.from_pretrained(folder).eos_token == "<|endoftext|>"
 
 
 def test_a_vocabulary_without_text_exports_without_tokenizer(tmp_path):
     _, _, folder, weights = export(tmp_path, kind="dyck", vocab=9)
     assert {p.name for p in folder.iterdir()} == {"config.json", "generation_config.json",
                                                   "README.md", weights.name}
-    assert "has no tokenizer" in (folder / "README.md").read_text()
+    card = (folder / "README.md").read_text()
+    assert "has no tokenizer" in card and "AutoTokenizer.from_pretrained" not in card
 
 
 @needs_bpe()
