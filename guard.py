@@ -598,6 +598,9 @@ def check_export(args, ck_path):
                         "LlamaForCausalLM has no place for: export a stage-2 (language) run")
     out = Path(args.out_dir)
     check_writable(out, "OUT_DIR")
+    if out.exists() and out.resolve() == Path.cwd().resolve():
+        raise UserError(f"OUT_DIR {out} is the current folder, which the export would replace "
+                        "(it renames a new folder into place): name a folder below it")
     there = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if there and not args.overwrite:
         raise UserError(f"OUT_DIR {out} is not empty ({there[0]}): choose a new folder, or pass "

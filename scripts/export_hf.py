@@ -39,14 +39,14 @@ def main(argv=None):
     ck = load_checkpoint(ck_path)
     metrics = read_metrics(Path(ck_path).parent / "metrics.jsonl") if Path(ck_path).is_file() \
         else []
-    out = Path(args.out_dir)
+    out = Path(args.out_dir).resolve()          # (a name to stage beside, even for ".")
     stage = out.parent / f".{out.name}.{os.getpid()}.tmp"
     try:
         weights = write_export(ck, metrics, stage)
         swap_into_place(stage, out)
     finally:                                # a failed export leaves nothing of itself behind
         shutil.rmtree(stage, ignore_errors=True)
-    print(f"wrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
+    print(f"wrote {args.out_dir}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return out / weights
 
 

@@ -180,6 +180,18 @@ def test_a_non_empty_out_dir_is_refused_without_overwrite(tmp_path, capsys):
     assert (tmp_path / "empty" / "config.json").exists()
 
 
+
+def test_the_current_folder_is_refused_as_out_dir(tmp_path, monkeypatch, capsys):
+    """The export renames a new folder into place: the current one would vanish under us."""
+    tiny_checkpoint(tmp_path / "ckpt.pt")
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    for out in (".", str(tmp_path / "here")):
+        assert "is the current folder" in refused(capsys, export_hf.main, [str(tmp_path), out])
+    export_hf.main([str(tmp_path), "sub"])                    # a folder below it is fine
+    assert (tmp_path / "here" / "sub" / "config.json").exists()
+
+
 def test_overwrite_replaces_only_an_exports_own_files(tmp_path, capsys):
     _, _, folder, weights = export(tmp_path)
     (folder / "pytorch_model.bin").write_bytes(b"stale")      # an older export's other format
