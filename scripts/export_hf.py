@@ -10,7 +10,8 @@ loads it with AutoTokenizer and AutoModelForCausalLM, lm-eval with --model hf (d
 The folder is written beside OUT_DIR under a temporary name and renamed into place: a failed
 export leaves OUT_DIR as it was. A non-empty OUT_DIR is refused unless --overwrite, and even then
 only an export's own files are replaced (any other file there is refused, by name). Exporting
-needs neither transformers nor tokenizers nor safetensors.
+needs neither transformers nor tokenizers nor safetensors; a GPT-2 run's tokenizer is built from
+.cache/gpt2.tiktoken, which preparing its data wrote.
 """
 import contextlib
 import json

@@ -360,3 +360,13 @@ def test_the_local_lm_eval_task_is_well_formed():
         assert len(set(choices)) == 4 and item["context"].strip() == item["context"]
         others = [len(c) for c in choices if c != right]
         assert not len(right) < min(others) and not len(right) > max(others), item
+
+
+def test_a_gpt2_export_without_the_bpe_file_is_refused_and_writes_nothing(tmp_path, capsys,
+                                                                          monkeypatch):
+    import data.common
+    monkeypatch.setattr(data.common, "CACHE_DIR", tmp_path / "no-cache")     # never downloads
+    tiny_checkpoint(tmp_path / "ckpt.pt", vocab_kind="gpt2", vocab=50304)
+    err = refused(capsys, export_hf.main, [str(tmp_path), str(tmp_path / "hf")])
+    assert "gpt2.tiktoken is missing or corrupt: run python data/web/prepare.py" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
