@@ -11,7 +11,10 @@ head, no biases), so a checkpoint converts by renaming tensors.
           as train.py --init_from (a stage-1 body: fresh embeddings and head on transfer)
 
 A stage-1 model's head has a bias, which LlamaForCausalLM cannot hold: it is refused on export,
-and kept on import (the official stage-1 checkpoints have one).
+and kept on import (the official stage-1 checkpoints have one). Everything else our model cannot
+represent is refused on import, in one line naming the field or tensor, before a model is built
+(check_config: RoPE scaling, tied embeddings, biases, GQA, fields it would ignore, bad sizes;
+load_weights, shard_files, from_hf: unreadable files, non-tensors, shapes that do not fit).
 """
 import json
 import re
