@@ -8,7 +8,7 @@ one line that says what to change (util.cli prints it as the "error:" line). It 
                                         outputs, the runs, their checkpoints, the data folders
   check_nca(cfg, band)                  the NCA generator's settings (the NCA source's check in
                                         train.py, and scripts/nca_tools.py)
-  check_sample, check_export           sample.py and scripts/export_hf.py
+  check_sample, check_sample_model     sample.py (scripts/export_hf.py checks its own folder)
 
 The checks read only metadata (meta.json, memory-mapped checkpoints). A refused command changes
 nothing on disk, so its corrected retry is not refused because of the first attempt.
@@ -494,8 +494,8 @@ def _all_ok(dist, ok):
 def check_eval_outputs(args, mismatch=None):
     """eval.py's outputs, before any work: --out (and the pictures) writable, an existing
     eval.json replaced only with --overwrite (`mismatch`: why the eval.md beside it is from
-    another evaluation, util.runs.eval_pair_mismatch, for the refusal's note), matplotlib present if a
-    picture is asked for."""
+    another evaluation, util.runs.eval_pair_mismatch, for the refusal's note), matplotlib present
+    if a picture is asked for."""
     check_writable(args.out, "--out")         # a bad --out fails now, not after the evaluation
     for name in ("plot", "plot_heads", "plot_contrasts"):
         if getattr(args, name):
@@ -584,21 +584,7 @@ def check_pairs(given, arms, twice):
 
 
 # -----------------------------------------------------------------------------------------------
-# scripts/export_hf.py, sample.py and the scripts that read a body
-
-
-def check_export(args, ck_path):
-    """An export: a checkpoint LlamaForCausalLM can hold, and a folder it may write."""
-    ck = peek(ck_path, "RUN")
-    if ck["model_args"].get("head_bias"):
-        raise UserError(f"{ck_path} is a stage-1 model whose output head has a bias, which "
-                        "LlamaForCausalLM has no place for: export a stage-2 (language) run")
-    out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"OUT_DIR {out} is a file: choose a folder")
-    if (out / "config.json").exists() and not args.overwrite:
-        raise UserError(f"{out} already holds an export (config.json): pass --overwrite to "
-                        "replace it")
+# sample.py
 
 
 def check_sample(args):

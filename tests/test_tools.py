@@ -221,7 +221,7 @@ def test_export_writes_a_llama_folder_and_imports_back(tmp_path, capsys):
     assert back["model_args"] == ck["model_args"]
     for k, v in ck["model"].items():
         assert torch.equal(back["model"][k], v), k
-    assert "already holds an export" in refused(capsys, export_hf.main,
+    assert "is not empty (README.md)" in refused(capsys, export_hf.main,
                                                 [str(tmp_path), str(tmp_path / "hf")])
 
 
@@ -276,7 +276,8 @@ def test_transformers_gives_the_same_logits(tmp_path, shape):
     transformers = pytest.importorskip("transformers")
     shape = dict(shape)
     vocab = shape.pop("vocab")
-    model, _ = tiny_checkpoint(tmp_path / "ckpt.pt", vocab_kind="gpt2", vocab=vocab, **shape)
+    # (vocabulary kind "hf": no tokenizer to write, so no GPT-2 BPE file needed)
+    model, _ = tiny_checkpoint(tmp_path / "ckpt.pt", vocab_kind="hf", vocab=vocab, **shape)
     export_hf.main([str(tmp_path / "ckpt.pt"), str(tmp_path / "hf")])
     theirs = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
     x = torch.randint(0, vocab, (2, 48), generator=torch.Generator().manual_seed(0))
