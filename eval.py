@@ -241,10 +241,12 @@ def plan_eval(args):
             domains[f.name] = (f, metas[f.name])
     for r, inf, ref in zip(runs, info, refusals):
         guard.check_scorable(r.label, any(scored_on(inf, ref)), refusal_text(ref))
+    pairs = eval_pairs(args.pair, runs)
+    guard.check_plot_contrasts(args.plot_contrasts, pairs)
     return SimpleNamespace(runs=runs, baselines=baselines, info=info, refusals=refusals,
                            domains=domains, block=block, out=Path(args.out), device=device,
                            ctx=ctx, dtype=dtype, eval_tokens=eval_tokens(args.eval_tokens, runs),
-                           pairs=eval_pairs(args.pair, runs))
+                           pairs=pairs)
 
 
 def gather_runs(paths, baseline_paths):

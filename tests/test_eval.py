@@ -584,3 +584,14 @@ def test_delta_table_lists_each_seeds_delta_and_their_mean_by_tokens():
                         f"{half:.3f} |")
     with pytest.raises(UserError, match="no arm has a scratch run"):
         stats.delta_table(runs[1:3])
+
+
+def test_eval_tokens_1_scores_one_window_without_an_error_bar(fake):
+    """--eval_tokens 1 is one window: the in-context score has no standard error to show (it
+    ended in a TypeError while eval.md was formatted)."""
+    report = ev.main([str(fake / "runs" / "scratch_web"), "--data_root", str(fake / "data"),
+                      "--domains", "web", "--eval_tokens", "1", "--device", "cpu",
+                      "--out", str(fake / "ev_one"), "--overwrite"])
+    assert report["domains"]["web"]["windows"] == 1
+    assert report["runs"][0]["in_context"]["web"]["se"] is None
+    assert "(n = 1: no error bar)" in rows_of((fake / "ev_one" / "eval.md").read_text())[0]

@@ -468,3 +468,17 @@ def test_tracking_flags_are_checked_up_front(domain, tmp_path, monkeypatch, caps
     assert "needs wandb" in refused(capsys, train.main, argv + ["--wandb_project", "p"])
     assert "give the project too" in refused(capsys, train.main, argv + ["--wandb_run", "r"])
     assert not (tmp_path / "t").exists()
+
+
+def test_preview_draws_the_band_the_flags_name(monkeypatch, tmp_path):
+    """--preview with --band (or thresholds) draws that band (the cpu preset's cpu-web), not
+    the four bands of the paper's figure."""
+    drawn = []
+    monkeypatch.setattr(nca_tools, "draw_preview", lambda path, cfg, bands, *a: drawn.append(bands))
+    nca_tools.main(["--preview", str(tmp_path / "p.png"), "--band", "cpu-web"])
+    nca_tools.main(["--preview", str(tmp_path / "p.png"), "--filter_rules_threshold", "0.3",
+                    "--filter_rules_upper_bound", "0.4"])
+    nca_tools.main(["--preview", str(tmp_path / "p.png")])
+    assert drawn[0] == [("cpu-web", nca.BANDS["cpu-web"])]
+    assert drawn[1] == [("0.3-0.4", (0.3, 0.4))]
+    assert [name for name, _ in drawn[2]] == ["0.2-0.3", "0.3-0.4", "0.4-0.5", "0.5-1.0"]

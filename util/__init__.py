@@ -383,7 +383,20 @@ def run_checkpoint(path, flag):
     if path.is_dir() and not (path / "config.json").is_file():
         raise UserError(f"{flag} {path} holds no ckpt.pt (nor a Hugging Face config.json): "
                         "pass a run folder of train.py or a ckpt.pt")
+    if path.is_dir() and train_run_record(path / "config.json"):
+        raise UserError(f"{flag} {path} is a train.py run folder without its ckpt.pt (the run "
+                        "has not saved a checkpoint yet, or it was deleted): pass a run folder "
+                        "that holds one, or a ckpt.pt")
     return path
+
+
+def train_run_record(path):
+    """Whether `path` is the config.json train.py writes (a Hugging Face config.json has no
+    "stage")."""
+    try:
+        return "stage" in json.loads(Path(path).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def stage_flag(stage, name):
