@@ -23,6 +23,7 @@ Speedup and tables: this file; summary over seeds, paired statistics and plots: 
 import argparse
 import json
 import math
+import sys
 import time
 import uuid
 from contextlib import nullcontext, suppress
@@ -440,10 +441,28 @@ def score_run(r, inf, refusals, windows, nbytes, halves, plan, args):
 # ---------------------------------------------------------------- change and speedup
 
 def val_curve(metrics):
-    """[(tokens, val_loss), ...] of a run's val lines, by tokens (a resumed run's repeats: last)."""
+    """[(tokens, val_loss), ...] of a run's val lines, by tokens (a resumed run's repeats: last);
+    a NaN or infinite loss is no point of the curve (diverged_at names it)."""
     points = {m["tokens"]: m["val_loss"] for m in metrics
               if m.get("kind") == "val" and m.get("val_loss") is not None}
-    return sorted(points.items())
+    return sorted((t, v) for t, v in points.items() if math.isfinite(v))
+
+
+def diverged_at(metrics):
+    """The first step whose training or validation loss in metrics.jsonl is NaN or infinite (a
+    run that diverged), else None."""
+    return next((m["step"] for m in metrics for k in ("loss", "val_loss")
+                 if isinstance(m.get(k), float) and not math.isfinite(m[k])), None)
+
+
+def finite_json(obj):
+    """`obj` with every NaN or infinite number as None: eval.json stays valid JSON (a bare NaN
+    is not JSON; many readers refuse it)."""
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
 def tokens_to_reach(curve, target):
@@ -485,12 +504,16 @@ def compare(runs, results, baselines):
         curve = val_curve(r.metrics)
         base_curve = val_curve(b.metrics) if b is not None else []
         res["final_val_loss"] = curve[-1][1] if curve else None
+        res["diverged_at"] = diverged_at(r.metrics)
         res.update(speedup=None, speedup_note="n/a", target_loss=None, tokens_to_target=None)
         if r.stage == "lang" and curve and base_curve:
             res["target_loss"] = base_curve[-1][1]
             res["tokens_to_target"] = tokens_to_reach(curve, res["target_loss"])
             res["speedup"] = 1.0 if b is r else speedup(base_curve, curve)
             res["speedup_note"] = None if res["speedup"] is not None else "not reached"
+        if res["diverged_at"] is not None:
+            print(f"note: {r.label} diverged at step {res['diverged_at']} (a NaN or infinite "
+                  "loss in its metrics.jsonl)", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- the record: eval.json and eval.md
@@ -511,7 +534,8 @@ def write_eval(plan, results, domains, summary, argv, pairs=()):
     print(text)
     sweep_temporaries(plan.out)                 # what an interrupted earlier write left
     atomic_write(Path(plan.out) / "eval.md", text + "\n")
-    atomic_write(Path(plan.out) / "eval.json", json.dumps(result, indent=2) + "\n")
+    atomic_write(Path(plan.out) / "eval.json",
+                 json.dumps(finite_json(result), indent=2, allow_nan=False) + "\n")
     print(f"wrote {show(Path(plan.out) / 'eval.json')} and {show(Path(plan.out) / 'eval.md')}")
     return result
 
@@ -610,7 +634,8 @@ def format_table(results, domains):
     head = ["run", "trained on", "tokens (stage 2 + stage 1)",
             *(f"{d}: loss · bpb · ppl" for d in domains), "copy gain (nats): text · frequent",
             "in-context score (nats)"]
-    rows = [[r["label"], r["trained_on"], _tokens(r), *(_cell(r, d) for d in domains),
+    rows = [[r["label"] + (f" (diverged at step {r['diverged_at']})"
+                           if r.get("diverged_at") is not None else ""), r["trained_on"], _tokens(r), *(_cell(r, d) for d in domains),
              *probes.probe_cells(r)] for r in results if r["ppl"]]
     for kind in ("unigram", "bigram"):
         rows.append([kind, "train-split counts", "-",
