@@ -29,7 +29,7 @@ from lab import plots
 from model import ARCH, SIZES, GPTConfig, load_checkpoint, model_config
 from util import (UserError, check_dtype, check_writable, default_device, pid_alive, read_metrics,
                   stage_flag, sweep_temporaries)
-from util.log import wandb_module
+from util.log import wandb_logged_in, wandb_module
 from util.runs import RUN_FILES
 
 AT_LEAST = {"seq_len": 1, "log_interval": 1, "batch_tokens": 1, "micro_batch": 0,
@@ -80,8 +80,11 @@ def check_flags(cfg, world, source):
     check_stage2_flags(cfg)
     if cfg.wandb_run and not cfg.wandb_project:
         raise UserError("--wandb_run names a run in a --wandb_project: give the project too")
-    if cfg.wandb_project:
-        wandb_module()                 # installed? (refused now, not after stage 1)
+    if cfg.wandb_project:              # installed and logged in? (now, not once training runs)
+        if not wandb_logged_in(wandb_module()):
+            raise UserError("--wandb_project: wandb is not logged in here: run `wandb login` "
+                            "(or set WANDB_API_KEY; WANDB_MODE=offline logs locally), or drop "
+                            "--wandb_project")
     runs = (["ppt"] if source is not None else []) + (["lang"] if cfg.stage != "ppt" else [])
     for stage in runs:
         check_batch(cfg, stage, world)

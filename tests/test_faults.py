@@ -340,3 +340,35 @@ def test_prepare_on_a_full_disk_keeps_the_old_folder_and_sweeps_litter(tmp_path,
     assert str(e.value.code).startswith(f"error: cannot write {tmp_path / 'web'}: the disk is full")
     assert "Traceback" not in capsys.readouterr().err
     assert snapshot(tmp_path / "web") == before                  # litter gone, the rest intact
+
+
+# ---------------------------------------------------------------- tracking fails early (#34 C)
+
+def test_wandb_that_cannot_import_or_is_not_logged_in_is_refused_before_the_run_folder(
+        small, tmp_path, monkeypatch, capsys):
+    """--wandb_project with a wandb whose import raises anything (a broken install: here a
+    RuntimeError), or that is not logged in: one line before the run folder exists, so the
+    corrected command runs as given (no --overwrite needed). No network: fake modules."""
+    out = tmp_path / "tracked"
+    argv = run_argv(small, out, "--wandb_project", "p")
+    broken = tmp_path / "site" / "wandb"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise RuntimeError('protobuf 3 is too old\\nmore')\n")
+    monkeypatch.delitem(sys.modules, "wandb", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert e.value.code == 2
+    one_error_line(capsys.readouterr().err, "importing wandb failed (RuntimeError: protobuf 3 is "
+                   "too old): reinstall it")
+    assert not out.exists()
+    logged_out = SimpleNamespace(api=SimpleNamespace(api_key=None), init=None)
+    monkeypatch.setitem(sys.modules, "wandb", logged_out)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with pytest.raises(SystemExit):
+        train.main(argv)
+    one_error_line(capsys.readouterr().err, "wandb is not logged in here: run `wandb login`")
+    assert not out.exists()
+    train.main(run_argv(small, out))             # the corrected command: nothing in its way
+    assert (out / "ckpt.pt").exists()

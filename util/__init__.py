@@ -586,6 +586,17 @@ def duration(seconds):
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+def skip_time(bar, seconds):
+    """Leave `seconds` (validation, a checkpoint) out of a progress bar's rate and ETA: its clock
+    starts that much later (tqdm: its start and its last update, which its smoothed rate
+    measures from)."""
+    if isinstance(bar, PlainProgress):
+        bar.start += seconds
+    elif bar is not None and not getattr(bar, "disable", True):
+        bar.start_t += seconds
+        bar.last_print_t += seconds
+
+
 class PlainProgress:
     """The part of tqdm's interface used here, as plain lines on stdout: `desc: n/total unit,
     elapsed, ETA` when nothing else was printed for `interval` seconds, and once at the end. The
@@ -621,6 +632,9 @@ class PlainProgress:
 
     def set_postfix(self, **kw):
         self.postfix = "".join(f" {k} {v}" for k, v in kw.items())
+
+    def set_description_str(self, desc, refresh=True):
+        """(tqdm's) Off a terminal a validation shows as its line when it ends."""
 
     def close(self):
         if not self.closed:
