@@ -218,7 +218,10 @@ def plan_eval(args):
     runs: runs (labelled) and baselines, each run's checkpoint metadata (info) and refusals
     {domain: why not, or None}, the domains {name: (folder, meta)} scored, block, out, device,
     autocast ctx and dtype, eval_tokens, and the paired contrasts (pairs)."""
-    guard.check_eval_outputs(args, eval_pair_mismatch(args.out))
+    mismatch = eval_pair_mismatch(args.out)
+    if mismatch:                    # an interrupted write: eval.json is the record, eval.md
+        restore_eval_md(args.out)   # is made again from it, whatever is decided next
+    guard.check_eval_outputs(args, mismatch)
     guard.check_counts(args, ("batch_size", "nca_val_seqs", "block_size"))
     device = default_device(args.device)
     ctx, dtype = autocast(args.dtype, device, training=False)
@@ -520,24 +523,38 @@ def compare(runs, results, baselines):
 
 
 def write_eval(plan, results, domains, summary, argv, pairs=()):
-    """The evaluation's record: printed, then eval.md, then eval.json, each renamed into place in
-    plan.out, both carrying one id (a line of eval.md, above the provenance footer): eval.json,
-    written last, is the record, and an eval.md whose id differs from it (a kill between the
-    two renames) is from another evaluation (eval_pair_mismatch). Returns eval.json's dict."""
+    """The evaluation's record: eval.json, then eval.md, each renamed into place in plan.out,
+    both carrying one id (a line of eval.md, above the provenance footer). eval.json is the
+    record and eval.md is made from it alone (eval_text), so a kill between the two renames
+    leaves an eval.md the next eval.py recognises (util.runs.eval_pair_mismatch) and rebuilds
+    from eval.json (restore_eval_md): the folder then holds the new pair. Returns eval.json's
+    dict."""
     result = {"id": f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}",
               "eval_tokens": plan.eval_tokens, "block_size": plan.block, "device": plan.device,
               "dtype": plan.dtype, "domains": domains, "runs": results, "summary": summary,
               "contrasts": pairs, "provenance": provenance("eval.py", argv, plan.device)}
-    text = (report_text(results, domains, plan.block, summary, pairs) + "\n\n"
-            + eval_id_line(result)
-            + "\n" + provenance_line(result["provenance"]))
+    body = json.dumps(finite_json(result), indent=2, allow_nan=False) + "\n"
+    text = eval_text(json.loads(body))
     print(text)
     sweep_temporaries(plan.out)                 # what an interrupted earlier write left
+    atomic_write(Path(plan.out) / "eval.json", body)
     atomic_write(Path(plan.out) / "eval.md", text + "\n")
-    atomic_write(Path(plan.out) / "eval.json",
-                 json.dumps(finite_json(result), indent=2, allow_nan=False) + "\n")
     print(f"wrote {show(Path(plan.out) / 'eval.json')} and {show(Path(plan.out) / 'eval.md')}")
     return result
+
+
+def eval_text(result):
+    """eval.md, made from eval.json's dict alone (so that it can be made again from the file)."""
+    return (report_text(result["runs"], result["domains"], result["block_size"],
+                        result["summary"], result["contrasts"]) + "\n\n" + eval_id_line(result)
+            + "\n" + provenance_line(result["provenance"]))
+
+
+def restore_eval_md(out):
+    """eval.md rebuilt from the eval.json beside it (a kill between the two renames left an
+    eval.md of another evaluation, or none)."""
+    atomic_write(Path(out) / "eval.md",
+                 eval_text(json.loads((Path(out) / "eval.json").read_text())) + "\n")
 
 
 def run_row(r, inf, refusals):

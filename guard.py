@@ -508,7 +508,8 @@ def check_eval_outputs(args, mismatch=None):
     if (out / "eval.json").exists() and not args.overwrite:
         raise UserError(f"{show(out / 'eval.json')} exists: pass --overwrite to replace it, "
                         "or another --out" + (f" (and note: {mismatch}; a write was "
-                                               "interrupted)" if mismatch else ""))
+                                               "interrupted, and eval.md was made again from "
+                                               "eval.json)" if mismatch else ""))
     if args.plot or args.plot_heads or args.plot_contrasts:
         plots.pyplot()  # fail now, not after the evaluation
         from matplotlib.backend_bases import FigureCanvasBase

@@ -302,21 +302,24 @@ def test_eval_json_and_md_belong_together(small, tmp_path, monkeypatch, capsys):
     assert eval_pair_mismatch(out) is None
     real = ev.atomic_write
 
-    def killed_before_json(path, data):           # a kill between the two renames
-        if Path(path).name == "eval.json":
+    def killed_before_md(path, data):             # a kill between the two renames
+        if Path(path).name == "eval.md":
             raise KeyboardInterrupt
         real(path, data)
-    monkeypatch.setattr(ev, "atomic_write", killed_before_json)
+    monkeypatch.setattr(ev, "atomic_write", killed_before_md)
     with pytest.raises(SystemExit):
         ev.main(argv + ["--overwrite"])
     monkeypatch.undo()
-    assert json.loads((out / "eval.json").read_text())["id"] == first["id"]
+    second = json.loads((out / "eval.json").read_text())["id"]       # the record: written first
+    assert second != first["id"]
     assert "is not from the evaluation in eval.json" in eval_pair_mismatch(out)
     capsys.readouterr()
     with pytest.raises(SystemExit):
         ev.main(argv)
     one_error_line(capsys.readouterr().err, "exists: pass --overwrite to replace it, or another "
                    "--out (and note: eval.md (id ")
+    assert eval_pair_mismatch(out) is None                # eval.md made again from eval.json
+    assert f"eval id {second} " in (out / "eval.md").read_text()
 
 
 def test_prepare_on_a_full_disk_keeps_the_old_folder_and_sweeps_litter(tmp_path, monkeypatch,
@@ -372,3 +375,51 @@ def test_wandb_that_cannot_import_or_is_not_logged_in_is_refused_before_the_run_
     assert not out.exists()
     train.main(run_argv(small, out))             # the corrected command: nothing in its way
     assert (out / "ckpt.pt").exists()
+
+
+# ---------------------------------------------------------------- an evaluation killed mid-write (#34 D)
+
+KILL_AT_RENAME = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+import eval as ev
+n, real = int(sys.argv[2]), os.replace
+
+def replace(src, dst):          # SIGKILL at the n-th rename of an output (0: before the first)
+    global n
+    if os.path.basename(dst) in ("eval.json", "eval.md"):
+        if n == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        n -= 1
+    real(src, dst)
+os.replace = replace
+ev.main(sys.argv[3:])
+"""
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["over-an-old-pair", "fresh-folder"])
+def test_an_evaluation_killed_while_writing_leaves_a_pair(small, tmp_path, fresh):
+    """SIGKILL (a real one, in a real process) at each point of eval.py's writes: before the
+    first rename (its temporary written), between the two, after both. Then the folder holds
+    the old pair or the new one, never a mix: at once, or as soon as the next eval.py looks at
+    it (here one refused for lack of --overwrite), which makes eval.md again from eval.json."""
+    argv = [str(small / "done"), "--domains", "", "--extra_data", str(small / "small"),
+            "--eval_tokens", "160", "--device", "cpu"]
+    for kill_at in (0, 1, 2):
+        out = tmp_path / f"ev{kill_at}"
+        old = None if fresh else ev.main(argv + ["--out", str(out)])["id"]
+        r = subprocess.run([sys.executable, "-c", KILL_AT_RENAME, str(ROOT), str(kill_at),
+                            *argv, "--out", str(out), "--overwrite"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == (-signal.SIGKILL if kill_at < 2 else 0), r.stderr
+        if (out / "eval.json").exists():
+            with pytest.raises(SystemExit):                   # the next evaluation looks
+                ev.main(argv + ["--out", str(out)])
+        names = sorted(p.name for p in out.iterdir()) if out.exists() else []
+        if fresh and kill_at == 0:
+            assert "eval.json" not in names and "eval.md" not in names    # nothing, or litter
+            continue
+        assert {"eval.json", "eval.md"} <= set(names) and eval_pair_mismatch(out) is None
+        record = json.loads((out / "eval.json").read_text())
+        assert (out / "eval.md").read_text() == ev.eval_text(record) + "\n"
+        assert (record["id"] == old) == (kill_at == 0), (kill_at, record["id"], old)

@@ -182,14 +182,20 @@ def eval_id_line(result):
 
 
 def eval_pair_mismatch(out):
-    """Why eval.md in `out` is not the one of its eval.json, or None if it is (or if there is no
-    pair to check: a file missing, or an eval.json from before ids were written)."""
+    """Why eval.md in `out` is not the one of its eval.json (another id, or no eval.md), or None
+    if it is (or if there is no record to check: no eval.json, or one from before ids were
+    written)."""
     try:
         want = json.loads((Path(out) / "eval.json").read_text()).get("id")
-        lines = (Path(out) / "eval.md").read_text().splitlines()
     except (OSError, ValueError, AttributeError):
         return None
+    if want is None:
+        return None
+    try:
+        lines = (Path(out) / "eval.md").read_text().splitlines()
+    except OSError:
+        return f"eval.md is missing beside eval.json (id {want})"
     ids = [line[len(EVAL_ID):].split(" ")[0] for line in lines if line.startswith(EVAL_ID)]
     have = ids[-1] if ids else None
-    return None if want is None or have == want else \
+    return None if have == want else \
         f"eval.md (id {have}) is not from the evaluation in eval.json (id {want})"
