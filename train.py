@@ -45,7 +45,7 @@ from util import (add_flags, auto_or_count, autocast, cli, flag, flag_values, fr
                   setup_distributed, stage_flag, wrap_model)
 from util.log import Log, plain_json, provenance, tracking
 from util.runs import (body_line, device_memory, long_run_note, memory_estimate, rank_fingerprint,
-                       resume, run_summary, start_run_dir)
+                       restore_config, resume, run_summary, start_run_dir)
 
 # -----------------------------------------------------------------------------------------------
 # Knobs. Stage 1's optimization flags are --ppt_<name>, stage 2's the plain --<name>.
@@ -372,6 +372,10 @@ def main(argv=None):
             note = long_run_note(cfg, plan, dist["device"])
             if note:
                 print(note, flush=True)
+        if dist["rank"] == 0:
+            for stage in plan.all_stages:       # finished, so not run: its record made whole
+                if stage not in plan.stages:
+                    restore_config(plan.out[stage])
         result = {}
         if "ppt" in plan.stages:
             result["ppt"] = run_ppt(cfg, plan, source, ctx)

@@ -423,3 +423,22 @@ def test_an_evaluation_killed_while_writing_leaves_a_pair(small, tmp_path, fresh
         record = json.loads((out / "eval.json").read_text())
         assert (out / "eval.md").read_text() == ev.eval_text(record) + "\n"
         assert (record["id"] == old) == (kill_at == 0), (kill_at, record["id"], old)
+
+
+# ---------------------------------------------------------------- a deleted config.json (#34 D)
+
+@pytest.mark.parametrize("tokens", [320, 640], ids=["finished", "unfinished"])
+def test_a_run_whose_config_json_was_deleted_gets_it_back_on_resume(small, tmp_path, capsys,
+                                                                     tokens):
+    """--resume of a run without its config.json writes it back: a finished run (nothing to run)
+    from its checkpoint's record, byte for byte the file it lost; an unfinished one as it
+    resumes. eval.py, --config and --resume read it."""
+    out = copy_run(small, tmp_path)
+    before = (out / "config.json").read_text()
+    (out / "config.json").unlink()
+    train.main(run_argv(small, out, "--resume", tokens=tokens))
+    assert (out / "config.json").exists()
+    if tokens == 320:
+        assert (out / "config.json").read_text() == before
+        assert "config.json back from" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["stage"] == "lang"

@@ -105,6 +105,21 @@ def start_run_dir(out, cfg, stage, plan, config):
         torch.distributed.barrier()
 
 
+def restore_config(out):
+    """A finished stage resumed runs nothing; if its config.json was deleted, it is written back
+    from the record its checkpoint keeps (the same dict config.json was written from). Returns
+    whether it was."""
+    path, ckpt = Path(out) / "config.json", Path(out) / "ckpt.pt"
+    if path.exists() or not ckpt.exists():
+        return False
+    config = load_checkpoint(ckpt, "cpu").get("config")
+    if not isinstance(config, dict):
+        return False
+    write_config(out, config)
+    print(f"--resume: wrote {show(path)} back from {show(ckpt)} (it had been deleted)")
+    return True
+
+
 def write_config(out, config):
     atomic_write(Path(out) / "config.json", json.dumps(config, indent=2, default=str))
 
