@@ -171,6 +171,10 @@ def main(argv=None):
     compare(plan.runs, results, plan.baselines)
     summary = summarize(plan.runs, results)
     pairs = contrasts(plan.runs, results, plan.pairs)
+    for a, b, *_ in plan.pairs:          # paired in the plan, but not scored on a shared domain
+        if not any((p["a"], p["b"]) == (a, b) for p in pairs):
+            print(f"note: --pair {a}:{b}: no domain was scored for runs of both arms of one "
+                  "seed: no row in the contrasts", file=sys.stderr)
     result = write_eval(plan, results, domains, summary, argv, pairs)    # eval.json and eval.md
     if args.plot:
         plot_curves(plan.runs, plan.baselines, args.plot,

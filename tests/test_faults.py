@@ -442,3 +442,42 @@ def test_a_run_whose_config_json_was_deleted_gets_it_back_on_resume(small, tmp_p
         assert (out / "config.json").read_text() == before
         assert "config.json back from" in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["stage"] == "lang"
+
+
+# ---------------------------------------------------------------- outputs of sample.py and eval.py (#34 A, B)
+
+def test_sample_out_in_a_read_only_place_is_refused_before_the_rollout(small, tmp_path,
+                                                                       monkeypatch, capsys):
+    import sample
+    real_open = os.open
+
+    def read_only(path, *a, **k):
+        if Path(path).name.startswith(".probe."):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *a, **k)
+    monkeypatch.setattr(util.os, "open", read_only)
+    loaded = []
+    monkeypatch.setattr(sample, "load_checkpoint", lambda *a, **k: loaded.append(1))
+    with pytest.raises(SystemExit):
+        sample.main(["--init_from", str(small / "done"), "--out", str(tmp_path / "r.png")])
+    one_error_line(capsys.readouterr().err, f"--out {tmp_path / 'r.png'}: cannot write in "
+                   f"{tmp_path}: the file system is read-only")
+    assert not loaded
+
+
+def test_eval_of_a_run_that_diverged_writes_valid_json(small, tmp_path, capsys):
+    """A run whose metrics.jsonl holds NaN and Infinity (as json.dumps writes them): eval.json
+    stays JSON that strict readers take, and the run is named as diverged."""
+    out = copy_run(small, tmp_path)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "val", "step": 2, "tokens": 640, "val_loss": float("nan")})
+                + "\n")
+        f.write(json.dumps({"kind": "train", "step": 3, "tokens": 960, "loss": float("inf")})
+                + "\n")
+    ev.main([str(out), "--domains", "", "--extra_data", str(small / "small"), "--eval_tokens",
+             "160", "--out", str(tmp_path / "ev")])
+    text = (tmp_path / "ev" / "eval.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["runs"][0]["diverged_at"] == 2
+    assert "(diverged at step 2)" in (tmp_path / "ev" / "eval.md").read_text()
+    assert "note: " in capsys.readouterr().err

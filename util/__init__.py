@@ -591,7 +591,7 @@ def skip_time(bar, seconds):
     starts that much later (tqdm: its start and its last update, which its smoothed rate
     measures from)."""
     if isinstance(bar, PlainProgress):
-        bar.start += seconds
+        bar.skipped += seconds
     elif bar is not None and not getattr(bar, "disable", True):
         bar.start_t += seconds
         bar.last_print_t += seconds
@@ -606,7 +606,7 @@ class PlainProgress:
     def __init__(self, total, desc, unit="it", initial=0):
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
         self.postfix, self.closed, self.last = "", False, time.monotonic()
-        self.start, self.initial = self.last, initial
+        self.start, self.initial, self.skipped = self.last, initial, 0.0   # skip_time()
 
     def write(self, line):
         print(line, flush=True)
@@ -624,8 +624,8 @@ class PlainProgress:
         done = self.n - self.initial
         if self.total is None or self.n >= self.total:
             eta = ""
-        elif done > 0:
-            eta = f", ETA {duration(elapsed * (self.total - self.n) / done)}"
+        elif done > 0:                       # at the rate of the steps alone (skip_time)
+            eta = f", ETA {duration((elapsed - self.skipped) * (self.total - self.n) / done)}"
         else:
             eta = ", ETA unknown"
         return f"{self.desc}: {self.n:,}{of} {self.unit}{self.postfix}, {duration(elapsed)}{eta}"
