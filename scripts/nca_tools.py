@@ -168,7 +168,8 @@ def main(argv=None):
     ap.add_argument("--num_rules", type=int, default=1000, help="rules for --stats")
     ap.add_argument("--out", default=None, help="with --stats: write the raw scores (JSON list)")
     ap.add_argument("--preview", default=None, metavar="PATH",
-                    help="draw trajectories of rules from each band to PATH (.png or .gif; "
+                    help="draw trajectories of rules to PATH, from the band of --band (or "
+                         "the thresholds), else from each of four bands (.png or .gif; "
                          "both need Pillow: pip install pillow)")
     ap.add_argument("--preview_rules", type=int, default=3, help="rules per band in --preview")
     ap.add_argument("--preview_frames", type=int, default=8, help="frames per rule in --preview")

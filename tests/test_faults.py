@@ -481,3 +481,21 @@ def test_eval_of_a_run_that_diverged_writes_valid_json(small, tmp_path, capsys):
     assert json.loads(text)["runs"][0]["diverged_at"] == 2
     assert "(diverged at step 2)" in (tmp_path / "ev" / "eval.md").read_text()
     assert "note: " in capsys.readouterr().err
+
+
+def test_wandb_init_that_fails_is_one_line_and_resume_starts_the_run(small, tmp_path,
+                                                                      monkeypatch, capsys):
+    """wandb.init failing once training starts (the network, the server: what guard cannot ask
+    offline) is one line naming what the folder holds and the command that continues."""
+    def init(**kw):
+        raise ConnectionError("api.wandb.ai unreachable")
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(api=SimpleNamespace(api_key="k"),
+                                                              init=init))
+    out = tmp_path / "tracked"
+    with pytest.raises(SystemExit):
+        train.main(run_argv(small, out, "--wandb_project", "p"))
+    one_error_line(capsys.readouterr().err, "wandb.init failed (ConnectionError: api.wandb.ai "
+                   "unreachable): the run folder")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    train.main(run_argv(small, out, "--resume"))
+    assert (out / "ckpt.pt").exists()

@@ -73,7 +73,7 @@ class Log:
         self.t_last, self.last_step, self.paused = time.perf_counter(), step, 0.0
         self.bar, self.step, self.saved, self.dead = None, step, step or None, 0
         # wandb.init's arguments (tracking()): every line written below also goes there
-        self.run = wandb_module().init(**track) if track and master else None
+        self.run = start_tracking(track) if track and master else None
 
     @property
     def healthy(self):
@@ -100,7 +100,7 @@ class Log:
         if self.run is None:
             return
         numbers = {k: v for k, v in rec.items() if k not in ("step", "kind")
-                   and isinstance(v, (int, float)) and not isinstance(v, bool)}
+                   and isinstance(v, (int, float))}
         if rec["kind"] == "info":         # run-level constants: the run's config, not charts
             self.run.config.update({k: v for k, v in numbers.items() if k != "tokens"},
                                    allow_val_change=True)
@@ -258,6 +258,18 @@ def wandb_logged_in(wandb):
         return bool(wandb.api.api_key)
     except Exception:                                        # noqa: BLE001 (a broken install)
         return False
+
+
+def start_tracking(track):
+    """wandb.init(**track); its failure (guard.py checked the import and the login, so the
+    network or the server) is one line."""
+    try:
+        return wandb_module().init(**track)
+    except Exception as e:                                   # noqa: BLE001 (wandb's own errors)
+        why = (str(e).strip().splitlines() or [""])[0]
+        raise UserError(f"--wandb_project: wandb.init failed ({type(e).__name__}: {why}): the "
+                        f"run folder {track['dir']} holds only config.json; retry with --resume, "
+                        "or drop --wandb_project") from None
 
 
 def wandb_key(kind, name):
