@@ -633,6 +633,12 @@ def _tokens(r):
     return own + (" + ? (not recorded)" if r.get("init_from") and r["stage"] == "lang" else "")
 
 
+def _label(r):
+    """A row's run, and that it diverged (a NaN or infinite loss in its metrics.jsonl)."""
+    return r["label"] + (f" (diverged at step {r['diverged_at']})"
+                         if r.get("diverged_at") is not None else "")
+
+
 def _cell(r, d):
     if d not in r["ppl"]:
         return "-"
@@ -655,8 +661,7 @@ def format_table(results, domains):
     head = ["run", "trained on", "tokens (stage 2 + stage 1)",
             *(f"{d}: loss · bpb · ppl" for d in domains), "copy gain (nats): text · frequent",
             "in-context score (nats)"]
-    rows = [[r["label"] + (f" (diverged at step {r['diverged_at']})"
-                           if r.get("diverged_at") is not None else ""), r["trained_on"], _tokens(r), *(_cell(r, d) for d in domains),
+    rows = [[_label(r), r["trained_on"], _tokens(r), *(_cell(r, d) for d in domains),
              *probes.probe_cells(r)] for r in results if r["ppl"]]
     for kind in ("unigram", "bigram"):
         rows.append([kind, "train-split counts", "-",

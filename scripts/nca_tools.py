@@ -203,8 +203,8 @@ def main(argv=None):
             atomic_write(args.out, json.dumps([round(float(s), 6) for s in scores]))
             print(f"wrote {len(scores)} scores to {args.out}")
     if args.preview:
-        draw_preview(args.preview, cfg, preview_bands(args), args.preview_rules, args.preview_frames,
-                     args.seed, device)
+        draw_preview(args.preview, cfg, preview_bands(args), args.preview_rules,
+                     args.preview_frames, args.seed, device)
         print(f"wrote {args.preview}")
     if args.bench:
         bench(cfg, device, seqs=args.bench_seqs)
