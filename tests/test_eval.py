@@ -620,3 +620,16 @@ def test_a_diverged_run_is_named_and_eval_json_stays_json(fake, tmp_path, capsys
     assert "note: nca (nan_web) diverged at step 4" in err and "Traceback" not in err
     if "--plot" in argv:
         assert "not plotted" in err and (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_a_pair_not_scored_on_its_shared_domain_is_said(fake, tmp_path, capsys):
+    """--pair between runs of one domain and seed, evaluated only on another domain: the
+    contrast has no row, and a note says why (it was an empty table and exit 0, no word)."""
+    curve = [(1024, 5.0), (2048, 4.0)]
+    scratch = write_run(tmp_path / "s", "scratch", curve, seed=7)
+    arm = write_run(tmp_path / "n", "nca", curve, init_from="x", seed=7)
+    report = run_main(fake, str(scratch), str(arm), "--domains", "math", "--pair", "nca:scratch",
+                      out="ev_pair_math")
+    assert report["contrasts"] == []
+    assert "note: --pair nca:scratch: no domain was scored for runs of both arms" in \
+        capsys.readouterr().err
