@@ -23,6 +23,7 @@ Speedup and tables: this file; summary over seeds, paired statistics and plots: 
 import argparse
 import json
 import math
+import sys
 import time
 import uuid
 from contextlib import nullcontext, suppress
@@ -170,6 +171,10 @@ def main(argv=None):
     compare(plan.runs, results, plan.baselines)
     summary = summarize(plan.runs, results)
     pairs = contrasts(plan.runs, results, plan.pairs)
+    for a, b, *_ in plan.pairs:          # paired in the plan, but not scored on a shared domain
+        if not any((p["a"], p["b"]) == (a, b) for p in pairs):
+            print(f"note: --pair {a}:{b}: no domain was scored for runs of both arms of one "
+                  "seed: no row in the contrasts", file=sys.stderr)
     result = write_eval(plan, results, domains, summary, argv, pairs)    # eval.json and eval.md
     if args.plot:
         plot_curves(plan.runs, plan.baselines, args.plot,
@@ -217,7 +222,10 @@ def plan_eval(args):
     runs: runs (labelled) and baselines, each run's checkpoint metadata (info) and refusals
     {domain: why not, or None}, the domains {name: (folder, meta)} scored, block, out, device,
     autocast ctx and dtype, eval_tokens, and the paired contrasts (pairs)."""
-    guard.check_eval_outputs(args, eval_pair_mismatch(args.out))
+    mismatch = eval_pair_mismatch(args.out)
+    if mismatch:                    # an interrupted write: eval.json is the record, eval.md
+        restore_eval_md(args.out)   # is made again from it, whatever is decided next
+    guard.check_eval_outputs(args, mismatch)
     guard.check_counts(args, ("batch_size", "nca_val_seqs", "block_size"))
     device = default_device(args.device)
     ctx, dtype = autocast(args.dtype, device, training=False)
@@ -241,10 +249,12 @@ def plan_eval(args):
             domains[f.name] = (f, metas[f.name])
     for r, inf, ref in zip(runs, info, refusals):
         guard.check_scorable(r.label, any(scored_on(inf, ref)), refusal_text(ref))
+    pairs = eval_pairs(args.pair, runs)
+    guard.check_plot_contrasts(args.plot_contrasts, pairs)
     return SimpleNamespace(runs=runs, baselines=baselines, info=info, refusals=refusals,
                            domains=domains, block=block, out=Path(args.out), device=device,
                            ctx=ctx, dtype=dtype, eval_tokens=eval_tokens(args.eval_tokens, runs),
-                           pairs=eval_pairs(args.pair, runs))
+                           pairs=pairs)
 
 
 def gather_runs(paths, baseline_paths):
@@ -438,10 +448,28 @@ def score_run(r, inf, refusals, windows, nbytes, halves, plan, args):
 # ---------------------------------------------------------------- change and speedup
 
 def val_curve(metrics):
-    """[(tokens, val_loss), ...] of a run's val lines, by tokens (a resumed run's repeats: last)."""
+    """[(tokens, val_loss), ...] of a run's val lines, by tokens (a resumed run's repeats: last);
+    a NaN or infinite loss is no point of the curve (diverged_at names it)."""
     points = {m["tokens"]: m["val_loss"] for m in metrics
               if m.get("kind") == "val" and m.get("val_loss") is not None}
-    return sorted(points.items())
+    return sorted((t, v) for t, v in points.items() if math.isfinite(v))
+
+
+def diverged_at(metrics):
+    """The first step whose training or validation loss in metrics.jsonl is NaN or infinite (a
+    run that diverged), else None."""
+    return next((m["step"] for m in metrics for k in ("loss", "val_loss")
+                 if isinstance(m.get(k), float) and not math.isfinite(m[k])), None)
+
+
+def finite_json(obj):
+    """`obj` with every NaN or infinite number as None: eval.json stays valid JSON (a bare NaN
+    is not JSON; many readers refuse it)."""
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
 def tokens_to_reach(curve, target):
@@ -483,35 +511,54 @@ def compare(runs, results, baselines):
         curve = val_curve(r.metrics)
         base_curve = val_curve(b.metrics) if b is not None else []
         res["final_val_loss"] = curve[-1][1] if curve else None
+        res["diverged_at"] = diverged_at(r.metrics)
         res.update(speedup=None, speedup_note="n/a", target_loss=None, tokens_to_target=None)
         if r.stage == "lang" and curve and base_curve:
             res["target_loss"] = base_curve[-1][1]
             res["tokens_to_target"] = tokens_to_reach(curve, res["target_loss"])
             res["speedup"] = 1.0 if b is r else speedup(base_curve, curve)
             res["speedup_note"] = None if res["speedup"] is not None else "not reached"
+        if res["diverged_at"] is not None:
+            print(f"note: {r.label} diverged at step {res['diverged_at']} (a NaN or infinite "
+                  "loss in its metrics.jsonl)", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- the record: eval.json and eval.md
 
 
 def write_eval(plan, results, domains, summary, argv, pairs=()):
-    """The evaluation's record: printed, then eval.md, then eval.json, each renamed into place in
-    plan.out, both carrying one id (a line of eval.md, above the provenance footer): eval.json,
-    written last, is the record, and an eval.md whose id differs from it (a kill between the
-    two renames) is from another evaluation (eval_pair_mismatch). Returns eval.json's dict."""
+    """The evaluation's record: eval.json, then eval.md, each renamed into place in plan.out,
+    both carrying one id (a line of eval.md, above the provenance footer). eval.json is the
+    record and eval.md is made from it alone (eval_text), so a kill between the two renames
+    leaves an eval.md the next eval.py recognises (util.runs.eval_pair_mismatch) and rebuilds
+    from eval.json (restore_eval_md): the folder then holds the new pair. Returns eval.json's
+    dict."""
     result = {"id": f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}",
               "eval_tokens": plan.eval_tokens, "block_size": plan.block, "device": plan.device,
               "dtype": plan.dtype, "domains": domains, "runs": results, "summary": summary,
               "contrasts": pairs, "provenance": provenance("eval.py", argv, plan.device)}
-    text = (report_text(results, domains, plan.block, summary, pairs) + "\n\n"
-            + eval_id_line(result)
-            + "\n" + provenance_line(result["provenance"]))
+    body = json.dumps(finite_json(result), indent=2, allow_nan=False) + "\n"
+    text = eval_text(json.loads(body))
     print(text)
     sweep_temporaries(plan.out)                 # what an interrupted earlier write left
+    atomic_write(Path(plan.out) / "eval.json", body)
     atomic_write(Path(plan.out) / "eval.md", text + "\n")
-    atomic_write(Path(plan.out) / "eval.json", json.dumps(result, indent=2) + "\n")
     print(f"wrote {show(Path(plan.out) / 'eval.json')} and {show(Path(plan.out) / 'eval.md')}")
     return result
+
+
+def eval_text(result):
+    """eval.md, made from eval.json's dict alone (so that it can be made again from the file)."""
+    return (report_text(result["runs"], result["domains"], result["block_size"],
+                        result["summary"], result["contrasts"]) + "\n\n" + eval_id_line(result)
+            + "\n" + provenance_line(result["provenance"]))
+
+
+def restore_eval_md(out):
+    """eval.md rebuilt from the eval.json beside it (a kill between the two renames left an
+    eval.md of another evaluation, or none)."""
+    atomic_write(Path(out) / "eval.md",
+                 eval_text(json.loads((Path(out) / "eval.json").read_text())) + "\n")
 
 
 def run_row(r, inf, refusals):
@@ -586,6 +633,12 @@ def _tokens(r):
     return own + (" + ? (not recorded)" if r.get("init_from") and r["stage"] == "lang" else "")
 
 
+def _label(r):
+    """A row's run, and that it diverged (a NaN or infinite loss in its metrics.jsonl)."""
+    return r["label"] + (f" (diverged at step {r['diverged_at']})"
+                         if r.get("diverged_at") is not None else "")
+
+
 def _cell(r, d):
     if d not in r["ppl"]:
         return "-"
@@ -608,7 +661,7 @@ def format_table(results, domains):
     head = ["run", "trained on", "tokens (stage 2 + stage 1)",
             *(f"{d}: loss · bpb · ppl" for d in domains), "copy gain (nats): text · frequent",
             "in-context score (nats)"]
-    rows = [[r["label"], r["trained_on"], _tokens(r), *(_cell(r, d) for d in domains),
+    rows = [[_label(r), r["trained_on"], _tokens(r), *(_cell(r, d) for d in domains),
              *probes.probe_cells(r)] for r in results if r["ppl"]]
     for kind in ("unigram", "bigram"):
         rows.append([kind, "train-split counts", "-",

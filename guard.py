@@ -28,7 +28,7 @@ from data.common import TOKENIZERS, load_meta, load_tokens, max_token, scan_max_
 from model import ARCH, SIZES, GPTConfig, load_checkpoint, model_config
 from util import (UserError, check_dtype, check_writable, default_device, pid_alive, pillow,
                   pyplot, read_metrics, stage_flag, sweep_temporaries)
-from util.log import wandb_module
+from util.log import wandb_logged_in, wandb_module
 from util.runs import RUN_FILES
 
 AT_LEAST = {"seq_len": 1, "log_interval": 1, "batch_tokens": 1, "micro_batch": 0,
@@ -79,8 +79,11 @@ def check_flags(cfg, world, source):
     check_stage2_flags(cfg)
     if cfg.wandb_run and not cfg.wandb_project:
         raise UserError("--wandb_run names a run in a --wandb_project: give the project too")
-    if cfg.wandb_project:
-        wandb_module()                 # installed? (refused now, not after stage 1)
+    if cfg.wandb_project:              # installed and logged in? (now, not once training runs)
+        if not wandb_logged_in(wandb_module()):
+            raise UserError("--wandb_project: wandb is not logged in here: run `wandb login` "
+                            "(or set WANDB_API_KEY; WANDB_MODE=offline logs locally), or drop "
+                            "--wandb_project")
     runs = (["ppt"] if source is not None else []) + (["lang"] if cfg.stage != "ppt" else [])
     for stage in runs:
         check_batch(cfg, stage, world)
@@ -504,9 +507,27 @@ def check_eval_outputs(args, mismatch=None):
     if (out / "eval.json").exists() and not args.overwrite:
         raise UserError(f"{show(out / 'eval.json')} exists: pass --overwrite to replace it, "
                         "or another --out" + (f" (and note: {mismatch}; a write was "
-                                               "interrupted)" if mismatch else ""))
+                                               "interrupted, and eval.md was made again from "
+                                               "eval.json)" if mismatch else ""))
     if args.plot or args.plot_heads or args.plot_contrasts:
         pyplot()  # fail now, not after the evaluation
+        from matplotlib.backend_bases import FigureCanvasBase
+        kinds = FigureCanvasBase.get_supported_filetypes()     # {"png": ..., "pdf": ...}
+        for name in ("plot", "plot_heads", "plot_contrasts"):
+            path = getattr(args, name)
+            if path and Path(path).suffix.lower().lstrip(".") not in kinds:
+                raise UserError(f"--{name} {path}: matplotlib draws "
+                                f"{', '.join('.' + k for k in sorted(kinds))}: name the picture "
+                                "with one of these extensions")
+
+
+def check_plot_contrasts(path, pairs):
+    """--plot_contrasts needs contrasts to draw: refused before any model runs, not after
+    eval.json is written."""
+    if path and not pairs:
+        raise UserError(f"--plot_contrasts {path}: there are no paired contrasts to draw: give "
+                        "--pair A:B (without it, every arm is paired with scratch only when an "
+                        "arm has several seeds of a domain)")
 
 
 def check_counts(args, names):
@@ -566,6 +587,16 @@ def check_scorable(label, scorable, why):
                         "--extra_data a prepared folder its model reads, or leave it out")
 
 
+def check_pair_overlap(text, a_keys, b_keys):
+    """--pair A:B pairs runs of one domain and seed: some (domain, seed) must have both arms
+    (`a_keys`, `b_keys`: the (domain, seed) of each arm's language runs)."""
+    if not set(a_keys) & set(b_keys):
+        a, b = text.split(":")[:2]
+        show_keys = lambda keys: ", ".join(f"{d} seed {s}" for d, s in sorted(keys, key=str))
+        raise UserError(f"--pair {text}: arms {a} and {b} share no domain and seed ({a}: "
+                        f"{show_keys(a_keys)}; {b}: {show_keys(b_keys)}): nothing to pair")
+
+
 def check_pairs(given, arms, twice):
     """--pair A:B (or A:B:REF): two (three) different arms, each an arm of the language runs
     (`arms`), none with two runs of one domain and seed (`twice`)."""
@@ -600,6 +631,20 @@ def check_sample(args):
                         "likeliest token every time: --top_k 1)")
     if args.top_k < 0:
         raise UserError(f"--top_k must be at least 0 (0 = all tokens), got {args.top_k}")
+    if args.out:                      # a folder or a read-only place: refused before the rollout
+        check_writable(args.out, "--out", kind="file")
+
+
+def check_prompt(ids, kind, vocab_size):
+    """Every token of the prompt is inside the model's vocabulary (a byte model trained on ASCII
+    text may have fewer than 256 byte classes)."""
+    outside = sorted({i for i in ids if i >= vocab_size})
+    if outside:
+        what = "byte" if kind == "bytes" else "token id"
+        raise UserError(f"--start holds {what} {outside[0]}"
+                        + (f" (and {len(outside) - 1} more)" if len(outside) > 1 else "")
+                        + f", outside the {vocab_size:,}-token vocabulary of this model: give a "
+                        "prompt of the text it was trained on")
 
 
 def check_sample_model(args, path, ck):

@@ -71,6 +71,9 @@ def main(argv=None):
     guard.check_sample_model(args, path, info)        # text, or rollouts of held-out rules
     kind = (info.get("vocab") or {}).get("kind")
     prompt = read_prompt(args.start) if kind != "nca" else None
+    if kind != "nca":
+        guard.check_prompt(prompt_ids(kind, prompt), kind,
+                           (info.get("model_args") or {}).get("vocab_size", TOKENIZERS[kind][0]))
     ck = load_checkpoint(path, device)
     model = model_from_checkpoint(ck, device).eval()
     if kind != "nca":
@@ -112,18 +115,23 @@ def codec(kind):
     return lambda text: enc.encode(text, allowed_special={"<|endoftext|>"}), enc.decode
 
 
+def prompt_ids(kind, prompt):
+    """The prompt's token ids; nothing to continue: the separator, to start a new document."""
+    return codec(kind)[0](prompt) or [TOKENIZERS[kind][1]]
+
+
 @torch.no_grad()
 def sample_text(model, kind, prompt, args):
     """--num_samples continuations of `prompt`, printed and returned."""
-    encode, decode = codec(kind)
-    vocab, sep = TOKENIZERS[kind]
+    decode = codec(kind)[1]
+    vocab = TOKENIZERS[kind][0]
     # Only the tokenizer's rows of the head: a model with more rows (64,000 for math and code
     # on GPT-2 ids) could otherwise sample ids that are no text.
     head = model.lm_head
     head.weight = torch.nn.Parameter(head.weight[:vocab])
     if head.bias is not None:
         head.bias = torch.nn.Parameter(head.bias[:vocab])
-    ids = encode(prompt) or [sep]           # nothing to continue: start a new document
+    ids = prompt_ids(kind, prompt)
     torch.manual_seed(args.seed)
     x = torch.tensor(ids, device=head.weight.device).repeat(args.num_samples, 1)
     y = model.generate(x, args.max_new_tokens, args.temperature, args.top_k or None)

@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -46,7 +45,7 @@ from util import (add_flags, auto_or_count, autocast, cli, flag, flag_values, fr
                   setup_distributed, stage_flag, wrap_model)
 from util.log import Log, plain_json, provenance, tracking
 from util.runs import (body_line, device_memory, long_run_note, memory_estimate, rank_fingerprint,
-                       resume, run_summary, start_run_dir)
+                       restore_config, resume, run_summary, start_run_dir)
 
 # -----------------------------------------------------------------------------------------------
 # Knobs. Stage 1's optimization flags are --ppt_<name>, stage 2's the plain --<name>.
@@ -373,6 +372,10 @@ def main(argv=None):
             note = long_run_note(cfg, plan, dist["device"])
             if note:
                 print(note, flush=True)
+        if dist["rank"] == 0:
+            for stage in plan.all_stages:       # finished, so not run: its record made whole
+                if stage not in plan.stages:
+                    restore_config(plan.out[stage])
         result = {}
         if "ppt" in plan.stages:
             result["ppt"] = run_ppt(cfg, plan, source, ctx)
@@ -596,21 +599,23 @@ def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
     ckpt_every = hp.ckpt_interval or hp.eval_interval
     model.train()
     while True:
-        t_pause = time.perf_counter()
-        if (step % hp.eval_interval == 0 or step == steps) and not (resumed and step == resumed_at):
-            last_val = validate(step, val_model, model, data.val, hp, cfg, ctx, log, scores,
-                                probe)
-        save = (step % ckpt_every == 0 or step == steps) and not (step == resumed_at > 0)
-        if save and master and (log.healthy or step == steps):    # no dead checkpoint
-            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "model_args": asdict(model.config), "step": step,
-                             "tokens": step * hp.batch_tokens, "stage": stage, **record,
-                             "data": batches.state_dict(),
-                             "rng": {"torch": torch.get_rng_state(), "cuda":
-                                     torch.cuda.get_rng_state(device) if cuda else None}},
-                            out / "ckpt.pt")
-            log.saved = step
-        log.paused += time.perf_counter() - t_pause        # not part of the throughput windows
+        val_now = (step % hp.eval_interval == 0 or step == steps) and \
+            not (resumed and step == resumed_at)
+        with log.pause(step, val_now):            # not part of the throughput, nor of the ETA
+            if val_now:
+                last_val = validate(step, val_model, model, data.val, hp, cfg, ctx, log,
+                                    scores, probe)
+            save = (step % ckpt_every == 0 or step == steps) and not (step == resumed_at > 0)
+            if save and master and (log.healthy or step == steps):    # no dead checkpoint
+                save_checkpoint({"model": model.state_dict(),
+                                 "optimizer": optimizer.state_dict(),
+                                 "model_args": asdict(model.config), "step": step,
+                                 "tokens": step * hp.batch_tokens, "stage": stage, **record,
+                                 "data": batches.state_dict(),
+                                 "rng": {"torch": torch.get_rng_state(), "cuda":
+                                         torch.cuda.get_rng_state(device) if cuda else None}},
+                                out / "ckpt.pt")
+                log.saved = step
         if step == steps:
             break
         step += 1

@@ -4,6 +4,7 @@ paired contrasts of lab/stats.py as bars) and --plot_heads (attention-head score
 rollout pictures and accuracy table of sample.py and scripts/nca_tools.py. matplotlib and Pillow
 are optional: util.pyplot() and util.pillow() refuse in one line without them (guard.py asks
 them before any work)."""
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +54,15 @@ def plot_curves(runs, baselines, path, bigram=None):
     over seeds, with its 95% interval as a band) and below it a panel of Δ = arm - scratch,
     paired by seed. Step 0 (the untrained model, far above the rest) is left out, so the
     y-range shows where the arms differ."""
-    from eval import val_curve       # the road's (eval.py imports this module)
+    from eval import diverged_at, val_curve     # the road's (eval.py imports this module)
     plt = pyplot()
     bigram = bigram or {}
     panels = {}
     for r, b in zip(runs, baselines):
+        if diverged_at(r.metrics) is not None:
+            print(f"note: {r.label} diverged at step {diverged_at(r.metrics)}: not plotted",
+                  file=sys.stderr)
+            continue
         key = trained_name(r) if r.stage == "lang" else f"stage 1: {r.config.get('ppt_source')}"
         if val_curve(r.metrics):
             panels.setdefault(key, []).append((r, b))

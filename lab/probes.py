@@ -347,6 +347,11 @@ def probe_cells(r):
     if d is None:
         return ["-", "-"]
     p, icl = r["probes"][d], r["in_context"][d]
-    gain = lambda x: f"{x['gain']:+.3f} ± {x['gain_se']:.3f}"
-    return [f"{gain(p['text'])} · {gain(p['frequent'])}",
-            f"{icl['score']:+.3f} ± {icl['se']:.3f}"]
+    gain = lambda x: plus_minus(x["gain"], x["gain_se"])
+    return [f"{gain(p['text'])} · {gain(p['frequent'])}", plus_minus(icl["score"], icl["se"])]
+
+
+def plus_minus(value, se):
+    """A score and its standard error; a sample of one (e.g. --eval_tokens 1: one window) has
+    none, and says so."""
+    return f"{value:+.3f} ± {se:.3f}" if se is not None else f"{value:+.3f} (n = 1: no error bar)"

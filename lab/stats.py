@@ -152,6 +152,10 @@ def eval_pairs(given, runs):
                 twice.add(r.arm)
             seen.add(key)
     guard.check_pairs(given, arms, twice)
+    for text in given:                       # the pairs need runs of one domain and seed
+        a, b = text.split(":")[:2]
+        guard.check_pair_overlap(text, *({(d, s) for arm, d, s in seen if arm == x}
+                                         for x in (a, b)))
     if given:
         return [tuple(text.split(":")) for text in given]
     if "scratch" not in arms or "scratch" in twice:

@@ -143,6 +143,17 @@ def show(cfg, seed):
         print(" ".join(str(int(t)) for t in tokens[f * cfg.grid_len:(f + 1) * cfg.grid_len]))
 
 
+def preview_bands(args):
+    """The bands --preview draws: the one the band flags name (--band, or thresholds other than
+    the defaults: e.g. the cpu preset's cpu-web), else the four of the paper's figure."""
+    lo_hi = nca.band_from_args(args)
+    if args.band:
+        return [(args.band, lo_hi)]
+    if lo_hi != (nca.BandFlags.filter_rules_threshold, nca.BandFlags.filter_rules_upper_bound):
+        return [(f"{lo_hi[0]}-{lo_hi[1]}", lo_hi)]
+    return [(k, nca.BANDS[k]) for k in ("0.2-0.3", "0.3-0.4", "0.4-0.5", "0.5-1.0")]
+
+
 @cli
 def main(argv=None):
     ap = script_parser(__doc__)
@@ -157,7 +168,8 @@ def main(argv=None):
     ap.add_argument("--num_rules", type=int, default=1000, help="rules for --stats")
     ap.add_argument("--out", default=None, help="with --stats: write the raw scores (JSON list)")
     ap.add_argument("--preview", default=None, metavar="PATH",
-                    help="draw trajectories of rules from each band to PATH (.png or .gif; "
+                    help="draw trajectories of rules to PATH, from the band of --band (or "
+                         "the thresholds), else from each of four bands (.png or .gif; "
                          "both need Pillow: pip install pillow)")
     ap.add_argument("--preview_rules", type=int, default=3, help="rules per band in --preview")
     ap.add_argument("--preview_frames", type=int, default=8, help="frames per rule in --preview")
@@ -179,6 +191,8 @@ def main(argv=None):
         if getattr(args, name):
             check_writable(getattr(args, name), f"--{name}", kind="file")
     if args.preview:
+        if Path(args.preview).suffix.lower() not in (".png", ".gif"):
+            raise UserError(f"--preview {args.preview}: the picture is a .png or a .gif")
         pillow(PREVIEW_NEEDS_PILLOW)                # refused before anything else is printed
     if args.show:
         show(cfg, args.seed)
@@ -189,9 +203,8 @@ def main(argv=None):
             atomic_write(args.out, json.dumps([round(float(s), 6) for s in scores]))
             print(f"wrote {len(scores)} scores to {args.out}")
     if args.preview:
-        bands = [(k, nca.BANDS[k]) for k in ("0.2-0.3", "0.3-0.4", "0.4-0.5", "0.5-1.0")]
-        draw_preview(args.preview, cfg, bands, args.preview_rules, args.preview_frames,
-                     args.seed, device)
+        draw_preview(args.preview, cfg, preview_bands(args), args.preview_rules,
+                     args.preview_frames, args.seed, device)
         print(f"wrote {args.preview}")
     if args.bench:
         bench(cfg, device, seqs=args.bench_seqs)

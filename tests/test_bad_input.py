@@ -22,8 +22,11 @@ import torch
 
 import eval as ev
 import nca
+import sample
 import train
 from conftest import ROOT, make_domain
+from dataclasses import asdict
+from model import GPT, config_for
 from data import cli, common
 from util import UserError
 
@@ -100,6 +103,19 @@ def world(tmp_path_factory):
     shutil.copytree(run, broken)
     lines = (broken / "metrics.jsonl").read_text().splitlines()
     (broken / "metrics.jsonl").write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
+    other = w / "run_other_domain"                  # the same model, recorded as trained elsewhere
+    other.mkdir()
+    (other / "ckpt.pt").symlink_to(run / "ckpt.pt")
+    cfg = json.loads((run / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps(cfg | {"domain": "math", "arm": "other"}))
+    no_ckpt = w / "run_no_ckpt"                     # a run that has not saved a checkpoint yet
+    no_ckpt.mkdir()
+    for f in ("config.json", "metrics.jsonl"):
+        (no_ckpt / f).write_bytes((run / f).read_bytes())
+    ascii_cfg = config_for("tiny", n_layer=1, n_head=2, n_embd=32, vocab_size=128, block_size=64)
+    torch.save({"model": GPT(ascii_cfg).state_dict(), "model_args": asdict(ascii_cfg),   # a byte
+                "config": {"stage": "lang"}, "stage": "lang", "step": 0,    # model of ASCII text
+                "vocab": {"kind": "bytes", "size": 128}}, w / "ascii.pt")
     return w
 
 
@@ -161,7 +177,7 @@ def never_called():
     raise AssertionError("a refused prepare.py must not read any document")
 
 
-MAINS = {"train": train.main, "eval": ev.main, "nca": nca_tools.main,
+MAINS = {"train": train.main, "eval": ev.main, "nca": nca_tools.main, "sample": sample.main,
          "prepare": lambda argv: cli.prepare_main("web", "test", never_called, {}, argv)}
 
 

@@ -686,3 +686,52 @@ def test_delta_table_lists_each_seeds_delta_and_their_mean_by_tokens():
                         f"{half:.3f} |")
     with pytest.raises(UserError, match="no arm has a scratch run"):
         stats.delta_table(runs[1:3])
+
+
+def test_eval_tokens_1_scores_one_window_without_an_error_bar(fake):
+    """--eval_tokens 1 is one window: the in-context score has no standard error to show (it
+    ended in a TypeError while eval.md was formatted)."""
+    report = ev.main([str(fake / "runs" / "scratch_web"), "--data_root", str(fake / "data"),
+                      "--domains", "web", "--eval_tokens", "1", "--device", "cpu",
+                      "--out", str(fake / "ev_one"), "--overwrite"])
+    assert report["domains"]["web"]["windows"] == 1
+    assert report["runs"][0]["in_context"]["web"]["se"] is None
+    assert "(n = 1: no error bar)" in rows_of((fake / "ev_one" / "eval.md").read_text())[0]
+
+
+def test_a_diverged_run_is_named_and_eval_json_stays_json(fake, tmp_path, capsys):
+    """NaN or infinite losses in metrics.jsonl: "diverged at step N" in eval.md's table and in
+    eval.json (valid JSON: no bare NaN), and --plot leaves the run out with a note."""
+    run = write_run(tmp_path / "nan_web", "nca", [(1024, 5.0), (2048, float("nan")),
+                                                 (3072, float("inf"))], seed=5)
+    with open(run / "metrics.jsonl", "a") as f:           # a train line's loss too
+        f.write(json.dumps({"kind": "train", "step": 7, "tokens": 3584, "loss": float("nan")}) + "\n")
+    argv = [str(fake / "runs" / "scratch_web"), str(run), "--domains", "web"]
+    try:
+        import matplotlib  # noqa: F401
+        argv += ["--plot", str(tmp_path / "c.png")]
+    except ImportError:
+        pass
+    run_main(fake, *argv, out="ev_nan")
+    out, err = capsys.readouterr()
+    text = (fake / "ev_nan" / "eval.json").read_text()
+    saved = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in eval.json"))
+    assert saved["runs"][1]["diverged_at"] == 4 and saved["runs"][0]["diverged_at"] is None
+    assert saved["runs"][1]["final_val_loss"] == 5.0                 # the last finite point
+    assert "(diverged at step 4)" in rows_of((fake / "ev_nan" / "eval.md").read_text())[1]
+    assert "note: nca (nan_web) diverged at step 4" in err and "Traceback" not in err
+    if "--plot" in argv:
+        assert "not plotted" in err and (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_a_pair_not_scored_on_its_shared_domain_is_said(fake, tmp_path, capsys):
+    """--pair between runs of one domain and seed, evaluated only on another domain: the
+    contrast has no row, and a note says why (it was an empty table and exit 0, no word)."""
+    curve = [(1024, 5.0), (2048, 4.0)]
+    scratch = write_run(tmp_path / "s", "scratch", curve, seed=7)
+    arm = write_run(tmp_path / "n", "nca", curve, init_from="x", seed=7)
+    report = run_main(fake, str(scratch), str(arm), "--domains", "math", "--pair", "nca:scratch",
+                      out="ev_pair_math")
+    assert report["contrasts"] == []
+    assert "note: --pair nca:scratch: no domain was scored for runs of both arms" in \
+        capsys.readouterr().err

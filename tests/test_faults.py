@@ -302,21 +302,24 @@ def test_eval_json_and_md_belong_together(small, tmp_path, monkeypatch, capsys):
     assert eval_pair_mismatch(out) is None
     real = ev.atomic_write
 
-    def killed_before_json(path, data):           # a kill between the two renames
-        if Path(path).name == "eval.json":
+    def killed_before_md(path, data):             # a kill between the two renames
+        if Path(path).name == "eval.md":
             raise KeyboardInterrupt
         real(path, data)
-    monkeypatch.setattr(ev, "atomic_write", killed_before_json)
+    monkeypatch.setattr(ev, "atomic_write", killed_before_md)
     with pytest.raises(SystemExit):
         ev.main(argv + ["--overwrite"])
     monkeypatch.undo()
-    assert json.loads((out / "eval.json").read_text())["id"] == first["id"]
+    second = json.loads((out / "eval.json").read_text())["id"]       # the record: written first
+    assert second != first["id"]
     assert "is not from the evaluation in eval.json" in eval_pair_mismatch(out)
     capsys.readouterr()
     with pytest.raises(SystemExit):
         ev.main(argv)
     one_error_line(capsys.readouterr().err, "exists: pass --overwrite to replace it, or another "
                    "--out (and note: eval.md (id ")
+    assert eval_pair_mismatch(out) is None                # eval.md made again from eval.json
+    assert f"eval id {second} " in (out / "eval.md").read_text()
 
 
 def test_prepare_on_a_full_disk_keeps_the_old_folder_and_sweeps_litter(tmp_path, monkeypatch,
@@ -340,3 +343,159 @@ def test_prepare_on_a_full_disk_keeps_the_old_folder_and_sweeps_litter(tmp_path,
     assert str(e.value.code).startswith(f"error: cannot write {tmp_path / 'web'}: the disk is full")
     assert "Traceback" not in capsys.readouterr().err
     assert snapshot(tmp_path / "web") == before                  # litter gone, the rest intact
+
+
+# ---------------------------------------------------------------- tracking fails early (#34 C)
+
+def test_wandb_that_cannot_import_or_is_not_logged_in_is_refused_before_the_run_folder(
+        small, tmp_path, monkeypatch, capsys):
+    """--wandb_project with a wandb whose import raises anything (a broken install: here a
+    RuntimeError), or that is not logged in: one line before the run folder exists, so the
+    corrected command runs as given (no --overwrite needed). No network: fake modules."""
+    out = tmp_path / "tracked"
+    argv = run_argv(small, out, "--wandb_project", "p")
+    broken = tmp_path / "site" / "wandb"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise RuntimeError('protobuf 3 is too old\\nmore')\n")
+    monkeypatch.delitem(sys.modules, "wandb", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert e.value.code == 2
+    one_error_line(capsys.readouterr().err, "importing wandb failed (RuntimeError: protobuf 3 is "
+                   "too old): reinstall it")
+    assert not out.exists()
+    logged_out = SimpleNamespace(api=SimpleNamespace(api_key=None), init=None)
+    monkeypatch.setitem(sys.modules, "wandb", logged_out)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with pytest.raises(SystemExit):
+        train.main(argv)
+    one_error_line(capsys.readouterr().err, "wandb is not logged in here: run `wandb login`")
+    assert not out.exists()
+    train.main(run_argv(small, out))             # the corrected command: nothing in its way
+    assert (out / "ckpt.pt").exists()
+
+
+# ---------------------------------------------------------------- an evaluation killed mid-write (#34 D)
+
+KILL_AT_RENAME = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+import eval as ev
+n, real = int(sys.argv[2]), os.replace
+
+def replace(src, dst):          # SIGKILL at the n-th rename of an output (0: before the first)
+    global n
+    if os.path.basename(dst) in ("eval.json", "eval.md"):
+        if n == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        n -= 1
+    real(src, dst)
+os.replace = replace
+ev.main(sys.argv[3:])
+"""
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["over-an-old-pair", "fresh-folder"])
+def test_an_evaluation_killed_while_writing_leaves_a_pair(small, tmp_path, fresh):
+    """SIGKILL (a real one, in a real process) at each point of eval.py's writes: before the
+    first rename (its temporary written), between the two, after both. Then the folder holds
+    the old pair or the new one, never a mix: at once, or as soon as the next eval.py looks at
+    it (here one refused for lack of --overwrite), which makes eval.md again from eval.json."""
+    argv = [str(small / "done"), "--domains", "", "--extra_data", str(small / "small"),
+            "--eval_tokens", "160", "--device", "cpu"]
+    for kill_at in (0, 1, 2):
+        out = tmp_path / f"ev{kill_at}"
+        old = None if fresh else ev.main(argv + ["--out", str(out)])["id"]
+        r = subprocess.run([sys.executable, "-c", KILL_AT_RENAME, str(ROOT), str(kill_at),
+                            *argv, "--out", str(out), "--overwrite"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == (-signal.SIGKILL if kill_at < 2 else 0), r.stderr
+        if (out / "eval.json").exists():
+            with pytest.raises(SystemExit):                   # the next evaluation looks
+                ev.main(argv + ["--out", str(out)])
+        names = sorted(p.name for p in out.iterdir()) if out.exists() else []
+        if fresh and kill_at == 0:
+            assert "eval.json" not in names and "eval.md" not in names    # nothing, or litter
+            continue
+        assert {"eval.json", "eval.md"} <= set(names) and eval_pair_mismatch(out) is None
+        record = json.loads((out / "eval.json").read_text())
+        assert (out / "eval.md").read_text() == ev.eval_text(record) + "\n"
+        assert (record["id"] == old) == (kill_at == 0), (kill_at, record["id"], old)
+
+
+# ---------------------------------------------------------------- a deleted config.json (#34 D)
+
+@pytest.mark.parametrize("tokens", [320, 640], ids=["finished", "unfinished"])
+def test_a_run_whose_config_json_was_deleted_gets_it_back_on_resume(small, tmp_path, capsys,
+                                                                     tokens):
+    """--resume of a run without its config.json writes it back: a finished run (nothing to run)
+    from its checkpoint's record, byte for byte the file it lost; an unfinished one as it
+    resumes. eval.py, --config and --resume read it."""
+    out = copy_run(small, tmp_path)
+    before = (out / "config.json").read_text()
+    (out / "config.json").unlink()
+    train.main(run_argv(small, out, "--resume", tokens=tokens))
+    assert (out / "config.json").exists()
+    if tokens == 320:
+        assert (out / "config.json").read_text() == before
+        assert "config.json back from" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["stage"] == "lang"
+
+
+# ---------------------------------------------------------------- outputs of sample.py and eval.py (#34 A, B)
+
+def test_sample_out_in_a_read_only_place_is_refused_before_the_rollout(small, tmp_path,
+                                                                       monkeypatch, capsys):
+    import sample
+    real_open = os.open
+
+    def read_only(path, *a, **k):
+        if Path(path).name.startswith(".probe."):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *a, **k)
+    monkeypatch.setattr(util.os, "open", read_only)
+    loaded = []
+    monkeypatch.setattr(sample, "load_checkpoint", lambda *a, **k: loaded.append(1))
+    with pytest.raises(SystemExit):
+        sample.main(["--init_from", str(small / "done"), "--out", str(tmp_path / "r.png")])
+    one_error_line(capsys.readouterr().err, f"--out {tmp_path / 'r.png'}: cannot write in "
+                   f"{tmp_path}: the file system is read-only")
+    assert not loaded
+
+
+def test_eval_of_a_run_that_diverged_writes_valid_json(small, tmp_path, capsys):
+    """A run whose metrics.jsonl holds NaN and Infinity (as json.dumps writes them): eval.json
+    stays JSON that strict readers take, and the run is named as diverged."""
+    out = copy_run(small, tmp_path)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "val", "step": 2, "tokens": 640, "val_loss": float("nan")})
+                + "\n")
+        f.write(json.dumps({"kind": "train", "step": 3, "tokens": 960, "loss": float("inf")})
+                + "\n")
+    ev.main([str(out), "--domains", "", "--extra_data", str(small / "small"), "--eval_tokens",
+             "160", "--out", str(tmp_path / "ev")])
+    text = (tmp_path / "ev" / "eval.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["runs"][0]["diverged_at"] == 2
+    assert "(diverged at step 2)" in (tmp_path / "ev" / "eval.md").read_text()
+    assert "note: " in capsys.readouterr().err
+
+
+def test_wandb_init_that_fails_is_one_line_and_resume_starts_the_run(small, tmp_path,
+                                                                      monkeypatch, capsys):
+    """wandb.init failing once training starts (the network, the server: what guard cannot ask
+    offline) is one line naming what the folder holds and the command that continues."""
+    def init(**kw):
+        raise ConnectionError("api.wandb.ai unreachable")
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(api=SimpleNamespace(api_key="k"),
+                                                              init=init))
+    out = tmp_path / "tracked"
+    with pytest.raises(SystemExit):
+        train.main(run_argv(small, out, "--wandb_project", "p"))
+    one_error_line(capsys.readouterr().err, "wandb.init failed (ConnectionError: api.wandb.ai "
+                   "unreachable): the run folder")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    train.main(run_argv(small, out, "--resume"))
+    assert (out / "ckpt.pt").exists()

@@ -26,6 +26,7 @@ import train
 from conftest import ROOT
 from data.common import CACHE_DIR
 from model import GPT, GPTConfig, load_checkpoint, model_from_checkpoint
+from util.log import CONSOLE_WIDTH, console_line, wandb_key
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import export_hf  # noqa: E402
@@ -380,14 +381,18 @@ def test_provenance_in_config_json_eval_json_and_eval_md(lang_run, domain, tmp_p
 # ---------------------------------------------------------------- optional tracking (wandb)
 
 class FakeWandb(types.ModuleType):
-    def __init__(self):
+    """wandb as train.py uses it, logged in (an API key stored by `wandb login`), keeping what
+    it is given: each run's init arguments, config updates and logged dicts."""
+    def __init__(self, api_key="fake-key"):
         super().__init__("wandb")
-        self.runs = []
+        self.runs, self.api = [], types.SimpleNamespace(api_key=api_key)
 
     def init(self, **kw):
-        run = types.SimpleNamespace(kw=kw, logged=[], finished=False)
+        run = types.SimpleNamespace(kw=kw, logged=[], finished=False, constants={})
         run.log = lambda data, step: run.logged.append((step, data))
         run.finish = lambda: setattr(run, "finished", True)
+        run.config = types.SimpleNamespace(update=lambda d, allow_val_change=False:
+                                           run.constants.update(d))
         self.runs.append(run)
         return run
 
@@ -401,9 +406,10 @@ def test_wandb_gets_every_metrics_line(domain, tmp_path, monkeypatch):
     (run,) = fake.runs
     assert run.finished and run.kw["project"] == "nca" and run.kw["name"] == "tiny"
     assert run.kw["dir"] == str(out) and run.kw["config"]["lr"] == 1e-3
-    want = [(r["step"], {k: v for k, v in r.items() if k != "step" and
-                         isinstance(v, (int, float))}) for r in lines(out / "metrics.jsonl")]
-    assert run.logged == want and any("val_loss" in d for _, d in run.logged)
+    want = [(r["step"], {wandb_key(r["kind"], k): v for k, v in r.items() if k not in
+                         ("step", "kind") and isinstance(v, (int, float))})
+            for r in lines(out / "metrics.jsonl") if r["kind"] != "info"]
+    assert run.logged == want and any("val/loss" in d for _, d in run.logged)
 
 
 def wandb_records(path):
@@ -458,8 +464,8 @@ def test_real_wandb_offline_records_every_metrics_value(domain, tmp_path, monkey
     assert rows and any("val_loss" in r for r in rows)
     for r in rows:
         for k, v in r.items():
-            if k != "step" and isinstance(v, (int, float)):
-                got = logged.get(r["step"], {}).get(k)
+            if k not in ("step", "kind") and isinstance(v, (int, float)) and r["kind"] != "info":
+                got = logged.get(r["step"], {}).get(wandb_key(r["kind"], k))
                 assert got == pytest.approx(v, rel=1e-12), (r["step"], k, v, got, sorted(logged))
 
 
@@ -469,3 +475,79 @@ def test_tracking_flags_are_checked_up_front(domain, tmp_path, monkeypatch, caps
     assert "needs wandb" in refused(capsys, train.main, argv + ["--wandb_project", "p"])
     assert "give the project too" in refused(capsys, train.main, argv + ["--wandb_run", "r"])
     assert not (tmp_path / "t").exists()
+
+
+def test_preview_draws_the_band_the_flags_name(monkeypatch, tmp_path):
+    """--preview with --band (or thresholds) draws that band (the cpu preset's cpu-web), not
+    the four bands of the paper's figure."""
+    drawn = []
+    monkeypatch.setattr(nca_tools, "draw_preview", lambda path, cfg, bands, *a: drawn.append(bands))
+    nca_tools.main(["--preview", str(tmp_path / "p.png"), "--band", "cpu-web"])
+    nca_tools.main(["--preview", str(tmp_path / "p.png"), "--filter_rules_threshold", "0.3",
+                    "--filter_rules_upper_bound", "0.4"])
+    nca_tools.main(["--preview", str(tmp_path / "p.png")])
+    assert drawn[0] == [("cpu-web", nca.BANDS["cpu-web"])]
+    assert drawn[1] == [("0.3-0.4", (0.3, 0.4))]
+    assert [name for name, _ in drawn[2]] == ["0.2-0.3", "0.3-0.4", "0.4-0.5", "0.5-1.0"]
+
+
+def test_wandb_charts_train_and_val_apart_and_constants_in_the_config(domain, tmp_path,
+                                                                       monkeypatch):
+    """Tracking like the anchors: one wandb run per stage (NAME-ppt, NAME-lang), charts under
+    train/ and val/, and the run's constants (micro-batch, accumulation, processes, memory
+    estimate) in its config, not as charts."""
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    train.main(MODEL + LANG + ["--data_dir", str(domain), "--out_dir", str(tmp_path / "t"),
+                               "--wandb_project", "nca", "--wandb_run", "tiny"])
+    (run,) = fake.runs
+    keys = {k for _, d in run.logged for k in d}
+    assert {"train/loss", "train/lr", "train/grad_norm", "val/loss", "val/icl_score"} <= keys
+    assert all(k.startswith(("train/", "val/")) for k in keys), keys
+    assert set(run.constants) == {"micro_batch", "accum", "world", "mem_estimate_gb"}
+    assert not keys & {"micro_batch", "accum", "world", "mem_estimate_gb"}
+    assert run.kw["job_type"] == "lang"
+
+
+def test_validation_console_line_fits_120_columns():
+    res = {"val_loss": 5.69634, "icl_score": -0.20903, "icl_se": 0.11,
+           **{f"copy_{p}_{k}": 5.71 for p in ("text", "frequent", "uniform")
+              for k in ("first", "second", "gain", "gain_se")},
+           "token_acc": 0.123456, "grid_acc": 0.5, "copy_token_acc": 0.2, "lookup_grid_acc": 0.1}
+    line = console_line("step 123456", res)
+    assert len(line) <= CONSOLE_WIDTH and line.endswith(" …")
+    assert line.startswith("step 123456 val_loss 5.6963 icl_score -0.2090 copy_text_gain")
+    assert "_se " not in line and "_first" not in line
+    assert console_line("step 1", {"val_loss": 2.0}) == "step 1 val_loss 2.0000"
+
+
+def test_console_while_training_validation_shown_and_left_out_of_the_rate(domain, tmp_path,
+                                                                         monkeypatch, capsys):
+    """On a terminal: the bar says when validation and the probes run; its rate and ETA count
+    training steps only (validation's time is taken out of its clock); every validation line
+    fits 120 columns."""
+    from tqdm import tqdm
+    import util
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    bars = []
+    real = util.progress_bar
+
+    def keep(*a, **k):
+        bars.append(real(*a, **k))
+        return bars[-1]
+    monkeypatch.setattr(util.log, "progress_bar", keep)
+    slow = train.validate
+
+    def slow_validate(*a, **k):                   # validation takes 0.5 s more than it would
+        time.sleep(0.5)
+        return slow(*a, **k)
+    monkeypatch.setattr(train, "validate", slow_validate)
+    train.main(MODEL + LANG + ["--data_dir", str(domain), "--out_dir", str(tmp_path / "t")])
+    out, err = capsys.readouterr()
+    assert "lang: validating at step 2" in err                 # the bar, while it runs
+    val = [l for l in (out + err).splitlines() if " val_loss " in l]
+    assert len(val) == 3 and all(len(l.split("\r")[-1]) <= CONSOLE_WIDTH for l in val)
+    (bar,) = [b for b in bars if isinstance(b, tqdm)]
+    # three validations of >= 0.5 s each are not on the bar's clock: it ran its 4 steps in less
+    elapsed = bar.last_print_t - bar.start_t
+    assert elapsed < 1.5, elapsed

@@ -383,7 +383,20 @@ def run_checkpoint(path, flag):
     if path.is_dir() and not (path / "config.json").is_file():
         raise UserError(f"{flag} {path} holds no ckpt.pt (nor a Hugging Face config.json): "
                         "pass a run folder of train.py or a ckpt.pt")
+    if path.is_dir() and train_run_record(path / "config.json"):
+        raise UserError(f"{flag} {path} is a train.py run folder without its ckpt.pt (the run "
+                        "has not saved a checkpoint yet, or it was deleted): pass a run folder "
+                        "that holds one, or a ckpt.pt")
     return path
+
+
+def train_run_record(path):
+    """Whether `path` is the config.json train.py writes (a Hugging Face config.json has no
+    "stage")."""
+    try:
+        return "stage" in json.loads(Path(path).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def stage_flag(stage, name):
@@ -607,6 +620,17 @@ def duration(seconds):
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+def skip_time(bar, seconds):
+    """Leave `seconds` (validation, a checkpoint) out of a progress bar's rate and ETA: its clock
+    starts that much later (tqdm: its start and its last update, which its smoothed rate
+    measures from)."""
+    if isinstance(bar, PlainProgress):
+        bar.skipped += seconds
+    elif bar is not None and not getattr(bar, "disable", True):
+        bar.start_t += seconds
+        bar.last_print_t += seconds
+
+
 class PlainProgress:
     """The part of tqdm's interface used here, as plain lines on stdout: `desc: n/total unit,
     elapsed, ETA` when nothing else was printed for `interval` seconds, and once at the end. The
@@ -616,7 +640,7 @@ class PlainProgress:
     def __init__(self, total, desc, unit="it", initial=0):
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
         self.postfix, self.closed, self.last = "", False, time.monotonic()
-        self.start, self.initial = self.last, initial
+        self.start, self.initial, self.skipped = self.last, initial, 0.0   # skip_time()
 
     def write(self, line):
         print(line, flush=True)
@@ -634,14 +658,17 @@ class PlainProgress:
         done = self.n - self.initial
         if self.total is None or self.n >= self.total:
             eta = ""
-        elif done > 0:
-            eta = f", ETA {duration(elapsed * (self.total - self.n) / done)}"
+        elif done > 0:                       # at the rate of the steps alone (skip_time)
+            eta = f", ETA {duration((elapsed - self.skipped) * (self.total - self.n) / done)}"
         else:
             eta = ", ETA unknown"
         return f"{self.desc}: {self.n:,}{of} {self.unit}{self.postfix}, {duration(elapsed)}{eta}"
 
     def set_postfix(self, **kw):
         self.postfix = "".join(f" {k} {v}" for k, v in kw.items())
+
+    def set_description_str(self, desc, refresh=True):
+        """(tqdm's) Off a terminal a validation shows as its line when it ends."""
 
     def close(self):
         if not self.closed:

@@ -1,8 +1,10 @@
 """The training log: one line per log step (loss, lr, grad norm, ms, tok/s, MFU against a
 per-device peak, peak memory), the same numbers in metrics.jsonl and, optionally, in Weights &
 Biases; and the provenance of every result (commit, torch, device, command)."""
+import contextlib
 import json
 import math
+import os
 import platform
 import shlex
 import subprocess
@@ -13,7 +15,7 @@ from pathlib import Path
 import torch
 
 import util
-from util import UserError, progress_bar, show, write_failure
+from util import UserError, progress_bar, show, skip_time, write_failure
 
 # Dense bf16 peak per GPU; the first name found in the device's name wins. The PCIe and NVL cards
 # run slower clocks (and the PCIe H100 fewer SMs) than the SXM parts of the same name.
@@ -71,7 +73,7 @@ class Log:
         self.t_last, self.last_step, self.paused = time.perf_counter(), step, 0.0
         self.bar, self.step, self.saved, self.dead = None, step, step or None, 0
         # wandb.init's arguments (tracking()): every line written below also goes there
-        self.run = wandb_module().init(**track) if track and master else None
+        self.run = start_tracking(track) if track and master else None
 
     @property
     def healthy(self):
@@ -95,9 +97,16 @@ class Log:
                     f.write(json.dumps(rec) + "\n")
             except OSError as e:     # a half line at the end is dropped by --resume
                 raise write_failure(self.path, e) from None
-        if self.run is not None:          # its numbers; "kind" is in the key names already
-            self.run.log({k: v for k, v in rec.items() if k != "step"
-                          and isinstance(v, (int, float))}, step=rec["step"])
+        if self.run is None:
+            return
+        numbers = {k: v for k, v in rec.items() if k not in ("step", "kind")
+                   and isinstance(v, (int, float))}
+        if rec["kind"] == "info":         # run-level constants: the run's config, not charts
+            self.run.config.update({k: v for k, v in numbers.items() if k != "tokens"},
+                                   allow_val_change=True)
+        else:
+            self.run.log({wandb_key(rec["kind"], k): v for k, v in numbers.items()},
+                         step=rec["step"])
 
     def close(self):
         self.bar.close()
@@ -121,12 +130,26 @@ class Log:
         self.bar = progress_bar(steps, self.stage, unit="step", disable=not self.master,
                                 initial=self.last_step, dynamic_ncols=True)
 
+    @contextlib.contextmanager
+    def pause(self, step, validating):
+        """Validation and checkpoints: left out of the throughput and of the bar's rate and ETA;
+        while validation and the probes run, the bar says so."""
+        t0 = time.perf_counter()
+        if validating and self.master:
+            self.bar.set_description_str(f"{self.stage}: validating at step {step}", refresh=True)
+        try:
+            yield
+        finally:
+            if validating and self.master:
+                self.bar.set_description_str(self.stage, refresh=False)
+            self.paused += time.perf_counter() - t0
+            skip_time(self.bar, time.perf_counter() - t0)
+
     def val_line(self, step, tokens, res):
         rec = {"kind": "val", "step": step, "tokens": tokens, **res}
         self.write(rec)
         if self.master:                     # "step N val_loss ...", like the training lines
-            self.bar.write(f"step {step} " + " ".join(
-                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()))
+            self.bar.write(console_line(f"step {step}", res))
         self.finite(res["val_loss"], "validation loss", step, "lower the learning rate or use "
                     "--dtype float32")
 
@@ -178,6 +201,26 @@ class Log:
             raise UserError(f"{what} is {value} at step {step} of {self.stage}: {fix}")
 
 
+CONSOLE_WIDTH = 120      # a validation line fits a terminal this wide; metrics.jsonl has all
+
+
+def console_line(head, res, width=CONSOLE_WIDTH):
+    """`head` and the key numbers of a validation record: the scalars, without their standard
+    errors and the two sides of each copy probe (their gain stays), as many as fit in `width`
+    columns, then "…" when some were left out (every one is in metrics.jsonl)."""
+    line = head
+    keys = [k for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and not k.endswith(("_se", "_first", "_second"))]
+    for i, k in enumerate(keys):
+        v = res[k]
+        item = f" {k} {v:.4f}" if isinstance(v, float) else f" {k} {v}"
+        room = width - (2 if i < len(keys) - 1 else 0)        # for " …" if more follow
+        if len(line) + len(item) > room:
+            return line + " …"
+        line += item
+    return line
+
+
 def plain_json(obj):
     """`obj` with every value JSON cannot hold (a Path, a dtype) as its text."""
     if isinstance(obj, dict):
@@ -191,13 +234,50 @@ def plain_json(obj):
 
 
 def wandb_module():
-    """wandb, imported only when asked for (it is optional)."""
+    """wandb, imported only when asked for (it is optional). Any failure of the import (a
+    broken install raises more than ImportError) is one line."""
     try:
         import wandb
     except ImportError:
         raise UserError("--wandb_project needs wandb, which is optional: pip install wandb "
                         "(or drop --wandb_project)") from None
+    except Exception as e:                                   # noqa: BLE001 (any failure)
+        why = (str(e).strip().splitlines() or [""])[0]
+        raise UserError(f"--wandb_project: importing wandb failed ({type(e).__name__}: {why}): "
+                        "reinstall it (pip install -U wandb) or drop --wandb_project") from None
     return wandb
+
+
+def wandb_logged_in(wandb):
+    """Whether wandb can log without asking: offline or disabled (WANDB_MODE), an API key in
+    the environment, or one stored by `wandb login` (read locally: no network)."""
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun") or \
+            os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return bool(wandb.api.api_key)
+    except Exception:                                        # noqa: BLE001 (a broken install)
+        return False
+
+
+def start_tracking(track):
+    """wandb.init(**track); its failure (guard.py checked the import and the login, so the
+    network or the server) is one line."""
+    try:
+        return wandb_module().init(**track)
+    except Exception as e:                                   # noqa: BLE001 (wandb's own errors)
+        why = (str(e).strip().splitlines() or [""])[0]
+        raise UserError(f"--wandb_project: wandb.init failed ({type(e).__name__}: {why}): the "
+                        f"run folder {track['dir']} holds only config.json; retry with --resume, "
+                        "or drop --wandb_project") from None
+
+
+def wandb_key(kind, name):
+    """A metrics.jsonl value's name in wandb: train/loss, val/loss (val_loss), val/icl_score;
+    stage 1 and stage 2 are apart as two wandb runs (tracking())."""
+    if kind == "val" and name.startswith("val_"):
+        name = name[4:]
+    return f"{kind}/{name}"
 
 
 def tracking(cfg, stage, out):

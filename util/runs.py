@@ -105,6 +105,21 @@ def start_run_dir(out, cfg, stage, plan, config):
         torch.distributed.barrier()
 
 
+def restore_config(out):
+    """A finished stage resumed runs nothing; if its config.json was deleted, it is written back
+    from the record its checkpoint keeps (the same dict config.json was written from). Returns
+    whether it was."""
+    path, ckpt = Path(out) / "config.json", Path(out) / "ckpt.pt"
+    if path.exists() or not ckpt.exists():
+        return False
+    config = load_checkpoint(ckpt, "cpu").get("config")
+    if not isinstance(config, dict):
+        return False
+    write_config(out, config)
+    print(f"--resume: wrote {show(path)} back from {show(ckpt)} (it had been deleted)")
+    return True
+
+
 def write_config(out, config):
     atomic_write(Path(out) / "config.json", json.dumps(config, indent=2, default=str))
 
@@ -182,14 +197,20 @@ def eval_id_line(result):
 
 
 def eval_pair_mismatch(out):
-    """Why eval.md in `out` is not the one of its eval.json, or None if it is (or if there is no
-    pair to check: a file missing, or an eval.json from before ids were written)."""
+    """Why eval.md in `out` is not the one of its eval.json (another id, or no eval.md), or None
+    if it is (or if there is no record to check: no eval.json, or one from before ids were
+    written)."""
     try:
         want = json.loads((Path(out) / "eval.json").read_text()).get("id")
-        lines = (Path(out) / "eval.md").read_text().splitlines()
     except (OSError, ValueError, AttributeError):
         return None
+    if want is None:
+        return None
+    try:
+        lines = (Path(out) / "eval.md").read_text().splitlines()
+    except OSError:
+        return f"eval.md is missing beside eval.json (id {want})"
     ids = [line[len(EVAL_ID):].split(" ")[0] for line in lines if line.startswith(EVAL_ID)]
     have = ids[-1] if ids else None
-    return None if want is None or have == want else \
+    return None if have == want else \
         f"eval.md (id {have}) is not from the evaluation in eval.json (id {want})"
