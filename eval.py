@@ -36,17 +36,18 @@ import torch
 import guard
 import nca
 import train
-from data.common import (TOKENIZERS, eval_windows, load_meta, load_tokens, probe_vocab, show,
-                         token_bytes)
+from data.common import (TOKENIZERS, eval_windows, language_refusal, load_meta, load_tokens,
+                         probe_vocab, show, token_bytes)
 from lab import probes
-from lab.plots import plot_contrasts, plot_curves, plot_heads
+from lab.plots import draw_pictures
 from lab.stats import (contrasts, eval_pairs, format_contrasts, format_shares, format_summary,
                        summarize)
 from model import evaluate, load_checkpoint, model_from_checkpoint
 from util import (UserError, add_flags, atomic_write, autocast, calls, cli, default_device, flag,
                   progress_bar, read_config, read_metrics, script_parser, sweep_temporaries)
 from util.log import provenance, provenance_line
-from util.runs import eval_id_line, eval_pair_mismatch
+from util.runs import (diverged_at, eval_id_line, eval_pair_mismatch, finite_json,
+                       trained_folder)
 
 
 # ---------------------------------------------------------------- perplexity
@@ -171,21 +172,8 @@ def main(argv=None):
     compare(plan.runs, results, plan.baselines)
     summary = summarize(plan.runs, results)
     pairs = contrasts(plan.runs, results, plan.pairs)
-    for a, b, *_ in plan.pairs:          # paired in the plan, but not scored on a shared domain
-        if not any((p["a"], p["b"]) == (a, b) for p in pairs):
-            print(f"note: --pair {a}:{b}: no domain was scored for runs of both arms of one "
-                  "seed: no row in the contrasts", file=sys.stderr)
     result = write_eval(plan, results, domains, summary, argv, pairs)    # eval.json and eval.md
-    if args.plot:
-        plot_curves(plan.runs, plan.baselines, args.plot,
-                    {d: v["baselines"]["bigram"] for d, v in domains.items()})
-        print(f"wrote {args.plot}")
-    if args.plot_contrasts:
-        plot_contrasts(pairs, args.plot_contrasts)
-        print(f"wrote {args.plot_contrasts}")
-    if args.plot_heads:
-        plot_heads(results, args.plot_heads)
-        print(f"wrote {args.plot_heads}")
+    draw_pictures(args, plan.runs, plan.baselines, results, domains, pairs)   # --plot*
     return result
 
 
@@ -308,17 +296,6 @@ def assign_baselines(runs, explicit=()):
     return [base.get(r.domain) for r in runs]
 
 
-def trained_folder(config, root):
-    """The prepared folder a run trained on (stage 2: data_dir, else <root>/<domain>; a stage-1
-    text run: ppt_data), or None (a synthetic stage-1 source)."""
-    if config.get("stage") == "lang":
-        return Path(config["data_dir"]) if config.get("data_dir") else \
-            root / str(config.get("domain"))
-    if config.get("ppt_source") == "text" and config.get("ppt_data"):
-        return Path(config["ppt_data"])
-    return None
-
-
 def eval_folders(domains, extra, runs, root):
     """The folders to score on: --domains (under root) and --extra_data; without --domains, each
     run's own training folder, then the other folders prepared under root with a tokenizer of
@@ -351,20 +328,6 @@ def eval_tokens(given, runs):
     if not own:
         return 262_144
     return min(own, key=lambda n: (n <= 0, n))
-
-
-def language_refusal(ck, tokenizer="gpt2", vocab=None):
-    """Why a checkpoint cannot be scored on token files of `tokenizer`, or None if it can. The
-    model must have the tokenizer's ids (a folder's own vocab_size, `vocab`, counts only for an
-    unknown tokenizer; ids beyond the model are checked against the folder's max_token)."""
-    kind = (ck.get("vocab") or {}).get("kind")
-    size = ck["model_args"].get("vocab_size", 0)
-    vocab = TOKENIZERS[tokenizer][0] if tokenizer in TOKENIZERS else vocab
-    if kind != tokenizer:
-        return f"its vocabulary is {kind!r}, not {tokenizer!r}"
-    if size < vocab:
-        return f"its model has {size:,} output classes, fewer than the {vocab:,} {tokenizer} ids"
-    return None
 
 
 def scored_on(inf, refusals):
@@ -453,23 +416,6 @@ def val_curve(metrics):
     points = {m["tokens"]: m["val_loss"] for m in metrics
               if m.get("kind") == "val" and m.get("val_loss") is not None}
     return sorted((t, v) for t, v in points.items() if math.isfinite(v))
-
-
-def diverged_at(metrics):
-    """The first step whose training or validation loss in metrics.jsonl is NaN or infinite (a
-    run that diverged), else None."""
-    return next((m["step"] for m in metrics for k in ("loss", "val_loss")
-                 if isinstance(m.get(k), float) and not math.isfinite(m[k])), None)
-
-
-def finite_json(obj):
-    """`obj` with every NaN or infinite number as None: eval.json stays valid JSON (a bare NaN
-    is not JSON; many readers refuse it)."""
-    if isinstance(obj, dict):
-        return {k: finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_json(v) for v in obj]
-    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
 def tokens_to_reach(curve, target):

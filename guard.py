@@ -8,7 +8,6 @@ one line that says what to change (util.cli prints it as the "error:" line). It 
                                         outputs, the runs, their checkpoints, the data folders
   check_nca(cfg, band)                  the NCA generator's settings (the NCA source's check in
                                         train.py, and scripts/nca_tools.py)
-  check_sample, check_sample_model     sample.py (scripts/export_hf.py checks its own folder)
 
 The checks read only metadata (meta.json, memory-mapped checkpoints). A refused command changes
 nothing on disk, so its corrected retry is not refused because of the first attempt.
@@ -24,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from data.common import TOKENIZERS, load_meta, load_tokens, max_token, scan_max_token, show
+from data.common import load_meta, load_tokens, max_token, scan_max_token, show
 from model import ARCH, SIZES, GPTConfig, load_checkpoint, model_config
-from util import (UserError, check_dtype, check_writable, default_device, pid_alive, pillow,
-                  pyplot, read_metrics, stage_flag, sweep_temporaries)
-from util.log import wandb_logged_in, wandb_module
+from util import (UserError, check_dtype, check_writable, default_device, pid_alive, pyplot,
+                  read_metrics, stage_flag, sweep_temporaries)
+from util.log import wandb_ready
 from util.runs import RUN_FILES
 
 AT_LEAST = {"seq_len": 1, "log_interval": 1, "batch_tokens": 1, "micro_batch": 0,
@@ -80,10 +79,7 @@ def check_flags(cfg, world, source):
     if cfg.wandb_run and not cfg.wandb_project:
         raise UserError("--wandb_run names a run in a --wandb_project: give the project too")
     if cfg.wandb_project:              # installed and logged in? (now, not once training runs)
-        if not wandb_logged_in(wandb_module()):
-            raise UserError("--wandb_project: wandb is not logged in here: run `wandb login` "
-                            "(or set WANDB_API_KEY; WANDB_MODE=offline logs locally), or drop "
-                            "--wandb_project")
+        wandb_ready()
     runs = (["ppt"] if source is not None else []) + (["lang"] if cfg.stage != "ppt" else [])
     for stage in runs:
         check_batch(cfg, stage, world)
@@ -612,69 +608,3 @@ def check_pairs(given, arms, twice):
             if arm in twice:
                 raise UserError(f"--pair {text}: arm {arm!r} has two runs of one domain and "
                                 "seed: give them different --arm names (or evaluate one)")
-
-
-# -----------------------------------------------------------------------------------------------
-# sample.py
-
-
-def check_sample(args):
-    """sample.py's numbers, before the checkpoint is read."""
-    if args.init_from is None:
-        raise UserError("--init_from RUN is needed: a run folder of train.py, a ckpt.pt or a "
-                        "Hugging Face Llama folder")
-    for name in ("num_samples", "max_new_tokens", "num_rules", "context_grids"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if not args.temperature > 0:
-        raise UserError(f"--temperature must be above 0, got {args.temperature} (for the "
-                        "likeliest token every time: --top_k 1)")
-    if args.top_k < 0:
-        raise UserError(f"--top_k must be at least 0 (0 = all tokens), got {args.top_k}")
-    if args.out:                      # a folder or a read-only place: refused before the rollout
-        check_writable(args.out, "--out", kind="file")
-
-
-def check_prompt(ids, kind, vocab_size):
-    """Every token of the prompt is inside the model's vocabulary (a byte model trained on ASCII
-    text may have fewer than 256 byte classes)."""
-    outside = sorted({i for i in ids if i >= vocab_size})
-    if outside:
-        what = "byte" if kind == "bytes" else "token id"
-        raise UserError(f"--start holds {what} {outside[0]}"
-                        + (f" (and {len(outside) - 1} more)" if len(outside) > 1 else "")
-                        + f", outside the {vocab_size:,}-token vocabulary of this model: give a "
-                        "prompt of the text it was trained on")
-
-
-def check_sample_model(args, path, ck):
-    """What sample.py can show of a checkpoint: text for a language model of a known tokenizer
-    (and then no --out), rollouts for a stage-1 NCA model that kept its held-out rules."""
-    kind = (ck.get("vocab") or {}).get("kind")
-    if kind == "nca":
-        return check_rollouts(args, path, ck)
-    if kind not in TOKENIZERS:
-        raise UserError(f"{path} is a model of {kind!r} tokens: sample.py decodes GPT-2 and "
-                        "byte-level text and draws stage-1 NCA rollouts")
-    if args.out:
-        raise UserError(f"--out draws stage-1 NCA rollouts, and {path} is a language model: "
-                        "drop --out (its samples are printed)")
-
-
-def check_rollouts(args, path, ck):
-    """A stage-1 NCA checkpoint's rollouts: its held-out rules, a context that leaves grids to
-    predict, a picture format and Pillow."""
-    info = ck.get("nca")
-    if not info or not info.get("val_seeds"):
-        raise UserError(f"{path} is an NCA model without its held-out rules: sample.py needs a "
-                        "stage-1 checkpoint of train.py")
-    gen = info["config"]
-    grid_len = (gen["grid"] // gen["patch"]) ** 2 + 2
-    grids = min(-(-gen["seq_len"] // grid_len), ck["model_args"]["block_size"] // grid_len)
-    if args.context_grids >= grids:
-        raise UserError(f"--context_grids {args.context_grids} leaves nothing to predict: the "
-                        f"model's context holds {grids} grids")
-    if args.out:
-        if Path(args.out).suffix.lower() not in (".png", ".gif"):
-            raise UserError(f"--out {args.out}: the picture is a .png or a .gif")
-        pillow()

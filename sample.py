@@ -30,7 +30,8 @@ from data.common import TOKENIZERS, gpt2_encoding
 from lab import probes
 from lab.plots import draw_rollouts, rollout_table
 from model import load_checkpoint, model_from_checkpoint
-from util import UserError, add_flags, cli, default_device, flag, run_checkpoint, script_parser
+from util import (UserError, add_flags, check_writable, cli, default_device, flag, pillow,
+                  run_checkpoint, script_parser)
 
 
 @dataclass
@@ -64,15 +65,15 @@ def main(argv=None):
     add_flags(p, SampleFlags)
     add_flags(p, RolloutFlags)
     args = p.parse_args(argv)
-    guard.check_sample(args)
+    check_sample(args)
     device = default_device(args.device)
     path = run_checkpoint(args.init_from, "--init_from")
     info = guard.peek(path, "--init_from")
-    guard.check_sample_model(args, path, info)        # text, or rollouts of held-out rules
+    check_sample_model(args, path, info)        # text, or rollouts of held-out rules
     kind = (info.get("vocab") or {}).get("kind")
     prompt = read_prompt(args.start) if kind != "nca" else None
     if kind != "nca":
-        guard.check_prompt(prompt_ids(kind, prompt), kind,
+        check_prompt(prompt_ids(kind, prompt), kind,
                            (info.get("model_args") or {}).get("vocab_size", TOKENIZERS[kind][0]))
     ck = load_checkpoint(path, device)
     model = model_from_checkpoint(ck, device).eval()
@@ -89,6 +90,71 @@ def main(argv=None):
                       [f"held-out rule {i}" for i in range(args.num_rules)])
         print(f"wrote {args.out}")
     return acc
+
+
+# -----------------------------------------------------------------------------------------------
+# sample.py's own refusals, before a model is built
+
+def check_sample(args):
+    """sample.py's numbers, before the checkpoint is read."""
+    if args.init_from is None:
+        raise UserError("--init_from RUN is needed: a run folder of train.py, a ckpt.pt or a "
+                        "Hugging Face Llama folder")
+    for name in ("num_samples", "max_new_tokens", "num_rules", "context_grids"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if not args.temperature > 0:
+        raise UserError(f"--temperature must be above 0, got {args.temperature} (for the "
+                        "likeliest token every time: --top_k 1)")
+    if args.top_k < 0:
+        raise UserError(f"--top_k must be at least 0 (0 = all tokens), got {args.top_k}")
+    if args.out:                      # a folder or a read-only place: refused before the rollout
+        check_writable(args.out, "--out", kind="file")
+
+
+def check_prompt(ids, kind, vocab_size):
+    """Every token of the prompt is inside the model's vocabulary (a byte model trained on ASCII
+    text may have fewer than 256 byte classes)."""
+    outside = sorted({i for i in ids if i >= vocab_size})
+    if outside:
+        what = "byte" if kind == "bytes" else "token id"
+        raise UserError(f"--start holds {what} {outside[0]}"
+                        + (f" (and {len(outside) - 1} more)" if len(outside) > 1 else "")
+                        + f", outside the {vocab_size:,}-token vocabulary of this model: give a "
+                        "prompt of the text it was trained on")
+
+
+def check_sample_model(args, path, ck):
+    """What sample.py can show of a checkpoint: text for a language model of a known tokenizer
+    (and then no --out), rollouts for a stage-1 NCA model that kept its held-out rules."""
+    kind = (ck.get("vocab") or {}).get("kind")
+    if kind == "nca":
+        return check_rollouts(args, path, ck)
+    if kind not in TOKENIZERS:
+        raise UserError(f"{path} is a model of {kind!r} tokens: sample.py decodes GPT-2 and "
+                        "byte-level text and draws stage-1 NCA rollouts")
+    if args.out:
+        raise UserError(f"--out draws stage-1 NCA rollouts, and {path} is a language model: "
+                        "drop --out (its samples are printed)")
+
+
+def check_rollouts(args, path, ck):
+    """A stage-1 NCA checkpoint's rollouts: its held-out rules, a context that leaves grids to
+    predict, a picture format and Pillow."""
+    info = ck.get("nca")
+    if not info or not info.get("val_seeds"):
+        raise UserError(f"{path} is an NCA model without its held-out rules: sample.py needs a "
+                        "stage-1 checkpoint of train.py")
+    gen = info["config"]
+    grid_len = (gen["grid"] // gen["patch"]) ** 2 + 2
+    grids = min(-(-gen["seq_len"] // grid_len), ck["model_args"]["block_size"] // grid_len)
+    if args.context_grids >= grids:
+        raise UserError(f"--context_grids {args.context_grids} leaves nothing to predict: the "
+                        f"model's context holds {grids} grids")
+    if args.out:
+        if Path(args.out).suffix.lower() not in (".png", ".gif"):
+            raise UserError(f"--out {args.out}: the picture is a .png or a .gif")
+        pillow()
 
 
 def read_prompt(start):

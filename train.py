@@ -45,7 +45,7 @@ from util import (add_flags, auto_or_count, autocast, cli, flag, flag_values, fr
                   setup_distributed, stage_flag, wrap_model)
 from util.log import Log, plain_json, provenance, tracking
 from util.runs import (body_line, device_memory, long_run_note, memory_estimate, rank_fingerprint,
-                       restore_config, resume, run_summary, start_run_dir)
+                       micro_batch_note, restore_config, resume, run_summary, start_run_dir)
 
 # -----------------------------------------------------------------------------------------------
 # Knobs. Stage 1's optimization flags are --ppt_<name>, stage 2's the plain --<name>.
@@ -372,7 +372,6 @@ def main(argv=None):
             note = long_run_note(cfg, plan, dist["device"])
             if note:
                 print(note, flush=True)
-        if dist["rank"] == 0:
             for stage in plan.all_stages:       # finished, so not run: its record made whole
                 if stage not in plan.stages:
                     restore_config(plan.out[stage])
@@ -501,13 +500,8 @@ def plan_micro_batch(cfg, stage, plan):
     plan.memory[stage] = memory_estimate(model, micro or 1, T, act)
     plan.flops[stage] = plan.steps[stage] * batch * model.flops_per_token(T)  # for the ETA note
     if micro and seqs % micro == 0:
-        est, accum = plan.memory[stage], seqs // micro
-        parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in est.items() if k != "total")
-        plan.notes.append(
-            f"{stage}: micro-batch {micro} x {T} tokens, {accum} accumulation step"
-            f"{'s' * (accum > 1)} x {world} process{'es' * (world > 1)}; memory estimate "
-            f"{est['total'] / 2**30:.1f} GiB of {plan.usable / 2**30:.1f} GiB usable per "
-            f"process (GiB: {parts})")
+        plan.notes.append(micro_batch_note(stage, micro, T, seqs // micro, world,
+                                           plan.memory[stage], plan.usable))
 
 
 def run_ppt(cfg, plan, source, ctx):

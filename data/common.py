@@ -313,3 +313,17 @@ def text_val_batches(data_dir, seq_len, eval_tokens, batch_size, device):
     w = torch.from_numpy(eval_windows(load_tokens(data_dir, "val"), seq_len, eval_tokens))
     w = w.to(device)
     return list(zip(w[:, :-1].split(batch_size), w[:, 1:].split(batch_size)))
+
+
+def language_refusal(ck, tokenizer="gpt2", vocab=None):
+    """Why a checkpoint cannot be scored on token files of `tokenizer`, or None if it can. The
+    model must have the tokenizer's ids (a folder's own vocab_size, `vocab`, counts only for an
+    unknown tokenizer; ids beyond the model are checked against the folder's max_token)."""
+    kind = (ck.get("vocab") or {}).get("kind")
+    size = ck["model_args"].get("vocab_size", 0)
+    vocab = TOKENIZERS[tokenizer][0] if tokenizer in TOKENIZERS else vocab
+    if kind != tokenizer:
+        return f"its vocabulary is {kind!r}, not {tokenizer!r}"
+    if size < vocab:
+        return f"its model has {size:,} output classes, fewer than the {vocab:,} {tokenizer} ids"
+    return None

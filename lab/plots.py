@@ -16,6 +16,21 @@ from util import UserError, atomic_write, pillow, pyplot
 
 # ---------------------------------------------------------------- eval.py's pictures
 
+def draw_pictures(args, runs, baselines, results, domains, pairs):
+    """The pictures eval.py was asked for (--plot, --plot_contrasts, --plot_heads), each written
+    and named as it is done."""
+    if args.plot:
+        plot_curves(runs, baselines, args.plot,
+                    {d: v["baselines"]["bigram"] for d, v in domains.items()})
+        print(f"wrote {args.plot}")
+    if args.plot_contrasts:
+        plot_contrasts(pairs, args.plot_contrasts)
+        print(f"wrote {args.plot_contrasts}")
+    if args.plot_heads:
+        plot_heads(results, args.plot_heads)
+        print(f"wrote {args.plot_heads}")
+
+
 
 def trained_name(run):
     """The name of the folder a stage-2 run trained on (its eval-domain name)."""

@@ -227,6 +227,10 @@ def contrasts(runs, results, pairs):
                          "share": share_kept(both) if both else None})
     for row, adj in zip(rows, holm([r["p"] for r in rows])):
         row["p_holm"] = adj
+    for a, b, *_ in pairs:          # paired in the plan, but not scored on a shared domain
+        if not any((r["a"], r["b"]) == (a, b) for r in rows):
+            print(f"note: --pair {a}:{b}: no domain was scored for runs of both arms of one "
+                  "seed: no row in the contrasts", file=sys.stderr)
     return rows
 
 

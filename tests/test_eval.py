@@ -19,7 +19,7 @@ import eval as ev
 import guard
 import nca
 from conftest import make_domain
-from data.common import ROOT, eval_windows
+from data.common import ROOT, eval_windows, language_refusal
 from lab import plots, probes, stats
 from model import GPT, GPTConfig, config_for
 from util import UserError
@@ -291,9 +291,9 @@ def test_nca_checkpoint_is_refused_on_language_and_evaluated_on_rules(fake, caps
 
 
 def test_language_refusal():
-    assert ev.language_refusal({"vocab": {"kind": "gpt2"}, "model_args": {"vocab_size": 64000}}) is None
-    assert "10,002" in ev.language_refusal({"vocab": {"kind": "gpt2"}, "model_args": {"vocab_size": 10002}})
-    assert "'nca'" in ev.language_refusal({"vocab": {"kind": "nca"}, "model_args": {"vocab_size": 64000}})
+    assert language_refusal({"vocab": {"kind": "gpt2"}, "model_args": {"vocab_size": 64000}}) is None
+    assert "10,002" in language_refusal({"vocab": {"kind": "gpt2"}, "model_args": {"vocab_size": 10002}})
+    assert "'nca'" in language_refusal({"vocab": {"kind": "nca"}, "model_args": {"vocab_size": 64000}})
 
 
 def test_nca_eval_directly():

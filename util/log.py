@@ -248,6 +248,17 @@ def wandb_module():
     return wandb
 
 
+def wandb_ready():
+    """wandb for --wandb_project, checked before a run folder exists: importable and logged in
+    (wandb_logged_in), else one line."""
+    wandb = wandb_module()
+    if not wandb_logged_in(wandb):
+        raise UserError("--wandb_project: wandb is not logged in here: run `wandb login` "
+                        "(or set WANDB_API_KEY; WANDB_MODE=offline logs locally), or drop "
+                        "--wandb_project")
+    return wandb
+
+
 def wandb_logged_in(wandb):
     """Whether wandb can log without asking: offline or disabled (WANDB_MODE), an API key in
     the environment, or one stored by `wandb login` (read locally: no network)."""

@@ -3,6 +3,7 @@ the run folder (config.json, metrics.jsonl, ckpt.pt: created, rewritten, cut bac
 the memory estimate its micro-batch plan uses, and --debug_ranks' fingerprint; and the pair of
 files an evaluation writes (eval.md, eval.json: one id in both)."""
 import json
+import math
 import os
 from pathlib import Path
 
@@ -137,6 +138,15 @@ def truncate_metrics(path, step):
 # -----------------------------------------------------------------------------------------------
 # Memory: what train.py's micro-batch plan estimates
 
+def micro_batch_note(stage, micro, T, accum, world, est, usable):
+    """The line train.py prints for a stage's micro-batch plan and its memory estimate."""
+    parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in est.items() if k != "total")
+    return (f"{stage}: micro-batch {micro} x {T} tokens, {accum} accumulation step"
+            f"{'s' * (accum > 1)} x {world} process{'es' * (world > 1)}; memory estimate "
+            f"{est['total'] / 2**30:.1f} GiB of {usable / 2**30:.1f} GiB usable per process "
+            f"(GiB: {parts})")
+
+
 def memory_estimate(model, micro_batch, seq_len, act_bytes=2):
     """Bytes one training process needs, by part, for micro-batches of micro_batch x seq_len
     with activations of act_bytes (2 under bf16/fp16 autocast, 4 in float32), AdamW, and
@@ -214,3 +224,31 @@ def eval_pair_mismatch(out):
     have = ids[-1] if ids else None
     return None if have == want else \
         f"eval.md (id {have}) is not from the evaluation in eval.json (id {want})"
+
+
+def diverged_at(metrics):
+    """The first step whose training or validation loss in metrics.jsonl is NaN or infinite (a
+    run that diverged), else None."""
+    return next((m["step"] for m in metrics for k in ("loss", "val_loss")
+                 if isinstance(m.get(k), float) and not math.isfinite(m[k])), None)
+
+
+def finite_json(obj):
+    """`obj` with every NaN or infinite number as None: eval.json stays valid JSON (a bare NaN
+    is not JSON; many readers refuse it)."""
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
+
+
+def trained_folder(config, root):
+    """The prepared folder a run trained on (stage 2: data_dir, else <root>/<domain>; a stage-1
+    text run: ppt_data), or None (a synthetic stage-1 source)."""
+    if config.get("stage") == "lang":
+        return Path(config["data_dir"]) if config.get("data_dir") else \
+            root / str(config.get("domain"))
+    if config.get("ppt_source") == "text" and config.get("ppt_data"):
+        return Path(config["ppt_data"])
+    return None
