@@ -53,7 +53,8 @@ from util.runs import (body_line, device_memory, long_run_note, memory_estimate,
 
 MICRO = ("sequences per forward pass; 0 = the largest that divides each process's share of the "
          "batch and fits in memory (estimate printed at start)")
-CKPT = "steps between checkpoints (0 = at every validation); the last step is always saved"
+CKPT = ("steps between checkpoints (0 = at every validation; -1 = the last step only, e.g. "
+        "for timing); the last step is always saved")
 
 
 @dataclass
@@ -600,7 +601,8 @@ def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
         if (step % hp.eval_interval == 0 or step == steps) and not (resumed and step == resumed_at):
             last_val = validate(step, val_model, model, data.val, hp, cfg, ctx, log, scores,
                                 probe)
-        save = (step % ckpt_every == 0 or step == steps) and not (step == resumed_at > 0)
+        save = ((hp.ckpt_interval >= 0 and step % ckpt_every == 0) or step == steps) \
+            and not (step == resumed_at > 0)
         if save and master and (log.healthy or step == steps):    # no dead checkpoint
             save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "model_args": asdict(model.config), "step": step,
