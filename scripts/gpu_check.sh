@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One prepared device check (README "Single-GPU reproduction"), planned for 7 minutes on one H100/H200:
+# One prepared device check (README "Reproduction on one GPU"), planned for 7 minutes on one
+# H100/H200:
 # NCA generation speed, GPU-vs-CPU bit-identity of NCA data (near-tie draws explained), stage-1
 # and stage-2 tokens/s, MFU, peak memory and recompiles at the gpu preset, the NCA share of a
 # stage-1 step, compiled-vs-eager loss and gradients, a bf16-vs-fp32 loss check. The JSON

@@ -127,7 +127,8 @@ EVAL_S=${EVAL_S:-${BOXES[3]}}; DATA_S=${DATA_S:-${BOXES[4]}}
 PPT_LR=${PPT_LR:-6e-4}
 GATE_MARGIN=${GATE_MARGIN:-0.05}
 DATA_TOKENS=${DATA_TOKENS:-50000000}           # hour: train tokens prepared per domain
-SHORT=(--ppt_lr "$PPT_LR" --ppt_warmup_frac 0.1 --ppt_schedule cosine --ppt_batch_tokens "$PPT_BATCH"
+SHORT=(--ppt_lr "$PPT_LR" --ppt_warmup_frac 0.1 --ppt_schedule cosine
+       --ppt_batch_tokens "$PPT_BATCH"
        --ppt_eval_interval "$PPT_EVAL" "${PPT_RULES[@]}")
 LANG=(--batch_tokens "$LANG_BATCH" --eval_interval "$LANG_EVAL" --eval_tokens "$LANG_EVAL_TOKENS")
 GPU=(--preset gpu --device "$([ "$DRY" = 1 ] && echo cpu || echo auto)" "${TOY[@]}")
@@ -161,10 +162,12 @@ stage() {   # stage NAME SECONDS NEEDS CMD...: CMD time-boxed, unless ok before 
   echo "== $name: $(cat "$OUT/status/$name")"
   [ "$rc" = 0 ] || tail -n 3 "$OUT/logs/$name.log" | sed 's/^/   /'
 }
-slim() {   # slim RUN: a finished language run's checkpoint without its optimizer (disk: 24 runs)
+slim() {   # slim RUN: a finished run's checkpoint without its optimizer state (two thirds of
+           # it): 8 bodies and 24 language runs keep ~27 GB instead of ~75 GB (docs/gpu.md)
   "$PY" -c "import sys, torch; sys.path.insert(0, '.'); from model import save_checkpoint
-ck = torch.load(sys.argv[1], map_location='cpu', weights_only=True); ck.pop('optimizer', None)
-save_checkpoint(ck, sys.argv[1])" "$1/ckpt.pt"
+ck = torch.load(sys.argv[1], map_location='cpu', weights_only=True, mmap=True)
+'optimizer' in ck and save_checkpoint({k: v for k, v in ck.items() if k != 'optimizer'},
+                                      sys.argv[1])" "$1/ckpt.pt"
 }
 finish() {   # the stage table; exit 0 only when every stage is ok
   echo "== $TIER tier: $(( $(date +%s) - T0 )) s; stages (DIR/status):"
@@ -195,7 +198,8 @@ if [ "$TIER" = smoke ]; then
     --batch_tokens $(( LANG_BATCH / 4 )) --eval_interval 8 --eval_tokens "$ARM_VAL" \
     --init_from "$OUT/ppt/ckpt.pt" --out_dir "$OUT/nca" --resume
   stage eval "$EVAL_S" scratch,nca,stage1 "$PY" eval.py "$OUT/scratch" "$OUT/nca" "$OUT/ppt" \
-    --domains "web$BYTES" --device "${GPU[3]}" "${EVAL[@]}" --out "$OUT/eval" --overwrite "${PLOT[@]}"
+    --domains "web$BYTES" --device "${GPU[3]}" "${EVAL[@]}" --out "$OUT/eval" --overwrite \
+    "${PLOT[@]}"
   finish
 fi
 
@@ -232,14 +236,18 @@ if [ "$(status gate)" != ok ]; then
   [ "$(status gate)" = failed ] && { record gate not_met "(GATE_STOP=0: went on)"; ALL_OK=$BEFORE; }
   echo "== gate: $(cat "$OUT/status/gate")"
 fi
+for body in "${BODIES[@]}"; do slim "$body"; done      # finished: no stage-1 resume needed
 for d in web math code; do
   band=$([ "$d" = code ] && echo code || echo web)
   for s in $SEEDS; do
     for arm in scratch nca; do
       init=(); needs=data-$d
-      [ "$arm" = nca ] && { init=(--init_from "$OUT/ppt-$band-s$s/ckpt.pt"); needs+=,ppt-$band-s$s; }
+      if [ "$arm" = nca ]; then
+        init=(--init_from "$OUT/ppt-$band-s$s/ckpt.pt"); needs+=,ppt-$band-s$s
+      fi
       stage "$d-$arm-s$s" "$LANG_S" "$needs" "$PY" train.py "${GPU[@]}" --stage lang \
-        --domain "$d$BYTES" --data_dir "$DATA_ROOT/$d$BYTES" --seed "$s" --lang_tokens "$LANG_TOKENS" "${LANG[@]}" \
+        --domain "$d$BYTES" --data_dir "$DATA_ROOT/$d$BYTES" --seed "$s" \
+        --lang_tokens "$LANG_TOKENS" "${LANG[@]}" \
         --ckpt_interval -1 "${init[@]}" --out_dir "$OUT/runs/$d-$arm-s$s" --resume
       [ "$(status "$d-$arm-s$s")" = ok ] && slim "$OUT/runs/$d-$arm-s$s"
     done
