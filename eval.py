@@ -594,7 +594,8 @@ def _cell(r, d):
     elif r["change_pct"].get(d) is not None:
         notes.append(f"{r['change_pct'][d]:+.1f}%")
     if d == r["domain"] and r["speedup_note"] != "n/a":
-        notes.append(f"{r['speedup']:.2f}x" if r["speedup"] is not None else r["speedup_note"])
+        sp = r["speedup"]                  # (an infinite speedup is null in eval.json)
+        notes.append(f"{sp:.2f}x" if sp is not None else r["speedup_note"] or "-")
     bpb = f" · {r['bpb'][d]:.3f} bpb" if d in r["bpb"] else ""
     return (f"{r['loss'][d]:.3f} nats{bpb} · ppl {r['ppl'][d]:.2f}"
             + (f" ({', '.join(notes)})" if notes else ""))

@@ -39,9 +39,8 @@ from data.common import (TOKENIZERS, TextBatches, load_meta, load_tokens, probe_
 from lab import probes
 from model import ARCH, GPT, PPT_VOCAB, SIZES, GPTConfig, evaluate, model_config
 from model import load_checkpoint, model_from_checkpoint, save_checkpoint
-import util
 from util import (add_flags, auto_or_count, autocast, cli, flag, flag_values, from_flags,
-                  parse_with_presets, preset_text, rerun_defaults, script_parser,
+                  given_flags, parse_with_presets, preset_text, rerun_defaults, script_parser,
                   setup_distributed, stage_flag, wrap_model)
 from util.log import Log, plain_json, provenance, tracking
 from util.runs import (body_line, device_memory, long_run_note, memory_estimate, rank_fingerprint,
@@ -52,7 +51,8 @@ from util.runs import (body_line, device_memory, long_run_note, memory_estimate,
 
 MICRO = ("sequences per forward pass; 0 = the largest that divides each process's share of the "
          "batch and fits in memory (estimate printed at start)")
-CKPT = "steps between checkpoints (0 = at every validation); the last step is always saved"
+CKPT = ("steps between checkpoints (0 = at every validation; -1 = the last step only, e.g. "
+        "for timing); the last step is always saved")
 
 
 @dataclass
@@ -358,7 +358,7 @@ def main(argv=None):
         if args.stage in ("ppt", "both") and args.ppt_tokens else None
     guard.check_flags(args, dist["world"], source)          # each flag alone: nothing read yet
     cfg, plan = plan_run(args, source, dist)                # what runs (reads metadata only)
-    guard.check_plan(args, util.given_flags(get_parser(), argv), cfg, plan, source)  # data, body
+    guard.check_plan(args, given_flags(get_parser(), argv), cfg, plan, source)  # data, body
     plan_memory(cfg, plan)                                  # the micro-batches
     with guard.train_run(cfg, plan):      # they fit, a --resume matches; the folders locked
         if dist["device"].startswith("cuda"):   # TF32 for the model's float32 matmuls (NCA
@@ -599,7 +599,8 @@ def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
             if val_now:
                 last_val = validate(step, val_model, model, data.val, hp, cfg, ctx, log,
                                     scores, probe)
-            save = (step % ckpt_every == 0 or step == steps) and not (step == resumed_at > 0)
+            save = ((hp.ckpt_interval >= 0 and step % ckpt_every == 0) or step == steps) \
+                and not (step == resumed_at > 0)
             if save and master and (log.healthy or step == steps):    # no dead checkpoint
                 save_checkpoint({"model": model.state_dict(),
                                  "optimizer": optimizer.state_dict(),

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One prepared device check (README "Single-GPU reproduction"), about 8 minutes on one H100/H200:
+# One prepared device check (README "Reproduction on one GPU"), planned for 7 minutes on one
+# H100/H200:
 # NCA generation speed, GPU-vs-CPU bit-identity of NCA data (near-tie draws explained), stage-1
 # and stage-2 tokens/s, MFU, peak memory and recompiles at the gpu preset, the NCA share of a
 # stage-1 step, compiled-vs-eager loss and gradients, a bf16-vs-fp32 loss check. The JSON
@@ -8,14 +9,11 @@
 #   bash scripts/gpu_check.sh                  # on the GPU
 #   DEVICE=cpu bash scripts/gpu_check.sh       # dry run of every step at toy size, same JSON keys
 #   bash scripts/gpu_check.sh --overwrite      # replace an earlier result
-#   bash scripts/gpu_check.sh --time_limit 570 # skip the steps that would not fit in 570 s
+#   bash scripts/gpu_check.sh --time_limit 400 # skip the steps that would not fit in 400 s
+#   bash scripts/gpu_check.sh --out DIR/check.json  # the JSON where the caller collects results
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-$(command -v python || command -v python3 || true)}"
-if [ -z "$PY" ]; then
-    echo "error: neither python nor python3 is on PATH (Python 3.10 or newer is needed)" >&2
-    exit 2
-fi
+source scripts/find_python.sh        # PY: the first of $PYTHON, python, python3 with torch
 # Imports first, so a missing package is one line now rather than a traceback minutes in.
 "$PY" - <<'PY'
 import importlib.util, sys

@@ -204,24 +204,44 @@ def test_older_python_is_refused_in_one_line():
     assert r.stderr == "error: Python 3.10 or newer is needed, this is Python 3.9\n"
 
 
-def test_gpu_check_sh_finds_python3_and_names_missing_packages(tmp_path):
-    """A bare image with only python3 on PATH: the script finds it; packages missing (here: no
-    site-packages at all) are named in one line before anything runs."""
+def test_gpu_scripts_pick_the_first_python_with_torch(tmp_path):
+    """A bare image: $PYTHON without packages, no python, a python3 with torch. The scripts pass
+    over $PYTHON and use python3; when none imports torch it is one line naming what was tried."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "python3").symlink_to(sys.executable)
-    (bin_dir / "dirname").symlink_to(shutil.which("dirname"))
-    env = {"PATH": str(bin_dir), "HOME": str(tmp_path)}
+    for tool in ("dirname", "sed"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
     bare = tmp_path / "bare-python"
     bare.write_text(f"#!/bin/sh\nexec {sys.executable} -I -S \"$@\"\n")
     bare.chmod(0o755)
-    r = subprocess.run(["/bin/bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True,
-                       text=True, env=env | {"PYTHON": str(bare)})
-    assert r.returncode != 0 and r.stderr.count("\n") == 1, r.stderr
-    assert r.stderr.startswith("error: missing torch, numpy, tqdm, tiktoken: pip install torch")
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "PYTHON": str(bare)}
+    scripts = ("gpu_check.sh", "gpu_reproduce.sh")
+    (bin_dir / "python3").symlink_to(sys.executable)
     r = subprocess.run(["/bin/bash", str(ROOT / "scripts" / "gpu_check.sh"), "--help"],
                        capture_output=True, text=True, env=env)
-    assert r.returncode == 0 and "--time_limit" in r.stdout, r.stderr
+    assert r.returncode == 0 and "--time_limit" in r.stdout, r.stderr      # python3 ran it
+    (bin_dir / "python3").unlink()
+    (bin_dir / "python3").symlink_to(bare)
+    for script in scripts:
+        r = subprocess.run(["/bin/bash", str(ROOT / "scripts" / script)], capture_output=True,
+                           text=True, env=env)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith(f"error: no Python with torch among $PYTHON={bare}, python, "
+                                   "python3: pip install -r requirements.txt"), r.stderr
+
+
+def test_gpu_check_sh_names_missing_packages(tmp_path):
+    """A Python with torch but without another package: named in one line before anything runs."""
+    hidden = tmp_path / "site"
+    hidden.mkdir()
+    (hidden / "sitecustomize.py").write_text(
+        "import importlib.util as u\nfind = u.find_spec\n"
+        "u.find_spec = lambda name, *a: None if name == 'tiktoken' else find(name, *a)\n")
+    r = subprocess.run(["/bin/bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True,
+                       text=True, env={**os.environ, "PYTHON": sys.executable,
+                                       "PYTHONPATH": str(hidden)})
+    assert r.returncode != 0 and r.stderr == ("error: missing tiktoken: pip install tiktoken (or "
+                                              "pip install -r requirements.txt)\n"), r.stderr
 
 
 def test_training_compiles_with_static_shapes(monkeypatch):

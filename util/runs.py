@@ -37,7 +37,7 @@ def body_line(init_from, body, vocab_size):
             "tokens")
 
 
-ASSUMED_MFU = 0.4     # the GPU target (README, 'Single-GPU reproduction')
+ASSUMED_MFU = 0.4     # the GPU target (README, 'Reproduction on one GPU')
 MATMUL_SHARE = 0.5    # training reaches about half of a plain matmul's rate (CPU, tiny model)
 
 
