@@ -186,8 +186,11 @@ def test_read_only_folder_with_chmod(small, tmp_path, capsys):
 def test_ctrl_c_is_one_line_naming_the_step_to_resume_from(small, tmp_path):
     out = tmp_path / "run"
     argv = run_argv(small, out, "--ckpt_interval", "4", "--eval_interval", "1000", tokens=320 * 400)
+    # SIGINT as a terminal sends it, even when these tests run in a background job (where the
+    # shell starts children with SIGINT ignored, and Python then never raises KeyboardInterrupt)
     p = subprocess.Popen([sys.executable, "-u", "train.py", *argv], cwd=ROOT, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in p.stdout:
             if line.startswith("step 6 "):
