@@ -25,6 +25,20 @@ def permute(state, seed):
             for k, v in state.items()}
 
 
+def stage1_body(given, flag, out, overwrite, what="checkpoint"):
+    """(checkpoint path, Path(out), the stage-1 checkpoint) for a script that writes a body derived
+    from another (this one, lab/scale_matched_body.py): OUT new or --overwrite and writable, the
+    source a train.py stage-1 checkpoint (memory-mapped), all before any tensor is touched."""
+    src, out = run_checkpoint(given, flag), Path(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"{show(out)} exists: pass --overwrite to replace it, or another OUT")
+    check_writable(out, "OUT", kind="file")
+    ck = guard.peek(src, what)
+    if ck.get("stage") != "ppt":
+        raise UserError(f"{show(src)} is not a stage-1 checkpoint (stage {ck.get('stage')!r})")
+    return src, out, ck
+
+
 @cli
 def main(argv=None):
     p = script_parser(__doc__)
@@ -33,14 +47,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     args = p.parse_args(argv)
-    src = run_checkpoint(args.ckpt, "CKPT")
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{show(out)} exists: pass --overwrite to replace it, or another OUT")
-    check_writable(out, "OUT", kind="file")
-    ck = guard.peek(src)                  # checked and memory-mapped: read as it is permuted
-    if ck.get("stage") != "ppt":
-        raise UserError(f"{show(src)} is not a stage-1 checkpoint (stage {ck.get('stage')!r})")
+    src, out, ck = stage1_body(args.ckpt, "CKPT", args.out, args.overwrite)  # read as permuted
     ck = {k: v for k, v in ck.items() if k not in ("optimizer", "data")}
     ck["model"] = permute(ck["model"], args.seed)
     ck["config"] = {**ck.get("config", {}), "permuted_from": str(src), "permute_seed": args.seed}

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import guard  # noqa: E402
 from data.common import show  # noqa: E402
 from model import GPT, GPTConfig, save_checkpoint  # noqa: E402
-from util import UserError, check_writable, cli, run_checkpoint, script_parser  # noqa: E402
+from lab.permute_body import stage1_body  # noqa: E402
+from util import UserError, cli, script_parser  # noqa: E402
 
 MATRICES = (".attn.", ".mlp.")      # the body's weight matrices: blocks.i.attn.* and .mlp.*
 RUN_STATE = ("optimizer", "data", "rng", "nca")     # what stage 1's data and run left: dropped
@@ -70,16 +70,9 @@ def main(argv=None):
                    help="with --init_from_scratch_config: the stage-2 vocabulary (257: bytes)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     args = p.parse_args(argv)
-    src = run_checkpoint(args.body, "BODY")
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{show(out)} exists: pass --overwrite to replace it, or another OUT")
     if args.vocab_size < 1:
         raise UserError(f"--vocab_size must be at least 1, got {args.vocab_size}")
-    check_writable(out, "OUT", kind="file")
-    ck = guard.peek(src, "BODY")
-    if ck.get("stage") != "ppt":
-        raise UserError(f"{show(src)} is not a stage-1 checkpoint (stage {ck.get('stage')!r})")
+    src, out, ck = stage1_body(args.body, "BODY", args.out, args.overwrite, what="BODY")
     vocab = args.vocab_size if args.init_from_scratch_config else None
     ck = {k: v for k, v in ck.items() if k not in RUN_STATE}
     ck["model"] = scale_matched(ck["model"], ck["model_args"], args.seed, vocab)

@@ -147,7 +147,8 @@ def test_atomic_write_failures_name_the_path_and_the_cause(tmp_path):
 
 # ---------------------------------------------------------------- outputs checked up front
 
-def test_read_only_out_dir_is_refused_before_anything_runs(small, tmp_path, monkeypatch, capsys):
+def read_only_probes(monkeypatch):
+    """check_writable's probe file cannot be created: the place reads as a read-only file system."""
     real_open = os.open
 
     def read_only(path, *a, **k):
@@ -155,6 +156,10 @@ def test_read_only_out_dir_is_refused_before_anything_runs(small, tmp_path, monk
             raise OSError(errno.EROFS, "Read-only file system", str(path))
         return real_open(path, *a, **k)
     monkeypatch.setattr(util.os, "open", read_only)
+
+
+def test_read_only_out_dir_is_refused_before_anything_runs(small, tmp_path, monkeypatch, capsys):
+    read_only_probes(monkeypatch)
     built = []
     monkeypatch.setattr(train, "lang_model", lambda *a: built.append(1))
     with pytest.raises(SystemExit):
@@ -452,13 +457,7 @@ def test_a_run_whose_config_json_was_deleted_gets_it_back_on_resume(small, tmp_p
 def test_sample_out_in_a_read_only_place_is_refused_before_the_rollout(small, tmp_path,
                                                                        monkeypatch, capsys):
     import sample
-    real_open = os.open
-
-    def read_only(path, *a, **k):
-        if Path(path).name.startswith(".probe."):
-            raise OSError(errno.EROFS, "Read-only file system", str(path))
-        return real_open(path, *a, **k)
-    monkeypatch.setattr(util.os, "open", read_only)
+    read_only_probes(monkeypatch)
     loaded = []
     monkeypatch.setattr(sample, "load_checkpoint", lambda *a, **k: loaded.append(1))
     with pytest.raises(SystemExit):

@@ -18,7 +18,7 @@ from conftest import BPE, PREPARE_WEB, ROOT, needs_bpe
 from data.common import TOKENIZERS, gpt2_encoding
 from model import load_checkpoint, model_from_checkpoint
 from scripts import hf, hf_files
-from test_tools import LANG, MODEL, export_hf, refused, tiny_checkpoint
+from test_tools import LANG, MODEL, export_hf, random_bytes_corpus, refused, tiny_checkpoint
 from util import UserError
 
 OWN = {"config.json", "generation_config.json", "vocab.json", "merges.txt",
@@ -42,13 +42,7 @@ def tree(folder):
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
     """A real (two-step) byte-level run: its metrics and provenance feed the model card."""
-    from data.build import TokenWriter, write_dataset
-    data = tmp_path_factory.mktemp("data") / "tiny_bytes"
-    writers = {}
-    for split, n in (("train", 4000), ("val", 1000)):
-        writers[split] = TokenWriter(data / f"{split}.bin")
-        writers[split].write(torch.randint(0, 256, (n,)).numpy(), 1)
-    write_dataset(data, writers, {"source": "test", "domain": "tiny_bytes"}, tokenizer="bytes")
+    data = random_bytes_corpus(tmp_path_factory.mktemp("data") / "tiny_bytes")
     out = tmp_path_factory.mktemp("runs") / "scratch"
     train.main(MODEL + LANG + ["--data_dir", str(data), "--out_dir", str(out), "--max_iters", "2"])
     return out

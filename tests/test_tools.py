@@ -38,17 +38,20 @@ LANG = ["--stage", "lang", "--lang_tokens", "1280", "--batch_tokens", "320", "--
         "--eval_interval", "2", "--eval_tokens", "320", "--lr", "1e-3"]
 
 
-@pytest.fixture(scope="module")
-def domain(tmp_path_factory):
-    """A byte-level corpus (vocabulary 257: cheap heads) of random bytes."""
+def random_bytes_corpus(folder):
+    """A prepared byte-level folder (vocabulary 257: cheap heads) of random bytes."""
     from data.build import TokenWriter, write_dataset
-    folder = tmp_path_factory.mktemp("data") / "tiny_bytes"
     writers = {}
     for split, n in (("train", 4000), ("val", 1000)):
         writers[split] = TokenWriter(folder / f"{split}.bin")
         writers[split].write(torch.randint(0, 256, (n,)).numpy(), 1)
     write_dataset(folder, writers, {"source": "test", "domain": "tiny_bytes"}, tokenizer="bytes")
     return folder
+
+
+@pytest.fixture(scope="module")
+def domain(tmp_path_factory):
+    return random_bytes_corpus(tmp_path_factory.mktemp("data") / "tiny_bytes")
 
 
 @pytest.fixture(scope="module")
