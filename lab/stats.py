@@ -53,6 +53,26 @@ def sign_flip_p(diffs):
     return float(np.mean(np.abs(signs @ d) >= abs(d.sum()) - 1e-12))
 
 
+def sign_flip_p_greater(diffs):
+    """Exact one-sided sign-flip p-value that the paired differences' mean is above 0: the share
+    of the 2^n sign patterns whose sum is at least the observed one (n <= 20)."""
+    d = np.asarray(diffs, float)
+    if d.size == 0 or d.size > 20:
+        return None
+    signs = np.array(np.meshgrid(*[[-1.0, 1.0]] * d.size)).reshape(d.size, -1).T
+    return float(np.mean(signs @ d >= d.sum() - 1e-12))
+
+
+def tost(diffs, margin):
+    """Equivalence of paired differences to 0 within +-margin by two one-sided tests, each an
+    exact sign-flip test of the shifted differences: "mean > -margin" on d + margin and "mean <
+    margin" on margin - d. Returns (p_lower, p_upper, p) with p = max of the two; p < alpha
+    concludes |mean| < margin at level alpha (n <= 20, else Nones)."""
+    d = np.asarray(diffs, float)
+    lower, upper = sign_flip_p_greater(d + margin), sign_flip_p_greater(margin - d)
+    return lower, upper, None if lower is None else max(lower, upper)
+
+
 def paired(xs, ys):
     """Paired difference xs - ys: (mean, 95% CI half-width, exact sign-flip p)."""
     diffs = [x - y for x, y in zip(xs, ys)]
