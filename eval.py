@@ -26,8 +26,9 @@ import math
 import sys
 import time
 import uuid
+import zlib
 from contextlib import nullcontext, suppress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -74,20 +75,23 @@ def bits_per_byte(loss, windows, nbytes):
 
 def nca_eval(model, nca_info, num_seqs=64, batch_size=8, device="cpu", ctx=nullcontext(),
              desc=None):
-    """A stage-1 NCA checkpoint on its held-out rules: validation loss over the supervised labels
-    and in-context accuracy by grid position, beside the 'copy the previous grid' predictor
-    (probes.GridAccuracy). Lists are indexed by grid g = 1..G: grid g is predicted with g
-    earlier grids in context (grid 0 is the unscored prompt). token_acc = share of its patch
-    tokens right under teacher forcing; grid_acc = whole grid right (= greedy decoding)."""
-    cfg = nca.NCAConfig(**nca_info["config"])
-    batches = nca.val_batches(cfg, nca_info["val_seeds"], num_seqs, batch_size, device,
-                              mask_delimiters=nca_info.get("mask_delimiters", False))
+    """A stage-1 NCA checkpoint on its held-out rules in time order, whatever order it trained
+    on: loss, and accuracy by grid g = 1..G (predicted with g grids in context) beside copy and
+    lookup (probes.GridAccuracy; token_acc under teacher forcing, grid_acc = whole grid right);
+    the loss on the same frames shuffled (the manipulation check, docs/method.md); `rules`, a
+    fingerprint of the rules and setting that a frame-shuffled body of the same rules shares."""
+    cfg = nca.NCAConfig(**nca_info["config"] | {"frame_order": "time"})
+    val = lambda c: nca.val_batches(c, nca_info["val_seeds"], num_seqs, batch_size, device,
+                                    mask_delimiters=nca_info.get("mask_delimiters", False))
     acc = probes.GridAccuracy(cfg)
-    with progress_bar(len(batches), desc, unit="batch", disable=desc is None, leave=False) as bar:
-        loss = evaluate(model, batches, ctx, device,
-                        each=calls(acc, lambda *_: bar.update(1)))["loss"]
-    grids = list(range(1, len(acc.sums["token_acc"]) + 1))
-    return {"val_loss": loss, "num_seqs": acc.seqs, "grid": grids, **acc.by_grid()}
+    with progress_bar(2 * num_seqs, desc, unit="seq", disable=desc is None, leave=False) as bar:
+        tick = lambda x, *_: bar.update(len(x))
+        loss = evaluate(model, val(cfg), ctx, device, each=calls(acc, tick))["loss"]
+        shuffled = evaluate(model, val(replace(cfg, frame_order="shuffled")), ctx, device, tick)
+    return {"val_loss": loss, "shuffled_loss": shuffled["loss"], "num_seqs": acc.seqs,
+            "trained_order": nca_info["config"].get("frame_order", "time"),
+            "rules": zlib.crc32(json.dumps([asdict(cfg), nca_info["val_seeds"]]).encode()),
+            "grid": list(range(1, len(acc.sums["token_acc"]) + 1)), **acc.by_grid()}
 
 
 def stage1_eval(model, config, batch_size=8, device="cpu", ctx=nullcontext()):

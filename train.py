@@ -23,7 +23,7 @@ import argparse
 import contextlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Iterator
@@ -259,6 +259,7 @@ class Batches:
     train: Iterator             # endless (x, y) micro-batches, with state_dict / load_state_dict
     val: list                   # fixed (x, y) batches, the same for the whole run
     info: dict | None = None    # what the checkpoint keeps for evaluation (NCA: held-out rules)
+    controls: dict = field(default_factory=dict)    # name -> val batches the line compares with
 
 
 def nca_source(cfg):
@@ -282,13 +283,15 @@ def nca_source(cfg):
                 torch.distributed.barrier()
         train_bank = nca.RuleBank(bank.seeds[:n_train], bank.scores[:n_train], bank.band)
         val_seeds = bank.seeds[n_train:]
+        other = "time" if gen.frame_order == "shuffled" else "shuffled"   # the manipulation check
+        val = lambda g: nca.val_batches(g, val_seeds, cfg.ppt_val_seqs, micro, device,
+                                        mask_delimiters=cfg.mask_delimiters)
         return Batches(nca.NCABatches(gen, train_bank, micro, device, seed=cfg.seed,
                                       mode=cfg.nca_epoch_mode, rank=rank, world_size=world,
                                       mask_delimiters=cfg.mask_delimiters),
-                       nca.val_batches(gen, val_seeds, cfg.ppt_val_seqs, micro, device,
-                                       mask_delimiters=cfg.mask_delimiters),
-                       {"config": asdict(gen), "val_seeds": [int(s) for s in val_seeds],
-                        "mask_delimiters": cfg.mask_delimiters})
+                       val(gen), {"config": asdict(gen), "val_seeds": [int(s) for s in val_seeds],
+                                  "mask_delimiters": cfg.mask_delimiters},
+                       {other: val(replace(gen, frame_order=other))})
 
     def check(vocab, world):
         guard.check_nca(gen, band)
@@ -597,8 +600,8 @@ def train(stage, model, data, cfg, plan, ctx, record, scores=None, probe=None):
             not (resumed and step == resumed_at)
         with log.pause(step, val_now):            # not part of the throughput, nor of the ETA
             if val_now:
-                last_val = validate(step, val_model, model, data.val, hp, cfg, ctx, log,
-                                    scores, probe)
+                last_val = validate(step, val_model, model, data, hp, cfg, ctx, log, scores,
+                                    probe)
             save = ((hp.ckpt_interval >= 0 and step % ckpt_every == 0) or step == steps) \
                 and not (step == resumed_at > 0)
             if save and master and (log.healthy or step == steps):    # no dead checkpoint
@@ -664,11 +667,14 @@ def lr_at(step, steps, peak, warmup_frac, schedule):
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
 
 
-def validate(step, val_model, model, val, hp, cfg, ctx, log, scores, probe):
-    """Validation loss and the stage's own measures (stage 1 NCA: accuracy beside the copy and
-    lookup baselines; stage 2: the in-context score and the copy probes), logged and returned."""
+def validate(step, val_model, model, data, hp, cfg, ctx, log, scores, probe):
+    """Validation loss, the loss on the source's controls (NCA: the frames in the other order)
+    and the stage's measures (NCA: accuracy beside copy and lookup; stage 2: the in-context
+    score and the copy probes), logged and returned."""
     each = scores() if scores else None
-    res = {"val_loss": evaluate(val_model, val, ctx, each=each)["loss"]}
+    res = {"val_loss": evaluate(val_model, data.val, ctx, each=each)["loss"]}
+    for name, batches in data.controls.items():
+        res[f"val_loss_{name}"] = evaluate(val_model, batches, ctx)["loss"]
     res |= each.result() if each else {}
     if probe is not None:
         device = next(model.parameters()).device

@@ -298,6 +298,51 @@ def format_nca_summary(results):
             cells.append(f"{m:+.1f} ± {h:.1f}")
         out.append(f"| mean ± 95% CI ({len(rows)} runs) | | | | | {cells[0]} | {cells[1]} "
                    "| | | |")
+    if any("shuffled_loss" in r["nca"] for r in rows):
+        out += ["", format_order_check(rows)]
+    return "\n".join(out)
+
+
+def shuffled_body(r, rows):
+    """The run among `rows` trained on shuffled frames of r's held-out rules and setting, with
+    r's stage-1 tokens (the manipulation check's control body), or None."""
+    for c in rows:
+        n = c["nca"]
+        if c is not r and n.get("trained_order") == "shuffled" and \
+                n.get("rules") == r["nca"].get("rules") and c.get("tokens") == r.get("tokens"):
+            return c
+    return None
+
+
+def format_order_check(rows):
+    """The manipulation check of each stage-1 NCA body (docs/method.md, 'Manipulation check'):
+    its loss on the time-ordered frames of its held-out rules and on the same frames shuffled,
+    the gain from time order, and, where a frame-shuffled body of the same rules and budget was
+    evaluated too, that body's loss on the ordered frames and the difference; with several
+    time-ordered runs, the mean ± 95% t half-width of the gain and of the difference."""
+    rows = [r for r in rows if "shuffled_loss" in r["nca"]]
+    out = ["Manipulation check, nats per token on the held-out rules' frames: in time order, the "
+           "same frames shuffled, gain = shuffled − ordered (above 0: the body uses time order); "
+           "shuffled body = a body of the same rules and budget trained on shuffled frames, its "
+           "loss on the ordered frames", "",
+           "| run | trained on | ordered | shuffled | gain | shuffled body | − shuffled body |",
+           "| --- | --- |" + " ---: |" * 5]
+    gains, diffs = [], []
+    for r in rows:
+        n, c = r["nca"], shuffled_body(r, rows)
+        gain = n["shuffled_loss"] - n["val_loss"]
+        diff = n["val_loss"] - c["nca"]["val_loss"] if c else None
+        if n.get("trained_order", "time") == "time":
+            gains.append(gain)
+            diffs += [diff] if diff is not None else []
+        out.append(f"| {r['label']} | {n.get('trained_order', 'time')} frames | "
+                   f"{n['val_loss']:.4f} | {n['shuffled_loss']:.4f} | {gain:+.4f} | "
+                   + (f"{c['label']}: {c['nca']['val_loss']:.4f} | {diff:+.4f} |" if c else
+                      "- | - |"))
+    if len(gains) > 1:
+        cell = lambda xs: "{:+.4f} ± {:.4f}".format(*mean_ci(xs)) if len(xs) > 1 else "-"
+        out.append(f"| mean ± 95% CI ({len(gains)} time-ordered runs) | | | | {cell(gains)} | "
+                   f"| {cell(diffs)} |")
     return "\n".join(out)
 
 

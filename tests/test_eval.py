@@ -735,3 +735,49 @@ def test_a_pair_not_scored_on_its_shared_domain_is_said(fake, tmp_path, capsys):
     assert report["contrasts"] == []
     assert "note: --pair nca:scratch: no domain was scored for runs of both arms" in \
         capsys.readouterr().err
+
+
+def test_manipulation_check_of_a_time_ordered_body_against_a_shuffled_one(tmp_path):
+    """The manipulation check, trained and evaluated at toy size: the validation lines carry the
+    loss on the other order, eval.py's stage-1 summary pairs the time-ordered body with the
+    frame-shuffled body of its rules and budget, and its numbers are lab/manipulation_check.py's
+    (which rebuilds the permutations itself and checks the frames are the same)."""
+    import train
+    from lab import manipulation_check
+    common = ["--preset", "cpu", "--stage", "ppt", "--ppt_tokens", "16384", "--train_num_rules",
+              "64", "--val_num_rules", "8", "--ppt_val_seqs", "16", "--ppt_eval_interval", "2",
+              "--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--rule_seed", "0"]
+    for name, extra in (("time", []), ("shuf", ["--frame_order", "shuffled"])):
+        train.main(common + extra + ["--out_dir", str(tmp_path / name)])
+    vals = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()
+                if '"val"' in x][-1] for n in ("time", "shuf")}
+    assert "val_loss_shuffled" in vals["time"] and "val_loss_time" in vals["shuf"]
+    ev.main([str(tmp_path / "time"), str(tmp_path / "shuf"), "--nca_val_seqs", "16",
+             "--out", str(tmp_path / "ev")])
+    rows = {r["label"]: r["nca"] for r in json.loads((tmp_path / "ev" / "eval.json").read_text())
+            ["runs"]}
+    t, s = rows["nca (time)"], rows["nca (shuf)"]
+    assert (t["trained_order"], s["trained_order"]) == ("time", "shuffled")
+    assert t["rules"] == s["rules"]
+    # the training run's last validation saw the same 16 sequences with the same weights
+    assert t["shuffled_loss"] == pytest.approx(vals["time"]["val_loss_shuffled"], abs=1e-5)
+    assert s["val_loss"] == pytest.approx(vals["shuf"]["val_loss_time"], abs=1e-5)
+    model = ev.model_from_checkpoint(ev.load_checkpoint(tmp_path / "time" / "ckpt.pt"), "cpu")
+    info = torch.load(tmp_path / "time" / "ckpt.pt", weights_only=True)["nca"]
+    check = manipulation_check.check(model, info, 16, 0, 8, "cpu")
+    assert check["ordered"]["loss"] == pytest.approx(t["val_loss"], abs=1e-6)
+    assert check["shuffled"]["loss"] == pytest.approx(t["shuffled_loss"], abs=1e-6)
+    md = (tmp_path / "ev" / "eval.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| nca (time) | time frames |"))
+    gain, diff = t["shuffled_loss"] - t["val_loss"], t["val_loss"] - s["val_loss"]
+    assert f"| {gain:+.4f} | nca (shuf): {s['val_loss']:.4f} | {diff:+.4f} |" in line
+
+
+def test_tost_against_hand_counted_sign_patterns():
+    # d = (0.004, -0.002, 0.006), margin 0.005. Lower test on d + m = (9, 3, 11)e-3: only the
+    # all-plus pattern of 8 reaches the observed sum, p = 1/8. Upper test on m - d = (1, 7, -1)e-3,
+    # observed sum 7e-3: patterns (+,+,+) 7, (+,+,-) 9, (-,+,-) 7 reach it, p = 3/8.
+    assert stats.tost([0.004, -0.002, 0.006], 0.005) == (0.125, 0.375, 0.375)
+    # eight differences well inside the margin: each one-sided p is 1/256
+    assert stats.tost([0.001, -0.001] * 4, 0.005)[2] == pytest.approx(1 / 256)
+    assert stats.sign_flip_p_greater([1.0, 2.0]) == 0.25 and stats.tost([], 0.1) == (None,) * 3

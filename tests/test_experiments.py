@@ -1,12 +1,13 @@
 """The pre-registered experiment scripts still run: each at its SMOKE=1 toy budgets, one seed,
 end to end into its eval table (a change cannot silently break an experiment). They run as a
 chain, as the real experiments do: E3, E2 and E7 link E1's finished runs, E4 links E2's, E6
-links E7's, so the reuse is tested too and each run is trained once."""
+links E7's, E8 links E7's code-band NCA body, so the reuse is tested too and each run is trained once."""
 import json
 import os
 import subprocess
 
 import pytest
+import torch
 
 from conftest import ROOT
 
@@ -122,3 +123,16 @@ def test_e6_long_stage2_writes_its_delta_curves(e1, e7):
     table = (e6 / "delta_by_step.md").read_text().splitlines()
     steps = [line for line in table if line.startswith("| ") and line[2].isdigit()]
     assert len(steps) >= 2 and steps[0].startswith("| 0 |")
+
+
+def test_e8_runs_its_four_arms_and_writes_its_verdict(e7):
+    e8 = smoke("e8_specific.sh", e7.parent / "e8", E7_OUT=e7)
+    assert linked(e8, "nca-code-seed0")
+    assert arms(e8) == ["nca", "scaled", "scratch", "shuffled"]
+    assert [(p["a"], p["b"]) for p in report(e8)["contrasts"]] == [("nca", "scaled"),
+                                                                 ("nca", "shuffled")]
+    verdict = (e8 / "verdict.md").read_text()
+    assert "| nca − scaled |" in verdict and "| nca − shuffled |" in verdict
+    assert json.loads((e8 / "mcheck" / "seed0.json").read_text())["shuffled_body"]
+    scaled = torch.load(e8 / "scaled-seed0.pt", weights_only=True)
+    assert scaled["config"]["ppt_source"] == "scaled"
