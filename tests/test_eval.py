@@ -287,7 +287,12 @@ def test_nca_checkpoint_is_refused_on_language_and_evaluated_on_rules(fake, caps
     md = (fake / "ev_nca" / "eval.md").read_text()
     lang_rows = [line for line in md.splitlines() if " nats · " in line]
     assert len(lang_rows) == 3 and lang_rows[0].startswith("| scratch")   # + unigram, bigram
-    assert sum(line.startswith("| nca (") for line in md.splitlines()) == 1   # stage-1 summary
+    # stage-1 summary: one row in the accuracy table, one in the manipulation check (no
+    # frame-shuffled body given: its columns are empty)
+    rows = [line for line in md.splitlines() if line.startswith("| nca (")]
+    assert len(rows) == 2 and rows[1].endswith("| - | - |") and "| time frames |" in rows[1]
+    assert n["shuffled_loss"] - n["val_loss"] == pytest.approx(float(rows[1].split("|")[5]),
+                                                               abs=1e-4)
 
 
 def test_language_refusal():
