@@ -6,7 +6,8 @@ copying the previous grid by at least --margin of token accuracy.
     python scripts/stage1_gate.py out/gpu-hour/ppt-web out/gpu-hour/ppt-code --margin 0.05
 
 Prints one table per body (the validation lines train.py logged: token_acc, copy_token_acc,
-lookup_token_acc and token_acc - copy_token_acc), then the verdict. Exit status: 0 when every
+lookup_token_acc, token_acc - copy_token_acc, and the manipulation check's order gain,
+val_loss_shuffled - val_loss, where the line has it), then the verdict. Exit status: 0 when every
 body meets the gate, 1 when one does not (the remedy is printed), 2 for bad input.
 """
 import argparse
@@ -35,12 +36,15 @@ def curve(run):
 
 def table(run, vals):
     rows = [f"{run}: token accuracy on held-out rules",
-            "| step | model | copy | lookup | model - copy |", "| --- | --- | --- | --- | --- |"]
+            "| step | model | copy | lookup | model - copy | order gain (nats) |",
+            "| --- | --- | --- | --- | --- | --- |"]
     for m in vals:
         lookup = m.get("lookup_token_acc")
+        order = m["val_loss_shuffled"] - m["val_loss"] if "val_loss_shuffled" in m else None
         rows.append(f"| {m['step']} | {m['token_acc']:.4f} | {m['copy_token_acc']:.4f} | "
                     f"{'-' if lookup is None else f'{lookup:.4f}'} | "
-                    f"{m['token_acc'] - m['copy_token_acc']:+.4f} |")
+                    f"{m['token_acc'] - m['copy_token_acc']:+.4f} | "
+                    f"{'-' if order is None else f'{order:+.4f}'} |")
     return "\n".join(rows)
 
 

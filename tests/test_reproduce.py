@@ -65,11 +65,14 @@ def test_hour_dry_run_stops_at_its_gate_then_ends_with_the_paired_table(tmp_path
     assert "| nca - scratch | all | 2 |" in r.stdout           # pooled over the two bodies
 
 
-def write_curve(run, rows):
+def write_curve(run, rows, val_loss=None):
+    """Stage-1 validation lines (step, token_acc, copy_token_acc); val_loss: (ordered, shuffled)
+    losses on every line (the manipulation check), or none."""
     run.mkdir()
+    check = dict(zip(("val_loss", "val_loss_shuffled"), val_loss)) if val_loss else {}
     (run / "metrics.jsonl").write_text("".join(
         json.dumps({"kind": "val", "step": s, "token_acc": a, "copy_token_acc": c,
-                    "lookup_token_acc": c}) + "\n" for s, a, c in rows))
+                    "lookup_token_acc": c, **check}) + "\n" for s, a, c in rows))
 
 
 def test_gate_passes_only_when_every_body_beats_copying_by_the_margin(tmp_path):
@@ -78,6 +81,10 @@ def test_gate_passes_only_when_every_body_beats_copying_by_the_margin(tmp_path):
     write_curve(tmp_path / "close", [(0, 0.0, 0.3), (32, 0.34, 0.3)])   # the last line counts
     r = subprocess.run(gate + [str(tmp_path / "good")], capture_output=True, text=True)
     assert r.returncode == 0 and "gate met" in r.stdout and "| 32 | 0.3600 | 0.3000 |" in r.stdout
+    assert "| +0.0600 | - |" in r.stdout                # no manipulation check on these lines
+    write_curve(tmp_path / "ordered", [(32, 0.36, 0.3)], val_loss=(1.5, 1.55))
+    r = subprocess.run(gate + [str(tmp_path / "ordered")], capture_output=True, text=True)
+    assert r.returncode == 0 and "| +0.0600 | +0.0500 |" in r.stdout    # shuffled - ordered
     r = subprocess.run(gate + [str(tmp_path / "good"), str(tmp_path / "close")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "close at step 32: model - copy = +0.0400 < 0.0500" in r.stdout
