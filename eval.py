@@ -90,7 +90,8 @@ def nca_eval(model, nca_info, num_seqs=64, batch_size=8, device="cpu", ctx=nullc
         shuffled = evaluate(model, val(replace(cfg, frame_order="shuffled")), ctx, device, tick)
     return {"val_loss": loss, "shuffled_loss": shuffled["loss"], "num_seqs": acc.seqs,
             "trained_order": nca_info["config"].get("frame_order", "time"),
-            "rules": zlib.crc32(json.dumps([asdict(cfg), nca_info["val_seeds"]]).encode()),
+            "rules": zlib.crc32(json.dumps([asdict(cfg), nca_info["val_seeds"],
+                                            nca_info.get("mask_delimiters", False)]).encode()),
             "grid": list(range(1, len(acc.sums["token_acc"]) + 1)), **acc.by_grid()}
 
 

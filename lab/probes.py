@@ -280,7 +280,7 @@ def format_nca_summary(results):
 
     def pct(n, k):
         return 100 * float(np.mean(n[k])) if k in n else float("nan")
-    out = ["Stage 1 on held-out rules, % (means over grid positions); margins in points: "
+    out = ["Stage 1 on held-out rules in time order, % (means over grid positions); margins in points: "
            "token accuracy - copy's, and - lookup's", "",
            "| run | seed | token acc | copy | lookup | - copy | - lookup | grid acc | copy grid "
            "| lookup grid |", "| --- |" + " ---: |" * 9]
@@ -304,14 +304,21 @@ def format_nca_summary(results):
 
 
 def shuffled_body(r, rows):
-    """The run among `rows` trained on shuffled frames of r's held-out rules and setting, with
-    r's stage-1 tokens (the manipulation check's control body), or None."""
-    for c in rows:
-        n = c["nca"]
-        if c is not r and n.get("trained_order") == "shuffled" and \
-                n.get("rules") == r["nca"].get("rules") and c.get("tokens") == r.get("tokens"):
-            return c
-    return None
+    """The manipulation check's control body of a time-ordered run r: the run among `rows`
+    trained on shuffled frames of r's held-out rules and setting, with r's stage-1 tokens and
+    seed; failing that, the only such run when r is the only time-ordered run of those rules
+    and tokens. None otherwise (which body is r's control is not known), and for a run that is
+    not time-ordered. So no control body is counted twice."""
+    order = lambda c: c["nca"].get("trained_order", "time")
+    like = [c for c in rows if c["nca"].get("rules") == r["nca"].get("rules")
+            and c.get("tokens") == r.get("tokens")]
+    fits = [c for c in like if order(c) == "shuffled"]
+    same_seed = [c for c in fits if c.get("seed") == r.get("seed")]
+    if order(r) != "time":
+        return None
+    if len(same_seed) == 1:
+        return same_seed[0]
+    return fits[0] if len(fits) == 1 and sum(order(c) == "time" for c in like) == 1 else None
 
 
 def format_order_check(rows):
@@ -342,7 +349,7 @@ def format_order_check(rows):
     if len(gains) > 1:
         cell = lambda xs: "{:+.4f} ± {:.4f}".format(*mean_ci(xs)) if len(xs) > 1 else "-"
         out.append(f"| mean ± 95% CI ({len(gains)} time-ordered runs) | | | | {cell(gains)} | "
-                   f"| {cell(diffs)} |")
+                   f"| {cell(diffs)}" + (f" ({len(diffs)} paired)" if diffs else "") + " |")
     return "\n".join(out)
 
 
@@ -367,7 +374,7 @@ def format_nca(r):
     """The stage-1 NCA table of one run: accuracy by grid position."""
     n = r["nca"]
     out = [f"{r['label']}: NCA validation loss {n['val_loss']:.4f} on {n['num_seqs']} sequences "
-           "of held-out rules; grid g is predicted with g grids in context",
+           "of held-out rules (time-ordered frames); grid g is predicted with g grids in context",
            f"(accuracies are shares of {n['num_seqs']} sequences: a grid accuracy moves in steps "
            f"of 1/{n['num_seqs']}; 'copy' predicts each grid to be the previous one, 'lookup' "
            "what followed the longest matching context earlier in the sequence)",

@@ -178,3 +178,22 @@ def test_stage1_summary_gives_margins_over_copy_and_lookup_with_their_interval()
     assert lines[5] == "| b | 1 | 15.0 | 7.0 | 10.0 | +8.0 | +5.0 | 3.0 | 1.0 | 10.0 |"
     assert lines[6] == "| mean ± 95% CI (2 runs) | | | | | +7.0 ± 12.7 | -2.0 ± 88.9 | | | |"
     assert "lang" not in text
+
+
+def test_a_body_is_paired_with_the_shuffled_body_of_its_rules_budget_and_seed():
+    def run(label, order, seed, rules=7, tokens=100):
+        return {"label": label, "seed": seed, "tokens": tokens,
+                "nca": {"trained_order": order, "rules": rules}}
+    t0, t1, s0, s1 = run("t0", "time", 0), run("t1", "time", 1), run("s0", "shuffled", 0), \
+        run("s1", "shuffled", 1)
+    rows = [t0, t1, s1, s0]
+    assert probes.shuffled_body(t0, rows) is s0 and probes.shuffled_body(t1, rows) is s1
+    assert probes.shuffled_body(s0, rows) is None              # a control has no control
+    # one shuffled body of another seed: the control of a lone time-ordered body only
+    lone = run("s5", "shuffled", 5)
+    assert probes.shuffled_body(t0, [t0, lone]) is lone
+    assert probes.shuffled_body(t0, [t0, t1, lone]) is None    # whose would it be? nobody's
+    # other rules, another budget, or two candidates of other seeds: none
+    assert probes.shuffled_body(t0, [t0, run("x", "shuffled", 0, rules=8)]) is None
+    assert probes.shuffled_body(t0, [t0, run("x", "shuffled", 0, tokens=50)]) is None
+    assert probes.shuffled_body(t0, [t0, lone, run("s6", "shuffled", 6)]) is None
