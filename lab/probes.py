@@ -280,8 +280,8 @@ def format_nca_summary(results):
 
     def pct(n, k):
         return 100 * float(np.mean(n[k])) if k in n else float("nan")
-    out = ["Stage 1 on held-out rules in time order, % (means over grid positions); margins in points: "
-           "token accuracy - copy's, and - lookup's", "",
+    out = ["Stage 1 on held-out rules in time order, % (means over grid positions); margins in "
+           "points: token accuracy - copy's, and - lookup's", "",
            "| run | seed | token acc | copy | lookup | - copy | - lookup | grid acc | copy grid "
            "| lookup grid |", "| --- |" + " ---: |" * 9]
     margins = []
@@ -303,22 +303,27 @@ def format_nca_summary(results):
     return "\n".join(out)
 
 
+def trained_order(r):
+    """The frame order a stage-1 NCA run trained on (time for a record from before the flag)."""
+    return r["nca"].get("trained_order", "time")
+
+
 def shuffled_body(r, rows):
     """The manipulation check's control body of a time-ordered run r: the run among `rows`
     trained on shuffled frames of r's held-out rules and setting, with r's stage-1 tokens and
     seed; failing that, the only such run when r is the only time-ordered run of those rules
     and tokens. None otherwise (which body is r's control is not known), and for a run that is
     not time-ordered. So no control body is counted twice."""
-    order = lambda c: c["nca"].get("trained_order", "time")
+    if trained_order(r) != "time":
+        return None
     like = [c for c in rows if c["nca"].get("rules") == r["nca"].get("rules")
             and c.get("tokens") == r.get("tokens")]
-    fits = [c for c in like if order(c) == "shuffled"]
+    fits = [c for c in like if trained_order(c) == "shuffled"]
     same_seed = [c for c in fits if c.get("seed") == r.get("seed")]
-    if order(r) != "time":
-        return None
     if len(same_seed) == 1:
         return same_seed[0]
-    return fits[0] if len(fits) == 1 and sum(order(c) == "time" for c in like) == 1 else None
+    return fits[0] if len(fits) == 1 and sum(trained_order(c) == "time" for c in like) == 1 \
+        else None
 
 
 def format_order_check(rows):
@@ -339,10 +344,10 @@ def format_order_check(rows):
         n, c = r["nca"], shuffled_body(r, rows)
         gain = n["shuffled_loss"] - n["val_loss"]
         diff = n["val_loss"] - c["nca"]["val_loss"] if c else None
-        if n.get("trained_order", "time") == "time":
+        if trained_order(r) == "time":
             gains.append(gain)
             diffs += [diff] if diff is not None else []
-        out.append(f"| {r['label']} | {n.get('trained_order', 'time')} frames | "
+        out.append(f"| {r['label']} | {trained_order(r)} frames | "
                    f"{n['val_loss']:.4f} | {n['shuffled_loss']:.4f} | {gain:+.4f} | "
                    + (f"{c['label']}: {c['nca']['val_loss']:.4f} | {diff:+.4f} |" if c else
                       "- | - |"))

@@ -43,24 +43,28 @@ def mean_ci(xs):
     return float(np.mean(xs)), float(t * np.std(xs, ddof=1) / math.sqrt(len(xs)))
 
 
-def sign_flip_p(diffs):
-    """Exact two-sided sign-flip (paired permutation) p-value of the mean of paired differences:
-    the share of the 2^n sign patterns whose |mean| is at least the observed one (n <= 20)."""
+def sign_flip_sums(diffs):
+    """(observed sum, the sums under all 2^n sign patterns) of paired differences; None for none
+    or more than 20 (2^20 patterns)."""
     d = np.asarray(diffs, float)
     if d.size == 0 or d.size > 20:
         return None
     signs = np.array(np.meshgrid(*[[-1.0, 1.0]] * d.size)).reshape(d.size, -1).T
-    return float(np.mean(np.abs(signs @ d) >= abs(d.sum()) - 1e-12))
+    return d.sum(), signs @ d
+
+
+def sign_flip_p(diffs):
+    """Exact two-sided sign-flip (paired permutation) p-value of the mean of paired differences:
+    the share of the 2^n sign patterns whose |mean| is at least the observed one (n <= 20)."""
+    sums = sign_flip_sums(diffs)
+    return None if sums is None else float(np.mean(np.abs(sums[1]) >= abs(sums[0]) - 1e-12))
 
 
 def sign_flip_p_greater(diffs):
     """Exact one-sided sign-flip p-value that the paired differences' mean is above 0: the share
     of the 2^n sign patterns whose sum is at least the observed one (n <= 20)."""
-    d = np.asarray(diffs, float)
-    if d.size == 0 or d.size > 20:
-        return None
-    signs = np.array(np.meshgrid(*[[-1.0, 1.0]] * d.size)).reshape(d.size, -1).T
-    return float(np.mean(signs @ d >= d.sum() - 1e-12))
+    sums = sign_flip_sums(diffs)
+    return None if sums is None else float(np.mean(sums[1] >= sums[0] - 1e-12))
 
 
 def tost(diffs, margin):

@@ -1,7 +1,8 @@
 """The pre-registered experiment scripts still run: each at its SMOKE=1 toy budgets, one seed,
 end to end into its eval table (a change cannot silently break an experiment). They run as a
 chain, as the real experiments do: E3, E2 and E7 link E1's finished runs, E4 links E2's, E6
-links E7's, E8 links E7's code-band NCA body, so the reuse is tested too and each run is trained once."""
+links E7's, E8 links E7's code-band NCA body, so the reuse is tested too and each run is trained
+once."""
 import json
 import os
 import subprocess
